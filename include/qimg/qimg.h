@@ -1,0 +1,286 @@
+/*
+ * libqimg: read, write, inspect and convert virtual disk images.
+ *
+ * The only installed header.  Every handle is opaque.  Every function that
+ * can fail returns -1 (or NULL) and records a one-line message and an errno
+ * value for the calling thread, read back with qimg_get_error() and
+ * qimg_get_errno().  The message already names the file involved.
+ *
+ * Offsets and lengths are guest (virtual disk) bytes unless said otherwise.
+ * Images are untrusted input: a malformed image fails to open or fails the
+ * request with EIO; it never crashes the caller.
+ */
+#ifndef QIMG_QIMG_H
+#define QIMG_QIMG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QIMG_VERSION_STRING "0.1.0"
+/* The qemu-img release whose behaviour and output qimg reproduces. */
+#define QIMG_QEMU_COMPAT_VERSION "7.2.22"
+
+/* ---- Errors ------------------------------------------------------------ */
+
+/* The message of the last failure in this thread ("" if none). */
+const char *qimg_get_error(void);
+/* The errno value of the last failure in this thread (0 if none). */
+int qimg_get_errno(void);
+
+/*
+ * Warnings (for example "probing guessed raw") are passed to this handler,
+ * one message per call, possibly several lines.  The default handler
+ * discards them.  The handler is process-wide.
+ */
+typedef void (*qimg_warning_fn)(const char *message, void *opaque);
+void qimg_set_warning_handler(qimg_warning_fn fn, void *opaque);
+
+/* ---- Generic values ---------------------------------------------------- */
+
+/*
+ * A small JSON-like tree used for structured results (the shapes of QEMU's
+ * QAPI objects).  Dictionaries iterate in QEMU's QDict order, which is the
+ * order qemu-img prints keys in, so a printer that walks the tree in order
+ * reproduces qemu-img's output.
+ */
+enum qimg_value_type {
+    QIMG_VALUE_BOOL,
+    QIMG_VALUE_INT,  /* int64_t */
+    QIMG_VALUE_UINT, /* uint64_t */
+    QIMG_VALUE_STRING,
+    QIMG_VALUE_LIST,
+    QIMG_VALUE_DICT,
+};
+
+struct qimg_value;
+
+struct qimg_value *qimg_value_new_bool(bool b);
+struct qimg_value *qimg_value_new_int(int64_t i);
+struct qimg_value *qimg_value_new_uint(uint64_t u);
+struct qimg_value *qimg_value_new_string(const char *s);
+struct qimg_value *qimg_value_new_list(void);
+struct qimg_value *qimg_value_new_dict(void);
+/* Take ownership of item; on failure item is freed and -1 returned. */
+int qimg_value_list_append(struct qimg_value *list, struct qimg_value *item);
+/* Take ownership of item; replaces an existing key. */
+int qimg_value_dict_set(struct qimg_value *dict, const char *key,
+                        struct qimg_value *item);
+void qimg_value_free(struct qimg_value *v);
+
+enum qimg_value_type qimg_value_type(const struct qimg_value *v);
+bool qimg_value_get_bool(const struct qimg_value *v);
+int64_t qimg_value_get_int(const struct qimg_value *v);
+uint64_t qimg_value_get_uint(const struct qimg_value *v);
+const char *qimg_value_get_string(const struct qimg_value *v);
+/* Lists and dictionaries: number of items, and item i (0-based). */
+size_t qimg_value_count(const struct qimg_value *v);
+const struct qimg_value *qimg_value_item(const struct qimg_value *v,
+                                         size_t i);
+const char *qimg_value_key(const struct qimg_value *dict, size_t i);
+const struct qimg_value *qimg_value_dict_get(const struct qimg_value *dict,
+                                             const char *key);
+/*
+ * Serialise as QEMU's pretty JSON (4-space indent, QDict key order, no
+ * trailing newline).  Returns a malloc'd string.
+ */
+char *qimg_value_to_json(const struct qimg_value *v);
+
+/* ---- Option lists ("-o key=value,...") -------------------------------- */
+
+struct qimg_opts;
+
+struct qimg_opts *qimg_opts_new(void);
+void qimg_opts_free(struct qimg_opts *opts);
+/*
+ * Parse "k=v,k2=v2"; ",," is a literal comma.  Later values override
+ * earlier ones.  A bare "k" means "k=on".
+ */
+int qimg_opts_parse(struct qimg_opts *opts, const char *text);
+int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
+/* NULL if unset. */
+const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
+int qimg_opts_unset(struct qimg_opts *opts, const char *key);
+size_t qimg_opts_count(const struct qimg_opts *opts);
+const char *qimg_opts_key(const struct qimg_opts *opts, size_t i);
+
+/* Creation options a format accepts, for "-o help". */
+enum qimg_opt_type {
+    QIMG_OPT_STRING,
+    QIMG_OPT_BOOL,
+    QIMG_OPT_NUMBER,
+    QIMG_OPT_SIZE,
+};
+struct qimg_opt_desc {
+    const char *name;
+    enum qimg_opt_type type;
+    const char *help;
+    const char *def; /* default printed in the "Formatting" line, or NULL */
+};
+/*
+ * The creation options of a format (NULL-name terminated, in the format's
+ * own order), including the file protocol options when with_protocol is
+ * set.  NULL and an error if the format is unknown or cannot create.
+ */
+const struct qimg_opt_desc *qimg_create_options(const char *format,
+                                                bool with_protocol);
+
+/* ---- Formats ----------------------------------------------------------- */
+
+/* Is this a format name qimg knows? */
+bool qimg_format_known(const char *format);
+/* Format names, NULL-terminated, in the order qemu-img lists them. */
+const char *const *qimg_format_names(void);
+
+/* ---- Images ------------------------------------------------------------ */
+
+struct qimg_image;
+
+/* Open flags. */
+#define QIMG_OPEN_RDWR (1u << 0)
+/* Open only this layer; unallocated ranges read as zero. */
+#define QIMG_OPEN_NO_BACKING (1u << 1)
+/* -U: take no image locks; implies read-only use. */
+#define QIMG_OPEN_FORCE_SHARE (1u << 2)
+/* Metadata only (info): no data file or other secondary files are opened. */
+#define QIMG_OPEN_NO_IO (1u << 3)
+/*
+ * Refuse every reference an image makes to another file (backing file,
+ * external data file, extents).  For untrusted images.
+ */
+#define QIMG_OPEN_NO_EXTERNAL (1u << 4)
+
+/*
+ * Open an image.  format NULL means probe (as qemu-img does: the highest
+ * scoring format wins, raw is the fallback; a probed raw image opened for
+ * writing raises a warning and refuses writes to its first 512 bytes).
+ */
+struct qimg_image *qimg_open(const char *filename, const char *format,
+                             unsigned flags);
+/* Flush and close.  -1 if the final flush failed; the handle is gone. */
+int qimg_close(struct qimg_image *img);
+
+/* Guess the format of a file; returns a static name, or NULL on error. */
+const char *qimg_probe(const char *filename);
+
+const char *qimg_get_format(const struct qimg_image *img);
+const char *qimg_get_filename(const struct qimg_image *img);
+int64_t qimg_get_size(struct qimg_image *img);
+/* Cluster (allocation unit) size, or 0 if the format has none. */
+uint64_t qimg_get_cluster_size(struct qimg_image *img);
+
+int qimg_pread(struct qimg_image *img, void *buf, size_t len,
+               uint64_t offset);
+int qimg_pwrite(struct qimg_image *img, const void *buf, size_t len,
+                uint64_t offset);
+/* QIMG_ZERO_MAY_UNMAP: the range may be deallocated if it reads as zero. */
+#define QIMG_ZERO_MAY_UNMAP (1u << 0)
+int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t offset,
+                       uint64_t len, unsigned flags);
+int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len);
+int qimg_flush(struct qimg_image *img);
+
+/* Block status flags. */
+#define QIMG_EXTENT_DATA (1u << 0)  /* reads from stored data */
+#define QIMG_EXTENT_ZERO (1u << 1)  /* reads as zero */
+#define QIMG_EXTENT_ALLOCATED (1u << 2) /* allocated in some layer */
+#define QIMG_EXTENT_OFFSET_VALID (1u << 3) /* host_offset is meaningful */
+#define QIMG_EXTENT_COMPRESSED (1u << 4)
+
+struct qimg_extent {
+    uint64_t offset;
+    uint64_t length;
+    unsigned flags;
+    /* Chain depth that decided the range (0 = the image itself). */
+    int depth;
+    /* Byte offset in `filename` when QIMG_EXTENT_OFFSET_VALID. */
+    uint64_t host_offset;
+    /* File holding the data; valid until the image is closed. */
+    const char *filename;
+};
+
+/*
+ * Describe the longest run starting at offset (at most len bytes) whose
+ * status is uniform across the whole backing chain.  Returns 0 and fills
+ * ext, or -1.
+ */
+int qimg_block_status(struct qimg_image *img, uint64_t offset, uint64_t len,
+                      struct qimg_extent *ext);
+
+/* ---- Information (qemu-img info) -------------------------------------- */
+
+struct qimg_snapshot_info {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    bool has_icount;
+    uint64_t icount;
+};
+
+struct qimg_image_info {
+    char *filename;
+    char *format;
+    uint64_t virtual_size;
+    int64_t actual_size; /* bytes allocated on the host; -1 unknown */
+    uint64_t cluster_size; /* 0 when the format has none */
+    bool encrypted;
+    bool dirty_flag;
+    char *backing_filename;      /* as stored in the image, or NULL */
+    char *full_backing_filename; /* resolved against the image's folder */
+    char *backing_format;        /* or NULL */
+    size_t nb_snapshots;
+    struct qimg_snapshot_info *snapshots;
+    /* {"type": FMT, "data": {...}} or NULL. */
+    struct qimg_value *format_specific;
+};
+
+struct qimg_image_info *qimg_get_info(struct qimg_image *img);
+void qimg_image_info_free(struct qimg_image_info *info);
+/* The same information shaped as QEMU's ImageInfo object. */
+struct qimg_value *qimg_image_info_to_value(
+    const struct qimg_image_info *info);
+/*
+ * Information about every image of the chain starting at filename, each
+ * opened by itself (as "qemu-img info --backing-chain" does).  A loop in
+ * the chain is an error.  Returns the count, or -1; *out is malloc'd.
+ */
+int qimg_get_chain_info(const char *filename, const char *format,
+                        unsigned flags, struct qimg_image_info ***out);
+
+/* ---- Creation ---------------------------------------------------------- */
+
+/*
+ * The option summary qemu-img prints after "Formatting 'FILE', ", for
+ * example "fmt=raw size=1048576".  malloc'd.
+ */
+char *qimg_create_summary(const char *format, const struct qimg_opts *opts);
+/*
+ * Create an image.  opts holds "size" and format options.  On failure
+ * nothing is left behind at filename unless it existed before.
+ */
+int qimg_create(const char *filename, const char *format,
+                const struct qimg_opts *opts);
+
+/* ---- Sizes ------------------------------------------------------------- */
+
+/*
+ * Parse a size with an optional suffix (b, k/K, M, G, T, P, E; binary
+ * multiples; fractions like "1.5G" allowed).  default_suffix applies to a
+ * bare number ('B' for bytes).  Returns 0 or -1 with errno EINVAL/ERANGE.
+ */
+int qimg_parse_size(const char *text, char default_suffix, uint64_t *out);
+/* Human size as qemu prints it ("1.34 MiB", "0 B") into buf. */
+void qimg_format_size(uint64_t bytes, char *buf, size_t buflen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QIMG_QIMG_H */

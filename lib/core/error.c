@@ -1,0 +1,98 @@
+/* Thread-local error message and errno; the public getters. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "qimg/qimg.h"
+
+/* Long enough for any message that names two paths. */
+#define ERROR_MESSAGE_MAX 4096
+
+static __thread char error_message[ERROR_MESSAGE_MAX];
+static __thread int error_errno;
+
+static qimg_warning_fn warning_fn;
+static void *warning_opaque;
+
+static int error_vset(int errnum, bool with_strerror, const char *fmt,
+                      va_list ap)
+{
+    int n = vsnprintf(error_message, sizeof(error_message), fmt, ap);
+    if (with_strerror && n >= 0 && (size_t)n < sizeof(error_message)) {
+        snprintf(error_message + n, sizeof(error_message) - (size_t)n,
+                 ": %s", strerror(errnum));
+    }
+    error_errno = errnum;
+    return -errnum;
+}
+
+int error_set(int errnum, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = error_vset(errnum, false, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+int error_set_errno(int errnum, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = error_vset(errnum, true, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+int error_prefix(int errnum, const char *fmt, ...)
+{
+    char old[ERROR_MESSAGE_MAX];
+    memcpy(old, error_message, sizeof(old));
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(error_message, sizeof(error_message), fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof(error_message)) {
+        snprintf(error_message + n, sizeof(error_message) - (size_t)n,
+                 ": %s", old);
+    }
+    error_errno = errnum;
+    return -errnum;
+}
+
+void error_clear(void)
+{
+    error_message[0] = '\0';
+    error_errno = 0;
+}
+
+const char *qimg_get_error(void)
+{
+    return error_message;
+}
+
+int qimg_get_errno(void)
+{
+    return error_errno;
+}
+
+void qimg_set_warning_handler(qimg_warning_fn fn, void *opaque)
+{
+    warning_fn = fn;
+    warning_opaque = opaque;
+}
+
+void warn_report(const char *fmt, ...)
+{
+    if (!warning_fn) {
+        return;
+    }
+    char msg[ERROR_MESSAGE_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    warning_fn(msg, warning_opaque);
+}

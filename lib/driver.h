@@ -1,0 +1,168 @@
+/*
+ * The two internal interfaces: I/O leaves (bytes in a host file or buffer)
+ * and format drivers (a disk image layout over an I/O leaf).
+ *
+ * Conventions for both: functions return 0 or -errno (int64_t "value or
+ * -errno" where a value is returned).  The message is recorded with
+ * error_set() where the problem is found.  Callers never see positive
+ * error codes.
+ */
+#ifndef QIMG_DRIVER_H
+#define QIMG_DRIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qimg/qimg.h"
+
+/* ---- I/O leaves -------------------------------------------------------- */
+
+struct qimg_io;
+
+/* Flags for io_*_open. */
+#define IO_RDWR (1u << 0)
+#define IO_CREATE (1u << 1)  /* create; fail if it exists unless IO_TRUNC */
+#define IO_TRUNC (1u << 2)   /* create or truncate to 0 */
+#define IO_NO_LOCK (1u << 3) /* take no image locks (-U) */
+
+/* Block status of a leaf range. */
+#define IO_STATUS_DATA (1u << 0) /* stored bytes (SEEK_DATA) */
+#define IO_STATUS_ZERO (1u << 1) /* a hole: reads as zero */
+
+struct qimg_io_ops {
+    const char *name;
+    /* Close; releases locks.  Does not flush. */
+    void (*close)(struct qimg_io *io);
+    int64_t (*get_size)(struct qimg_io *io);
+    /* Bytes allocated on the host, or -errno. */
+    int64_t (*get_allocated)(struct qimg_io *io);
+    /* Reads past the end of the file return zeros. */
+    int (*pread)(struct qimg_io *io, void *buf, size_t len, uint64_t off);
+    int (*pwrite)(struct qimg_io *io, const void *buf, size_t len,
+                  uint64_t off);
+    /* Zero a range; with may_unmap it may become a hole. */
+    int (*pwrite_zeroes)(struct qimg_io *io, uint64_t off, uint64_t len,
+                         bool may_unmap);
+    /* Deallocate if possible; contents become zero. */
+    int (*discard)(struct qimg_io *io, uint64_t off, uint64_t len);
+    int (*flush)(struct qimg_io *io);
+    int (*truncate)(struct qimg_io *io, uint64_t size);
+    /*
+     * Status of the run starting at off, at most len bytes: returns an
+     * IO_STATUS_* value and sets *pnum (> 0), or -errno.
+     */
+    int (*block_status)(struct qimg_io *io, uint64_t off, uint64_t len,
+                        uint64_t *pnum);
+    /*
+     * Change the lock state for a read-only or read-write user.  Returns
+     * -EAGAIN with a message if another process conflicts.
+     */
+    int (*set_lock)(struct qimg_io *io, bool writable);
+};
+
+struct qimg_io {
+    const struct qimg_io_ops *ops;
+    char *filename;
+    bool writable;
+};
+
+int io_file_open(const char *filename, unsigned flags, struct qimg_io **out);
+/* An in-memory file, for tests and fuzzing.  data is copied. */
+int io_mem_open(const char *name, const void *data, size_t len,
+                unsigned flags, struct qimg_io **out);
+/* The current contents of a memory leaf (valid until the next write). */
+const uint8_t *io_mem_buffer(struct qimg_io *io, size_t *len);
+
+/* Thin wrappers so callers never reach into ops. */
+void io_close(struct qimg_io *io);
+int64_t io_get_size(struct qimg_io *io);
+int io_pread(struct qimg_io *io, void *buf, size_t len, uint64_t off);
+int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off);
+int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
+                     bool may_unmap);
+int io_flush(struct qimg_io *io);
+int io_truncate(struct qimg_io *io, uint64_t size);
+
+/* ---- Format drivers ---------------------------------------------------- */
+
+struct qimg_node;
+
+/* Block status flags a format returns (same bits as QIMG_EXTENT_*). */
+#define BS_DATA QIMG_EXTENT_DATA
+#define BS_ZERO QIMG_EXTENT_ZERO
+#define BS_ALLOCATED QIMG_EXTENT_ALLOCATED
+#define BS_OFFSET_VALID QIMG_EXTENT_OFFSET_VALID
+#define BS_COMPRESSED QIMG_EXTENT_COMPRESSED
+
+struct qimg_format_ops {
+    /* The name qemu-img uses with -f. */
+    const char *name;
+    /*
+     * Score a file from its first bytes (buf holds min(file size, 2048)
+     * bytes): 0 = not this format, 100 = certain.  Pure.
+     */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+    /*
+     * Open node->file as this format.  Sets node->size, and, if the image
+     * names one, node->backing_name and node->backing_format.
+     */
+    int (*open)(struct qimg_node *node, unsigned flags);
+    /* Free driver state.  Flushing is done before, by flush. */
+    void (*close)(struct qimg_node *node);
+    /*
+     * Guest reads of this layer only.  Ranges this layer does not
+     * allocate are read from node->backing with node_read_below().
+     * off/len are within node->size.
+     */
+    int (*pread)(struct qimg_node *node, void *buf, size_t len,
+                 uint64_t off);
+    int (*pwrite)(struct qimg_node *node, const void *buf, size_t len,
+                  uint64_t off);
+    int (*pwrite_zeroes)(struct qimg_node *node, uint64_t off, uint64_t len,
+                         unsigned flags);
+    int (*pdiscard)(struct qimg_node *node, uint64_t off, uint64_t len);
+    int (*flush)(struct qimg_node *node);
+    /*
+     * Status of this layer only for the run at off (at most len bytes):
+     * BS_* flags, *pnum > 0, and *host_off when BS_OFFSET_VALID.  A range
+     * without BS_ALLOCATED defers to the backing file.
+     */
+    int (*block_status)(struct qimg_node *node, uint64_t off, uint64_t len,
+                        uint64_t *pnum, uint64_t *host_off);
+    /* Fill the format-specific parts of info (cluster size, snapshots..) */
+    int (*get_info)(struct qimg_node *node, struct qimg_image_info *info);
+    /* Host bytes allocated by this image (all its files), or -errno. */
+    int64_t (*get_allocated)(struct qimg_node *node);
+    /* Creation: option table and the function. */
+    const struct qimg_opt_desc *create_opts;
+    int (*create)(const char *filename, const struct qimg_opts *opts);
+};
+
+/* One layer of an image: a format over a file, maybe with a backing node. */
+struct qimg_node {
+    const struct qimg_format_ops *drv;
+    void *opaque; /* driver state */
+    struct qimg_io *file;
+    char *filename;
+    uint64_t size;
+    bool writable;
+    /* Writes to the first 512 bytes are refused (probed raw). */
+    bool protect_block0;
+    /* As stored in the image (NULL if none) and resolved. */
+    char *backing_name;
+    char *backing_format;
+    struct qimg_node *backing;
+};
+
+const struct qimg_format_ops *format_lookup(const char *name);
+
+/* Read from the layer below node (zeros past its end or without one). */
+int node_read_below(struct qimg_node *node, void *buf, size_t len,
+                    uint64_t off);
+
+/* Drivers. */
+extern const struct qimg_format_ops format_raw;
+extern const struct qimg_format_ops format_qcow2;
+
+#endif /* QIMG_DRIVER_H */
