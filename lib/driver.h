@@ -156,6 +156,19 @@ struct qimg_node {
 };
 
 const struct qimg_format_ops *format_lookup(const char *name);
+/* The best-scoring format for a header buffer (raw as the fallback). */
+const struct qimg_format_ops *format_probe_buffer(const uint8_t *buf,
+                                                  size_t len,
+                                                  const char *filename);
+
+/*
+ * Create a host file for an image (the file protocol's part of creation):
+ * honours the "size", "preallocation" (off, falloc, full) and "nocow"
+ * options.  An existing file is truncated.  With out, the file stays open
+ * read-write and is returned; otherwise it is closed.
+ */
+int create_file(const char *filename, const struct qimg_opts *opts,
+                struct qimg_io **out);
 
 /* Read from the layer below node (zeros past its end or without one). */
 int node_read_below(struct qimg_node *node, void *buf, size_t len,

@@ -71,6 +71,8 @@ int qimg_value_list_append(struct qimg_value *list, struct qimg_value *item);
 int qimg_value_dict_set(struct qimg_value *dict, const char *key,
                         struct qimg_value *item);
 void qimg_value_free(struct qimg_value *v);
+/* A deep copy, or NULL when out of memory. */
+struct qimg_value *qimg_value_copy(const struct qimg_value *v);
 
 enum qimg_value_type qimg_value_type(const struct qimg_value *v);
 bool qimg_value_get_bool(const struct qimg_value *v);
@@ -261,9 +263,21 @@ int qimg_get_chain_info(const char *filename, const char *format,
  * example "fmt=raw size=1048576".  malloc'd.
  */
 char *qimg_create_summary(const char *format, const struct qimg_opts *opts);
+/* Do not open the backing file while creating (qemu-img create -u). */
+#define QIMG_CREATE_BACKING_UNSAFE (1u << 0)
 /*
- * Create an image.  opts holds "size" and format options.  On failure
- * nothing is left behind at filename unless it existed before.
+ * Validate creation options and complete them: unknown options and a
+ * missing size are refused, the backing file is opened (unless
+ * QIMG_CREATE_BACKING_UNSAFE) to check it and to inherit its size.  The
+ * messages start with "FILENAME: ".  Call before qimg_create_summary and
+ * qimg_create.
+ */
+int qimg_create_prepare(const char *filename, const char *format,
+                        struct qimg_opts *opts, unsigned flags);
+/*
+ * Create an image from prepared options ("size" and format options).  On
+ * failure nothing is left behind at filename unless it existed before.
+ * Messages start with "FILENAME: ".
  */
 int qimg_create(const char *filename, const char *format,
                 const struct qimg_opts *opts);

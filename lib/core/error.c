@@ -1,5 +1,6 @@
 /* Thread-local error message and errno; the public getters. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,16 +49,29 @@ int error_set_errno(int errnum, const char *fmt, ...)
 
 int error_prefix(int errnum, const char *fmt, ...)
 {
-    char old[ERROR_MESSAGE_MAX];
-    memcpy(old, error_message, sizeof(old));
+    char prefix[ERROR_MESSAGE_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(error_message, sizeof(error_message), fmt, ap);
+    int n = vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
-    if (n >= 0 && (size_t)n < sizeof(error_message)) {
-        snprintf(error_message + n, sizeof(error_message) - (size_t)n,
-                 ": %s", old);
+    if (n < 0) {
+        n = 0;
     }
+    /* Shift the old message right and put "prefix: " in front of it. */
+    size_t plen = (size_t)n < sizeof(prefix) ? (size_t)n : sizeof(prefix) - 1;
+    size_t old_len = strlen(error_message);
+    size_t room = sizeof(error_message) - 1;
+    if (plen + 2 > room) {
+        plen = room - 2;
+    }
+    if (old_len > room - plen - 2) {
+        old_len = room - plen - 2;
+    }
+    memmove(error_message + plen + 2, error_message, old_len);
+    error_message[plen + 2 + old_len] = '\0';
+    memcpy(error_message, prefix, plen);
+    error_message[plen] = ':';
+    error_message[plen + 1] = ' ';
     error_errno = errnum;
     return -errnum;
 }

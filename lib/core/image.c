@@ -1,1 +1,391 @@
-/* placeholder: being written */
+/*
+ * The request layer: opening and probing images, and the public I/O calls.
+ * Every driver call passes through here, so range checks, read-only
+ * enforcement and the error convention are checked in one place.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/image.h"
+
+/* Bytes of a file handed to probe functions. */
+#define PROBE_BUF_SIZE 2048
+
+/* In the order qemu-img 7.2 lists its formats. */
+static const struct qimg_format_ops *const formats[] = {
+    &format_qcow2,
+    &format_raw,
+};
+#define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
+
+const struct qimg_format_ops *format_lookup(const char *name)
+{
+    for (size_t i = 0; i < FORMATS_COUNT; i++) {
+        if (strcmp(formats[i]->name, name) == 0) {
+            return formats[i];
+        }
+    }
+    return NULL;
+}
+
+bool qimg_format_known(const char *format)
+{
+    return format && format_lookup(format) != NULL;
+}
+
+const char *const *qimg_format_names(void)
+{
+    static const char *names[FORMATS_COUNT + 1];
+    for (size_t i = 0; i < FORMATS_COUNT; i++) {
+        names[i] = formats[i]->name;
+    }
+    names[FORMATS_COUNT] = NULL;
+    return names;
+}
+
+const struct qimg_format_ops *format_probe_buffer(const uint8_t *buf,
+                                                  size_t len,
+                                                  const char *filename)
+{
+    const struct qimg_format_ops *best = &format_raw;
+    int best_score = 0;
+    for (size_t i = 0; i < FORMATS_COUNT; i++) {
+        int score = formats[i]->probe(buf, len, filename);
+        if (score > best_score) {
+            best_score = score;
+            best = formats[i];
+        }
+    }
+    return best;
+}
+
+static int probe_file(struct qimg_io *file, const char *filename,
+                      const struct qimg_format_ops **out)
+{
+    uint8_t buf[PROBE_BUF_SIZE];
+    int64_t size = io_get_size(file);
+    if (size < 0) {
+        return (int)size;
+    }
+    size_t len = size < PROBE_BUF_SIZE ? (size_t)size : PROBE_BUF_SIZE;
+    int ret = io_pread(file, buf, len, 0);
+    if (ret < 0) {
+        return error_prefix(-ret, "Could not read image for determining "
+                            "its format");
+    }
+    *out = format_probe_buffer(buf, len, filename);
+    return 0;
+}
+
+const char *qimg_probe(const char *filename)
+{
+    struct qimg_io *file;
+    const struct qimg_format_ops *drv = NULL;
+    int ret = io_file_open(filename, IO_NO_LOCK, &file);
+    if (ret < 0) {
+        errno = -ret;
+        return NULL;
+    }
+    ret = probe_file(file, filename, &drv);
+    io_close(file);
+    if (ret < 0) {
+        errno = -ret;
+        return NULL;
+    }
+    return drv->name;
+}
+
+void node_close(struct qimg_node *node)
+{
+    while (node) {
+        struct qimg_node *below = node->backing;
+        if (node->drv && node->opaque) {
+            node->drv->close(node);
+        }
+        io_close(node->file);
+        free(node->filename);
+        free(node->backing_name);
+        free(node->backing_format);
+        free(node);
+        node = below;
+    }
+}
+
+int node_open(const char *filename, const char *format, unsigned flags,
+              const struct chain_link *up, struct qimg_node **out)
+{
+    const struct qimg_format_ops *drv = NULL;
+    if (format) {
+        drv = format_lookup(format);
+        if (!drv) {
+            return error_set(EINVAL, "Unknown driver '%s'", format);
+        }
+    }
+
+    struct qimg_node *node = calloc(1, sizeof(*node));
+    if (!node) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    node->filename = strdup(filename);
+    if (!node->filename) {
+        free(node);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    node->writable = (flags & QIMG_OPEN_RDWR) != 0;
+
+    unsigned io_flags = node->writable ? IO_RDWR : 0;
+    if (flags & QIMG_OPEN_FORCE_SHARE) {
+        io_flags |= IO_NO_LOCK;
+    }
+    int ret = io_file_open(filename, io_flags, &node->file);
+    if (ret < 0) {
+        goto fail;
+    }
+
+    if (!drv) {
+        ret = probe_file(node->file, filename, &drv);
+        if (ret < 0) {
+            goto fail;
+        }
+        if (drv == &format_raw && node->writable) {
+            node->protect_block0 = true;
+            warn_report("WARNING: Image format was not specified for '%s' "
+                        "and probing guessed raw.\n"
+                        "         Automatically detecting the format is "
+                        "dangerous for raw images, write operations on "
+                        "block 0 will be restricted.\n"
+                        "         Specify the 'raw' format explicitly to "
+                        "remove the restrictions.", filename);
+        }
+    }
+    node->drv = drv;
+    ret = drv->open(node, flags);
+    if (ret < 0) {
+        node->drv = NULL;
+        goto fail;
+    }
+    if (node->backing_name && !(flags & QIMG_OPEN_NO_BACKING)) {
+        ret = chain_open_backing(node, flags, up);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    *out = node;
+    return 0;
+
+fail:
+    node_close(node);
+    return ret;
+}
+
+int node_flush(struct qimg_node *node)
+{
+    if (!node->writable) {
+        return 0;
+    }
+    if (node->drv->flush) {
+        return node->drv->flush(node);
+    }
+    return io_flush(node->file);
+}
+
+/* ---- Public API -------------------------------------------------------- */
+
+static void *fail_null(int ret)
+{
+    errno = -ret;
+    return NULL;
+}
+
+static int fail_int(int ret)
+{
+    errno = -ret;
+    return -1;
+}
+
+struct qimg_image *qimg_open(const char *filename, const char *format,
+                             unsigned flags)
+{
+    error_clear();
+    if (!filename) {
+        return fail_null(error_set(EINVAL, "No filename given"));
+    }
+    if ((flags & QIMG_OPEN_FORCE_SHARE) && (flags & QIMG_OPEN_RDWR)) {
+        return fail_null(error_set(EINVAL, "Could not open '%s': force-share"
+                                   " is only allowed for read-only use",
+                                   filename));
+    }
+    struct qimg_image *img = calloc(1, sizeof(*img));
+    if (!img) {
+        return fail_null(error_set(ENOMEM, "Out of memory"));
+    }
+    int ret = node_open(filename, format, flags, NULL, &img->top);
+    if (ret < 0) {
+        free(img);
+        return fail_null(error_prefix(-ret, "Could not open '%s'", filename));
+    }
+    img->flags = flags;
+    return img;
+}
+
+int qimg_close(struct qimg_image *img)
+{
+    if (!img) {
+        return 0;
+    }
+    int ret = node_flush(img->top);
+    node_close(img->top);
+    free(img);
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+const char *qimg_get_format(const struct qimg_image *img)
+{
+    return img->top->drv->name;
+}
+
+const char *qimg_get_filename(const struct qimg_image *img)
+{
+    return img->top->filename;
+}
+
+int64_t qimg_get_size(struct qimg_image *img)
+{
+    return (int64_t)img->top->size;
+}
+
+uint64_t qimg_get_cluster_size(struct qimg_image *img)
+{
+    struct qimg_image_info *info = qimg_get_info(img);
+    uint64_t cluster_size = info ? info->cluster_size : 0;
+    qimg_image_info_free(info);
+    return cluster_size;
+}
+
+/* The range check every request passes before reaching a driver. */
+static int check_request(struct qimg_node *node, uint64_t off, uint64_t len,
+                         bool write)
+{
+    if (write && !node->writable) {
+        return error_set(EACCES, "%s: image is opened read-only",
+                         node->filename);
+    }
+    if (off > node->size || len > node->size - off) {
+        return error_set(EINVAL, "%s: request at %llu+%llu is beyond the "
+                         "end of the image (%llu bytes)", node->filename,
+                         (unsigned long long)off, (unsigned long long)len,
+                         (unsigned long long)node->size);
+    }
+    return 0;
+}
+
+/* A driver returns 0 or -errno, nothing else: the core's contract check. */
+static int driver_result(int ret)
+{
+    assert(ret <= 0);
+    return ret;
+}
+
+int qimg_pread(struct qimg_image *img, void *buf, size_t len,
+               uint64_t offset)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_request(node, offset, len, false);
+    if (ret == 0 && len > 0) {
+        ret = driver_result(node->drv->pread(node, buf, len, offset));
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int qimg_pwrite(struct qimg_image *img, const void *buf, size_t len,
+                uint64_t offset)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_request(node, offset, len, true);
+    if (ret == 0 && len > 0) {
+        if (!node->drv->pwrite) {
+            ret = error_set(ENOTSUP, "%s: the %s driver cannot write",
+                            node->filename, node->drv->name);
+        } else {
+            ret = driver_result(node->drv->pwrite(node, buf, len, offset));
+        }
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+/* Zero writes fall back to writing a zero buffer, a bounded piece at once. */
+#define ZERO_FALLBACK_CHUNK (1024 * 1024)
+
+static int write_zero_buffer(struct qimg_node *node, uint64_t off,
+                             uint64_t len)
+{
+    size_t chunk = len < ZERO_FALLBACK_CHUNK ? (size_t)len
+                                             : ZERO_FALLBACK_CHUNK;
+    void *zeros = calloc(1, chunk);
+    if (!zeros) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    while (len > 0 && ret == 0) {
+        size_t n = len < chunk ? (size_t)len : chunk;
+        ret = driver_result(node->drv->pwrite(node, zeros, n, off));
+        off += n;
+        len -= n;
+    }
+    free(zeros);
+    return ret;
+}
+
+int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t offset,
+                       uint64_t len, unsigned flags)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_request(node, offset, len, true);
+    if (ret == 0 && len > 0) {
+        if (node->drv->pwrite_zeroes) {
+            ret = driver_result(
+                node->drv->pwrite_zeroes(node, offset, len, flags));
+        } else if (node->drv->pwrite) {
+            ret = write_zero_buffer(node, offset, len);
+        } else {
+            ret = error_set(ENOTSUP, "%s: the %s driver cannot write",
+                            node->filename, node->drv->name);
+        }
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_request(node, offset, len, true);
+    /* Discard is advisory: a driver without it simply keeps the data. */
+    if (ret == 0 && len > 0 && node->drv->pdiscard) {
+        ret = driver_result(node->drv->pdiscard(node, offset, len));
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int qimg_flush(struct qimg_image *img)
+{
+    int ret = node_flush(img->top);
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int qimg_block_status(struct qimg_image *img, uint64_t offset, uint64_t len,
+                      struct qimg_extent *ext)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_request(node, offset, len, false);
+    if (ret == 0 && len == 0) {
+        ret = error_set(EINVAL, "%s: block status of an empty range",
+                        node->filename);
+    }
+    if (ret == 0) {
+        ret = chain_block_status(node, offset, len, ext);
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}

@@ -1,1 +1,47 @@
-/* placeholder: being written */
+/*
+ * The thin io_* wrappers declared in driver.h.  They only dispatch through
+ * ops, so that callers never reach into a leaf's table; each leaf records
+ * its own error messages.
+ */
+#include <stddef.h>
+
+#include "driver.h"
+
+void io_close(struct qimg_io *io)
+{
+    if (!io) {
+        return;
+    }
+    io->ops->close(io);
+}
+
+int64_t io_get_size(struct qimg_io *io)
+{
+    return io->ops->get_size(io);
+}
+
+int io_pread(struct qimg_io *io, void *buf, size_t len, uint64_t off)
+{
+    return io->ops->pread(io, buf, len, off);
+}
+
+int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off)
+{
+    return io->ops->pwrite(io, buf, len, off);
+}
+
+int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
+                     bool may_unmap)
+{
+    return io->ops->pwrite_zeroes(io, off, len, may_unmap);
+}
+
+int io_flush(struct qimg_io *io)
+{
+    return io->ops->flush(io);
+}
+
+int io_truncate(struct qimg_io *io, uint64_t size)
+{
+    return io->ops->truncate(io, size);
+}

@@ -1,0 +1,205 @@
+/* Argument handling shared by the commands, with qemu-img's messages. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", PROGRAM_NAME);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", PROGRAM_NAME);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help' for more information\n",
+            PROGRAM_NAME);
+    return 1;
+}
+
+int cli_getopt_error(char **argv, int opt)
+{
+    extern int optind, optopt;
+    const char *arg = argv[optind - 1];
+    /* Long options are named as typed, short ones by their letter. */
+    bool is_long = strncmp(arg, "--", 2) == 0;
+    if (opt == ':') {
+        if (!is_long) {
+            return cli_usage_error("missing argument for option '-%c'",
+                                   optopt);
+        }
+        size_t len = strcspn(arg, "=");
+        return cli_usage_error("missing argument for option '%.*s'",
+                               (int)len, arg);
+    }
+    if (!is_long) {
+        return cli_usage_error("unrecognized option '-%c'", optopt);
+    }
+    return cli_usage_error("unrecognized option '%s'", arg);
+}
+
+void cli_report_library_error(void)
+{
+    cli_error("%s", qimg_get_error());
+}
+
+int cli_parse_output(const char *arg, enum output_format *out)
+{
+    if (strcmp(arg, "json") == 0) {
+        *out = OUTPUT_JSON;
+        return 0;
+    }
+    if (strcmp(arg, "human") == 0) {
+        *out = OUTPUT_HUMAN;
+        return 0;
+    }
+    cli_error("--output must be used with human or json as argument.");
+    return -1;
+}
+
+int cli_accumulate_options(char **acc, const char *arg)
+{
+    char *joined;
+    if (*acc) {
+        if (asprintf(&joined, "%s,%s", *acc, arg) < 0) {
+            return -1;
+        }
+        free(*acc);
+    } else {
+        joined = strdup(arg);
+        if (!joined) {
+            return -1;
+        }
+    }
+    *acc = joined;
+    return 0;
+}
+
+bool cli_options_want_help(const char *options)
+{
+    if (!options) {
+        return false;
+    }
+    struct qimg_opts *opts = qimg_opts_new();
+    if (!opts) {
+        return false;
+    }
+    bool help = false;
+    if (qimg_opts_parse(opts, options) == 0) {
+        help = qimg_opts_get(opts, "help") || qimg_opts_get(opts, "?");
+    }
+    qimg_opts_free(opts);
+    return help;
+}
+
+/* --object TYPE,id=ID,...: only secrets exist in qemu-img's world here. */
+int cli_add_object(const char *def)
+{
+    struct qimg_opts *opts = qimg_opts_new();
+    if (!opts) {
+        cli_error("Out of memory");
+        return -1;
+    }
+    int ret = -1;
+    const char *comma = strchr(def, ',');
+    size_t type_len = comma ? (size_t)(comma - def) : strlen(def);
+    char *type = strndup(def, type_len);
+    if (!type) {
+        cli_error("Out of memory");
+        goto out;
+    }
+    if (strncmp(type, "qom-type=", 9) == 0) {
+        memmove(type, type + 9, strlen(type + 9) + 1);
+    }
+    if (comma && qimg_opts_parse(opts, comma + 1) < 0) {
+        cli_error("%s", qimg_get_error());
+        goto out;
+    }
+    if (strcmp(type, "secret") != 0) {
+        cli_error("Parameter 'qom-type' does not accept value '%s'", type);
+        goto out;
+    }
+    if (!qimg_opts_get(opts, "id")) {
+        cli_error("Parameter 'id' is missing");
+        goto out;
+    }
+    if (!qimg_opts_get(opts, "data") && !qimg_opts_get(opts, "file")) {
+        cli_error("Either 'data' or 'file' must be provided");
+        goto out;
+    }
+    ret = 0;
+out:
+    free(type);
+    qimg_opts_free(opts);
+    return ret;
+}
+
+static int compare_desc(const void *a, const void *b)
+{
+    const struct qimg_opt_desc *da = a, *db = b;
+    return strcmp(da->name, db->name);
+}
+
+static const char *type_label(enum qimg_opt_type t)
+{
+    switch (t) {
+    case QIMG_OPT_BOOL:
+        return "bool (on/off)";
+    case QIMG_OPT_NUMBER:
+        return "num";
+    case QIMG_OPT_SIZE:
+        return "size";
+    case QIMG_OPT_STRING:
+    default:
+        return "str";
+    }
+}
+
+int cli_print_create_help(const char *format, const char *filename)
+{
+    const struct qimg_opt_desc *descs =
+        qimg_create_options(format, filename != NULL);
+    if (!descs) {
+        cli_report_library_error();
+        return 1;
+    }
+    size_t n = 0;
+    while (descs[n].name) {
+        n++;
+    }
+    struct qimg_opt_desc *sorted = malloc((n + 1) * sizeof(*sorted));
+    if (!sorted) {
+        cli_error("Out of memory");
+        return 1;
+    }
+    memcpy(sorted, descs, (n + 1) * sizeof(*sorted));
+    qsort(sorted, n, sizeof(*sorted), compare_desc);
+    if (filename) {
+        printf("Supported options:\n");
+    } else {
+        printf("Supported %s options:\n", format);
+    }
+    for (size_t i = 0; i < n; i++) {
+        char head[256];
+        snprintf(head, sizeof(head), "%s=<%s>", sorted[i].name,
+                 type_label(sorted[i].type));
+        printf("  %-22s - %s\n", head, sorted[i].help);
+    }
+    free(sorted);
+    if (!filename) {
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
+    }
+    return 0;
+}

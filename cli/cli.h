@@ -1,0 +1,57 @@
+/*
+ * Shared pieces of the qimg command line: error and usage reporting with
+ * qemu-img's wording, option helpers, and output printers.  The CLI uses
+ * only the public qimg.h API.
+ */
+#ifndef QIMG_CLI_H
+#define QIMG_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "qimg/qimg.h"
+
+#define PROGRAM_NAME "qimg"
+
+enum output_format {
+    OUTPUT_HUMAN,
+    OUTPUT_JSON,
+};
+
+/* "qimg: <message>" on stderr. */
+__attribute__((format(printf, 1, 2)))
+void cli_error(const char *fmt, ...);
+/* As cli_error, then "Try 'qimg --help' ..."; returns exit status 1. */
+__attribute__((format(printf, 1, 2)))
+int cli_usage_error(const char *fmt, ...);
+/* Report a getopt failure (missing argument / unknown option); returns 1. */
+int cli_getopt_error(char **argv, int opt);
+/* The library's last error, printed as "qimg: <message>". */
+void cli_report_library_error(void);
+
+/* Parse --output's argument; returns -1 (after printing) if invalid. */
+int cli_parse_output(const char *arg, enum output_format *out);
+/* Append one -o argument to an accumulated option string. */
+int cli_accumulate_options(char **acc, const char *arg);
+/* Does an option string ask for help ("help" or "?" among its keys)? */
+bool cli_options_want_help(const char *options);
+/* Validate an --object definition (secret objects are remembered). */
+int cli_add_object(const char *def);
+
+/* Print a create-options help list; filename NULL = format-only list. */
+int cli_print_create_help(const char *format, const char *filename);
+
+/* Output helpers. */
+void print_value_human(const struct qimg_value *v, int indent);
+void print_image_info_human(const struct qimg_image_info *info);
+void print_snapshot_table(const struct qimg_snapshot_info *snaps, size_t n);
+int print_json_value(const struct qimg_value *v);
+
+/* The commands. */
+int cmd_create(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+
+void cli_print_help(void);
+
+#endif

@@ -1,0 +1,502 @@
+/*
+ * qcow2: declarations shared by the files of the driver.
+ *
+ * The on-disk format is QEMU's docs/interop/qcow2.txt; comments cite its
+ * sections as [spec: Section].  Behaviour that the spec leaves open (limits,
+ * the order of checks, the exact error messages) follows qemu-img 7.2, the
+ * program qimg replaces; such facts are marked [QEMU].
+ *
+ * Layering: header.c, snapshot.c and bitmap.c are pure codecs over byte
+ * buffers (no I/O, no globals besides the error channel), so they can be
+ * unit tested and fuzzed alone.  qcow2.c does the I/O and owns the state.
+ */
+#ifndef QIMG_FORMATS_QCOW2_QCOW2_H
+#define QIMG_FORMATS_QCOW2_QCOW2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct qimg_io;
+
+/* ---- Header layout [spec: Header] -------------------------------------- */
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+/* A v2 header is exactly this long; v3 fields are absent. */
+#define QCOW2_V2_HEADER_LENGTH 72
+/* A v3 header holds at least the fields through header_length. */
+#define QCOW2_V3_MIN_HEADER_LENGTH 104
+/* Offset of the optional compression_type byte [spec: Additional fields]. */
+#define QCOW2_COMPRESSION_TYPE_OFFSET 104
+/*
+ * The header QEMU reads at open and writes back: every field it knows,
+ * through compression_type and its 7 padding bytes.  Bytes from here to
+ * header_length are "unknown header fields", preserved on rewrite.
+ */
+#define QCOW2_HEADER_SIZE 112
+
+/* ---- Limits on untrusted header values ------------------------------- */
+
+/* The spec's minimum cluster size, 512 bytes. */
+#define QCOW2_MIN_CLUSTER_BITS 9
+/* [QEMU] refuses clusters above 2 MiB, bounding the header cluster read. */
+#define QCOW2_MAX_CLUSTER_BITS 21
+/* [QEMU] a subcluster must hold at least one 512-byte sector. */
+#define QCOW2_MIN_SUBCLUSTER_SIZE 512
+/* Extended L2 entries split a cluster into this many subclusters. */
+#define QCOW2_EXTL2_SUBCLUSTERS 32
+/* refcount_bits = 1 << order may not exceed 64 [spec: Header]. */
+#define QCOW2_MAX_REFCOUNT_ORDER 6
+/* v2 images have 16-bit refcounts [spec: Header]. */
+#define QCOW2_V2_REFCOUNT_ORDER 4
+/* The spec's limit on the backing file name; QEMU's buffer is 1024. */
+#define QCOW2_MAX_BACKING_NAME 1023
+/* [QEMU] keeps the backing format in a 16-byte buffer: len < 16. */
+#define QCOW2_BACKING_FORMAT_BUF 16
+/* [QEMU] active and snapshot L1 tables: at most 32 MiB (4 Mi entries). */
+#define QCOW2_MAX_L1_SIZE (32u << 20)
+/* [QEMU] the refcount table: at most 8 MiB. */
+#define QCOW2_MAX_REFTABLE_SIZE (8u << 20)
+/* [QEMU] at most this many internal snapshots. */
+#define QCOW2_MAX_SNAPSHOTS 65536
+/* [QEMU] the snapshot table may not exceed 64 MiB in total. */
+#define QCOW2_MAX_SNAPSHOTS_SIZE (64u << 20)
+/* [QEMU] per-entry snapshot extra data, bounding each entry. */
+#define QCOW2_MAX_SNAPSHOT_EXTRA_DATA 1024
+/* [QEMU] at most this many persistent bitmaps. */
+#define QCOW2_MAX_BITMAPS 65535
+/* [QEMU] bitmap directory: 1 KiB per bitmap (67107840 bytes). */
+#define QCOW2_MAX_BITMAP_DIRECTORY_SIZE (1024u * QCOW2_MAX_BITMAPS)
+/* [QEMU] bitmap names are at most 1023 bytes. */
+#define QCOW2_MAX_BITMAP_NAME 1023
+/* [QEMU] bitmap granularity between 512 bytes and 2 GiB. */
+#define QCOW2_MIN_BITMAP_GRANULARITY_BITS 9
+#define QCOW2_MAX_BITMAP_GRANULARITY_BITS 31
+/* [QEMU] entries of one bitmap table. */
+#define QCOW2_MAX_BITMAP_TABLE_SIZE 0x8000000u
+/* [QEMU] bytes of bitmap data one bitmap may describe (512 MiB). */
+#define QCOW2_MAX_BITMAP_PHYS_SIZE 0x20000000u
+/*
+ * [QEMU] its block layer fails every request that reaches past this
+ * offset (INT64_MAX rounded down to 1 GiB) with EIO.  Metadata reads are
+ * checked against it so that a hostile offset gives QEMU's exact error.
+ */
+#define QCOW2_MAX_IO_END 0x7fffffffc0000000ull
+/* [QEMU] "Image is too big" beyond this many L1 entries for the size. */
+#define QCOW2_MAX_L1_VM_STATE_INDEX 0x7fffffffu
+/*
+ * [QEMU] info copies snapshot IDs and names into 128- and 256-byte
+ * buffers, so longer ones are shown cut to these lengths.
+ */
+#define QCOW2_INFO_SNAPSHOT_ID_MAX 127
+#define QCOW2_INFO_SNAPSHOT_NAME_MAX 255
+
+/* ---- Feature bits [spec: Header, bytes 72-95] ------------------------ */
+
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_MASK 0x1full
+
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+#define QCOW2_AUTOCLEAR_MASK 0x3ull
+
+/* Feature name table entry types [spec: Feature name table]. */
+#define QCOW2_FEAT_TYPE_INCOMPATIBLE 0
+#define QCOW2_FEAT_TYPE_COMPATIBLE 1
+#define QCOW2_FEAT_TYPE_AUTOCLEAR 2
+#define QCOW2_FEATURE_ENTRY_SIZE 48
+#define QCOW2_FEATURE_NAME_SIZE 46
+
+/* crypt_method values [spec: Header, bytes 32-35]. */
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES 1
+#define QCOW2_CRYPT_LUKS 2
+
+/* compression_type values [spec: Additional fields]. */
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* ---- Header extensions [spec: Header extensions] ---------------------- */
+
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO_HEADER 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+/* Each extension starts with u32 type, u32 length. */
+#define QCOW2_EXT_HEADER_SIZE 8
+/* [spec: Bitmaps extension] and [spec: Full disk encryption header]. */
+#define QCOW2_EXT_BITMAPS_SIZE 24
+#define QCOW2_EXT_CRYPTO_SIZE 16
+
+/* ---- Guest mapping [spec: Cluster mapping] (for the read path) -------- */
+
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L1E_RESERVED_MASK 0x7f000000000001ffull
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L2E_STD_RESERVED_MASK 0x3f000000000001feull
+#define QCOW2_OFLAG_COPIED (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO (1ull << 0)
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+
+/* ---- Snapshot table [spec: Snapshots] -------------------------------- */
+
+/* The fixed part of an entry, before its extra data. */
+#define QCOW2_SNAPSHOT_HEADER_SIZE 40
+/* Extra data QEMU knows: vm_state_size_large, disk_size, icount. */
+#define QCOW2_SNAPSHOT_EXTRA_SIZE 24
+/* The longest entry: fixed part, extra data, 16-bit id and name sizes. */
+#define QCOW2_SNAPSHOT_MAX_ENTRY                                            \
+    (QCOW2_SNAPSHOT_HEADER_SIZE + QCOW2_MAX_SNAPSHOT_EXTRA_DATA +           \
+     2 * 0xffffu)
+/* icount when the entry does not record one. */
+#define QCOW2_SNAPSHOT_NO_ICOUNT UINT64_MAX
+
+/* ---- Bitmaps [spec: Bitmaps] ----------------------------------------- */
+
+#define QCOW2_BITMAP_DIR_ENTRY_SIZE 24 /* fixed part of a directory entry */
+#define QCOW2_BME_IN_USE (1u << 0)
+#define QCOW2_BME_AUTO (1u << 1)
+/* [QEMU] treats every flag but in_use and auto as reserved. */
+#define QCOW2_BME_RESERVED_FLAGS 0xfffffffcu
+#define QCOW2_BITMAP_TYPE_DIRTY_TRACKING 1
+#define QCOW2_BMT_RESERVED_MASK 0xff000000000001feull
+#define QCOW2_BMT_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_BMT_ALL_ONES (1ull << 0)
+
+/* ---- Decoded structures ---------------------------------------------- */
+
+/* One feature name table entry [spec: Feature name table]. */
+struct qcow2_feature {
+    uint8_t type;
+    uint8_t bit;
+    char name[QCOW2_FEATURE_NAME_SIZE + 1]; /* always NUL-terminated */
+};
+
+/* An extension qimg does not know, kept to be written back. */
+struct qcow2_unknown_ext {
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+};
+
+struct qcow2_header {
+    /* [spec: Header] bytes 0-71, every version. */
+    uint32_t magic;
+    uint32_t version;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    /* [spec: Header] bytes 72-103, v3; for v2 the implied values. */
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    /* [spec: Additional fields] byte 104, 0 (zlib) when absent. */
+    uint8_t compression_type;
+    /* Bytes [QCOW2_HEADER_SIZE, header_length): unknown fields. */
+    uint8_t *unknown_fields;
+    size_t unknown_fields_len;
+
+    /* Derived: 1 << cluster_bits, and where the extension area ends. */
+    uint64_t cluster_size;
+    uint64_t ext_end;
+
+    /*
+     * [spec: Header extensions].  Strings are NUL-terminated copies; like
+     * QEMU, an embedded NUL ends them.  NULL when the extension is absent
+     * (an empty string when it is present but empty).
+     */
+    char *backing_format;
+    char *data_file;
+    bool has_crypto_ext;
+    uint64_t crypto_offset;
+    uint64_t crypto_length;
+    /*
+     * Bitmaps extension: nb_bitmaps is 0 unless the extension is present
+     * and valid and the autoclear bit vouches for it.  bitmaps_inconsistent
+     * says the extension was seen without that bit: QEMU warns and
+     * ignores it.
+     */
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_directory_size;
+    uint64_t bitmap_directory_offset;
+    bool bitmaps_inconsistent;
+    /* The image's own feature name table (last one wins), or NULL. */
+    struct qcow2_feature *features;
+    size_t nb_features;
+    /* Unknown extensions in file order. */
+    struct qcow2_unknown_ext *unknown_exts;
+    size_t nb_unknown_exts;
+
+    /* [spec: Header] the backing file name, or NULL if none. */
+    char *backing_file;
+};
+
+/* One internal snapshot [spec: Snapshots]. */
+struct qcow2_snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id;   /* NUL-terminated; an embedded NUL ends it, as in QEMU */
+    char *name; /* likewise */
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    /* The 64-bit extra field when present, else the 32-bit one. */
+    uint64_t vm_state_size;
+    /* As stored (may be less than QCOW2_SNAPSHOT_EXTRA_SIZE). */
+    uint32_t extra_data_size;
+    /* From the extra data, else the image's current virtual size. */
+    uint64_t disk_size;
+    /* From the extra data, else QCOW2_SNAPSHOT_NO_ICOUNT. */
+    uint64_t icount;
+    /* Extra data past the known 24 bytes, preserved. */
+    uint8_t *unknown_extra;
+    size_t unknown_extra_len;
+};
+
+struct qcow2_snapshot_table {
+    struct qcow2_snapshot *sn;
+    uint32_t nb;
+    /* Bytes from the table start to the end of the last entry. */
+    uint64_t size;
+};
+
+/* One bitmap directory entry [spec: Bitmap directory]. */
+struct qcow2_bitmap {
+    uint64_t table_offset;
+    uint32_t table_size;
+    uint32_t flags;
+    uint8_t type;
+    uint8_t granularity_bits;
+    char *name; /* NUL-terminated; an embedded NUL ends it, as in QEMU */
+};
+
+struct qcow2_bitmap_list {
+    struct qcow2_bitmap *bm;
+    uint32_t nb;
+};
+
+/* ---- Driver state ----------------------------------------------------- */
+
+struct qcow2_state {
+    struct qcow2_header hdr;
+    unsigned open_flags; /* QIMG_OPEN_* */
+
+    /* Geometry [spec: Cluster mapping, Extended L2 Entries]. */
+    unsigned cluster_bits;
+    uint64_t cluster_size;
+    unsigned l2_entry_size; /* 8, or 16 with extended L2 entries */
+    unsigned l2_bits;       /* log2 of entries per L2 table */
+    uint64_t l2_entries;
+    unsigned subclusters_per_cluster;
+    uint64_t subcluster_size;
+    unsigned subcluster_bits;
+    /* Compressed cluster descriptor fields [spec: Cluster mapping]. */
+    unsigned csize_shift;
+    uint64_t csize_mask;
+    uint64_t cluster_offset_mask;
+    /* First L1 index past the guest disk, where VM state starts. */
+    uint64_t l1_vm_state_index;
+
+    /* Active L1 table, host byte order; NULL until loaded. */
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t *l1_table;
+
+    /* Refcounts [spec: Host cluster management]; loaded by writers. */
+    unsigned refcount_order;
+    uint64_t refcount_table_offset;
+    uint64_t refcount_table_entries;
+    uint64_t *refcount_table;
+
+    struct qcow2_snapshot_table snapshots;
+    struct qcow2_bitmap_list bitmaps;
+
+    /*
+     * External data file [spec: Header, incompatible bit 2]: the guest
+     * data lives there at host offset == guest offset.  NULL when guest
+     * data is in the image file, and when the image was opened for
+     * metadata only (QIMG_OPEN_NO_IO), where QEMU does not open it either.
+     */
+    bool has_data_file;
+    struct qimg_io *data_file;
+};
+
+/* ---- header.c ---------------------------------------------------------- */
+
+/* Flags for qcow2_header_decode(). */
+/* The image is being opened for writing (a corrupt image is refused). */
+#define QCOW2_DECODE_RDWR (1u << 0)
+/*
+ * Opened to be checked or repaired (QEMU's BDRV_O_CHECK): a corrupt image
+ * may be written, a missing refcount table and a bad snapshot table
+ * offset are tolerated.
+ */
+#define QCOW2_DECODE_CHECK (1u << 1)
+/*
+ * Metadata only (info): the external data file and the encryption keys
+ * are not needed, so their absence is not an error.
+ */
+#define QCOW2_DECODE_NO_IO (1u << 2)
+
+/*
+ * How many bytes from the start of the file qcow2_header_decode() wants:
+ * the first cluster if the fixed header names a usable cluster size, else
+ * QCOW2_HEADER_SIZE (decoding will then fail on the fixed header).  buf
+ * holds the first len bytes of the file; missing bytes read as zero.
+ */
+size_t qcow2_header_bytes_needed(const uint8_t *buf, size_t len);
+
+/*
+ * Decode and validate the header, its extensions and the table locations,
+ * doing QEMU's open-time checks in QEMU's order up to the point where
+ * QEMU opens the external data file.  buf holds the first len bytes of
+ * the file (ideally qcow2_header_bytes_needed()); bytes past len read as
+ * zero, as they do past the end of a file.  flags: QCOW2_DECODE_*.
+ *
+ * Reads QEMU would make and that would fail because they reach past
+ * QCOW2_MAX_IO_END (the L1 and refcount tables) fail here with its EIO
+ * message, so the error is the same without any I/O.
+ *
+ * On failure the message is set and hdr may hold partial results; free
+ * it with qcow2_header_free() in both cases.  hdr->bitmaps_inconsistent
+ * is meaningful even on failure (QEMU warns before failing).
+ */
+int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
+                        struct qcow2_header *hdr);
+
+/*
+ * The checks QEMU makes after opening the data file: the encryption
+ * header must exist (unless QCOW2_DECODE_NO_IO), the backing file name
+ * must fit; reads the backing file name into hdr->backing_file.
+ */
+int qcow2_header_decode_finish(const uint8_t *buf, size_t len,
+                               unsigned flags, struct qcow2_header *hdr);
+
+void qcow2_header_free(struct qcow2_header *hdr);
+
+/*
+ * Write the header as QEMU's qcow2_update_header would: the fixed
+ * header (72 bytes for v2; 112 plus the unknown fields for v3, with
+ * header_length set to match), then the extensions in QEMU's order
+ * (backing format, data file name if incompatible bit 2 is set, crypto
+ * header pointer, QEMU's feature name table for v3 images with clusters
+ * over 4 KiB, bitmaps if nb_bitmaps > 0, unknown extensions in reverse
+ * file order as QEMU does), the end marker, and the backing file name.
+ * The rest of buf is zeroed.  hdr->backing_file_offset/size and
+ * header_length of hdr are ignored: they follow from the layout.
+ * Returns the number of bytes used, or -ENOSPC (message set) if they do
+ * not fit in len, or -EINVAL for a header QEMU would refuse to write.
+ */
+int64_t qcow2_header_encode(const struct qcow2_header *hdr, uint8_t *buf,
+                            size_t len);
+
+/* The feature name table QEMU 7.2 writes, and its entry count. */
+extern const struct qcow2_feature qcow2_std_features[];
+#define QCOW2_NB_STD_FEATURES 8
+
+/*
+ * QEMU's size_to_l1(): L1 entries needed to map size bytes, computed in
+ * wrapping 64-bit arithmetic exactly as QEMU does.
+ */
+uint64_t qcow2_size_to_l1(uint64_t size, unsigned cluster_bits,
+                          bool extended_l2);
+
+/* "zlib" or "zstd" (QAPI Qcow2CompressionType), NULL for others. */
+const char *qcow2_compression_name(uint8_t type);
+
+/* Would QEMU's block layer accept a read of n bytes at off? */
+static inline bool qcow2_read_in_range(uint64_t off, uint64_t n)
+{
+    return off <= QCOW2_MAX_IO_END && n <= QCOW2_MAX_IO_END - off;
+}
+
+/* ---- snapshot.c -------------------------------------------------------- */
+
+/*
+ * Decode nb snapshot table entries.  buf holds len bytes of the file
+ * from table_offset (the table's absolute offset, used only for QEMU's
+ * EIO rule); bytes are consumed entry by entry exactly as QEMU reads
+ * them, with its limits: at most QCOW2_MAX_SNAPSHOT_EXTRA_DATA bytes of
+ * extra data per entry and QCOW2_MAX_SNAPSHOTS_SIZE for the whole table.
+ * default_disk_size is used for entries without a disk size.
+ *
+ * Returns 0, or -ENOBUFS when buf ends before the table does: *needed is
+ * then a length to retry with (never more than QCOW2_MAX_SNAPSHOTS_SIZE +
+ * QCOW2_SNAPSHOT_MAX_ENTRY + 8, after which the table is too big), or
+ * another -errno with the message set.  out is empty on failure.
+ */
+int qcow2_snapshots_decode(const uint8_t *buf, size_t len,
+                           uint64_t table_offset, uint32_t nb,
+                           uint64_t default_disk_size,
+                           struct qcow2_snapshot_table *out, size_t *needed);
+
+/*
+ * The encoded size of a table as QEMU writes it (each entry with at least
+ * 24 bytes of extra data, id and name cut at their first NUL), or -EFBIG
+ * (message set) if it exceeds QCOW2_MAX_SNAPSHOTS_SIZE.
+ */
+int64_t qcow2_snapshots_encoded_size(const struct qcow2_snapshot_table *t);
+
+/* Encode into buf (zeroed first); returns the size or -errno. */
+int64_t qcow2_snapshots_encode(const struct qcow2_snapshot_table *t,
+                               uint8_t *buf, size_t len);
+
+void qcow2_snapshots_free(struct qcow2_snapshot_table *t);
+
+/* ---- bitmap.c ---------------------------------------------------------- */
+
+/*
+ * Decode the bitmap directory (buf: the dir_size bytes at the directory
+ * offset) holding nb_bitmaps entries, checking each entry as QEMU does
+ * for an image of cluster_size clusters and disk_size bytes.
+ */
+int qcow2_bitmaps_decode(const uint8_t *buf, size_t len, uint32_t nb_bitmaps,
+                         uint64_t cluster_size, uint64_t disk_size,
+                         struct qcow2_bitmap_list *out);
+
+/*
+ * QEMU loads every bitmap at open: its name must be unique (an in_use
+ * bitmap whose name was already loaded is skipped), and the table of a
+ * bitmap not in use must be valid and exactly as long as the disk needs.
+ * Checks bitmap index i of list against the earlier ones.  Returns 1 if
+ * its table must be checked with qcow2_bitmap_check_table(), 0 if not, or
+ * -errno with the message set.
+ */
+int qcow2_bitmap_check_name(const struct qcow2_bitmap_list *list,
+                            uint32_t i);
+
+/*
+ * Check a bitmap table (table: table_size big-endian entries) for a disk
+ * of disk_size bytes.
+ */
+int qcow2_bitmap_check_table(const struct qcow2_bitmap *bm,
+                             const uint8_t *table, uint64_t cluster_size,
+                             uint64_t disk_size);
+
+/* The bitmap table entries QEMU expects for a disk of disk_size bytes. */
+uint64_t qcow2_bitmap_table_entries(uint64_t disk_size,
+                                    unsigned granularity_bits,
+                                    uint64_t cluster_size);
+
+void qcow2_bitmaps_free(struct qcow2_bitmap_list *list);
+
+#endif

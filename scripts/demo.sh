@@ -1,0 +1,30 @@
+#!/bin/bash
+# Build qimg and run it on a generated sample: a qcow2 overlay with data,
+# a snapshot and a bitmap over a raw base image.  The sample is made with
+# qemu-img (installed as the test oracle) where qimg cannot write yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+[ -f build/build.ninja ] || meson setup build >/dev/null
+ninja -C build >/dev/null
+QIMG=$PWD/build/cli/qimg
+
+dir=$(mktemp -d "${TMPDIR:-/tmp}/qimg-demo.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+cd "$dir"
+
+echo "== qimg create -f raw base.raw 64M"
+"$QIMG" create -f raw base.raw 64M
+qemu-io -f raw -c 'write -P 0x42 0 4M' base.raw >/dev/null
+qemu-img create -q -f qcow2 -b base.raw -F raw winxp.qcow2
+qemu-io -f qcow2 -c 'write -P 0x17 1M 2M' winxp.qcow2 >/dev/null
+qemu-img snapshot -c before-update winxp.qcow2
+qemu-img bitmap --add winxp.qcow2 backup-0
+
+echo
+echo "== qimg info --backing-chain winxp.qcow2"
+"$QIMG" info --backing-chain winxp.qcow2
+echo
+echo "== qimg info --output=json winxp.qcow2"
+"$QIMG" info --output=json winxp.qcow2

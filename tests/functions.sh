@@ -1,0 +1,61 @@
+# Shared helpers for the shell test suites.  Source it; it sets up a
+# scratch directory ($T, removed on exit) and failure accounting.
+#   expect_same NAME FILE_A FILE_B   compare two outputs, diff on mismatch
+#   fail NAME [DETAIL]               record a failure
+#   finish                            exit 1 if anything failed
+set -u
+
+: "${QIMG:?QIMG must point at the qimg binary}"
+QEMU_IMG=${QEMU_IMG:-qemu-img}
+QEMU_IO=${QEMU_IO:-qemu-io}
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/qimg-test.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+
+failures=0
+checks=0
+
+fail() {
+    failures=$((failures + 1))
+    echo "FAIL: $1" >&2
+    if [ $# -gt 1 ]; then
+        printf '%s\n' "$2" | head -40 | sed 's/^/    /' >&2
+    fi
+}
+
+pass() {
+    checks=$((checks + 1))
+}
+
+expect_same() {
+    local name=$1 a=$2 b=$3
+    checks=$((checks + 1))
+    if ! cmp -s "$a" "$b"; then
+        fail "$name" "$(diff -u "$a" "$b" | head -40)"
+        return 1
+    fi
+    return 0
+}
+
+# expect_status NAME WANT CMD...: run CMD, require exit status WANT.
+expect_status() {
+    local name=$1 want=$2
+    shift 2
+    checks=$((checks + 1))
+    "$@" >"$T/.out" 2>"$T/.err"
+    local got=$?
+    if [ "$got" != "$want" ]; then
+        fail "$name: exit status $got, want $want" "$(cat "$T/.err")"
+        return 1
+    fi
+    return 0
+}
+
+finish() {
+    if [ "$failures" -ne 0 ]; then
+        echo "$failures of $checks checks failed" >&2
+        exit 1
+    fi
+    echo "all $checks checks passed"
+    exit 0
+}
