@@ -14,12 +14,15 @@ trap 'rm -rf "$T"' EXIT
 
 failures=0
 checks=0
+# Failures are reported on the script's own stderr even from inside a
+# command whose stderr is redirected.
+exec 3>&2
 
 fail() {
     failures=$((failures + 1))
-    echo "FAIL: $1" >&2
+    echo "FAIL: $1" >&3
     if [ $# -gt 1 ]; then
-        printf '%s\n' "$2" | head -40 | sed 's/^/    /' >&2
+        printf '%s\n' "$2" | head -40 | sed 's/^/    /' >&3
     fi
 }
 

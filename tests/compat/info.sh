@@ -89,7 +89,8 @@ mk -f raw -o preallocation=full full.raw 3M; add full.raw
 
 # Dirty (lazy refcounts, not closed cleanly) and corrupt images.
 mk -f qcow2 -o lazy_refcounts=on dirty.qcow2 16M
-io -f qcow2 -c 'write 0 64k' -c abort dirty.qcow2 2>/dev/null
+# abort exits by signal: the image is left dirty on purpose.
+("$QEMU_IO" -f qcow2 -c "write 0 64k" -c abort dirty.qcow2) >/dev/null 2>&1
 add dirty.qcow2
 mk -f qcow2 corrupt.qcow2 16M
 # incompatible_features (offset 72): set bit 1, the corrupt bit.

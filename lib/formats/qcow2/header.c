@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,8 +25,9 @@
  * [QEMU] opening an encrypted image for I/O needs a key; qimg takes none
  * yet, so it fails the way qemu-img does when none is given.
  */
-#define KEY_SECRET_MESSAGE "Parameter 'encrypt.key-secret' is required for " \
-                           "cipher"
+#define KEY_SECRET_MESSAGE                                                     \
+    "Parameter 'encrypt.key-secret' is required for "                          \
+    "cipher"
 
 /* Names as QEMU 7.2 writes them in the feature name table. */
 const struct qcow2_feature qcow2_std_features[QCOW2_NB_STD_FEATURES] = {
@@ -42,8 +44,8 @@ const struct qcow2_feature qcow2_std_features[QCOW2_NB_STD_FEATURES] = {
 /* ---- Reading the buffer ------------------------------------------------ */
 
 /* n bytes at off of the file held in buf[0..len), zeros past its end. */
-static void get_bytes(const uint8_t *buf, size_t len, uint64_t off,
-                      void *dst, size_t n)
+static void get_bytes(const uint8_t *buf, size_t len, uint64_t off, void *dst,
+                      size_t n)
 {
     uint8_t *d = dst;
     size_t have = 0;
@@ -77,8 +79,7 @@ static uint64_t get_be64(const uint8_t *buf, size_t len, uint64_t off)
  * A NUL-terminated copy of the n bytes at off.  Like QEMU, which keeps
  * these names as C strings, an embedded NUL ends the string.
  */
-static char *get_string(const uint8_t *buf, size_t len, uint64_t off,
-                        size_t n)
+static char *get_string(const uint8_t *buf, size_t len, uint64_t off, size_t n)
 {
     char *s = malloc(n + 1);
     if (!s) {
@@ -117,9 +118,9 @@ const char *qcow2_compression_name(uint8_t type)
  * QEMU's qcow2_validate_table(): a table of entries * entry_len bytes at
  * offset must fit max_bytes, start on a cluster and end below INT64_MAX.
  */
-static int validate_table(uint64_t offset, uint64_t entries,
-                          uint64_t entry_len, uint64_t max_bytes,
-                          uint64_t cluster_size, const char *what)
+static int validate_table(uint64_t offset, uint64_t entries, uint64_t entry_len,
+                          uint64_t max_bytes, uint64_t cluster_size,
+                          const char *what)
 {
     if (entries > max_bytes / entry_len) {
         return error_set(EFBIG, "%s too large", what);
@@ -136,17 +137,16 @@ static int validate_table(uint64_t offset, uint64_t entries,
 static int validate_compression_type(uint8_t type, uint64_t incompat)
 {
     if (!qcow2_compression_name(type)) {
-        return error_set(ENOTSUP, "qcow2: unknown compression type: %u",
-                         type);
+        return error_set(ENOTSUP, "qcow2: unknown compression type: %u", type);
     }
     if (type == QCOW2_COMPRESSION_ZLIB) {
         if (incompat & QCOW2_INCOMPAT_COMPRESSION) {
             return error_set(EINVAL, "qcow2: Compression type incompatible "
-                             "feature bit must not be set");
+                                     "feature bit must not be set");
         }
     } else if (!(incompat & QCOW2_INCOMPAT_COMPRESSION)) {
         return error_set(EINVAL, "qcow2: Compression type incompatible "
-                         "feature bit must be set");
+                                 "feature bit must be set");
     }
     return 0;
 }
@@ -175,17 +175,15 @@ static void decode_fixed(const uint8_t *buf, size_t len,
     hdr->autoclear_features = get_be64(buf, len, 88);
     hdr->refcount_order = get_be32(buf, len, 96);
     hdr->header_length = get_be32(buf, len, 100);
-    hdr->compression_type =
-        get_u8(buf, len, QCOW2_COMPRESSION_TYPE_OFFSET);
+    hdr->compression_type = get_u8(buf, len, QCOW2_COMPRESSION_TYPE_OFFSET);
 }
 
 size_t qcow2_header_bytes_needed(const uint8_t *buf, size_t len)
 {
     uint32_t version = get_be32(buf, len, 4);
     uint32_t bits = get_be32(buf, len, 20);
-    if (get_be32(buf, len, 0) != QCOW2_MAGIC || version < 2 ||
-        version > 3 || bits < QCOW2_MIN_CLUSTER_BITS ||
-        bits > QCOW2_MAX_CLUSTER_BITS) {
+    if (get_be32(buf, len, 0) != QCOW2_MAGIC || version < 2 || version > 3 ||
+        bits < QCOW2_MIN_CLUSTER_BITS || bits > QCOW2_MAX_CLUSTER_BITS) {
         return QCOW2_HEADER_SIZE;
     }
     /* Clusters are at least 512 bytes, more than the fixed header. */
@@ -214,8 +212,8 @@ static int parse_feature_table(const uint8_t *buf, size_t len, uint64_t off,
      */
     size_t n = 0;
     while ((uint64_t)n * QCOW2_FEATURE_ENTRY_SIZE + 2 < elen &&
-           get_u8(buf, len, off + (uint64_t)n * QCOW2_FEATURE_ENTRY_SIZE +
-                                2) != 0) {
+           get_u8(buf, len, off + (uint64_t)n * QCOW2_FEATURE_ENTRY_SIZE + 2) !=
+               0) {
         n++;
     }
     struct qcow2_feature *f = NULL;
@@ -246,8 +244,8 @@ static int add_unknown_ext(const uint8_t *buf, size_t len, uint64_t off,
                            uint32_t type, uint32_t elen,
                            struct qcow2_header *hdr)
 {
-    struct qcow2_unknown_ext *list = realloc(
-        hdr->unknown_exts, (hdr->nb_unknown_exts + 1) * sizeof(*list));
+    struct qcow2_unknown_ext *list =
+        realloc(hdr->unknown_exts, (hdr->nb_unknown_exts + 1) * sizeof(*list));
     if (!list) {
         return error_set(ENOMEM, "Out of memory");
     }
@@ -289,21 +287,24 @@ static int parse_bitmaps_ext(const uint8_t *buf, size_t len, uint64_t off,
         return error_set(EINVAL, "bitmaps_ext: Reserved field is not zero");
     }
     if (nb > QCOW2_MAX_BITMAPS) {
-        return error_set(EINVAL, "bitmaps_ext: Image has %" PRIu32
+        return error_set(EINVAL,
+                         "bitmaps_ext: Image has %" PRIu32
                          " bitmaps, exceeding the QEMU supported maximum "
-                         "of %d", nb, QCOW2_MAX_BITMAPS);
+                         "of %d",
+                         nb, QCOW2_MAX_BITMAPS);
     }
     if (nb == 0) {
         return error_set(EINVAL, "found bitmaps extension with zero "
-                         "bitmaps");
+                                 "bitmaps");
     }
     if (!is_aligned_u64(dir_offset, hdr->cluster_size)) {
         return error_set(EINVAL, "bitmaps_ext: invalid bitmap directory "
-                         "offset");
+                                 "offset");
     }
     if (dir_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
-        return error_set(EINVAL, "bitmaps_ext: bitmap directory size (%"
-                         PRIu64 ") exceeds the maximum supported size (%u)",
+        return error_set(EINVAL,
+                         "bitmaps_ext: bitmap directory size (%" PRIu64
+                         ") exceeds the maximum supported size (%u)",
                          dir_size, QCOW2_MAX_BITMAP_DIRECTORY_SIZE);
     }
     hdr->nb_bitmaps = nb;
@@ -319,19 +320,21 @@ static int parse_crypto_ext(const uint8_t *buf, size_t len, uint64_t off,
 {
     if (hdr->crypt_method != QCOW2_CRYPT_LUKS) {
         return error_set(EINVAL, "CRYPTO header extension only expected "
-                         "with LUKS encryption method");
+                                 "with LUKS encryption method");
     }
     if (elen != QCOW2_EXT_CRYPTO_SIZE) {
-        return error_set(EINVAL, "CRYPTO header extension size %" PRIu32
-                         ", but expected size %d", elen,
-                         QCOW2_EXT_CRYPTO_SIZE);
+        return error_set(EINVAL,
+                         "CRYPTO header extension size %" PRIu32
+                         ", but expected size %d",
+                         elen, QCOW2_EXT_CRYPTO_SIZE);
     }
     uint64_t offset = get_be64(buf, len, off);
     uint64_t length = get_be64(buf, len, off + 8);
     if (!is_aligned_u64(offset, hdr->cluster_size)) {
-        return error_set(EINVAL, "Encryption header offset '%" PRIu64
-                         "' is not a multiple of cluster size '%" PRIu64
-                         "'", offset, hdr->cluster_size);
+        return error_set(EINVAL,
+                         "Encryption header offset '%" PRIu64
+                         "' is not a multiple of cluster size '%" PRIu64 "'",
+                         offset, hdr->cluster_size);
     }
     /*
      * [QEMU] opens the LUKS header here; without a key (qimg takes none)
@@ -376,9 +379,10 @@ static int walk_extensions(const uint8_t *buf, size_t len, unsigned flags,
             return 0;
         case QCOW2_EXT_BACKING_FORMAT:
             if (elen >= QCOW2_BACKING_FORMAT_BUF) {
-                return error_set(EINVAL, "ERROR: ext_backing_format: len=%"
-                                 PRIu32 " too large (>=%d)", elen,
-                                 QCOW2_BACKING_FORMAT_BUF);
+                return error_set(EINVAL,
+                                 "ERROR: ext_backing_format: len=%" PRIu32
+                                 " too large (>=%d)",
+                                 elen, QCOW2_BACKING_FORMAT_BUF);
             }
             if (!early) {
                 char *s = get_string(buf, len, off, elen);
@@ -400,7 +404,8 @@ static int walk_extensions(const uint8_t *buf, size_t len, unsigned flags,
             break;
         case QCOW2_EXT_CRYPTO_HEADER:
             if (early) {
-                return error_set(EINVAL, "CRYPTO header extension only "
+                return error_set(EINVAL,
+                                 "CRYPTO header extension only "
                                  "expected with LUKS encryption method");
             }
             ret = parse_crypto_ext(buf, len, off, elen, flags, hdr);
@@ -440,8 +445,7 @@ static int walk_extensions(const uint8_t *buf, size_t len, unsigned flags,
  * mask, in QEMU's format.
  */
 static int report_unsupported(const uint8_t *buf, size_t len,
-                              const struct feature_table_ref *ft,
-                              uint64_t mask)
+                              const struct feature_table_ref *ft, uint64_t mask)
 {
     /* Each name is at most 46 bytes; there are at most 64 named bits. */
     char text[64 * (QCOW2_FEATURE_NAME_SIZE + 2) + 64];
@@ -464,8 +468,7 @@ static int report_unsupported(const uint8_t *buf, size_t len,
             continue;
         }
         char name[QCOW2_FEATURE_NAME_SIZE + 1] = {0};
-        size_t avail = (size_t)min_u64(end - (e + 2),
-                                       QCOW2_FEATURE_NAME_SIZE);
+        size_t avail = (size_t)min_u64(end - (e + 2), QCOW2_FEATURE_NAME_SIZE);
         get_bytes(buf, len, e + 2, name, avail);
         int n = snprintf(text + used, sizeof(text) - used, "%s%s",
                          used ? ", " : "", name);
@@ -476,8 +479,8 @@ static int report_unsupported(const uint8_t *buf, size_t len,
     }
     if (mask) {
         snprintf(text + used, sizeof(text) - used,
-                 "%sUnknown incompatible feature: %" PRIx64,
-                 used ? ", " : "", mask);
+                 "%sUnknown incompatible feature: %" PRIx64, used ? ", " : "",
+                 mask);
     }
     return error_set(ENOTSUP, "Unsupported qcow2 feature(s): %s", text);
 }
@@ -531,8 +534,8 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
         return error_set(EINVAL, "Invalid backing file offset");
     }
     /* [spec: Header extensions] they end where the backing name starts. */
-    hdr->ext_end = hdr->backing_file_offset ? hdr->backing_file_offset
-                                            : hdr->cluster_size;
+    hdr->ext_end =
+        hdr->backing_file_offset ? hdr->backing_file_offset : hdr->cluster_size;
 
     /* [spec: Additional fields] present iff header_length > its offset. */
     if (hdr->header_length <= QCOW2_COMPRESSION_TYPE_OFFSET) {
@@ -555,7 +558,7 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
         (flags & QCOW2_DECODE_RDWR) && !(flags & QCOW2_DECODE_CHECK)) {
         /* [spec: Header, incompatible bit 1] read-only unless repairing. */
         return error_set(EACCES, "qcow2: Image is corrupt; cannot be "
-                         "opened read/write");
+                                 "opened read/write");
     }
     bool extl2 = (hdr->incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
     if (extl2 && hdr->cluster_size / QCOW2_EXTL2_SUBCLUSTERS <
@@ -565,16 +568,16 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
     }
     if (hdr->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
         return error_set(EINVAL, "Reference count entry width too large; "
-                         "may not exceed 64 bits");
+                                 "may not exceed 64 bits");
     }
     if (hdr->refcount_table_clusters == 0 && !(flags & QCOW2_DECODE_CHECK)) {
         return error_set(EINVAL, "Image does not contain a reference count "
-                         "table");
+                                 "table");
     }
-    ret = validate_table(hdr->refcount_table_offset,
-                         hdr->refcount_table_clusters, hdr->cluster_size,
-                         QCOW2_MAX_REFTABLE_SIZE, hdr->cluster_size,
-                         "Reference count table");
+    ret =
+        validate_table(hdr->refcount_table_offset, hdr->refcount_table_clusters,
+                       hdr->cluster_size, QCOW2_MAX_REFTABLE_SIZE,
+                       hdr->cluster_size, "Reference count table");
     if (ret < 0) {
         return ret;
     }
@@ -592,14 +595,13 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
             return ret;
         }
     }
-    ret = validate_table(hdr->l1_table_offset, hdr->l1_size, sizeof(uint64_t),
-                         QCOW2_MAX_L1_SIZE, hdr->cluster_size,
-                         "Active L1 table");
+    ret =
+        validate_table(hdr->l1_table_offset, hdr->l1_size, sizeof(uint64_t),
+                       QCOW2_MAX_L1_SIZE, hdr->cluster_size, "Active L1 table");
     if (ret < 0) {
         return ret;
     }
-    uint64_t l1_needed = qcow2_size_to_l1(hdr->size, hdr->cluster_bits,
-                                          extl2);
+    uint64_t l1_needed = qcow2_size_to_l1(hdr->size, hdr->cluster_bits, extl2);
     if (l1_needed > QCOW2_MAX_L1_VM_STATE_INDEX) {
         return error_set(EFBIG, "Image is too big");
     }
@@ -623,7 +625,7 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
                              (uint64_t)hdr->refcount_table_clusters *
                                  hdr->cluster_size)) {
         return error_set_errno(EIO, "Could not initialize refcount "
-                               "handling");
+                                    "handling");
     }
 
     ret = walk_extensions(buf, len, flags, false, NULL, hdr);
@@ -640,7 +642,7 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
         if (hdr->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
             if (!hdr->data_file) {
                 return error_set(EINVAL, "'data-file' is required for this "
-                                 "image");
+                                         "image");
             }
         } else if (hdr->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) {
             return error_set(EINVAL, "data-file-raw requires a data file");
@@ -649,8 +651,8 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
     return 0;
 }
 
-int qcow2_header_decode_finish(const uint8_t *buf, size_t len,
-                               unsigned flags, struct qcow2_header *hdr)
+int qcow2_header_decode_finish(const uint8_t *buf, size_t len, unsigned flags,
+                               struct qcow2_header *hdr)
 {
     if (hdr->crypt_method != QCOW2_CRYPT_NONE && !hdr->has_crypto_ext &&
         !(flags & QCOW2_DECODE_NO_IO)) {
@@ -711,12 +713,11 @@ struct writer {
 static int no_space(void)
 {
     return error_set(ENOSPC, "qcow2 header does not fit in the first "
-                     "cluster");
+                             "cluster");
 }
 
 /* One extension: type, length, data, zero padding to 8 bytes. */
-static int put_ext(struct writer *w, uint32_t type, const void *data,
-                   size_t n)
+static int put_ext(struct writer *w, uint32_t type, const void *data, size_t n)
 {
     size_t padded = (n + 7) & ~(size_t)7;
     if (w->len - w->pos < QCOW2_EXT_HEADER_SIZE ||

@@ -1,1 +1,686 @@
-/* placeholder: being written */
+/*
+ * qcow2: the format driver.  This step opens any image QEMU writes (v2
+ * and v3, every option) far enough to answer "qemu-img info" exactly:
+ * header, extensions, snapshots, bitmaps, backing file, data file.  Every
+ * value read from the image is validated before it sizes an allocation.
+ *
+ * Guest data access (the L1/L2 walk) is not here yet; the state keeps
+ * the geometry and the active L1 table it will need.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "driver.h"
+#include "formats/qcow2/qcow2.h"
+#include "util/checked.h"
+#include "util/endian.h"
+#include "util/path.h"
+
+/* The first read of the snapshot table; most tables are far smaller. */
+#define SNAPSHOT_READ_START (64u * 1024)
+/*
+ * The most of the table qcow2_snapshots_decode() can consume before it
+ * fails with "Snapshot table is too big": the limit, one entry, padding.
+ */
+#define SNAPSHOT_READ_MAX                                                      \
+    ((size_t)QCOW2_MAX_SNAPSHOTS_SIZE + QCOW2_SNAPSHOT_MAX_ENTRY + 8)
+
+static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    /* [QEMU] probes a zero-padded buffer: missing bytes read as zero. */
+    uint8_t h[8] = {0};
+    memcpy(h, buf, (size_t)min_u64(len, sizeof(h)));
+    return load_be32(h) == QCOW2_MAGIC && load_be32(h + 4) >= 2 ? 100 : 0;
+}
+
+/*
+ * Read metadata.  what is QEMU's message for a failed read; a read QEMU's
+ * block layer would refuse (past QCOW2_MAX_IO_END) fails the same way.
+ */
+static int read_meta(struct qimg_io *io, void *buf, size_t len, uint64_t off,
+                     const char *what)
+{
+    if (!qcow2_read_in_range(off, len)) {
+        return error_set_errno(EIO, "%s", what);
+    }
+    int ret = io_pread(io, buf, len, off);
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s", what);
+    }
+    return 0;
+}
+
+static void state_free(struct qcow2_state *s)
+{
+    if (!s) {
+        return;
+    }
+    qcow2_header_free(&s->hdr);
+    qcow2_snapshots_free(&s->snapshots);
+    qcow2_bitmaps_free(&s->bitmaps);
+    free(s->l1_table);
+    free(s->refcount_table);
+    io_close(s->data_file);
+    free(s);
+}
+
+/* Derived values [spec: Cluster mapping, Extended L2 Entries]. */
+static void init_geometry(struct qcow2_state *s)
+{
+    const struct qcow2_header *h = &s->hdr;
+    bool extl2 = (h->incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
+
+    s->cluster_bits = h->cluster_bits;
+    s->cluster_size = h->cluster_size;
+    s->subclusters_per_cluster = extl2 ? QCOW2_EXTL2_SUBCLUSTERS : 1;
+    s->subcluster_size = s->cluster_size / s->subclusters_per_cluster;
+    s->subcluster_bits = s->cluster_bits - (extl2 ? 5 : 0);
+    s->l2_entry_size = extl2 ? 16 : 8;
+    s->l2_bits = s->cluster_bits - (extl2 ? 4 : 3);
+    s->l2_entries = (uint64_t)1 << s->l2_bits;
+    /* [spec: Compressed Clusters Descriptor] x = 62 - (cluster_bits - 8) */
+    s->csize_shift = 62 - (s->cluster_bits - 8);
+    s->csize_mask = ((uint64_t)1 << (s->cluster_bits - 8)) - 1;
+    s->cluster_offset_mask = ((uint64_t)1 << s->csize_shift) - 1;
+    s->l1_vm_state_index = qcow2_size_to_l1(h->size, h->cluster_bits, extl2);
+
+    s->l1_size = h->l1_size;
+    s->l1_table_offset = h->l1_table_offset;
+    s->refcount_order = h->refcount_order;
+    s->refcount_table_offset = h->refcount_table_offset;
+    s->refcount_table_entries = (uint64_t)h->refcount_table_clusters
+                                << (h->cluster_bits - 3);
+    s->has_data_file =
+        (h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) != 0;
+}
+
+/*
+ * The external data file [spec: Header, incompatible bit 2].  QEMU 7.2
+ * (with the CVE-2024-4467 fix) does not open it for metadata-only opens,
+ * and takes the name stored in the image as a plain file name, relative
+ * to the working directory.  qimg refuses names that look like another
+ * protocol or a json: description rather than looking for such a file.
+ */
+static int open_data_file(struct qimg_node *node, struct qcow2_state *s,
+                          unsigned flags)
+{
+    if (!s->has_data_file || (flags & QIMG_OPEN_NO_IO)) {
+        return 0;
+    }
+    /* qcow2_header_decode() made sure the name is there. */
+    const char *name = s->hdr.data_file;
+    if (flags & QIMG_OPEN_NO_EXTERNAL) {
+        return error_set(EPERM,
+                         "Could not open data file: the image names "
+                         "data file '%s' and external references are "
+                         "refused",
+                         name);
+    }
+    if (name[0] == '\0') {
+        return error_set(EINVAL, "The 'file' block driver requires a file "
+                                 "name");
+    }
+    if (path_is_protocol(name)) {
+        return error_set(ENOTSUP,
+                         "Could not open data file: '%s' is not a "
+                         "plain local file name",
+                         name);
+    }
+    unsigned io_flags = node->writable ? IO_RDWR : 0;
+    if (flags & QIMG_OPEN_FORCE_SHARE) {
+        io_flags |= IO_NO_LOCK;
+    }
+    return io_file_open(name, io_flags, &s->data_file);
+}
+
+/* The active L1 table, at most QCOW2_MAX_L1_SIZE (checked by decode). */
+static int load_l1(struct qimg_node *node, struct qcow2_state *s)
+{
+    if (s->l1_size == 0) {
+        return 0;
+    }
+    size_t bytes = (size_t)s->l1_size * sizeof(uint64_t);
+    uint64_t *t = malloc(bytes);
+    if (!t) {
+        return error_set(ENOMEM, "Could not allocate L1 table");
+    }
+    int ret = read_meta(node->file, t, bytes, s->l1_table_offset,
+                        "Could not read L1 table");
+    if (ret < 0) {
+        free(t);
+        return ret;
+    }
+    /* Decode in place: each slot is read before it is written. */
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        t[i] = load_be64((const uint8_t *)t + (size_t)i * 8);
+    }
+    s->l1_table = t;
+    return 0;
+}
+
+/*
+ * The snapshot table, read in growing windows: the decoder says how much
+ * more it needs, and gives up by itself past SNAPSHOT_READ_MAX.
+ */
+static int read_snapshots(struct qimg_node *node, struct qcow2_state *s)
+{
+    const struct qcow2_header *h = &s->hdr;
+    if (h->nb_snapshots == 0) {
+        return 0;
+    }
+    /* Bytes QEMU could read at all from the table start. */
+    uint64_t readable = h->snapshots_offset <= QCOW2_MAX_IO_END
+                            ? QCOW2_MAX_IO_END - h->snapshots_offset
+                            : 0;
+    size_t want = SNAPSHOT_READ_START;
+    for (;;) {
+        uint8_t *buf = malloc(want);
+        if (!buf) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        /* Past what QEMU can read the decoder fails before looking. */
+        size_t n = (size_t)min_u64(want, readable);
+        memset(buf + n, 0, want - n);
+        int ret = n ? read_meta(node->file, buf, n, h->snapshots_offset,
+                                "Failed to read snapshot table")
+                    : 0;
+        size_t needed = 0;
+        if (ret == 0) {
+            ret = qcow2_snapshots_decode(buf, want, h->snapshots_offset,
+                                         h->nb_snapshots, h->size & ~511ull,
+                                         &s->snapshots, &needed);
+        }
+        free(buf);
+        if (ret != -ENOBUFS) {
+            return ret;
+        }
+        if (want >= SNAPSHOT_READ_MAX) {
+            /* Cannot happen: the decoder stops at the size limit. */
+            return error_set(EIO, "Failed to read snapshot table");
+        }
+        want = (size_t)min_u64(max_u64(needed, (uint64_t)want * 2),
+                               SNAPSHOT_READ_MAX);
+    }
+}
+
+/*
+ * Persistent bitmaps [spec: Bitmaps].  QEMU loads every bitmap at open,
+ * so a bad directory or bitmap table makes even "info" fail; the same
+ * checks are made here.  The bitmap data itself is not needed.
+ */
+static int read_bitmaps(struct qimg_node *node, struct qcow2_state *s)
+{
+    const struct qcow2_header *h = &s->hdr;
+    if (h->nb_bitmaps == 0) {
+        return 0;
+    }
+    int ret = qcow2_bitmap_dir_check_size(h->bitmap_directory_size);
+    if (ret < 0) {
+        return ret;
+    }
+    /* At most QCOW2_MAX_BITMAP_DIRECTORY_SIZE, checked just above. */
+    size_t dir_size = (size_t)h->bitmap_directory_size;
+    uint8_t *dir = malloc(dir_size);
+    if (!dir) {
+        return error_set(ENOMEM, "Failed to allocate space for bitmap "
+                                 "directory");
+    }
+    ret = read_meta(node->file, dir, dir_size, h->bitmap_directory_offset,
+                    "Failed to read bitmap directory");
+    if (ret == 0) {
+        ret = qcow2_bitmaps_decode(dir, dir_size, h->nb_bitmaps,
+                                   s->cluster_size, node->size, &s->bitmaps);
+    }
+    free(dir);
+
+    for (uint32_t i = 0; ret == 0 && i < s->bitmaps.nb; i++) {
+        const struct qcow2_bitmap *bm = &s->bitmaps.bm[i];
+        ret = qcow2_bitmap_check_name(&s->bitmaps, i);
+        if (ret <= 0) {
+            continue;
+        }
+        /*
+         * table_size * cluster_size <= 512 MiB was checked, so the table
+         * is at most 8 MiB (1 Mi entries at 512-byte clusters).
+         */
+        size_t bytes = (size_t)bm->table_size * 8;
+        uint8_t *table = malloc(bytes);
+        if (!table) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        ret = 0;
+        if (!qcow2_read_in_range(bm->table_offset, bytes)) {
+            ret = -EIO;
+        } else {
+            ret = io_pread(node->file, table, bytes, bm->table_offset);
+        }
+        if (ret < 0) {
+            ret = error_set_errno(-ret,
+                                  "Could not read bitmap_table table "
+                                  "from image for bitmap '%s'",
+                                  bm->name);
+        } else {
+            ret = qcow2_bitmap_check_table(bm, table, s->cluster_size,
+                                           node->size);
+        }
+        free(table);
+    }
+    return ret;
+}
+
+static int qcow2_open(struct qimg_node *node, unsigned flags)
+{
+    struct qcow2_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    s->open_flags = flags;
+    unsigned dflags = 0;
+    if (flags & QIMG_OPEN_RDWR) {
+        dflags |= QCOW2_DECODE_RDWR;
+    }
+    if (flags & QIMG_OPEN_NO_IO) {
+        dflags |= QCOW2_DECODE_NO_IO;
+    }
+
+    /* The fixed header names the cluster size; then read cluster 0. */
+    uint8_t fixed[QCOW2_HEADER_SIZE];
+    uint8_t *hbuf = NULL;
+    int ret = read_meta(node->file, fixed, sizeof(fixed), 0,
+                        "Could not read qcow2 header");
+    if (ret < 0) {
+        goto fail;
+    }
+    size_t hlen = qcow2_header_bytes_needed(fixed, sizeof(fixed));
+    hbuf = malloc(hlen);
+    if (!hbuf) {
+        ret = error_set(ENOMEM, "Out of memory");
+        goto fail;
+    }
+    if (hlen > sizeof(fixed)) {
+        ret =
+            read_meta(node->file, hbuf, hlen, 0, "Could not read qcow2 header");
+        if (ret < 0) {
+            goto fail;
+        }
+    } else {
+        memcpy(hbuf, fixed, hlen);
+    }
+
+    ret = qcow2_header_decode(hbuf, hlen, dflags, &s->hdr);
+    if (s->hdr.bitmaps_inconsistent) {
+        /* [QEMU] warns even when the open then fails. */
+        warn_report("a program lacking bitmap support modified this file, "
+                    "so all bitmaps are now considered inconsistent\n"
+                    "Some clusters may be leaked, run 'qemu-img check -r' "
+                    "on the image file to fix.");
+    }
+    if (ret < 0) {
+        goto fail;
+    }
+    init_geometry(s);
+    ret = open_data_file(node, s, flags);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = qcow2_header_decode_finish(hbuf, hlen, dflags, &s->hdr);
+    if (ret < 0) {
+        goto fail;
+    }
+    free(hbuf);
+    hbuf = NULL;
+
+    /* QEMU's guest size is in whole sectors (bs->total_sectors). */
+    node->size = s->hdr.size & ~(uint64_t)511;
+
+    /* Metadata-only opens never map guest data. */
+    if (!(flags & QIMG_OPEN_NO_IO)) {
+        ret = load_l1(node, s);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    ret = read_snapshots(node, s);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = read_bitmaps(node, s);
+    if (ret < 0) {
+        goto fail;
+    }
+    /* [QEMU] the block layer refuses sizes its requests cannot reach. */
+    if (node->size > QCOW2_MAX_IO_END) {
+        ret = error_set_errno(EFBIG, "Could not refresh total sector count");
+        goto fail;
+    }
+
+    /*
+     * An empty backing name means no backing file, as for QEMU, and the
+     * format only matters with a backing file.
+     */
+    if (s->hdr.backing_file && s->hdr.backing_file[0] != '\0') {
+        node->backing_name = strdup(s->hdr.backing_file);
+        if (!node->backing_name) {
+            ret = error_set(ENOMEM, "Out of memory");
+            goto fail;
+        }
+        if (s->hdr.backing_format && s->hdr.backing_format[0] != '\0') {
+            node->backing_format = strdup(s->hdr.backing_format);
+            if (!node->backing_format) {
+                ret = error_set(ENOMEM, "Out of memory");
+                goto fail;
+            }
+        }
+    }
+    node->opaque = s;
+    return 0;
+
+fail:
+    free(hbuf);
+    free(node->backing_name);
+    node->backing_name = NULL;
+    free(node->backing_format);
+    node->backing_format = NULL;
+    state_free(s);
+    node->opaque = NULL;
+    return ret;
+}
+
+static void qcow2_close(struct qimg_node *node)
+{
+    state_free(node->opaque);
+    node->opaque = NULL;
+}
+
+static int not_yet(const char *what)
+{
+    return error_set(ENOTSUP, "qcow2: %s is not implemented yet", what);
+}
+
+static int qcow2_pread(struct qimg_node *node, void *buf, size_t len,
+                       uint64_t off)
+{
+    (void)node;
+    (void)buf;
+    (void)len;
+    (void)off;
+    return not_yet("reading guest data");
+}
+
+static int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                        uint64_t off)
+{
+    (void)node;
+    (void)buf;
+    (void)len;
+    (void)off;
+    return not_yet("writing guest data");
+}
+
+static int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off,
+                               uint64_t len, unsigned flags)
+{
+    (void)node;
+    (void)off;
+    (void)len;
+    (void)flags;
+    return not_yet("writing guest data");
+}
+
+static int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
+{
+    (void)node;
+    (void)off;
+    (void)len;
+    return not_yet("discarding guest data");
+}
+
+static int qcow2_block_status(struct qimg_node *node, uint64_t off,
+                              uint64_t len, uint64_t *pnum, uint64_t *host_off)
+{
+    (void)node;
+    (void)off;
+    (void)len;
+    (void)pnum;
+    (void)host_off;
+    return not_yet("block status");
+}
+
+static int qcow2_flush(struct qimg_node *node)
+{
+    struct qcow2_state *s = node->opaque;
+    if (s->data_file) {
+        int ret = io_flush(s->data_file);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return io_flush(node->file);
+}
+
+/* ---- info ---------------------------------------------------------------- */
+
+static int put(struct qimg_value *dict, const char *key,
+               struct qimg_value *item)
+{
+    return qimg_value_dict_set(dict, key, item) < 0 ? -ENOMEM : 0;
+}
+
+/* Qcow2BitmapInfo list: {name, granularity, flags: [in-use, auto]}. */
+static struct qimg_value *bitmaps_value(const struct qcow2_bitmap_list *l)
+{
+    struct qimg_value *list = qimg_value_new_list();
+    for (uint32_t i = 0; list && i < l->nb; i++) {
+        const struct qcow2_bitmap *bm = &l->bm[i];
+        struct qimg_value *d = qimg_value_new_dict();
+        struct qimg_value *flags = qimg_value_new_list();
+        int ok = d && flags;
+        /* Schema order of Qcow2BitmapInfo: name, granularity, flags. */
+        if (ok) {
+            ok = put(d, "name", qimg_value_new_string(bm->name)) == 0 &&
+                 put(d, "granularity",
+                     qimg_value_new_int((int64_t)1 << bm->granularity_bits)) ==
+                     0;
+        }
+        if (ok && (bm->flags & QCOW2_BME_IN_USE)) {
+            ok = qimg_value_list_append(flags,
+                                        qimg_value_new_string("in-use")) == 0;
+        }
+        if (ok && (bm->flags & QCOW2_BME_AUTO)) {
+            ok = qimg_value_list_append(flags, qimg_value_new_string("auto")) ==
+                 0;
+        }
+        if (ok) {
+            ok = put(d, "flags", flags) == 0;
+            flags = NULL;
+        }
+        if (ok) {
+            ok = qimg_value_list_append(list, d) == 0;
+            d = NULL;
+        }
+        qimg_value_free(flags);
+        qimg_value_free(d);
+        if (!ok) {
+            qimg_value_free(list);
+            list = NULL;
+        }
+    }
+    return list;
+}
+
+/*
+ * ImageInfoSpecificQCow2, keys inserted in QAPI schema order (the value
+ * library orders them as QEMU's QDict does): compat, data-file,
+ * data-file-raw, extended-l2, lazy-refcounts, corrupt, refcount-bits,
+ * encrypt, bitmaps, compression-type.  v2 images have only compat,
+ * refcount-bits (and encrypt) and compression-type.
+ */
+static struct qimg_value *specific_data(const struct qcow2_state *s)
+{
+    const struct qcow2_header *h = &s->hdr;
+    struct qimg_value *d = qimg_value_new_dict();
+    if (!d) {
+        return NULL;
+    }
+    int ret;
+    if (h->version == 2) {
+        ret = put(d, "compat", qimg_value_new_string("0.10"));
+    } else {
+        ret = put(d, "compat", qimg_value_new_string("1.1"));
+        if (ret == 0 && h->data_file) {
+            ret = put(d, "data-file", qimg_value_new_string(h->data_file));
+        }
+        /* Present whenever the image uses a data file, named or not. */
+        if (ret == 0 && s->has_data_file) {
+            ret = put(d, "data-file-raw",
+                      qimg_value_new_bool(h->autoclear_features &
+                                          QCOW2_AUTOCLEAR_DATA_FILE_RAW));
+        }
+        if (ret == 0) {
+            ret = put(d, "extended-l2",
+                      qimg_value_new_bool(h->incompatible_features &
+                                          QCOW2_INCOMPAT_EXTL2));
+        }
+        if (ret == 0) {
+            ret = put(d, "lazy-refcounts",
+                      qimg_value_new_bool(h->compatible_features &
+                                          QCOW2_COMPAT_LAZY_REFCOUNTS));
+        }
+        if (ret == 0) {
+            ret = put(d, "corrupt",
+                      qimg_value_new_bool(h->incompatible_features &
+                                          QCOW2_INCOMPAT_CORRUPT));
+        }
+    }
+    if (ret == 0) {
+        ret = put(d, "refcount-bits",
+                  qimg_value_new_int((int64_t)1 << h->refcount_order));
+    }
+    /*
+     * encrypt: legacy AES has nothing but its format.  LUKS needs its
+     * header parsed (cipher, slots...); not done yet, so it is left out.
+     */
+    if (ret == 0 && h->crypt_method == QCOW2_CRYPT_AES) {
+        struct qimg_value *e = qimg_value_new_dict();
+        ret = e ? put(e, "format", qimg_value_new_string("aes")) : -ENOMEM;
+        if (ret == 0) {
+            ret = put(d, "encrypt", e);
+        } else {
+            qimg_value_free(e);
+        }
+    }
+    if (ret == 0 && h->version >= 3 && s->bitmaps.nb > 0) {
+        ret = put(d, "bitmaps", bitmaps_value(&s->bitmaps));
+    }
+    if (ret == 0) {
+        /* v2 images are always zlib; decode checked the value. */
+        ret = put(
+            d, "compression-type",
+            qimg_value_new_string(qcow2_compression_name(h->compression_type)));
+    }
+    if (ret < 0) {
+        qimg_value_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static struct qimg_value *specific_value(const struct qcow2_state *s)
+{
+    struct qimg_value *v = qimg_value_new_dict();
+    if (!v) {
+        return NULL;
+    }
+    if (put(v, "type", qimg_value_new_string("qcow2")) < 0 ||
+        put(v, "data", specific_data(s)) < 0) {
+        qimg_value_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* A copy of at most max bytes of s, as QEMU's fixed-size buffers keep. */
+static char *dup_cut(const char *s, size_t max)
+{
+    return strndup(s, max);
+}
+
+static int qcow2_get_info(struct qimg_node *node, struct qimg_image_info *info)
+{
+    const struct qcow2_state *s = node->opaque;
+    const struct qcow2_header *h = &s->hdr;
+
+    info->cluster_size = s->cluster_size;
+    info->dirty_flag = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
+    info->encrypted = h->crypt_method != QCOW2_CRYPT_NONE;
+
+    uint32_t nb = s->snapshots.nb;
+    if (nb > 0) {
+        struct qimg_snapshot_info *list = calloc(nb, sizeof(*list));
+        if (!list) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        /* Counted as filled so that a failure frees what was copied. */
+        info->snapshots = list;
+        info->nb_snapshots = nb;
+        for (uint32_t i = 0; i < nb; i++) {
+            const struct qcow2_snapshot *sn = &s->snapshots.sn[i];
+            list[i].id = dup_cut(sn->id, QCOW2_INFO_SNAPSHOT_ID_MAX);
+            list[i].name = dup_cut(sn->name, QCOW2_INFO_SNAPSHOT_NAME_MAX);
+            if (!list[i].id || !list[i].name) {
+                return error_set(ENOMEM, "Out of memory");
+            }
+            list[i].vm_state_size = sn->vm_state_size;
+            list[i].date_sec = sn->date_sec;
+            list[i].date_nsec = sn->date_nsec;
+            list[i].vm_clock_nsec = sn->vm_clock_nsec;
+            /* [QEMU] icount -1 (or no icount field) is not shown. */
+            list[i].has_icount = sn->icount != QCOW2_SNAPSHOT_NO_ICOUNT;
+            list[i].icount = sn->icount;
+        }
+    }
+
+    info->format_specific = specific_value(s);
+    if (!info->format_specific) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    return 0;
+}
+
+/*
+ * The image file, plus the data file when it is open.  Like QEMU, a
+ * metadata-only open (info) does not open the data file, so qemu-img
+ * info's "disk size" leaves it out.
+ */
+static int64_t qcow2_get_allocated(struct qimg_node *node)
+{
+    const struct qcow2_state *s = node->opaque;
+    int64_t n = node->file->ops->get_allocated(node->file);
+    if (n < 0 || !s->data_file) {
+        return n;
+    }
+    int64_t d = s->data_file->ops->get_allocated(s->data_file);
+    if (d < 0) {
+        return d;
+    }
+    return n + d;
+}
+
+const struct qimg_format_ops format_qcow2 = {
+    .name = "qcow2",
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .pread = qcow2_pread,
+    .pwrite = qcow2_pwrite,
+    .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .pdiscard = qcow2_pdiscard,
+    .flush = qcow2_flush,
+    .block_status = qcow2_block_status,
+    .get_info = qcow2_get_info,
+    .get_allocated = qcow2_get_allocated,
+};

@@ -154,9 +154,8 @@ struct qimg_io;
 /* Extra data QEMU knows: vm_state_size_large, disk_size, icount. */
 #define QCOW2_SNAPSHOT_EXTRA_SIZE 24
 /* The longest entry: fixed part, extra data, 16-bit id and name sizes. */
-#define QCOW2_SNAPSHOT_MAX_ENTRY                                            \
-    (QCOW2_SNAPSHOT_HEADER_SIZE + QCOW2_MAX_SNAPSHOT_EXTRA_DATA +           \
-     2 * 0xffffu)
+#define QCOW2_SNAPSHOT_MAX_ENTRY                                               \
+    (QCOW2_SNAPSHOT_HEADER_SIZE + QCOW2_MAX_SNAPSHOT_EXTRA_DATA + 2 * 0xffffu)
 /* icount when the entry does not record one. */
 #define QCOW2_SNAPSHOT_NO_ICOUNT UINT64_MAX
 
@@ -287,6 +286,8 @@ struct qcow2_bitmap {
     uint8_t type;
     uint8_t granularity_bits;
     char *name; /* NUL-terminated; an embedded NUL ends it, as in QEMU */
+    /* An earlier entry has the same name (set by the decoder). */
+    bool dup_name;
 };
 
 struct qcow2_bitmap_list {
@@ -388,8 +389,8 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
  * header must exist (unless QCOW2_DECODE_NO_IO), the backing file name
  * must fit; reads the backing file name into hdr->backing_file.
  */
-int qcow2_header_decode_finish(const uint8_t *buf, size_t len,
-                               unsigned flags, struct qcow2_header *hdr);
+int qcow2_header_decode_finish(const uint8_t *buf, size_t len, unsigned flags,
+                               struct qcow2_header *hdr);
 
 void qcow2_header_free(struct qcow2_header *hdr);
 
@@ -465,6 +466,12 @@ void qcow2_snapshots_free(struct qcow2_snapshot_table *t);
 /* ---- bitmap.c ---------------------------------------------------------- */
 
 /*
+ * QEMU's checks of the directory size from the bitmaps extension, made
+ * before it reads the directory.
+ */
+int qcow2_bitmap_dir_check_size(uint64_t dir_size);
+
+/*
  * Decode the bitmap directory (buf: the dir_size bytes at the directory
  * offset) holding nb_bitmaps entries, checking each entry as QEMU does
  * for an image of cluster_size clusters and disk_size bytes.
@@ -481,8 +488,7 @@ int qcow2_bitmaps_decode(const uint8_t *buf, size_t len, uint32_t nb_bitmaps,
  * its table must be checked with qcow2_bitmap_check_table(), 0 if not, or
  * -errno with the message set.
  */
-int qcow2_bitmap_check_name(const struct qcow2_bitmap_list *list,
-                            uint32_t i);
+int qcow2_bitmap_check_name(const struct qcow2_bitmap_list *list, uint32_t i);
 
 /*
  * Check a bitmap table (table: table_size big-endian entries) for a disk

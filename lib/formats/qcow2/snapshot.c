@@ -111,14 +111,16 @@ static int decode_entry(struct reader *r, uint32_t i,
     sn->vm_state_size = load_be32(p + SN_VM_STATE_SIZE);
     sn->extra_data_size = load_be32(p + SN_EXTRA_DATA_SIZE);
     if (sn->extra_data_size > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
-        return error_set(EFBIG, "Too much extra metadata in snapshot table "
+        return error_set(EFBIG,
+                         "Too much extra metadata in snapshot table "
                          "entry %" PRIu32 "\nYou can force-remove this "
-                         "extra metadata with qemu-img check -r all", i);
+                         "extra metadata with qemu-img check -r all",
+                         i);
     }
 
     /* [spec: Snapshots] known extra data; a field is there if it fits. */
-    uint32_t known = (uint32_t)min_u64(sn->extra_data_size,
-                                       QCOW2_SNAPSHOT_EXTRA_SIZE);
+    uint32_t known =
+        (uint32_t)min_u64(sn->extra_data_size, QCOW2_SNAPSHOT_EXTRA_SIZE);
     ret = take(r, known, &p);
     if (ret < 0) {
         return ret;
@@ -201,9 +203,11 @@ int qcow2_snapshots_decode(const uint8_t *buf, size_t len,
         }
         /* r.off is the table length so far, padding included. */
         if (r.off > QCOW2_MAX_SNAPSHOTS_SIZE) {
-            ret = error_set(EFBIG, "Snapshot table is too big\nYou can "
+            ret = error_set(EFBIG,
+                            "Snapshot table is too big\nYou can "
                             "force-remove all %" PRIu32 " overhanging "
-                            "snapshots with qemu-img check -r all", nb - i);
+                            "snapshots with qemu-img check -r all",
+                            nb - i);
             break;
         }
     }
@@ -230,8 +234,9 @@ int64_t qcow2_snapshots_encoded_size(const struct qcow2_snapshot_table *t)
         if (sn->unknown_extra_len >
                 QCOW2_MAX_SNAPSHOT_EXTRA_DATA - QCOW2_SNAPSHOT_EXTRA_SIZE ||
             strlen(sn->id) > UINT16_MAX || strlen(sn->name) > UINT16_MAX) {
-            return error_set(EINVAL, "Snapshot table entry %" PRIu32
-                             " cannot be encoded", i);
+            return error_set(
+                EINVAL, "Snapshot table entry %" PRIu32 " cannot be encoded",
+                i);
         }
         off = ((off + 7) & ~(uint64_t)7) + entry_size(sn);
         if (off > QCOW2_MAX_SNAPSHOTS_SIZE) {
@@ -274,9 +279,9 @@ int64_t qcow2_snapshots_encode(const struct qcow2_snapshot_table *t,
                                              ? (uint32_t)sn->vm_state_size
                                              : 0);
         /* [QEMU] always writes the 24 known bytes of extra data. */
-        store_be32(p + SN_EXTRA_DATA_SIZE,
-                   (uint32_t)(QCOW2_SNAPSHOT_EXTRA_SIZE +
-                              sn->unknown_extra_len));
+        store_be32(
+            p + SN_EXTRA_DATA_SIZE,
+            (uint32_t)(QCOW2_SNAPSHOT_EXTRA_SIZE + sn->unknown_extra_len));
         p += QCOW2_SNAPSHOT_HEADER_SIZE;
         store_be64(p + SN_EXTRA_VM_STATE_SIZE_LARGE, sn->vm_state_size);
         store_be64(p + SN_EXTRA_DISK_SIZE, sn->disk_size);
