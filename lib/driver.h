@@ -25,6 +25,14 @@ struct qimg_io;
 #define IO_CREATE (1u << 1)  /* create; fail if it exists unless IO_TRUNC */
 #define IO_TRUNC (1u << 2)   /* create or truncate to 0 */
 #define IO_NO_LOCK (1u << 3) /* take no image locks (-U) */
+/* Open without locks; the first set_perm takes them (see image.c). */
+#define IO_LOCK_LATER (1u << 4)
+
+/* QEMU's block permissions, as the image locks express them. */
+#define IO_PERM_CONSISTENT_READ (1u << 0)
+#define IO_PERM_WRITE (1u << 1)
+#define IO_PERM_WRITE_UNCHANGED (1u << 2)
+#define IO_PERM_RESIZE (1u << 3)
 
 /* Block status of a leaf range. */
 #define IO_STATUS_DATA (1u << 0) /* stored bytes (SEEK_DATA) */
@@ -44,7 +52,11 @@ struct qimg_io_ops {
     /* Zero a range; with may_unmap it may become a hole. */
     int (*pwrite_zeroes)(struct qimg_io *io, uint64_t off, uint64_t len,
                          bool may_unmap);
-    /* Deallocate if possible; contents become zero. */
+    /*
+     * Advisory: deallocate if possible.  The contents afterwards are
+     * unspecified (zero where a hole was punched, else unchanged); callers
+     * that need zeros use pwrite_zeroes.
+     */
     int (*discard)(struct qimg_io *io, uint64_t off, uint64_t len);
     int (*flush)(struct qimg_io *io);
     int (*truncate)(struct qimg_io *io, uint64_t size);
@@ -55,10 +67,12 @@ struct qimg_io_ops {
     int (*block_status)(struct qimg_io *io, uint64_t off, uint64_t len,
                         uint64_t *pnum);
     /*
-     * Change the lock state for a read-only or read-write user.  Returns
-     * -EAGAIN with a message if another process conflicts.
+     * Hold the IO_PERM_* permissions in perm and refuse to share those in
+     * unshared, as QEMU's image locks do.  Holding IO_PERM_WRITE on a leaf
+     * opened read-only reopens it read-write.  Returns -EAGAIN with a
+     * message if another process conflicts; the old state stays then.
      */
-    int (*set_lock)(struct qimg_io *io, bool writable);
+    int (*set_perm)(struct qimg_io *io, unsigned perm, unsigned unshared);
 };
 
 struct qimg_io {

@@ -114,6 +114,23 @@ void node_close(struct qimg_node *node)
     }
 }
 
+/*
+ * The image locks QEMU takes for the same use, so that each refuses what
+ * the other would: raw shares writes and resizes (the guest owns every
+ * byte), formats with metadata in the file refuse to share them.  A
+ * metadata-only open (info) reads no guest data.
+ */
+static int node_take_locks(struct qimg_node *node, unsigned flags)
+{
+    bool raw = node->drv == &format_raw;
+    unsigned perm = (flags & QIMG_OPEN_NO_IO) ? 0 : IO_PERM_CONSISTENT_READ;
+    unsigned unshared = raw ? 0 : IO_PERM_WRITE | IO_PERM_RESIZE;
+    if (node->writable) {
+        perm |= IO_PERM_WRITE | (raw ? 0 : IO_PERM_RESIZE);
+    }
+    return node->file->ops->set_perm(node->file, perm, unshared);
+}
+
 int node_open(const char *filename, const char *format, unsigned flags,
               const struct chain_link *up, struct qimg_node **out)
 {
@@ -136,7 +153,8 @@ int node_open(const char *filename, const char *format, unsigned flags,
     }
     node->writable = (flags & QIMG_OPEN_RDWR) != 0;
 
-    unsigned io_flags = node->writable ? IO_RDWR : 0;
+    /* Locks wait until the format is known: they depend on it. */
+    unsigned io_flags = (node->writable ? IO_RDWR : 0) | IO_LOCK_LATER;
     if (flags & QIMG_OPEN_FORCE_SHARE) {
         io_flags |= IO_NO_LOCK;
     }
@@ -162,6 +180,10 @@ int node_open(const char *filename, const char *format, unsigned flags,
         }
     }
     node->drv = drv;
+    ret = node_take_locks(node, flags);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = drv->open(node, flags);
     if (ret < 0) {
         node->drv = NULL;

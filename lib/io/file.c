@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -48,10 +49,10 @@
 #define IO_FILE_LOCK_SHARED_BASE 200
 
 /* QEMU 7.2 permission bits, in bit order. */
-#define IO_FILE_PERM_CONSISTENT_READ (1u << 0)
-#define IO_FILE_PERM_WRITE (1u << 1)
-#define IO_FILE_PERM_WRITE_UNCHANGED (1u << 2)
-#define IO_FILE_PERM_RESIZE (1u << 3)
+#define IO_FILE_PERM_CONSISTENT_READ IO_PERM_CONSISTENT_READ
+#define IO_FILE_PERM_WRITE IO_PERM_WRITE
+#define IO_FILE_PERM_WRITE_UNCHANGED IO_PERM_WRITE_UNCHANGED
+#define IO_FILE_PERM_RESIZE IO_PERM_RESIZE
 #define IO_FILE_PERM_COUNT 4
 
 /* The names QEMU uses in its "Failed to get ... lock" messages. */
@@ -144,8 +145,8 @@ static int io_file_testlk(int fd, int byte)
 }
 
 /* Bring one byte to the wanted state; without unlock, only add locks. */
-static int io_file_update_byte(int fd, unsigned *held, unsigned bit,
-                               bool want, bool unlock, int byte)
+static int io_file_update_byte(int fd, unsigned *held, unsigned bit, bool want,
+                               bool unlock, int byte)
 {
     int ret = 0;
     if (want && !(*held & bit)) {
@@ -185,8 +186,7 @@ static int io_file_apply_locks(int fd, struct io_file_locks *held,
         unsigned bit = 1u << i;
         int byte = IO_FILE_LOCK_SHARED_BASE + i;
         int ret = io_file_update_byte(fd, &held->unshared, bit,
-                                      (want.unshared & bit) != 0, unlock,
-                                      byte);
+                                      (want.unshared & bit) != 0, unlock, byte);
         if (ret < 0) {
             *bad_byte = byte;
             return ret;
@@ -263,6 +263,13 @@ static int io_file_change_locks(struct io_file *f, int fd,
         goto restore;
     }
     ret = io_file_check_locks(fd, want);
+    if (ret == -EAGAIN) {
+        /* qemu-img's hint, on a line of its own. */
+        char reason[256];
+        snprintf(reason, sizeof(reason), "%s", qimg_get_error());
+        ret = error_set(EAGAIN, "%s\nIs another process using the image "
+                        "[%s]?", reason, f->io.filename);
+    }
     if (ret < 0) {
         goto restore;
     }
@@ -364,7 +371,7 @@ int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
     f->ino = st.st_ino;
     f->use_lock = !(flags & IO_NO_LOCK);
 
-    if (f->use_lock) {
+    if (f->use_lock && !(flags & IO_LOCK_LATER)) {
         ret = io_file_change_locks(f, f->fd, &f->held, io_file_mode_locks(rw));
         if (ret < 0) {
             goto fail;
@@ -406,7 +413,7 @@ static void io_file_close(struct qimg_io *io)
  * locks.  The old descriptor's locks must go first: they would conflict
  * with the new one's test.  On failure the old state is taken back.
  */
-static int io_file_reopen_rw(struct io_file *f)
+static int io_file_reopen_rw(struct io_file *f, struct io_file_locks want)
 {
     struct stat st;
     int fd;
@@ -423,7 +430,7 @@ static int io_file_reopen_rw(struct io_file *f)
         struct io_file_locks old = f->held;
         struct io_file_locks held = {0, 0};
         io_file_unlock_all(f->fd, &f->held);
-        ret = io_file_change_locks(f, fd, &held, io_file_mode_locks(true));
+        ret = io_file_change_locks(f, fd, &held, want);
         if (ret < 0) {
             int bad_byte;
             io_file_unlock_all(fd, &held);
@@ -441,15 +448,17 @@ static int io_file_reopen_rw(struct io_file *f)
     return 0;
 }
 
-static int io_file_set_lock(struct qimg_io *io, bool writable)
+static int io_file_set_perm(struct qimg_io *io, unsigned perm,
+                            unsigned unshared)
 {
     struct io_file *f = io_file_from(io);
+    struct io_file_locks want = {perm, unshared};
+    bool writable = (perm & IO_FILE_PERM_WRITE) != 0;
     if (writable && !f->fd_writable) {
-        return io_file_reopen_rw(f);
+        return io_file_reopen_rw(f, want);
     }
     if (f->use_lock) {
-        int ret = io_file_change_locks(f, f->fd, &f->held,
-                                       io_file_mode_locks(writable));
+        int ret = io_file_change_locks(f, f->fd, &f->held, want);
         if (ret < 0) {
             return ret;
         }
@@ -569,16 +578,15 @@ static int io_file_pwrite(struct qimg_io *io, const void *buf, size_t len,
 /* Errors by which fallocate says "not this mode here", not a failure. */
 static bool io_file_falloc_unsupported(int err)
 {
-    return err == EOPNOTSUPP || err == ENOSYS || err == EINVAL ||
-           err == ENODEV;
+    return err == EOPNOTSUPP || err == ENOSYS || err == EINVAL || err == ENODEV;
 }
 
 /* The last resort: write zeroes as data, one bounded buffer at a time. */
 static int io_file_write_zero_buffers(struct io_file *f, uint64_t off,
                                       uint64_t len)
 {
-    size_t buf_len = len < IO_FILE_ZERO_BUF_MAX ? (size_t)len
-                                                : IO_FILE_ZERO_BUF_MAX;
+    size_t buf_len =
+        len < IO_FILE_ZERO_BUF_MAX ? (size_t)len : IO_FILE_ZERO_BUF_MAX;
     uint8_t *zeroes = calloc(1, buf_len);
     if (!zeroes) {
         return error_set(ENOMEM, "Could not write to '%s': out of memory",
@@ -598,8 +606,8 @@ static int io_file_write_zero_buffers(struct io_file *f, uint64_t off,
     return ret;
 }
 
-static int io_file_pwrite_zeroes(struct qimg_io *io, uint64_t off,
-                                 uint64_t len, bool may_unmap)
+static int io_file_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
+                                 bool may_unmap)
 {
     struct io_file *f = io_file_from(io);
     int ret = io_file_check_range(f, off, len);
@@ -651,8 +659,8 @@ static int io_file_discard(struct qimg_io *io, uint64_t off, uint64_t len)
     if (ret < 0 || len == 0) {
         return ret;
     }
-    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  (off_t)off, (off_t)len) == 0) {
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) == 0) {
         return 0;
     }
     /* Discard is advisory: a filesystem that cannot punch keeps data. */
@@ -673,8 +681,7 @@ static int io_file_flush(struct qimg_io *io)
         if (errno == EINVAL) {
             return 0;
         }
-        return error_set_errno(errno, "Could not flush '%s'",
-                               f->io.filename);
+        return error_set_errno(errno, "Could not flush '%s'", f->io.filename);
     }
     return 0;
 }
@@ -713,8 +720,8 @@ static int io_file_truncate(struct qimg_io *io, uint64_t size)
  * reads as zero).  When the filesystem cannot tell, everything is data,
  * which is always a correct answer.
  */
-static int io_file_block_status(struct qimg_io *io, uint64_t off,
-                                uint64_t len, uint64_t *pnum)
+static int io_file_block_status(struct qimg_io *io, uint64_t off, uint64_t len,
+                                uint64_t *pnum)
 {
     struct io_file *f = io_file_from(io);
     if (len == 0) {
@@ -777,5 +784,5 @@ static const struct qimg_io_ops io_file_ops = {
     .flush = io_file_flush,
     .truncate = io_file_truncate,
     .block_status = io_file_block_status,
-    .set_lock = io_file_set_lock,
+    .set_perm = io_file_set_perm,
 };

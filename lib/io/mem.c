@@ -103,8 +103,7 @@ static int64_t io_mem_get_allocated(struct qimg_io *io)
     return (int64_t)io_mem_from(io)->size;
 }
 
-static int io_mem_pread(struct qimg_io *io, void *buf, size_t len,
-                        uint64_t off)
+static int io_mem_pread(struct qimg_io *io, void *buf, size_t len, uint64_t off)
 {
     struct io_mem *m = io_mem_from(io);
     size_t n = 0;
@@ -144,8 +143,8 @@ static int io_mem_pwrite(struct qimg_io *io, const void *buf, size_t len,
     return 0;
 }
 
-static int io_mem_pwrite_zeroes(struct qimg_io *io, uint64_t off,
-                                uint64_t len, bool may_unmap)
+static int io_mem_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
+                                bool may_unmap)
 {
     (void)may_unmap;
     struct io_mem *m = io_mem_from(io);
@@ -227,10 +226,12 @@ static int io_mem_block_status(struct qimg_io *io, uint64_t off, uint64_t len,
     return IO_STATUS_DATA;
 }
 
-static int io_mem_set_lock(struct qimg_io *io, bool writable)
+static int io_mem_set_perm(struct qimg_io *io, unsigned perm,
+                           unsigned unshared)
 {
     /* Nothing to lock: a memory leaf is private to this process. */
-    io->writable = writable;
+    (void)unshared;
+    io->writable = (perm & IO_PERM_WRITE) != 0;
     return 0;
 }
 
@@ -246,11 +247,11 @@ static const struct qimg_io_ops io_mem_ops = {
     .flush = io_mem_flush,
     .truncate = io_mem_truncate,
     .block_status = io_mem_block_status,
-    .set_lock = io_mem_set_lock,
+    .set_perm = io_mem_set_perm,
 };
 
-int io_mem_open(const char *name, const void *data, size_t len,
-                unsigned flags, struct qimg_io **out)
+int io_mem_open(const char *name, const void *data, size_t len, unsigned flags,
+                struct qimg_io **out)
 {
     *out = NULL;
     if (!name) {

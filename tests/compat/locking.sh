@@ -56,6 +56,7 @@ stop_holder() {
     fi
 }
 
+# shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
     stop_holder
     rm -rf "$tmp"
@@ -67,7 +68,7 @@ pass() {
 }
 
 fail() {
-    echo "FAIL - $1"
+    echo "FAIL - $*"
     failures=$((failures + 1))
 }
 
@@ -190,7 +191,8 @@ for fmt in raw qcow2; do
         wait_bytes "$img" "$qemu_rw_bytes" ||
             fail "$fmt (a): refused opens left locks behind"
     else
-        fail "$fmt (a): qemu-io did not take its locks: $(cat "$tmp/holder.out")"
+        fail "$fmt (a): qemu-io did not take its locks:" \
+            "$(cat "$tmp/holder.out")"
     fi
     stop_holder
     expect_ok "$fmt (a): lock_holder rw after qemu-io exits" \
@@ -212,7 +214,8 @@ for fmt in raw qcow2; do
                 "$lock_holder" rw "$img"
         fi
     else
-        fail "$fmt (b): qemu-io -r did not take its locks: $(cat "$tmp/holder.out")"
+        fail "$fmt (b): qemu-io -r did not take its locks:" \
+            "$(cat "$tmp/holder.out")"
     fi
     stop_holder
 
@@ -270,6 +273,38 @@ for fmt in raw qcow2; do
     stop_holder
     expect_ok "$fmt (d): qemu-io RW after lock_holder exits" \
         qemu-io -f "$fmt" -c 'write 0 512' "$img"
+done
+
+# The qimg command line against a running qemu-io: the same verdicts and
+# messages as qemu-img gives (program name swapped).
+same_verdict() {
+    local desc=$1
+    shift
+    local want got
+    want=$(timeout 20 qemu-img "$@" </dev/null 2>&1; echo "status $?")
+    got=$(timeout 20 "$QIMG" "$@" </dev/null 2>&1; echo "status $?")
+    want=${want//qemu-img: /qimg: }
+    if [ "$want" = "$got" ]; then
+        pass "$desc"
+    else
+        fail "$desc: qemu-img said [$want], qimg said [$got]"
+    fi
+}
+for fmt in raw qcow2; do
+    img=$tmp/cli.$fmt
+    qemu-img create -q -f "$fmt" "$img" 1M
+    start_holder qemu-io -f "$fmt" "$img"
+    if [ "$fmt" = raw ]; then
+        wait_bytes "$img" "100 101" || fail "qemu-io raw RW lock bytes"
+    else
+        wait_bytes "$img" "100 101 103 201 203" ||
+            fail "qemu-io qcow2 RW lock bytes"
+    fi
+    same_verdict "$fmt: info while qemu-io writes" info "$img"
+    same_verdict "$fmt: info -U while qemu-io writes" info -U "$img"
+    same_verdict "$fmt: info --output=json -U while qemu-io writes" \
+        info --output=json -U "$img"
+    stop_holder
 done
 
 if [ "$failures" -ne 0 ]; then

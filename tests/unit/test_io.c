@@ -14,6 +14,11 @@
 #include "qimg/qimg.h"
 #include "tap.h"
 
+/* The permissions of a qcow2 user (what QEMU takes for one). */
+#define RO_PERM IO_PERM_CONSISTENT_READ
+#define RW_PERM (IO_PERM_CONSISTENT_READ | IO_PERM_WRITE | IO_PERM_RESIZE)
+#define RW_UNSHARED (IO_PERM_WRITE | IO_PERM_RESIZE)
+
 #define MIB ((uint64_t)1 << 20)
 
 static char tmpdir[] = "/tmp/qimg-test-io-XXXXXX";
@@ -301,8 +306,8 @@ static void test_locking(void)
 
     TAP_OK(io_file_open(path, IO_CREATE, &a) == 0);
     TAP_OK(io_pwrite(a, "keep", 4, 0) == 0);
-    tap_eq_u64(lock_bytes_held(path), HELD_RW, "lock: RW holds 100,101,103,"
-                                               "201,203");
+    tap_eq_u64(lock_bytes_held(path), HELD_RW,
+               "lock: RW holds 100,101,103,201,203");
 
     TAP_OK(io_file_open(path, IO_RDWR, &b) == -EAGAIN);
     tap_eq_str(qimg_get_error(), "Failed to get \"write\" lock",
@@ -339,7 +344,7 @@ static void test_locking(void)
     io_close(c);
 
     /* a cannot become writable while b reads; nothing changes. */
-    TAP_OK(a->ops->set_lock(a, true) == -EAGAIN);
+    TAP_OK(a->ops->set_perm(a, RW_PERM, RW_UNSHARED) == -EAGAIN);
     tap_eq_str(qimg_get_error(), "Failed to get \"write\" lock",
                "lock: upgrade refused while another reads");
     TAP_OK(!a->writable);
@@ -347,23 +352,23 @@ static void test_locking(void)
     tap_eq_u64(lock_bytes_held(path), HELD_RO, "lock: failed upgrade keeps RO");
 
     /* Alone, a can: it reopens read-write and holds the RW bytes. */
-    TAP_OK(a->ops->set_lock(a, true) == 0);
+    TAP_OK(a->ops->set_perm(a, RW_PERM, RW_UNSHARED) == 0);
     TAP_OK(a->writable);
     tap_eq_u64(lock_bytes_held(path), HELD_RW, "lock: upgrade takes RW bytes");
     TAP_OK(io_pwrite(a, "abc", 3, 0) == 0);
     TAP_OK(io_file_open(path, 0, &b) == -EAGAIN);
 
     /* And back: readers are welcome again. */
-    TAP_OK(a->ops->set_lock(a, false) == 0);
+    TAP_OK(a->ops->set_perm(a, RO_PERM, RW_UNSHARED) == 0);
     TAP_OK(!a->writable);
     tap_eq_u64(lock_bytes_held(path), HELD_RO, "lock: downgrade drops bytes");
     TAP_OK(io_file_open(path, 0, &b) == 0);
     TAP_OK(io_file_open(path, 0, &d) == 0);
     io_close(d);
     /* Second upgrade path: the descriptor is already read-write. */
-    TAP_OK(a->ops->set_lock(a, true) == -EAGAIN);
+    TAP_OK(a->ops->set_perm(a, RW_PERM, RW_UNSHARED) == -EAGAIN);
     io_close(b);
-    TAP_OK(a->ops->set_lock(a, true) == 0);
+    TAP_OK(a->ops->set_perm(a, RW_PERM, RW_UNSHARED) == 0);
     tap_eq_u64(lock_bytes_held(path), HELD_RW, "lock: re-upgrade in place");
     io_close(a);
     TAP_OK(io_file_open(path, IO_RDWR, &a) == 0);
