@@ -618,7 +618,12 @@ static int qcow2_get_info(struct qimg_node *node, struct qimg_image_info *info)
     info->dirty_flag = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
     info->encrypted = h->crypt_method != QCOW2_CRYPT_NONE;
 
-    uint32_t nb = s->snapshots.nb;
+    /*
+     * [QEMU] refuses to list snapshots of an image with a data file (they
+     * are not allowed there), and info then shows none; the table is
+     * still read and checked at open.
+     */
+    uint32_t nb = s->has_data_file ? 0 : s->snapshots.nb;
     if (nb > 0) {
         struct qimg_snapshot_info *list = calloc(nb, sizeof(*list));
         if (!list) {
