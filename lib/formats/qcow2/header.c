@@ -26,8 +26,7 @@
  * yet, so it fails the way qemu-img does when none is given.
  */
 #define KEY_SECRET_MESSAGE                                                     \
-    "Parameter 'encrypt.key-secret' is required for "                          \
-    "cipher"
+    "Parameter 'encrypt.key-secret' is required for cipher"
 
 /* Names as QEMU 7.2 writes them in the feature name table. */
 const struct qcow2_feature qcow2_std_features[QCOW2_NB_STD_FEATURES] = {

@@ -252,7 +252,7 @@ static int read_bitmaps(struct qimg_node *node, struct qcow2_state *s)
         if (!table) {
             return error_set(ENOMEM, "Out of memory");
         }
-        ret = 0;
+        /* The read QEMU makes, with its EIO rule. */
         if (!qcow2_read_in_range(bm->table_offset, bytes)) {
             ret = -EIO;
         } else {
