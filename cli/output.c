@@ -96,7 +96,7 @@ static void print_snapshot_row(const struct qimg_snapshot_info *s)
              (unsigned)(secs / 3600), (unsigned)((secs / 60) % 60),
              (unsigned)(secs % 60),
              (unsigned)((s->vm_clock_nsec / 1000000) % 1000));
-    if (s->has_icount) {
+    if (s->has_icount && s->icount != UINT64_MAX) {
         snprintf(icount, sizeof(icount), "%" PRId64, (int64_t)s->icount);
     }
     printf("%-9s %-16s %8s%20s%13s%11s", s->id, s->name, size, date, clock,

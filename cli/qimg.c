@@ -154,10 +154,18 @@ static void cli_trace_option(const char *arg)
             PROGRAM_NAME, (int)strcspn(arg, ","), arg);
 }
 
+/*
+ * Library warnings are printed as qemu-img prints warn_report() ones,
+ * except the probed-raw banner, which qemu-img prints as it is.
+ */
 static void print_warning(const char *message, void *opaque)
 {
     (void)opaque;
-    fprintf(stderr, "%s\n", message);
+    if (strncmp(message, "WARNING: ", 9) == 0) {
+        fprintf(stderr, "%s\n", message);
+    } else {
+        fprintf(stderr, "%s: warning: %s\n", PROGRAM_NAME, message);
+    }
 }
 
 int main(int argc, char **argv)

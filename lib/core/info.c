@@ -221,8 +221,10 @@ static struct qimg_value *snapshot_to_value(const struct qimg_snapshot_info *s)
               put(d, "vm-clock-nsec",
                   qimg_value_new_int(
                       (int64_t)(s->vm_clock_nsec % 1000000000ULL)));
-    if (ok && s->has_icount) {
-        ok = put(d, "icount", qimg_value_new_uint(s->icount));
+    /* An icount of -1 means "not recorded", as if it were absent. */
+    if (ok && s->has_icount && s->icount != UINT64_MAX) {
+        /* QAPI's icount is a signed int: ~0 - 1 prints as -2. */
+        ok = put(d, "icount", qimg_value_new_int((int64_t)s->icount));
     }
     if (!ok) {
         qimg_value_free(d);

@@ -27,7 +27,15 @@ static int raw_open(struct qimg_node *node, unsigned flags)
     if (size < 0) {
         return (int)size;
     }
-    node->size = (uint64_t)size;
+    /*
+     * Disks are made of 512-byte sectors: a file whose length is not a
+     * multiple shows a whole last sector, its tail read as zeros (as
+     * QEMU's block layer does).
+     */
+    if ((uint64_t)size > UINT64_MAX - 511) {
+        return error_set(EFBIG, "Image too large");
+    }
+    node->size = ((uint64_t)size + 511) & ~(uint64_t)511;
     return 0;
 }
 

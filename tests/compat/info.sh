@@ -86,11 +86,15 @@ add extr.qcow2
 mk -f raw empty.raw 0; add empty.raw
 mk -f raw sparse.raw 1G; add sparse.raw
 mk -f raw -o preallocation=full full.raw 3M; add full.raw
+# Not a whole number of sectors: shown rounded up, as QEMU does.
+head -c 196616 /dev/urandom >odd.raw; add odd.raw
+head -c 1 /dev/urandom >tiny.raw; add tiny.raw
 
 # Dirty (lazy refcounts, not closed cleanly) and corrupt images.
 mk -f qcow2 -o lazy_refcounts=on dirty.qcow2 16M
 # abort exits by signal: the image is left dirty on purpose.
-("$QEMU_IO" -f qcow2 -c "write 0 64k" -c abort dirty.qcow2) >/dev/null 2>&1
+("$QEMU_IO" -f qcow2 -c "write 0 64k" -c abort dirty.qcow2; true) \
+    >/dev/null 2>&1
 add dirty.qcow2
 mk -f qcow2 corrupt.qcow2 16M
 # incompatible_features (offset 72): set bit 1, the corrupt bit.
