@@ -86,21 +86,48 @@ int cli_accumulate_options(char **acc, const char *arg)
     return 0;
 }
 
+/*
+ * qemu-img shows help when one comma-separated element is exactly "help"
+ * or "?" (",," being a literal comma, not a separator).
+ */
 bool cli_options_want_help(const char *options)
 {
     if (!options) {
         return false;
     }
-    struct qimg_opts *opts = qimg_opts_new();
-    if (!opts) {
+    const char *p = options;
+    while (*p) {
+        const char *start = p;
+        while (*p && !(*p == ',' && p[1] != ',')) {
+            p += (*p == ',') ? 2 : 1;
+        }
+        size_t len = (size_t)(p - start);
+        if ((len == 4 && strncmp(start, "help", 4) == 0) ||
+            (len == 1 && *start == '?')) {
+            return true;
+        }
+        if (*p == ',') {
+            p++;
+        }
+    }
+    return false;
+}
+
+/*
+ * qemu-img refuses an -o argument that is empty, starts with a comma, or
+ * ends in a separator comma, before anything else.
+ */
+bool cli_option_list_valid(const char *arg)
+{
+    size_t len = strlen(arg);
+    if (len == 0 || arg[0] == ',') {
         return false;
     }
-    bool help = false;
-    if (qimg_opts_parse(opts, options) == 0) {
-        help = qimg_opts_get(opts, "help") || qimg_opts_get(opts, "?");
+    size_t trailing = 0;
+    while (trailing < len && arg[len - 1 - trailing] == ',') {
+        trailing++;
     }
-    qimg_opts_free(opts);
-    return help;
+    return trailing % 2 == 0;
 }
 
 /* --object TYPE,id=ID,...: only secrets exist in qemu-img's world here. */

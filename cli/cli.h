@@ -36,6 +36,8 @@ int cli_parse_output(const char *arg, enum output_format *out);
 int cli_accumulate_options(char **acc, const char *arg);
 /* Does an option string ask for help ("help" or "?" among its keys)? */
 bool cli_options_want_help(const char *options);
+/* Is one -o argument a well-formed list (see args.c)? */
+bool cli_option_list_valid(const char *arg);
 /* Validate an --object definition (secret objects are remembered). */
 int cli_add_object(const char *def);
 

@@ -40,6 +40,11 @@ run_both "raw help" -f raw -o help
 run_both "raw help with file" -f raw -o help a.img
 run_both "raw help ?" -f raw -o '?' a.img
 run_both "raw help mixed" -f raw -o help,size=5M a.img
+run_both "help=on is not help" -f raw -o help=on a.img
+run_both "empty option list" -f raw -o '' a.img 1M
+run_both "leading comma" -f raw -o ,size=1M a.img
+run_both "trailing comma" -f raw -o size=1M, a.img
+run_both "escaped trailing comma" -f raw -o size=1M,, a.img
 run_both "no size" -f raw a.img
 run_both "bad size" -f raw a.img abc
 run_both "huge size" -f raw a.img 9E
