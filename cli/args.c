@@ -6,25 +6,28 @@
 
 #include "cli.h"
 
+static void vcli_error(const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: ", PROGRAM_NAME);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void cli_error(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", PROGRAM_NAME);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vcli_error(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 int cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", PROGRAM_NAME);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vcli_error(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry '%s --help' for more information\n",
-            PROGRAM_NAME);
+    fprintf(stderr, "Try '%s --help' for more information\n", PROGRAM_NAME);
     return 1;
 }
 
