@@ -71,9 +71,9 @@ for c in "${cases[@]}"; do
     img=$c.qcow2
     ("$QEMU_IMG" info -f qcow2 "$img") >want.out 2>want.err
     echo "status $?" >>want.out
-    # 256 MiB address space is plenty; 10 s is an eternity for a header.
-    (ulimit -v 1048576; timeout 10 "$QIMG" info -f qcow2 "$img") \
-        >got.out 2>got.err
+    # 1 GiB of address space is plenty; 10 s is an eternity for a header.
+    (if [ "${QIMG_SANITIZED:-0}" = 0 ]; then ulimit -v 1048576; fi
+     timeout 10 "$QIMG" info -f qcow2 "$img") >got.out 2>got.err
     status=$?
     echo "status $status" >>got.out
     if [ $status -ge 124 ]; then

@@ -54,6 +54,31 @@ static int read_meta(struct qimg_io *io, void *buf, size_t len, uint64_t off,
     return 0;
 }
 
+/*
+ * Read and decode the LUKS header the crypto extension points at.  Like
+ * QEMU's header read function, reads may not leave the region the
+ * extension names.
+ */
+static int qcow2_open_luks(struct qimg_node *node, struct qcow2_state *s)
+{
+    uint8_t buf[QCOW2_LUKS_HEADER_SIZE];
+    if (s->hdr.crypto_length < sizeof(buf)) {
+        return error_set(EINVAL,
+                         "Request for data outside of extension header");
+    }
+    int ret = read_meta(node->file, buf, sizeof(buf), s->hdr.crypto_offset,
+                        "Could not read encryption header");
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_luks_decode(buf, sizeof(buf), &s->luks);
+    if (ret < 0) {
+        return ret;
+    }
+    s->has_luks = true;
+    return 0;
+}
+
 static void state_free(struct qcow2_state *s)
 {
     if (!s) {
@@ -323,6 +348,13 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
         goto fail;
     }
     init_geometry(s);
+    /* [QEMU] opens the LUKS header while reading the extensions. */
+    if (s->hdr.crypt_method == QCOW2_CRYPT_LUKS && s->hdr.has_crypto_ext) {
+        ret = qcow2_open_luks(node, s);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
     ret = open_data_file(node, s, flags);
     if (ret < 0) {
         goto fail;
@@ -513,6 +545,85 @@ static struct qimg_value *bitmaps_value(const struct qcow2_bitmap_list *l)
 }
 
 /*
+ * QCryptoBlockInfo for LUKS (a flat union): format, then the
+ * QCryptoBlockInfoLUKS fields in schema order: cipher-alg, cipher-mode,
+ * ivgen-alg, ivgen-hash-alg (essiv only), hash-alg, payload-offset,
+ * master-key-iters, uuid, slots.  Each slot: active, iters and stripes
+ * (only when active), key-offset.
+ */
+static struct qimg_value *luks_slot_value(const struct qcow2_luks_slot *sl)
+{
+    struct qimg_value *d = qimg_value_new_dict();
+    int ret = d ? put(d, "active", qimg_value_new_bool(sl->active)) : -ENOMEM;
+    if (ret == 0 && sl->active) {
+        ret = put(d, "iters", qimg_value_new_int(sl->iters));
+    }
+    if (ret == 0 && sl->active) {
+        ret = put(d, "stripes", qimg_value_new_int(sl->stripes));
+    }
+    if (ret == 0) {
+        ret = put(d, "key-offset", qimg_value_new_int((int64_t)sl->key_offset));
+    }
+    if (ret < 0) {
+        qimg_value_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static struct qimg_value *luks_value(const struct qcow2_luks_info *l)
+{
+    struct qimg_value *e = qimg_value_new_dict();
+    struct qimg_value *slots = qimg_value_new_list();
+    int ret = e && slots ? 0 : -ENOMEM;
+    if (ret == 0) {
+        ret = put(e, "format", qimg_value_new_string("luks"));
+    }
+    if (ret == 0) {
+        ret = put(e, "cipher-alg", qimg_value_new_string(l->cipher_alg));
+    }
+    if (ret == 0) {
+        ret = put(e, "cipher-mode", qimg_value_new_string(l->cipher_mode));
+    }
+    if (ret == 0) {
+        ret = put(e, "ivgen-alg", qimg_value_new_string(l->ivgen_alg));
+    }
+    if (ret == 0 && l->ivgen_hash_alg) {
+        ret = put(e, "ivgen-hash-alg",
+                  qimg_value_new_string(l->ivgen_hash_alg));
+    }
+    if (ret == 0) {
+        ret = put(e, "hash-alg", qimg_value_new_string(l->hash_alg));
+    }
+    if (ret == 0) {
+        ret = put(e, "payload-offset",
+                  qimg_value_new_int((int64_t)l->payload_offset));
+    }
+    if (ret == 0) {
+        ret = put(e, "master-key-iters",
+                  qimg_value_new_int(l->master_key_iters));
+    }
+    if (ret == 0) {
+        ret = put(e, "uuid", qimg_value_new_string(l->uuid));
+    }
+    for (size_t i = 0; ret == 0 && i < QCOW2_LUKS_NUM_SLOTS; i++) {
+        struct qimg_value *sv = luks_slot_value(&l->slots[i]);
+        /* list_append frees sv itself when it fails. */
+        ret = sv && qimg_value_list_append(slots, sv) == 0 ? 0 : -ENOMEM;
+    }
+    if (ret == 0) {
+        ret = put(e, "slots", slots);
+        slots = NULL;
+    }
+    qimg_value_free(slots);
+    if (ret < 0) {
+        qimg_value_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+/*
  * ImageInfoSpecificQCow2, keys inserted in QAPI schema order (the value
  * library orders them as QEMU's QDict does): compat, data-file,
  * data-file-raw, extended-l2, lazy-refcounts, corrupt, refcount-bits,
@@ -572,6 +683,8 @@ static struct qimg_value *specific_data(const struct qcow2_state *s)
         } else {
             qimg_value_free(e);
         }
+    } else if (ret == 0 && s->has_luks) {
+        ret = put(d, "encrypt", luks_value(&s->luks));
     }
     if (ret == 0 && h->version >= 3 && s->bitmaps.nb > 0) {
         ret = put(d, "bitmaps", bitmaps_value(&s->bitmaps));

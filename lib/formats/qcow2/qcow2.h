@@ -295,6 +295,36 @@ struct qcow2_bitmap_list {
     uint32_t nb;
 };
 
+/* ---- LUKS [QEMU: crypto/block-luks.c] (decoded by crypto.c) ------- */
+
+/* The LUKS1 partition header [QEMU: crypto/block-luks.c]. */
+#define QCOW2_LUKS_HEADER_SIZE 592
+#define QCOW2_LUKS_NUM_SLOTS 8
+
+/* One key slot, as QEMU's info reports it (offsets in bytes). */
+struct qcow2_luks_slot {
+    bool active;
+    uint32_t iters;
+    uint32_t stripes;
+    uint64_t key_offset;
+};
+
+/*
+ * A decoded LUKS header, names already mapped to QEMU's QAPI enum
+ * strings (static storage) so info can print them as they are.
+ */
+struct qcow2_luks_info {
+    const char *cipher_alg;
+    const char *cipher_mode;
+    const char *ivgen_alg;
+    const char *ivgen_hash_alg; /* NULL unless the ivgen is essiv */
+    const char *hash_alg;
+    uint64_t payload_offset;
+    uint32_t master_key_iters;
+    char uuid[41]; /* up to 40 bytes, NUL-terminated copy */
+    struct qcow2_luks_slot slots[QCOW2_LUKS_NUM_SLOTS];
+};
+
 /* ---- Driver state ----------------------------------------------------- */
 
 struct qcow2_state {
@@ -339,6 +369,10 @@ struct qcow2_state {
      */
     bool has_data_file;
     struct qimg_io *data_file;
+
+    /* The LUKS header of a crypt_method 2 image, once decoded. */
+    bool has_luks;
+    struct qcow2_luks_info luks;
 };
 
 /* ---- header.c ---------------------------------------------------------- */
@@ -504,5 +538,15 @@ uint64_t qcow2_bitmap_table_entries(uint64_t disk_size,
                                     uint64_t cluster_size);
 
 void qcow2_bitmaps_free(struct qcow2_bitmap_list *list);
+
+/* ---- crypto.c --------------------------------------------------------- */
+
+/*
+ * Decode and check the LUKS1 header in buf (len bytes, bytes past len
+ * read as zero), with QEMU's checks in QEMU's order and its messages.
+ * No key is needed: this is what QEMU does for a metadata-only open.
+ */
+int qcow2_luks_decode(const uint8_t *buf, size_t len,
+                      struct qcow2_luks_info *out);
 
 #endif
