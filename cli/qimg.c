@@ -40,7 +40,7 @@ static const struct command commands[] = {
     {"compare", cmd_not_yet,
      "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] "
      "[-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2"},
-    {"convert", cmd_not_yet,
+    {"convert", cmd_convert,
      "convert [--object objectdef] [--image-opts] [--target-image-opts] "
      "[--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] "
      "[-f fmt] [-t cache] [-T src_cache] [-O output_fmt] "

@@ -282,6 +282,39 @@ int qimg_create_prepare(const char *filename, const char *format,
 int qimg_create(const char *filename, const char *format,
                 const struct qimg_opts *opts);
 
+/* ---- Conversion (qemu-img convert) ----------------------------------- */
+
+/* Progress in percent (0 to 100) of the bytes walked so far. */
+typedef void (*qimg_progress_fn)(double percent, void *opaque);
+
+struct qimg_convert_params {
+    /* The sources, concatenated in this order (each padded to 512 bytes). */
+    const char *const *sources;
+    size_t nb_sources;
+    const char *source_format; /* NULL: probe each source */
+    unsigned source_flags;     /* extra QIMG_OPEN_* flags for the sources */
+    const char *target;
+    const char *target_format; /* NULL means raw; only raw is supported */
+    /* Creation options for the target (its size is set here), or NULL. */
+    const struct qimg_opts *target_opts;
+    /*
+     * Zero runs of at least this many bytes (a multiple of 512, at most
+     * 16 MiB) are not written as data; 0 writes everything (fully
+     * allocated target).  qemu-img's default is 4096.
+     */
+    uint64_t sparse_size;
+    bool no_create;      /* -n: the target exists and is opened as raw */
+    bool target_is_zero; /* -n only: the target already reads as zero */
+    qimg_progress_fn progress; /* or NULL */
+    void *progress_opaque;
+};
+
+/*
+ * Copy the guest contents of the sources into the target.  A target this
+ * call created is removed again if the conversion fails.
+ */
+int qimg_convert(const struct qimg_convert_params *params);
+
 /* ---- Sizes ------------------------------------------------------------- */
 
 /*

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 struct qimg_io;
+struct qimg_node;
 
 /* ---- Header layout [spec: Header] -------------------------------------- */
 
@@ -325,6 +326,46 @@ struct qcow2_luks_info {
     struct qcow2_luks_slot slots[QCOW2_LUKS_NUM_SLOTS];
 };
 
+/* ---- Guest mapping state (cluster.c) ---------------------------------- */
+
+/*
+ * L2 tables are cached in slices of at most this many bytes, so the
+ * cache never holds more than QCOW2_L2_CACHE_SLOTS * QCOW2_L2_SLICE_MAX
+ * bytes whatever the cluster size.
+ */
+#define QCOW2_L2_SLICE_MAX 4096u
+#define QCOW2_L2_CACHE_SLOTS 32u
+
+struct qcow2_l2_slot {
+    uint64_t host_off; /* file offset of the slice; 0 = empty slot */
+    uint64_t last_use; /* LRU clock value of the last hit */
+    uint8_t *data;     /* slice bytes as stored (big-endian) */
+};
+
+struct qcow2_l2_cache {
+    struct qcow2_l2_slot slot[QCOW2_L2_CACHE_SLOTS];
+    uint64_t clock;
+    size_t slice_size; /* min(cluster_size, QCOW2_L2_SLICE_MAX) */
+};
+
+/* QEMU's (sub)cluster types [spec: Cluster mapping, Extended L2 Entries]. */
+enum qcow2_sc_type {
+    QCOW2_SC_UNALLOCATED,       /* read from the backing file */
+    QCOW2_SC_UNALLOCATED_ALLOC, /* extl2: host cluster set, subcluster not */
+    QCOW2_SC_ZERO_PLAIN,        /* reads as zero, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,        /* reads as zero, host cluster reserved */
+    QCOW2_SC_NORMAL,            /* data at host_off */
+    QCOW2_SC_COMPRESSED,        /* one compressed cluster */
+};
+
+/* A run of guest bytes with one mapping type. */
+struct qcow2_mapping {
+    enum qcow2_sc_type type;
+    uint64_t bytes;    /* > 0; never crosses an L2 slice */
+    uint64_t host_off; /* NORMAL, ZERO_ALLOC: host offset of the start */
+    uint64_t l2_entry; /* COMPRESSED: the descriptor */
+};
+
 /* ---- Driver state ----------------------------------------------------- */
 
 struct qcow2_state {
@@ -373,6 +414,13 @@ struct qcow2_state {
     /* The LUKS header of a crypt_method 2 image, once decoded. */
     bool has_luks;
     struct qcow2_luks_info luks;
+
+    /* Read path (cluster.c): L2 slices and the last compressed cluster. */
+    struct qcow2_l2_cache l2_cache;
+    uint8_t *z_in;  /* 2 * cluster_size: the longest descriptor's bytes */
+    uint8_t *z_out; /* cluster_size: decompressed cluster */
+    bool z_valid;   /* z_out holds the cluster of descriptor z_entry */
+    uint64_t z_entry;
 };
 
 /* ---- header.c ---------------------------------------------------------- */
@@ -548,5 +596,38 @@ void qcow2_bitmaps_free(struct qcow2_bitmap_list *list);
  */
 int qcow2_luks_decode(const uint8_t *buf, size_t len,
                       struct qcow2_luks_info *out);
+
+/* ---- cluster.c ---------------------------------------------------------- */
+
+/*
+ * The mapping of the guest bytes at off (at most len > 0 of them): the
+ * longest run of one type within one L2 slice, host offsets contiguous
+ * for the types that have one; a compressed run is one cluster.  Checks
+ * every entry it uses and fails with -EIO on corruption.
+ */
+int qcow2_get_mapping(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t off, uint64_t len, struct qcow2_mapping *m);
+
+/*
+ * The decompressed cluster of a compressed descriptor, in s->z_out
+ * (cluster_size bytes); the last one is kept.
+ */
+int qcow2_read_compressed(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t l2_entry);
+
+/* Free the L2 cache and the compression buffers. */
+void qcow2_cluster_free(struct qcow2_state *s);
+
+/* ---- compress.c --------------------------------------------------------- */
+
+/*
+ * Decompress one cluster: fill all of dst (dst_len bytes) from at most
+ * src_len bytes of src, compressed with type (QCOW2_COMPRESSION_*).
+ * Trailing input may belong to the next cluster and is ignored.  Returns
+ * 0, -EIO if the data does not decompress to a full cluster, -ENOMEM or
+ * -ENOTSUP.  Sets no message: the caller knows the context.
+ */
+int qcow2_decompress(uint8_t type, uint8_t *dst, size_t dst_len,
+                     const uint8_t *src, size_t src_len);
 
 #endif

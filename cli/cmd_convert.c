@@ -1,0 +1,363 @@
+/*
+ * qimg convert [options] SOURCE... TARGET: option parsing with qemu-img
+ * 7.2's checks and messages (in its order), then qimg_convert.  Only raw
+ * targets are written so far; unsupported features fail with one line.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+enum {
+    OPT_OBJECT = 256,
+    OPT_IMAGE_OPTS,
+    OPT_TARGET_IMAGE_OPTS,
+    OPT_SALVAGE,
+    OPT_TARGET_IS_ZERO,
+    OPT_BITMAPS,
+    OPT_SKIP_BROKEN,
+};
+
+#define MAX_SPARSE (16u * 1024 * 1024)
+#define MAX_COROUTINES 16
+
+/* qemu-img's cvtnum: a size for option NAME, or -1 after the message. */
+static int parse_num(const char *name, const char *arg, uint64_t *out)
+{
+    if (qimg_parse_size(arg, 'B', out) < 0 || *out > INT64_MAX) {
+        if (errno == ERANGE || *out > INT64_MAX) {
+            cli_error("Invalid %s specified. Must be between 0 and "
+                      "9223372036854775807.", name);
+        } else {
+            cli_error("Invalid %s specified. You may use k, M, G, T, P or "
+                      "E suffixes for", name);
+            cli_error("kilobytes, megabytes, gigabytes, terabytes, "
+                      "petabytes and exabytes.");
+        }
+        return -1;
+    }
+    return 0;
+}
+
+static bool cache_mode_valid(const char *mode)
+{
+    static const char *const modes[] = {
+        "none", "off", "writeback", "writethrough", "directsync", "unsafe",
+    };
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (strcmp(mode, modes[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* qemu-img's progress bar: redrawn when it moves by more than 1%. */
+struct progress {
+    bool enabled;
+    double last;
+};
+
+static void progress_print(struct progress *pr, double percent, bool force)
+{
+    if (!pr->enabled) {
+        return;
+    }
+    if (force || percent > pr->last + 1.0 || percent < pr->last - 1.0 ||
+        percent == 100.0) {
+        pr->last = percent;
+        printf("    (%3.2f/100%%)\r", percent);
+        fflush(stdout);
+    }
+}
+
+static void progress_cb(double percent, void *opaque)
+{
+    progress_print(opaque, percent, false);
+}
+
+int cmd_convert(int argc, char **argv)
+{
+    static const struct option long_opts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {"force-share", no_argument, NULL, 'U'},
+        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
+        {"salvage", no_argument, NULL, OPT_SALVAGE},
+        {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+        {"bitmaps", no_argument, NULL, OPT_BITMAPS},
+        {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
+        {NULL, 0, NULL, 0},
+    };
+    const char *fmt = NULL, *out_fmt = NULL, *out_base = NULL;
+    const char *snapshot = NULL, *cache = NULL, *src_cache = NULL;
+    char *options = NULL;
+    bool copy_range = false, compress = false, explicit_sparse = false;
+    bool progress = false, quiet = false, no_create = false;
+    bool force_share = false, image_opts = false, tgt_image_opts = false;
+    bool salvage = false, target_is_zero = false, bitmaps = false;
+    bool skip_broken = false;
+    uint64_t sparse = 4096;
+    struct qimg_opts *opts = NULL;
+    int status = 1;
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WUr:",
+                            long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            cli_print_help();
+            status = 0;
+            goto out;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'O':
+            out_fmt = optarg;
+            break;
+        case 'B':
+            out_base = optarg;
+            break;
+        case 'C':
+            copy_range = true;
+            break;
+        case 'c':
+            compress = true;
+            break;
+        case 'o':
+            if (!cli_option_list_valid(optarg)) {
+                cli_error("Invalid option list: %s", optarg);
+                goto out;
+            }
+            if (cli_accumulate_options(&options, optarg) < 0) {
+                cli_error("Out of memory");
+                goto out;
+            }
+            break;
+        case 'l':
+            snapshot = optarg;
+            break;
+        case 'S':
+            if (parse_num("buffer size for sparse output", optarg,
+                          &sparse) < 0) {
+                goto out;
+            }
+            if (sparse % 512 != 0 || sparse > MAX_SPARSE) {
+                cli_error("Invalid buffer size for sparse output specified. "
+                          "Valid sizes are multiples of 512 up to %u. "
+                          "Select 0 to disable sparse detection (fully "
+                          "allocates output).", MAX_SPARSE);
+                goto out;
+            }
+            explicit_sparse = true;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'T':
+            src_cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'n':
+            no_create = true;
+            break;
+        case 'm': {
+            /* The copy is sequential; -m is checked, then ignored. */
+            char *end;
+            errno = 0;
+            long n = strtol(optarg, &end, 0);
+            if (errno || end == optarg || *end || n < 1 ||
+                n > MAX_COROUTINES) {
+                cli_error("Invalid number of coroutines. Allowed number of "
+                          "coroutines is between 1 and %d", MAX_COROUTINES);
+                goto out;
+            }
+            break;
+        }
+        case 'W':
+            /* Writes are always in order; out-of-order is only allowed. */
+            break;
+        case 'U':
+            force_share = true;
+            break;
+        case 'r': {
+            uint64_t rate;
+            if (parse_num("rate limit", optarg, &rate) < 0) {
+                goto out;
+            }
+            break;
+        }
+        case OPT_OBJECT:
+            if (cli_add_object(optarg) < 0) {
+                goto out;
+            }
+            break;
+        case OPT_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        case OPT_TARGET_IMAGE_OPTS:
+            tgt_image_opts = true;
+            break;
+        case OPT_SALVAGE:
+            salvage = true;
+            break;
+        case OPT_TARGET_IS_ZERO:
+            target_is_zero = true;
+            break;
+        case OPT_BITMAPS:
+            bitmaps = true;
+            break;
+        case OPT_SKIP_BROKEN:
+            skip_broken = true;
+            break;
+        default:
+            status = cli_getopt_error(argv, c);
+            goto out;
+        }
+    }
+    if (!out_fmt && !tgt_image_opts) {
+        out_fmt = "raw";
+    }
+
+    if (skip_broken && !bitmaps) {
+        cli_error("Use of --skip-broken-bitmaps requires --bitmaps");
+        goto out;
+    }
+    if (compress && copy_range) {
+        cli_error("Cannot enable copy offloading when -c is used");
+        goto out;
+    }
+    if (explicit_sparse && copy_range) {
+        cli_error("Cannot enable copy offloading when -S is used");
+        goto out;
+    }
+    if (copy_range && salvage) {
+        cli_error("Cannot use copy offloading in salvaging mode");
+        goto out;
+    }
+    if (tgt_image_opts && !no_create) {
+        cli_error("--target-image-opts requires use of -n flag");
+        goto out;
+    }
+    if (no_create && options) {
+        cli_error("-o has no effect when skipping image creation");
+        goto out;
+    }
+    if (target_is_zero && !no_create) {
+        cli_error("--target-is-zero requires use of -n flag");
+        goto out;
+    }
+
+    int nb_sources = argc - optind - 1;
+    const char *target = nb_sources >= 1 ? argv[argc - 1] : NULL;
+    if (cli_options_want_help(options)) {
+        if (!out_fmt) {
+            cli_error("Option help requires a format be specified");
+            goto out;
+        }
+        status = cli_print_create_help(out_fmt, target);
+        goto out;
+    }
+    if (nb_sources < 1) {
+        cli_error("Must specify image file name");
+        goto out;
+    }
+    if (src_cache && !cache_mode_valid(src_cache)) {
+        cli_error("Invalid source cache option: %s", src_cache);
+        goto out;
+    }
+    if (snapshot && nb_sources > 1) {
+        cli_error("No support for concatenating multiple snapshot");
+        goto out;
+    }
+    if (cache && !cache_mode_valid(cache)) {
+        cli_error("Invalid cache option: %s", cache);
+        goto out;
+    }
+
+    /* Features the copy engine does not have yet: one clear line each. */
+    const char *missing = NULL;
+    if (image_opts) {
+        missing = "--image-opts";
+    } else if (tgt_image_opts) {
+        missing = "--target-image-opts";
+    } else if (snapshot) {
+        missing = "-l (snapshots)";
+    } else if (copy_range) {
+        missing = "-C (copy offloading)";
+    } else if (salvage) {
+        missing = "--salvage";
+    } else if (bitmaps) {
+        missing = "--bitmaps";
+    }
+    if (missing) {
+        cli_error("convert: %s is not supported yet", missing);
+        goto out;
+    }
+    bool out_raw = strcmp(out_fmt, "raw") == 0;
+    if (out_raw && out_base) {
+        cli_error("Backing file not supported for file format 'raw'");
+        goto out;
+    }
+    if (out_raw && compress) {
+        cli_error("Compression not supported for this file format");
+        goto out;
+    }
+    if (out_base || compress) {
+        cli_error("convert: %s is not supported yet",
+                  out_base ? "-B (backing file)" : "-c (compression)");
+        goto out;
+    }
+
+    if (options) {
+        opts = qimg_opts_new();
+        if (!opts) {
+            cli_error("Out of memory");
+            goto out;
+        }
+        if (qimg_opts_parse(opts, options) < 0) {
+            cli_report_library_error();
+            goto out;
+        }
+    }
+
+    /* The bar is for people: a pipe or a log file gets no \r noise. */
+    struct progress pr = {.enabled = progress && !quiet && isatty(1)};
+    struct qimg_convert_params params = {
+        .sources = (const char *const *)&argv[optind],
+        .nb_sources = (size_t)nb_sources,
+        .source_format = fmt,
+        .source_flags = force_share ? QIMG_OPEN_FORCE_SHARE : 0,
+        .target = target,
+        .target_format = out_fmt,
+        .target_opts = opts,
+        .sparse_size = sparse,
+        .no_create = no_create,
+        .target_is_zero = target_is_zero,
+        .progress = progress_cb,
+        .progress_opaque = &pr,
+    };
+    progress_print(&pr, 0.0, true);
+    if (qimg_convert(&params) < 0) {
+        cli_report_library_error();
+    } else {
+        progress_print(&pr, 100.0, true);
+        status = 0;
+    }
+    if (pr.enabled) {
+        printf("\n");
+    }
+out:
+    qimg_opts_free(opts);
+    free(options);
+    return status;
+}

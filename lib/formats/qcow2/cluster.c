@@ -1,0 +1,365 @@
+/*
+ * qcow2: guest to host mapping for reads [spec: Cluster mapping, Extended
+ * L2 Entries, Compressed Clusters Descriptor].
+ *
+ * The active L1 table is in memory (qcow2.c loads it at open, at most
+ * QCOW2_MAX_L1_SIZE).  L2 tables are read in slices of at most
+ * QCOW2_L2_SLICE_MAX bytes through a fixed-size LRU cache, so memory use
+ * does not depend on the image beyond one slice per slot.  Every entry
+ * is checked before its offset is used; a bad one fails the read with
+ * EIO and a message naming the image, never reads outside the bounds of
+ * the request.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "driver.h"
+#include "formats/qcow2/qcow2.h"
+#include "util/checked.h"
+#include "util/endian.h"
+
+/* [spec] host offsets have 56 bits; QEMU calls this QCOW_MAX_CLUSTER_OFFSET. */
+#define QCOW2_MAX_CLUSTER_OFFSET ((1ull << 56) - 1)
+#define QCOW2_L2_BITMAP_ALLOC_MASK 0xffffffffull
+
+/* Fail with EIO: "qcow2: image 'NAME' is corrupt: " and the detail. */
+static int corrupt(const struct qimg_node *node, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int corrupt(const struct qimg_node *node, const char *fmt, ...)
+{
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return error_set(EIO, "qcow2: image '%s' is corrupt: %s", node->filename,
+                     what);
+}
+
+void qcow2_cluster_free(struct qcow2_state *s)
+{
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        free(s->l2_cache.slot[i].data);
+        s->l2_cache.slot[i].data = NULL;
+        s->l2_cache.slot[i].host_off = 0;
+    }
+    free(s->z_in);
+    free(s->z_out);
+    s->z_in = NULL;
+    s->z_out = NULL;
+    s->z_valid = false;
+}
+
+/*
+ * The slice of an L2 table at host offset slice_off (slice_size bytes),
+ * from the cache or the file.  A slice offset is never 0: L2 offset 0
+ * means "no L2 table" and is not looked up, so 0 marks an empty slot.
+ */
+static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t slice_off, const uint8_t **out)
+{
+    struct qcow2_l2_cache *c = &s->l2_cache;
+    if (c->slice_size == 0) {
+        c->slice_size = (size_t)min_u64(s->cluster_size, QCOW2_L2_SLICE_MAX);
+    }
+    struct qcow2_l2_slot *victim = &c->slot[0];
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        struct qcow2_l2_slot *sl = &c->slot[i];
+        if (sl->host_off == slice_off && sl->data) {
+            sl->last_use = ++c->clock;
+            *out = sl->data;
+            return 0;
+        }
+        if (sl->last_use < victim->last_use) {
+            victim = sl;
+        }
+    }
+
+    /* [QEMU] its block layer fails reads past QCOW2_MAX_IO_END. */
+    if (!qcow2_read_in_range(slice_off, c->slice_size)) {
+        return error_set(EIO,
+                         "qcow2: could not read L2 table of '%s' at "
+                         "offset %#" PRIx64,
+                         node->filename, slice_off);
+    }
+    if (!victim->data) {
+        victim->data = malloc(c->slice_size);
+        if (!victim->data) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+    }
+    /* The slot is empty until the read succeeds. */
+    victim->host_off = 0;
+    victim->last_use = 0;
+    int ret = io_pread(node->file, victim->data, c->slice_size, slice_off);
+    if (ret < 0) {
+        return error_set_errno(-ret,
+                               "qcow2: could not read L2 table of "
+                               "'%s' at offset %#" PRIx64,
+                               node->filename, slice_off);
+    }
+    victim->host_off = slice_off;
+    victim->last_use = ++c->clock;
+    *out = victim->data;
+    return 0;
+}
+
+/*
+ * The type of subcluster sc of an entry (QEMU's classification), or -EIO
+ * for an allocation bitmap that is invalid.  Without extended L2 entries
+ * there is one subcluster and bitmap is 0.
+ */
+static int qcow2_classify(const struct qimg_node *node,
+                          const struct qcow2_state *s, uint64_t entry,
+                          uint64_t bitmap, unsigned sc, uint64_t l2_off,
+                          uint64_t l2_index)
+{
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        return QCOW2_SC_COMPRESSED;
+    }
+    bool extl2 = s->subclusters_per_cluster > 1;
+    /*
+     * Host offset 0 means "no cluster", except with an external data file
+     * where offset 0 is a real one when COPIED is set.
+     */
+    bool has_host = (entry & QCOW2_L2E_OFFSET_MASK) != 0 ||
+                    (s->has_data_file && (entry & QCOW2_OFLAG_COPIED));
+    if (!extl2) {
+        if (entry & QCOW2_OFLAG_ZERO) {
+            return has_host && (entry & QCOW2_L2E_OFFSET_MASK)
+                       ? QCOW2_SC_ZERO_ALLOC
+                       : QCOW2_SC_ZERO_PLAIN;
+        }
+        return has_host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOCATED;
+    }
+    uint64_t alloc = bitmap & QCOW2_L2_BITMAP_ALLOC_MASK;
+    uint64_t zero = bitmap >> 32;
+    if (has_host) {
+        if (alloc & zero) {
+            return corrupt(node,
+                           "invalid subcluster bitmap %#" PRIx64
+                           " (L2 offset %#" PRIx64 ", L2 index %#" PRIx64 ")",
+                           bitmap, l2_off, l2_index);
+        }
+        if (alloc & (1ull << sc)) {
+            return QCOW2_SC_NORMAL;
+        }
+        return (zero & (1ull << sc)) ? QCOW2_SC_ZERO_ALLOC
+                                     : QCOW2_SC_UNALLOCATED_ALLOC;
+    }
+    /* Allocated subclusters need a host cluster. */
+    if (alloc) {
+        return corrupt(node,
+                       "invalid subcluster bitmap %#" PRIx64
+                       " (L2 offset %#" PRIx64 ", L2 index %#" PRIx64 ")",
+                       bitmap, l2_off, l2_index);
+    }
+    return (zero & (1ull << sc)) ? QCOW2_SC_ZERO_PLAIN : QCOW2_SC_UNALLOCATED;
+}
+
+/*
+ * Check the host cluster of a NORMAL or ZERO_ALLOC entry: no reserved
+ * bits, cluster-aligned, and (being masked to 56 bits) at most
+ * QCOW2_MAX_CLUSTER_OFFSET.
+ */
+static int qcow2_check_host(const struct qimg_node *node,
+                            const struct qcow2_state *s, uint64_t entry,
+                            uint64_t l2_off, uint64_t l2_index)
+{
+    uint64_t host = entry & QCOW2_L2E_OFFSET_MASK;
+    if (entry & QCOW2_L2E_STD_RESERVED_MASK) {
+        return corrupt(node,
+                       "L2 entry %#" PRIx64 " has reserved bits set (L2 "
+                       "offset %#" PRIx64 ", L2 index %#" PRIx64 ")",
+                       entry, l2_off, l2_index);
+    }
+    if (!is_aligned_u64(host, s->cluster_size) ||
+        host > QCOW2_MAX_CLUSTER_OFFSET) {
+        return corrupt(node,
+                       "cluster allocation offset %#" PRIx64 " unaligned "
+                       "(L2 offset %#" PRIx64 ", L2 index %#" PRIx64 ")",
+                       host, l2_off, l2_index);
+    }
+    return 0;
+}
+
+int qcow2_get_mapping(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t off, uint64_t len, struct qcow2_mapping *m)
+{
+    const uint64_t cs = s->cluster_size;
+    const uint64_t scs = s->subcluster_size;
+    const unsigned esize = s->l2_entry_size;
+    const uint64_t cluster = off >> s->cluster_bits;
+    const uint64_t l1_index = cluster >> s->l2_bits;
+    const uint64_t l2_index = cluster & (s->l2_entries - 1);
+    const uint64_t slice_size = min_u64(cs, QCOW2_L2_SLICE_MAX);
+    const uint64_t slice_entries = slice_size / esize;
+    const uint64_t first_in_slice = l2_index - l2_index % slice_entries;
+    const uint64_t in_cluster = off & (cs - 1);
+    /*
+     * Runs end with the L2 slice: clusters left in it (this one included)
+     * times cs, at most 512 * 2 MiB, so no overflow.
+     */
+    uint64_t left = first_in_slice + slice_entries - l2_index;
+    len = min_u64(len, left * cs - in_cluster);
+
+    memset(m, 0, sizeof(*m));
+    if (l1_index >= s->l1_size || !s->l1_table) {
+        m->type = QCOW2_SC_UNALLOCATED;
+        m->bytes = len;
+        return 0;
+    }
+    uint64_t l2_off = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (l2_off == 0) {
+        m->type = QCOW2_SC_UNALLOCATED;
+        m->bytes = len;
+        return 0;
+    }
+    if (!is_aligned_u64(l2_off, cs)) {
+        return corrupt(node,
+                       "L2 table offset %#" PRIx64 " unaligned (L1 index: "
+                       "%#" PRIx64 ")",
+                       l2_off, l1_index);
+    }
+    const uint8_t *slice = NULL;
+    int ret = qcow2_l2_slice(node, s, l2_off + first_in_slice * esize, &slice);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /*
+     * Walk subclusters from off while the type stays the same (and the
+     * host offset continues), up to len bytes.  Invariant: done bytes
+     * from off have type m->type; idx/sc name the next subcluster.
+     */
+    uint64_t idx = l2_index;
+    unsigned sc = (unsigned)((off & (cs - 1)) / scs);
+    uint64_t done = 0;
+    uint64_t next_host = 0;
+    bool first = true;
+    while (done < len && idx < first_in_slice + slice_entries) {
+        const uint8_t *e = slice + (idx - first_in_slice) * esize;
+        uint64_t entry = load_be64(e);
+        uint64_t bitmap = esize == 16 ? load_be64(e + 8) : 0;
+        int type = qcow2_classify(node, s, entry, bitmap, sc, l2_off, idx);
+        if (type < 0) {
+            return type;
+        }
+        uint64_t host = 0;
+        if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC) {
+            ret = qcow2_check_host(node, s, entry, l2_off, idx);
+            if (ret < 0) {
+                return ret;
+            }
+            host = (entry & QCOW2_L2E_OFFSET_MASK) + (uint64_t)sc * scs;
+        }
+        if (type == QCOW2_SC_COMPRESSED) {
+            /* One cluster per run: each has its own descriptor. */
+            if (!first) {
+                break;
+            }
+            m->type = QCOW2_SC_COMPRESSED;
+            m->l2_entry = entry;
+            m->bytes = min_u64(len, cs - in_cluster);
+            return 0;
+        }
+        if (first) {
+            m->type = (enum qcow2_sc_type)type;
+            /* Within the subcluster: skip to off. */
+            uint64_t skip = off & (scs - 1);
+            m->host_off = host + skip;
+            next_host = host + scs;
+            done = scs - skip;
+            first = false;
+        } else {
+            if ((enum qcow2_sc_type)type != m->type) {
+                break;
+            }
+            if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC) &&
+                host != next_host) {
+                break;
+            }
+            next_host = host + scs;
+            done += scs;
+        }
+        if (++sc == s->subclusters_per_cluster) {
+            sc = 0;
+            idx++;
+        }
+    }
+    m->bytes = min_u64(done, len);
+    return 0;
+}
+
+int qcow2_read_compressed(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t l2_entry)
+{
+    if (s->z_valid && s->z_entry == l2_entry) {
+        return 0;
+    }
+    if (s->has_data_file) {
+        return error_set(EIO,
+                         "qcow2: image '%s' is corrupt: compressed "
+                         "cluster entry found in image with external "
+                         "data file",
+                         node->filename);
+    }
+    uint64_t coffset = l2_entry & s->cluster_offset_mask;
+    if (coffset > QCOW2_MAX_CLUSTER_OFFSET) {
+        return corrupt(node,
+                       "compressed cluster offset %#" PRIx64 " out of "
+                       "range",
+                       coffset);
+    }
+    /*
+     * [spec] the count of additional sectors: at most csize_mask + 1 =
+     * cluster_size / 256 sectors in all, so csize <= 2 * cluster_size.
+     */
+    uint64_t nb_sectors = ((l2_entry >> s->csize_shift) & s->csize_mask) + 1;
+    uint64_t csize = nb_sectors * 512 - (coffset & 511);
+    if (!qcow2_read_in_range(coffset, csize)) {
+        return error_set(EIO,
+                         "qcow2: could not read compressed cluster of "
+                         "'%s' at offset %#" PRIx64,
+                         node->filename, coffset);
+    }
+    if (!s->z_in) {
+        s->z_in = malloc((size_t)s->cluster_size * 2);
+        s->z_out = malloc((size_t)s->cluster_size);
+        if (!s->z_in || !s->z_out) {
+            free(s->z_in);
+            free(s->z_out);
+            s->z_in = s->z_out = NULL;
+            return error_set(ENOMEM, "Out of memory");
+        }
+    }
+    s->z_valid = false;
+    /* Data may run past the end of the file; those bytes read as zero. */
+    int ret = io_pread(node->file, s->z_in, (size_t)csize, coffset);
+    if (ret < 0) {
+        return error_set_errno(-ret,
+                               "qcow2: could not read compressed "
+                               "cluster of '%s' at offset %#" PRIx64,
+                               node->filename, coffset);
+    }
+    ret = qcow2_decompress(s->hdr.compression_type, s->z_out,
+                           (size_t)s->cluster_size, s->z_in, (size_t)csize);
+    if (ret == -ENOMEM) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    if (ret < 0) {
+        return corrupt(node,
+                       "could not decompress the cluster at offset "
+                       "%#" PRIx64,
+                       coffset);
+    }
+    s->z_valid = true;
+    s->z_entry = l2_entry;
+    return 0;
+}
