@@ -1,6 +1,7 @@
 #!/bin/bash
 # Build qimg and run it on a generated sample: a qcow2 overlay with data,
-# a snapshot and a bitmap over a raw base image.  The sample is made with
+# a snapshot and a bitmap over a raw base image; inspect it and convert it
+# to raw.  The sample is made with
 # qemu-img (installed as the test oracle) where qimg cannot write yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +29,15 @@ echo "== qimg info --backing-chain winxp.qcow2"
 echo
 echo "== qimg info --output=json winxp.qcow2"
 "$QIMG" info --output=json winxp.qcow2
+
+echo
+echo "== qimg convert -O raw winxp.qcow2 winxp.raw (the whole chain, flattened)"
+"$QIMG" convert -O raw winxp.qcow2 winxp.raw
+qemu-img convert -O raw winxp.qcow2 reference.raw
+if cmp -s winxp.raw reference.raw; then
+    echo "identical to qemu-img's conversion ($(stat -c %s winxp.raw) bytes," \
+         "$(du -k winxp.raw | cut -f1) KiB allocated)"
+else
+    echo "MISMATCH with qemu-img's conversion" >&2
+    exit 1
+fi
