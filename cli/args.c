@@ -73,15 +73,21 @@ int cli_parse_output(const char *arg, enum output_format *out)
 
 int cli_accumulate_options(char **acc, const char *arg)
 {
+    if (!cli_option_list_valid(arg)) {
+        cli_error("Invalid option list: %s", arg);
+        return -1;
+    }
     char *joined;
     if (*acc) {
         if (asprintf(&joined, "%s,%s", *acc, arg) < 0) {
+            cli_error("Out of memory");
             return -1;
         }
         free(*acc);
     } else {
         joined = strdup(arg);
         if (!joined) {
+            cli_error("Out of memory");
             return -1;
         }
     }

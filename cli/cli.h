@@ -32,7 +32,10 @@ void cli_report_library_error(void);
 
 /* Parse --output's argument; returns -1 (after printing) if invalid. */
 int cli_parse_output(const char *arg, enum output_format *out);
-/* Append one -o argument to an accumulated option string. */
+/*
+ * Append one -o argument to an accumulated option string, after qemu-img's
+ * list validation; prints the error and returns -1 on failure.
+ */
 int cli_accumulate_options(char **acc, const char *arg);
 /* Does an option string ask for help ("help" or "?" among its keys)? */
 bool cli_options_want_help(const char *options);

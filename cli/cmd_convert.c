@@ -129,12 +129,7 @@ int cmd_convert(int argc, char **argv)
             compress = true;
             break;
         case 'o':
-            if (!cli_option_list_valid(optarg)) {
-                cli_error("Invalid option list: %s", optarg);
-                goto out;
-            }
             if (cli_accumulate_options(&options, optarg) < 0) {
-                cli_error("Out of memory");
                 goto out;
             }
             break;
