@@ -143,6 +143,18 @@ static int io_mem_pwrite(struct qimg_io *io, const void *buf, size_t len,
     return 0;
 }
 
+/* Zero the part of [off, off + len) that lies inside the buffer. */
+static void io_mem_zero_existing(struct io_mem *m, uint64_t off, uint64_t len)
+{
+    if (off < m->size) {
+        size_t n = m->size - (size_t)off;
+        if (n > len) {
+            n = (size_t)len;
+        }
+        memset(m->buf + off, 0, n);
+    }
+}
+
 static int io_mem_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
                                 bool may_unmap)
 {
@@ -161,13 +173,7 @@ static int io_mem_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
         return ret;
     }
     /* Zero the old bytes first: growing zeroes the new ones itself. */
-    if (off < m->size) {
-        size_t n = m->size - (size_t)off;
-        if (n > len) {
-            n = (size_t)len;
-        }
-        memset(m->buf + off, 0, n);
-    }
+    io_mem_zero_existing(m, off, len);
     return io_mem_grow(m, end);
 }
 
@@ -179,13 +185,7 @@ static int io_mem_discard(struct qimg_io *io, uint64_t off, uint64_t len)
         return ret;
     }
     /* Like punching a hole with KEEP_SIZE: never grows the file. */
-    if (off < m->size) {
-        size_t n = m->size - (size_t)off;
-        if (n > len) {
-            n = (size_t)len;
-        }
-        memset(m->buf + off, 0, n);
-    }
+    io_mem_zero_existing(m, off, len);
     return 0;
 }
 
