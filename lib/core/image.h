@@ -53,10 +53,12 @@ int chain_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
  * answered), with QEMU's rules for adding each.
  */
 #define STATUS_EOF (1u << 9)
-/* The bits qemu-img compare -s compares (QEMU's status word). */
+/*
+ * The bits qemu-img compare -s compares (QEMU's status word; BS_RECURSE
+ * is internal to QEMU's block layer and does not reach it).
+ */
 #define STATUS_QEMU_MASK                                                       \
-    (BS_DATA | BS_ZERO | BS_OFFSET_VALID | BS_ALLOCATED | BS_RECURSE |        \
-     STATUS_EOF)
+    (BS_DATA | BS_ZERO | BS_OFFSET_VALID | BS_ALLOCATED | STATUS_EOF)
 
 struct chain_status {
     unsigned flags;
