@@ -122,6 +122,16 @@ for p in off falloc full; do
     io -f raw -c 'write -P 3 1M 4k' raw-$p.raw
     both "raw prealloc $p" raw-$p.raw -f raw
 done
+# The heuristic reads refcounts of every width.
+for rb in 1 2 8 64; do
+    mk -f qcow2 -o preallocation=metadata,refcount_bits=$rb,cluster_size=512 \
+        rb$rb.qcow2 1M
+    io -f qcow2 -c 'write -P 1 4k 1k' rb$rb.qcow2
+    both "prealloc refcount_bits=$rb" rb$rb.qcow2
+    mk -f qcow2 -o refcount_bits=$rb rbp$rb.qcow2 4M
+    io -f qcow2 -c 'write -P 1 4k 1k' -c 'write -P 2 1M 100k' rbp$rb.qcow2
+    both "partial clusters refcount_bits=$rb" rbp$rb.qcow2
+done
 # A metadata-preallocated image that later grew real data.
 mk -f qcow2 -o preallocation=metadata grown.qcow2 8M
 io -f qcow2 -c 'write -P 7 0 3M' -c 'write -P 8 5M 100k' grown.qcow2
