@@ -72,8 +72,7 @@ int cmd_map(int argc, char **argv)
     bool has_max = false;
     int c;
 
-    while ((c = getopt_long(argc, argv, ":f:s:l:hU", long_opts, NULL)) !=
-           -1) {
+    while ((c = getopt_long(argc, argv, ":f:s:l:hU", long_opts, NULL)) != -1) {
         switch (c) {
         case 'h':
             cli_print_help();
@@ -126,8 +125,7 @@ int cmd_map(int argc, char **argv)
         return 1;
     }
     if (output == OUTPUT_HUMAN) {
-        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to",
-               "File");
+        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
     } else {
         putchar('[');
     }

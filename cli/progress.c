@@ -31,8 +31,8 @@ static void progress_update(float current)
     }
     progress.current = current;
     if (current > progress.last_print + progress.min_skip ||
-        current < progress.last_print - progress.min_skip ||
-        current == 0 || current == 100) {
+        current < progress.last_print - progress.min_skip || current == 0 ||
+        current == 100) {
         progress.last_print = current;
         if (progress.enabled) {
             printf("    (%3.2f/100%%)\r", (double)current);

@@ -44,8 +44,9 @@ static int compare_read(struct compare *c, int i, uint64_t off, size_t n)
     if (qimg_pread(c->img[i], c->buf[i], n, off) < 0) {
         int err = qimg_get_errno() ? qimg_get_errno() : EIO;
         c->out->failure = QIMG_COMPARE_FAIL_READ;
-        return error_set(err, "Error while reading offset %" PRIu64
-                         " of %s: %s", off, c->name[i], strerror(err));
+        return error_set(err,
+                         "Error while reading offset %" PRIu64 " of %s: %s",
+                         off, c->name[i], strerror(err));
     }
     return 0;
 }
@@ -70,8 +71,7 @@ static int compare_status(struct compare *c, int i, uint64_t off,
  * start (qemu-img's compare_buffers: the prefix with the status of the
  * first sector), or n when they are equal.
  */
-static uint64_t first_difference(const uint8_t *a, const uint8_t *b,
-                                 uint64_t n)
+static uint64_t first_difference(const uint8_t *a, const uint8_t *b, uint64_t n)
 {
     uint64_t i = min_u64(n, SECTOR);
     bool differs = memcmp(a, b, (size_t)i) != 0;
@@ -220,8 +220,7 @@ static int compare_open(struct compare *c, int i, const char *name,
     if (size < 0) {
         int err = qimg_get_errno() ? qimg_get_errno() : EIO;
         c->out->failure = QIMG_COMPARE_FAIL_READ;
-        return error_set(err, "Can't get size of %s: %s", name,
-                         strerror(err));
+        return error_set(err, "Can't get size of %s: %s", name, strerror(err));
     }
     c->size[i] = (uint64_t)size;
     return 0;

@@ -77,9 +77,8 @@ static bool map_mergeable(const struct qimg_map_entry *cur,
         return false;
     }
     uint64_t end;
-    if (cur->has_offset &&
-        (add_overflow_u64(cur->offset, cur->length, &end) ||
-         end != next->offset)) {
+    if (cur->has_offset && (add_overflow_u64(cur->offset, cur->length, &end) ||
+                            end != next->offset)) {
         return false;
     }
     return true;

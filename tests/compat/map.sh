@@ -183,6 +183,12 @@ io -f raw -c 'write -P 9 512k 4k' rawbase.raw
 mk -f qcow2 -b rawbase.raw -F raw overraw.qcow2 2M
 both "raw backing" overraw.qcow2
 
+# An encrypted image needs its key to be opened at all.
+"$QEMU_IMG" create -q -f qcow2 --object secret,id=s0,data=abc \
+    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+    enc.qcow2 1M >/dev/null || fail "create enc.qcow2"
+both "encrypted" enc.qcow2
+
 # Options and errors.
 same "bad start" -s 1x p4096.qcow2
 same "negative start" -s -1 p4096.qcow2

@@ -88,8 +88,8 @@ int qcow2_detect_metadata_prealloc(struct qimg_node *node,
             !qcow2_read_in_range(rb, s->cluster_size)) {
             ret = error_set(EIO,
                             "qcow2: image '%s' is corrupt: refblock offset "
-                            "%#" PRIx64 " unaligned (reftable index: %#"
-                            PRIx64 ")",
+                            "%#" PRIx64 " unaligned (reftable index: %#" PRIx64
+                            ")",
                             node->filename, rb, t);
             break;
         }
