@@ -123,6 +123,16 @@ io -f qcow2 -c 'write -P 1 0 64k' -c 'write -z 1M 64k' ext.qcow2
 conv -O raw ext.qcow2 ext.raw
 all "data file" ext.qcow2 ext.raw
 
+mk -f qcow2 xbase.qcow2 1M
+io -f qcow2 -c 'write -P 1 0 1M' xbase.qcow2
+mk -f qcow2 -b xbase.qcow2 -F qcow2 -o extended_l2=on xtop.qcow2 2M
+io -f qcow2 -c 'write -P 2 1000k 2k' -c 'write -P 3 1100k 2k' \
+    -c 'write -z 1500k 4k' xtop.qcow2
+conv -O raw xtop.qcow2 xtop.raw
+all "extended l2 over short base" xtop.qcow2 xtop.raw
+conv -O qcow2 xtop.qcow2 xtop-flat.qcow2
+all "extended l2 over short base, flattened" xtop.qcow2 xtop-flat.qcow2
+
 # Raw files whose size is not in whole sectors.
 head -c 1000 /dev/urandom >odd.raw
 conv -O qcow2 odd.raw odd.qcow2

@@ -183,6 +183,15 @@ io -f raw -c 'write -P 9 512k 4k' rawbase.raw
 mk -f qcow2 -b rawbase.raw -F raw overraw.qcow2 2M
 both "raw backing" overraw.qcow2
 
+# Extended L2 overlay over a short base: unallocated subclusters of
+# allocated clusters show their host offset only where nothing is below.
+mk -f qcow2 xbase.qcow2 1M
+io -f qcow2 -c 'write -P 1 0 1M' xbase.qcow2
+mk -f qcow2 -b xbase.qcow2 -F qcow2 -o extended_l2=on xtop.qcow2 2M
+io -f qcow2 -c 'write -P 2 1000k 2k' -c 'write -P 3 1100k 2k' \
+    -c 'write -z 1500k 4k' xtop.qcow2
+windows "extl2 over short base" xtop.qcow2
+
 # An encrypted image needs its key to be opened at all.
 "$QEMU_IMG" create -q -f qcow2 --object secret,id=s0,data=abc \
     -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
