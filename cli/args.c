@@ -239,3 +239,33 @@ int cli_print_create_help(const char *format, const char *filename)
     }
     return 0;
 }
+
+int cli_parse_num(const char *name, const char *arg, uint64_t *out)
+{
+    if (qimg_parse_size(arg, 'B', out) < 0 || *out > INT64_MAX) {
+        if (errno == ERANGE || *out > INT64_MAX) {
+            cli_error("Invalid %s specified. Must be between 0 and "
+                      "9223372036854775807.", name);
+        } else {
+            cli_error("Invalid %s specified. You may use k, M, G, T, P or "
+                      "E suffixes for", name);
+            cli_error("kilobytes, megabytes, gigabytes, terabytes, "
+                      "petabytes and exabytes.");
+        }
+        return -1;
+    }
+    return 0;
+}
+
+bool cli_cache_mode_valid(const char *mode)
+{
+    static const char *const modes[] = {
+        "none", "off", "writeback", "writethrough", "directsync", "unsafe",
+    };
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (strcmp(mode, modes[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}

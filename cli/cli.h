@@ -44,6 +44,24 @@ bool cli_option_list_valid(const char *arg);
 /* Validate an --object definition (secret objects are remembered). */
 int cli_add_object(const char *def);
 
+/*
+ * qemu-img's cvtnum: a size for the option called name (as in "Invalid
+ * start offset specified"), at most INT64_MAX; -1 after the message.
+ */
+int cli_parse_num(const char *name, const char *arg, uint64_t *out);
+/* Is this one of qemu-img's cache modes (-t/-T)? */
+bool cli_cache_mode_valid(const char *mode);
+
+/*
+ * qemu-img's progress display (see progress.c): init once (min_skip is
+ * the smallest change that redraws), then add steps in percent or set
+ * the value, and end (a newline when enabled).
+ */
+void cli_progress_init(bool enabled, float min_skip);
+void cli_progress_step(float delta);
+void cli_progress_set(float percent);
+void cli_progress_end(void);
+
 /* Print a create-options help list; filename NULL = format-only list. */
 int cli_print_create_help(const char *format, const char *filename);
 
@@ -57,6 +75,8 @@ int print_json_value(const struct qimg_value *v);
 int cmd_convert(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 void cli_print_help(void);
 

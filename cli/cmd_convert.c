@@ -24,59 +24,10 @@ enum {
 #define MAX_SPARSE (16u * 1024 * 1024)
 #define MAX_COROUTINES 16
 
-/* qemu-img's cvtnum: a size for option NAME, or -1 after the message. */
-static int parse_num(const char *name, const char *arg, uint64_t *out)
-{
-    if (qimg_parse_size(arg, 'B', out) < 0 || *out > INT64_MAX) {
-        if (errno == ERANGE || *out > INT64_MAX) {
-            cli_error("Invalid %s specified. Must be between 0 and "
-                      "9223372036854775807.", name);
-        } else {
-            cli_error("Invalid %s specified. You may use k, M, G, T, P or "
-                      "E suffixes for", name);
-            cli_error("kilobytes, megabytes, gigabytes, terabytes, "
-                      "petabytes and exabytes.");
-        }
-        return -1;
-    }
-    return 0;
-}
-
-static bool cache_mode_valid(const char *mode)
-{
-    static const char *const modes[] = {
-        "none", "off", "writeback", "writethrough", "directsync", "unsafe",
-    };
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
-        if (strcmp(mode, modes[i]) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* qemu-img's progress bar: redrawn when it moves by more than 1%. */
-struct progress {
-    bool enabled;
-    double last;
-};
-
-static void progress_print(struct progress *pr, double percent, bool force)
-{
-    if (!pr->enabled) {
-        return;
-    }
-    if (force || percent > pr->last + 1.0 || percent < pr->last - 1.0 ||
-        percent == 100.0) {
-        pr->last = percent;
-        printf("    (%3.2f/100%%)\r", percent);
-        fflush(stdout);
-    }
-}
-
 static void progress_cb(double percent, void *opaque)
 {
-    progress_print(opaque, percent, false);
+    (void)opaque;
+    cli_progress_set((float)percent);
 }
 
 int cmd_convert(int argc, char **argv)
@@ -137,7 +88,7 @@ int cmd_convert(int argc, char **argv)
             snapshot = optarg;
             break;
         case 'S':
-            if (parse_num("buffer size for sparse output", optarg,
+            if (cli_parse_num("buffer size for sparse output", optarg,
                           &sparse) < 0) {
                 goto out;
             }
@@ -186,7 +137,7 @@ int cmd_convert(int argc, char **argv)
             break;
         case 'r': {
             uint64_t rate;
-            if (parse_num("rate limit", optarg, &rate) < 0) {
+            if (cli_parse_num("rate limit", optarg, &rate) < 0) {
                 goto out;
             }
             break;
@@ -266,7 +217,7 @@ int cmd_convert(int argc, char **argv)
         cli_error("Must specify image file name");
         goto out;
     }
-    if (src_cache && !cache_mode_valid(src_cache)) {
+    if (src_cache && !cli_cache_mode_valid(src_cache)) {
         cli_error("Invalid source cache option: %s", src_cache);
         goto out;
     }
@@ -274,7 +225,7 @@ int cmd_convert(int argc, char **argv)
         cli_error("No support for concatenating multiple snapshot");
         goto out;
     }
-    if (cache && !cache_mode_valid(cache)) {
+    if (cache && !cli_cache_mode_valid(cache)) {
         cli_error("Invalid cache option: %s", cache);
         goto out;
     }
@@ -326,7 +277,7 @@ int cmd_convert(int argc, char **argv)
     }
 
     /* The bar is for people: a pipe or a log file gets no \r noise. */
-    struct progress pr = {.enabled = progress && !quiet && isatty(1)};
+    cli_progress_init(progress && !quiet && isatty(1), 1.0f);
     struct qimg_convert_params params = {
         .sources = (const char *const *)&argv[optind],
         .nb_sources = (size_t)nb_sources,
@@ -339,18 +290,16 @@ int cmd_convert(int argc, char **argv)
         .no_create = no_create,
         .target_is_zero = target_is_zero,
         .progress = progress_cb,
-        .progress_opaque = &pr,
+        .progress_opaque = NULL,
     };
-    progress_print(&pr, 0.0, true);
+    cli_progress_set(0.0f);
     if (qimg_convert(&params) < 0) {
         cli_report_library_error();
     } else {
-        progress_print(&pr, 100.0, true);
+        cli_progress_set(100.0f);
         status = 0;
     }
-    if (pr.enabled) {
-        printf("\n");
-    }
+    cli_progress_end();
 out:
     qimg_opts_free(opts);
     free(options);

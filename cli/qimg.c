@@ -37,7 +37,7 @@ static const struct command commands[] = {
     {"commit", cmd_not_yet,
      "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] "
      "[-b base] [-r rate_limit] [-d] [-p] filename"},
-    {"compare", cmd_not_yet,
+    {"compare", cmd_compare,
      "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] "
      "[-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2"},
     {"convert", cmd_convert,
@@ -56,7 +56,7 @@ static const struct command commands[] = {
     {"info", cmd_info,
      "info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] "
      "[--backing-chain] [-U] filename"},
-    {"map", cmd_not_yet,
+    {"map", cmd_map,
      "map [--object objectdef] [--image-opts] [-f fmt] "
      "[--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] "
      "filename"},

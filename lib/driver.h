@@ -108,6 +108,13 @@ struct qimg_node;
 #define BS_ALLOCATED QIMG_EXTENT_ALLOCATED
 #define BS_OFFSET_VALID QIMG_EXTENT_OFFSET_VALID
 #define BS_COMPRESSED QIMG_EXTENT_COMPRESSED
+/*
+ * With BS_DATA and BS_OFFSET_VALID: the host range may hold holes (the
+ * image was preallocated with metadata only), so the core asks the file
+ * at the host offset and reports its holes as zero, as QEMU's
+ * BDRV_BLOCK_RECURSE does.  Not a public extent flag.
+ */
+#define BS_RECURSE (1u << 8)
 
 struct qimg_format_ops {
     /* The name qemu-img uses with -f. */
@@ -139,8 +146,13 @@ struct qimg_format_ops {
     int (*flush)(struct qimg_node *node);
     /*
      * Status of this layer only for the run at off (at most len bytes):
-     * BS_* flags, *pnum > 0, and *host_off when BS_OFFSET_VALID.  A range
-     * without BS_ALLOCATED defers to the backing file.
+     * BS_* flags, *pnum > 0, and *host_off when BS_OFFSET_VALID (an
+     * offset in node->data_io, or node->file when that is NULL).  A range
+     * that is neither BS_DATA nor BS_ZERO is unallocated here and defers
+     * to the backing file; it may still carry a host offset (QEMU reports
+     * one for unallocated subclusters of an allocated qcow2 cluster).
+     * The run lengths are part of qemu-img's output (compare -s and the
+     * progress of compare), so drivers end runs where QEMU's do.
      */
     int (*block_status)(struct qimg_node *node, uint64_t off, uint64_t len,
                         uint64_t *pnum, uint64_t *host_off);
@@ -163,6 +175,11 @@ struct qimg_node {
     bool writable;
     /* Writes to the first 512 bytes are refused (probed raw). */
     bool protect_block0;
+    /*
+     * The file block status host offsets refer to, when it is not
+     * node->file (a qcow2 external data file).  Owned by the driver.
+     */
+    struct qimg_io *data_io;
     /* As stored in the image (NULL if none) and resolved. */
     char *backing_name;
     char *backing_format;

@@ -315,6 +315,100 @@ struct qimg_convert_params {
  */
 int qimg_convert(const struct qimg_convert_params *params);
 
+/* ---- Allocation map (qemu-img map) ----------------------------------- */
+
+/* One entry of qemu-img map's output. */
+struct qimg_map_entry {
+    uint64_t start;
+    uint64_t length;
+    /* The layer that decided (0 = the image itself, 1 = its backing..) */
+    int depth;
+    /* Allocated by some layer; false where only zeros lie below. */
+    bool present;
+    bool zero; /* reads as zero */
+    bool data; /* the bytes come from stored data */
+    /* offset is meaningful: the bytes are at offset in filename. */
+    bool has_offset;
+    uint64_t offset;
+    /* With has_offset, the file holding the bytes (valid until close). */
+    const char *filename;
+};
+
+/*
+ * The map entry that starts at start, ending at most at end (clamped to
+ * the image size): qemu-img map's status of the chain, each layer asked
+ * from the top down until one has data or zeros (an unallocated range
+ * with nothing below it is zero at the bottom layer; a range past the
+ * end of a short backing file is zero at the layer above it), with
+ * adjacent runs merged as qemu-img 7.2 merges them: the same data, zero,
+ * depth, present, has_offset and filename, and contiguous offsets.
+ * Block status is asked in windows of at most 1 GiB, never for the whole
+ * disk at once; a long run simply takes several of them.
+ *
+ * Returns 1 with *e filled, 0 when start >= end (no entry), or -1.  The
+ * next entry starts at e->start + e->length.
+ */
+int qimg_map_next(struct qimg_image *img, uint64_t start, uint64_t end,
+                  struct qimg_map_entry *e);
+
+/* ---- Comparison (qemu-img compare) ----------------------------------- */
+
+enum qimg_compare_result {
+    QIMG_COMPARE_IDENTICAL,
+    /* The first differing 512-byte sector starts at offset. */
+    QIMG_COMPARE_CONTENT_MISMATCH,
+    /* Strict mode: the sizes differ. */
+    QIMG_COMPARE_SIZE_MISMATCH,
+    /* Strict mode: the block status differs at offset. */
+    QIMG_COMPARE_STATUS_MISMATCH,
+};
+
+/* Why a comparison could not finish: qemu-img compare's exit codes. */
+#define QIMG_COMPARE_FAIL_OPEN 2
+#define QIMG_COMPARE_FAIL_STATUS 3
+#define QIMG_COMPARE_FAIL_READ 4
+
+struct qimg_compare_params {
+    const char *filename1;
+    const char *format1; /* NULL: probe */
+    const char *filename2;
+    const char *format2;
+    unsigned flags; /* extra QIMG_OPEN_* flags for both (FORCE_SHARE) */
+    /* -s: sizes and block status (allocation) must match as well. */
+    bool strict;
+    /*
+     * Progress as qemu-img reports it, or NULL: called once with step 0
+     * when the walk starts, then with the bytes of each step; total is
+     * the larger image size.
+     */
+    void (*progress)(uint64_t step, uint64_t total, void *opaque);
+    /*
+     * Non-strict mode, sizes differ: called before the tail of the
+     * larger image is checked for zeros (qemu-img's warning), or NULL.
+     */
+    void (*size_mismatch)(void *opaque);
+    void *opaque;
+};
+
+struct qimg_compare_outcome {
+    enum qimg_compare_result result;
+    uint64_t offset; /* for the mismatches that name one */
+    /* On failure: QIMG_COMPARE_FAIL_*; the message names the file. */
+    int failure;
+};
+
+/*
+ * Compare the guest contents of two images as qemu-img compare does:
+ * ranges both read as zero are skipped by block status, ranges allocated
+ * in one image only must read as zero in the other's place, the rest is
+ * read in chunks of at most 2 MiB and compared by sector.  Without
+ * strict, a larger image must read as zero past the end of the smaller.
+ * Returns 0 when the comparison finished (*out says how), -1 on failure
+ * (out->failure says which kind).
+ */
+int qimg_compare(const struct qimg_compare_params *p,
+                 struct qimg_compare_outcome *out);
+
 /* ---- Sizes ------------------------------------------------------------- */
 
 /*

@@ -104,50 +104,165 @@ int node_read_below(struct qimg_node *node, void *buf, size_t len,
     return 0;
 }
 
-int chain_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
-                       struct qimg_extent *ext)
+/* The file a layer's host offsets refer to. */
+static struct qimg_io *layer_file(struct qimg_node *node)
 {
-    int depth = 0;
-    uint64_t n = len;
-    unsigned flags;
-    uint64_t host = 0;
-    const char *filename = node->filename;
+    return node->data_io ? node->data_io : node->file;
+}
 
-    for (;;) {
-        if (off >= node->size) {
-            /* Past the end of a shorter backing file: zeros. */
-            flags = QIMG_EXTENT_ZERO;
-            break;
+/*
+ * Is the host range [map, map + *pnum) of file a hole?  QEMU asks the
+ * protocol layer, whose length is the file size in whole sectors: a range
+ * at or past that end, or a hole that runs to it, reads as zero whatever
+ * follows ("zero to the end"); otherwise *pnum is cut to the run the file
+ * reports.  Errors are ignored, as QEMU ignores them: this only refines.
+ */
+static void layer_recurse(struct qimg_io *file, uint64_t map, uint64_t *pnum,
+                          unsigned *flags)
+{
+    int64_t size = io_get_size(file);
+    if (size < 0) {
+        return;
+    }
+    uint64_t end = ((uint64_t)size + 511) & ~(uint64_t)511;
+    if (map >= end) {
+        *flags |= BS_ZERO;
+        return;
+    }
+    uint64_t n = min_u64(*pnum, end - map);
+    uint64_t file_pnum = 0;
+    int ret = file->ops->block_status(file, map, n, &file_pnum);
+    if (ret < 0 || file_pnum == 0 || file_pnum > n) {
+        return;
+    }
+    bool zero = (ret & IO_STATUS_ZERO) != 0;
+    if (zero && map + file_pnum == end) {
+        *flags |= BS_ZERO;
+        return;
+    }
+    *pnum = file_pnum;
+    if (zero) {
+        *flags |= BS_ZERO;
+    }
+}
+
+int layer_block_status(struct qimg_node *node, uint64_t off, uint64_t bytes,
+                       struct chain_status *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->node = node;
+    if (off >= node->size) {
+        st->flags = STATUS_EOF;
+        return 0;
+    }
+    bytes = min_u64(bytes, node->size - off);
+    if (bytes == 0) {
+        return 0;
+    }
+    uint64_t pnum = 0;
+    uint64_t host = 0;
+    int ret = node->drv->block_status(node, off, bytes, &pnum, &host);
+    if (ret < 0) {
+        return ret;
+    }
+    if (pnum == 0 || pnum > bytes) {
+        return error_set(EIO, "%s: driver returned an invalid block "
+                         "status length", node->filename);
+    }
+    unsigned flags = (unsigned)ret;
+    if (flags & BS_OFFSET_VALID) {
+        st->map = host;
+        st->file = layer_file(node);
+    }
+    if (flags & (BS_DATA | BS_ZERO)) {
+        flags |= BS_ALLOCATED;
+    } else {
+        /*
+         * Unallocated: zero when nothing lies below.  Added after the
+         * allocation decision, so the range stays unallocated here.
+         */
+        flags &= ~BS_ALLOCATED;
+        if (!node->backing || off >= node->backing->size) {
+            flags |= BS_ZERO;
         }
-        n = min_u64(n, node->size - off);
-        uint64_t pnum = 0;
-        int ret = node->drv->block_status(node, off, n, &pnum, &host);
+    }
+    if ((flags & BS_RECURSE) && st->file && (flags & BS_DATA) &&
+        !(flags & BS_ZERO) && (flags & BS_OFFSET_VALID)) {
+        layer_recurse(st->file, st->map, &pnum, &flags);
+    }
+    if (off + pnum == node->size) {
+        flags |= STATUS_EOF;
+    }
+    st->flags = flags;
+    st->pnum = pnum;
+    return 0;
+}
+
+int chain_status_above(struct qimg_node *node, uint64_t off, uint64_t bytes,
+                       struct chain_status *st, int *depth)
+{
+    int d = 0;
+    int ret = layer_block_status(node, off, bytes, st);
+    if (ret < 0 || st->pnum == 0 || (st->flags & BS_ALLOCATED)) {
+        if (depth) {
+            *depth = d;
+        }
+        return ret;
+    }
+    uint64_t eof = (st->flags & STATUS_EOF) ? off + st->pnum : 0;
+    bytes = st->pnum;
+    for (struct qimg_node *p = node->backing; p; p = p->backing) {
+        d++;
+        ret = layer_block_status(p, off, bytes, st);
         if (ret < 0) {
             return ret;
         }
-        if (pnum == 0 || pnum > n) {
-            return error_set(EIO, "%s: driver returned an invalid block "
-                             "status length", node->filename);
-        }
-        n = pnum;
-        filename = node->filename;
-        if ((ret & BS_ALLOCATED) || !node->backing) {
-            flags = (unsigned)ret;
-            if (!(ret & BS_ALLOCATED)) {
-                /* Nothing below: an unallocated range reads as zeros. */
-                flags |= QIMG_EXTENT_ZERO;
-            }
+        if (st->pnum == 0) {
+            /*
+             * The layer above deferred to this shorter one: the bytes
+             * past its end read as zero, allocated by this layer.
+             */
+            st->pnum = bytes;
+            st->flags = BS_ZERO | BS_ALLOCATED;
+            st->file = NULL;
             break;
         }
-        node = node->backing;
-        depth++;
+        if (st->flags & BS_ALLOCATED) {
+            /* Its end is not the end of the layers above. */
+            st->flags &= ~STATUS_EOF;
+            break;
+        }
+        bytes = st->pnum;
     }
+    if (eof && off + st->pnum == eof) {
+        st->flags |= STATUS_EOF;
+    }
+    if (depth) {
+        *depth = d;
+    }
+    return 0;
+}
 
+int chain_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
+                       struct qimg_extent *ext)
+{
+    struct chain_status st;
+    int depth = 0;
+    int ret = chain_status_above(node, off, len, &st, &depth);
+    if (ret < 0) {
+        return ret;
+    }
+    if (st.pnum == 0) {
+        return error_set(EIO, "%s: block status past the end of the image",
+                         node->filename);
+    }
     ext->offset = off;
-    ext->length = n;
-    ext->flags = flags;
+    ext->length = st.pnum;
+    ext->flags = st.flags & (QIMG_EXTENT_DATA | QIMG_EXTENT_ZERO |
+                             QIMG_EXTENT_ALLOCATED | QIMG_EXTENT_OFFSET_VALID |
+                             QIMG_EXTENT_COMPRESSED);
     ext->depth = depth;
-    ext->host_offset = (flags & QIMG_EXTENT_OFFSET_VALID) ? host : 0;
-    ext->filename = filename;
+    ext->host_offset = (st.flags & BS_OFFSET_VALID) ? st.map : 0;
+    ext->filename = st.file ? st.file->filename : st.node->filename;
     return 0;
 }

@@ -44,4 +44,47 @@ int chain_open_backing(struct qimg_node *node, unsigned flags,
 int chain_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
                        struct qimg_extent *ext);
 
+/*
+ * Block status as QEMU's block layer composes it (block/io.c), so that
+ * the commands built on it (map, compare, convert) see the same runs and
+ * flags as qemu-img.  flags holds BS_DATA, BS_ZERO, BS_OFFSET_VALID,
+ * BS_ALLOCATED (the layer decided: data or zero), BS_COMPRESSED,
+ * BS_RECURSE and STATUS_EOF (the run ends at the end of the layer that
+ * answered), with QEMU's rules for adding each.
+ */
+#define STATUS_EOF (1u << 9)
+/*
+ * The bits qemu-img compare -s compares (QEMU's status word; BS_RECURSE
+ * is internal to QEMU's block layer and does not reach it).
+ */
+#define STATUS_QEMU_MASK                                                       \
+    (BS_DATA | BS_ZERO | BS_OFFSET_VALID | BS_ALLOCATED | STATUS_EOF)
+
+struct chain_status {
+    unsigned flags;
+    uint64_t pnum; /* bytes from off; 0 only past the end of the layer */
+    uint64_t map;  /* host offset in file when BS_OFFSET_VALID */
+    struct qimg_io *file; /* the file map refers to, or NULL */
+    struct qimg_node *node; /* the layer that answered */
+};
+
+/*
+ * One layer (QEMU's bdrv_co_block_status with want_zero): the driver's
+ * answer for at most bytes at off, made ZERO where nothing lies below
+ * (no backing file, or off past its end), with holes of the host file
+ * reported as zero for BS_RECURSE runs.  off at or past the end of node
+ * gives pnum 0 and STATUS_EOF.
+ */
+int layer_block_status(struct qimg_node *node, uint64_t off, uint64_t bytes,
+                       struct chain_status *st);
+
+/*
+ * The whole chain (QEMU's bdrv_block_status_above with no base): the first
+ * layer that allocates the run decides; bytes past the end of a short
+ * backing file are zero and allocated there.  *depth (may be NULL) is the
+ * index of the layer that answered (0 = node).
+ */
+int chain_status_above(struct qimg_node *node, uint64_t off, uint64_t bytes,
+                       struct chain_status *st, int *depth);
+
 #endif

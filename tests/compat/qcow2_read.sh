@@ -30,12 +30,11 @@ check() {
     check_map "$name" "$file"
 }
 
-# Normalize a map to merged (start, length, data, zero, offset) runs;
-# offsets only matter for data (qemu-img also shows them for zero
-# clusters that keep a host cluster, and 7.2 has no compressed flag).
-# The zero flag of data runs is dropped: qemu-img adds it from the host
-# file's holes in metadata-preallocated images, which qimg does not
-# detect yet.
+# Normalize a map to merged (start, length, data, zero, offset) runs,
+# offset -1 when there is none.  Every flag and offset counts: qimg's
+# block status must say what qemu-img map says (data runs in host-file
+# holes of metadata-preallocated images read as zero, zero clusters that
+# keep a host cluster show it); 7.2 has no compressed flag to compare.
 norm_map() {
     python3 -c '
 import json, sys
@@ -43,13 +42,12 @@ src, path = sys.argv[1], sys.argv[2]
 ext = []
 if src == "qemu":
     for e in json.load(open(path)):
-        off = e.get("offset", -1) if e["data"] else -1
-        z = 0 if e["data"] else int(e["zero"])
-        ext.append((e["start"], e["length"], int(e["data"]), z, off))
+        ext.append((e["start"], e["length"], int(e["data"]), int(e["zero"]),
+                    e.get("offset", -1)))
 else:
     for line in open(path):
         s, l, d, z, o = map(int, line.split())
-        ext.append((s, l, d, 0 if d else z, o if d else -1))
+        ext.append((s, l, d, z, o))
 out = []
 for s, l, d, z, o in ext:
     if out:

@@ -252,7 +252,10 @@ int qcow2_get_mapping(struct qimg_node *node, struct qcow2_state *s,
             return type;
         }
         uint64_t host = 0;
-        if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC) {
+        bool with_host = type == QCOW2_SC_NORMAL ||
+                         type == QCOW2_SC_ZERO_ALLOC ||
+                         type == QCOW2_SC_UNALLOCATED_ALLOC;
+        if (with_host) {
             ret = qcow2_check_host(node, s, entry, l2_off, idx);
             if (ret < 0) {
                 return ret;
@@ -281,8 +284,7 @@ int qcow2_get_mapping(struct qimg_node *node, struct qcow2_state *s,
             if ((enum qcow2_sc_type)type != m->type) {
                 break;
             }
-            if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC) &&
-                host != next_host) {
+            if (with_host && host != next_host) {
                 break;
             }
             next_host = host + scs;

@@ -360,6 +360,8 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
     if (ret < 0) {
         goto fail;
     }
+    /* Block status host offsets name the data file when there is one. */
+    node->data_io = s->data_file;
     ret = qcow2_header_decode_finish(hbuf, hlen, dflags, &s->hdr);
     if (ret < 0) {
         goto fail;
@@ -420,6 +422,7 @@ fail:
     node->backing_format = NULL;
     state_free(s);
     node->opaque = NULL;
+    node->data_io = NULL;
     return ret;
 }
 
@@ -427,6 +430,7 @@ static void qcow2_close(struct qimg_node *node)
 {
     state_free(node->opaque);
     node->opaque = NULL;
+    node->data_io = NULL;
 }
 
 static int not_yet(const char *what)
@@ -572,12 +576,22 @@ static int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
     return not_yet("discarding guest data");
 }
 
+/* [QEMU] its qcow2 block status answers at most INT_MAX bytes per call. */
+#define QCOW2_STATUS_MAX_BYTES 0x7fffffffull
+
+static bool mapping_has_host(enum qcow2_sc_type t)
+{
+    return t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC ||
+           t == QCOW2_SC_UNALLOCATED_ALLOC;
+}
+
 /*
- * Status of this layer.  Runs come from qcow2_get_mapping() (one L2
- * slice at most); consecutive compressed clusters are merged up to the
- * end of their L2 table, as they have no host offset to keep contiguous.
- * An unallocated subcluster of an allocated cluster defers to the
- * backing file like an unallocated cluster.
+ * Block status of this layer, with QEMU's runs: one (sub)cluster type
+ * with contiguous host offsets, never past the end of the L2 table that
+ * maps off, a compressed cluster alone.  Types and flags as QEMU's:
+ * unallocated subclusters of an allocated cluster and zero clusters that
+ * keep a host cluster report its offset; data clusters of an image that
+ * looks metadata-preallocated ask the host file about holes (BS_RECURSE).
  */
 static int qcow2_block_status(struct qimg_node *node, uint64_t off,
                               uint64_t len, uint64_t *pnum, uint64_t *host_off)
@@ -587,48 +601,57 @@ static int qcow2_block_status(struct qimg_node *node, uint64_t off,
     if (ret < 0) {
         return ret;
     }
+    if (!s->prealloc_checked) {
+        /* [QEMU] a failed detection just means "not preallocated". */
+        s->metadata_prealloc = qcow2_detect_metadata_prealloc(node, s) == 1;
+        s->prealloc_checked = true;
+    }
+    len = min_u64(len, QCOW2_STATUS_MAX_BYTES);
+    uint64_t in_cluster = off & (s->cluster_size - 1);
+    uint64_t l2_index = (off >> s->cluster_bits) & (s->l2_entries - 1);
+    /* Clusters to the end of the L2 table, times cs: at most 2^52. */
+    uint64_t table_left = ((s->l2_entries - l2_index) << s->cluster_bits) -
+                          in_cluster;
+    uint64_t limit = min_u64(len, table_left);
+
     struct qcow2_mapping m;
-    ret = qcow2_get_mapping(node, s, off, len, &m);
+    ret = qcow2_get_mapping(node, s, off, limit, &m);
     if (ret < 0) {
         return ret;
     }
-    uint64_t n = min_u64(m.bytes, len);
-    switch (m.type) {
-    case QCOW2_SC_UNALLOCATED:
-    case QCOW2_SC_UNALLOCATED_ALLOC:
-        *pnum = n;
-        return 0;
-    case QCOW2_SC_ZERO_PLAIN:
-    case QCOW2_SC_ZERO_ALLOC:
-        *pnum = n;
-        return BS_ALLOCATED | BS_ZERO;
-    case QCOW2_SC_NORMAL:
-        /*
-         * [QEMU] also asks the host file about the range (reporting holes
-         * as zero) only when it detects metadata preallocation from the
-         * refcounts; that detection is not implemented, so data is data.
-         */
-        *pnum = n;
-        *host_off = m.host_off;
-        return BS_ALLOCATED | BS_DATA | BS_OFFSET_VALID;
-    case QCOW2_SC_COMPRESSED:
-        break;
-    }
-    /* Bytes to the end of the L2 table that maps off. */
-    uint64_t table_bytes = s->l2_entries << s->cluster_bits;
-    uint64_t limit = min_u64(len, table_bytes - (off & (table_bytes - 1)));
-    while (n < limit) {
+    uint64_t n = min_u64(m.bytes, limit);
+    /* Runs of one mapping end with an L2 slice; QEMU's with the table. */
+    while (m.type != QCOW2_SC_COMPRESSED && n < limit) {
         struct qcow2_mapping next;
         ret = qcow2_get_mapping(node, s, off + n, limit - n, &next);
         if (ret < 0) {
             return ret;
         }
-        if (next.type != QCOW2_SC_COMPRESSED) {
+        if (next.type != m.type ||
+            (mapping_has_host(m.type) && next.host_off != m.host_off + n)) {
             break;
         }
         n += min_u64(next.bytes, limit - n);
     }
     *pnum = n;
+    if (mapping_has_host(m.type)) {
+        *host_off = m.host_off;
+    }
+    switch (m.type) {
+    case QCOW2_SC_UNALLOCATED:
+        return 0;
+    case QCOW2_SC_UNALLOCATED_ALLOC:
+        return BS_OFFSET_VALID;
+    case QCOW2_SC_ZERO_PLAIN:
+        return BS_ALLOCATED | BS_ZERO;
+    case QCOW2_SC_ZERO_ALLOC:
+        return BS_ALLOCATED | BS_ZERO | BS_OFFSET_VALID;
+    case QCOW2_SC_NORMAL:
+        return BS_ALLOCATED | BS_DATA | BS_OFFSET_VALID |
+               (s->metadata_prealloc ? BS_RECURSE : 0);
+    case QCOW2_SC_COMPRESSED:
+        break;
+    }
     return BS_ALLOCATED | BS_DATA | BS_COMPRESSED;
 }
 

@@ -362,7 +362,8 @@ enum qcow2_sc_type {
 struct qcow2_mapping {
     enum qcow2_sc_type type;
     uint64_t bytes;    /* > 0; never crosses an L2 slice */
-    uint64_t host_off; /* NORMAL, ZERO_ALLOC: host offset of the start */
+    /* NORMAL, ZERO_ALLOC, UNALLOCATED_ALLOC: host offset of the start */
+    uint64_t host_off;
     uint64_t l2_entry; /* COMPRESSED: the descriptor */
 };
 
@@ -421,6 +422,14 @@ struct qcow2_state {
     uint8_t *z_out; /* cluster_size: decompressed cluster */
     bool z_valid;   /* z_out holds the cluster of descriptor z_entry */
     uint64_t z_entry;
+
+    /*
+     * [QEMU] block status asks the host file about data clusters when the
+     * image looks preallocated with metadata only (prealloc.c), decided
+     * once, at the first block status call.
+     */
+    bool prealloc_checked;
+    bool metadata_prealloc;
 };
 
 /* ---- header.c ---------------------------------------------------------- */
@@ -617,6 +626,17 @@ int qcow2_read_compressed(struct qimg_node *node, struct qcow2_state *s,
 
 /* Free the L2 cache and the compression buffers. */
 void qcow2_cluster_free(struct qcow2_state *s);
+
+/* ---- prealloc.c --------------------------------------------------------- */
+
+/*
+ * QEMU's metadata preallocation heuristic: 1 if the refcounts mark at
+ * least max(real * 10 / 9, real + 2) clusters of the file as used, where
+ * real is the number of clusters the host file actually allocates; 0 if
+ * not, or -errno (a refcount block that cannot be read or is misaligned).
+ */
+int qcow2_detect_metadata_prealloc(struct qimg_node *node,
+                                   struct qcow2_state *s);
 
 /* ---- compress.c --------------------------------------------------------- */
 
