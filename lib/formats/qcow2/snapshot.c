@@ -96,7 +96,7 @@ void qcow2_snapshots_free(struct qcow2_snapshot_table *t)
 static int decode_entry(struct reader *r, uint32_t i,
                         uint64_t default_disk_size, struct qcow2_snapshot *sn)
 {
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     int ret = take(r, QCOW2_SNAPSHOT_HEADER_SIZE, &p);
     if (ret < 0) {
         return ret;
