@@ -53,6 +53,16 @@ void print_image_info_human(const struct qimg_image_info *info);
 void print_snapshot_table(const struct qimg_snapshot_info *snaps, size_t n);
 int print_json_value(const struct qimg_value *v);
 
+/*
+ * Progress (cli/progress.c).  init(bar): bar is -p without -q; without
+ * the bar, SIGUSR1 asks for one line at the next update.  print/cb take
+ * a percentage; end(ok) draws 100% after success and ends the bar line.
+ */
+void cli_progress_init(bool bar);
+void cli_progress_print(double percent, bool force);
+void cli_progress_cb(double percent, void *opaque);
+void cli_progress_end(bool ok);
+
 /* The commands. */
 int cmd_convert(int argc, char **argv);
 int cmd_create(int argc, char **argv);

@@ -148,6 +148,12 @@ struct qimg_format_ops {
     int (*get_info)(struct qimg_node *node, struct qimg_image_info *info);
     /* Host bytes allocated by this image (all its files), or -errno. */
     int64_t (*get_allocated)(struct qimg_node *node);
+    /*
+     * Switch a read-only node to an internal snapshot's view (QEMU's
+     * temporary snapshot load), after open.  NULL: not supported.
+     */
+    int (*snapshot_load)(struct qimg_node *node,
+                         const struct qimg_snapshot_select *sel);
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);
@@ -161,6 +167,8 @@ struct qimg_node {
     char *filename;
     uint64_t size;
     bool writable;
+    /* Flushes do nothing (QIMG_OPEN_CACHE_UNSAFE). */
+    bool no_flush;
     /* Writes to the first 512 bytes are refused (probed raw). */
     bool protect_block0;
     /* As stored in the image (NULL if none) and resolved. */

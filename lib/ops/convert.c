@@ -295,7 +295,11 @@ static int open_sources(struct convert *c)
     const struct qimg_convert_params *p = c->p;
     for (size_t i = 0; i < p->nb_sources; i++) {
         struct source *s = &c->src[i];
-        s->img = qimg_open(p->sources[i], p->source_format, p->source_flags);
+        s->img = p->source_snapshot
+                     ? qimg_open_snapshot(p->sources[i], p->source_format,
+                                          p->source_flags, p->source_snapshot)
+                     : qimg_open(p->sources[i], p->source_format,
+                                 p->source_flags);
         if (!s->img) {
             return -1;
         }
@@ -370,6 +374,10 @@ static int check_params(const struct qimg_convert_params *p)
                          "%u. Select 0 to disable sparse detection (fully "
                          "allocates output).", SECTOR, MAX_SPARSE);
     }
+    if (p->source_snapshot && p->nb_sources > 1) {
+        return error_set(EINVAL,
+                         "No support for concatenating multiple snapshot");
+    }
     if (p->target_is_zero && !p->no_create) {
         return error_set(EINVAL, "--target-is-zero requires use of -n flag");
     }
@@ -424,7 +432,8 @@ int qimg_convert(const struct qimg_convert_params *params)
         }
         created = removable;
     }
-    c.dst = qimg_open(params->target, "raw", QIMG_OPEN_RDWR);
+    c.dst = qimg_open(params->target, "raw",
+                      QIMG_OPEN_RDWR | params->target_flags);
     if (!c.dst) {
         goto out;
     }
