@@ -457,7 +457,8 @@ int cmd_convert(int argc, char **argv)
         cli_error("Invalid source cache option: %s", src_cache);
         goto out;
     }
-    if ((snapshot || have_sn_opts) && nb_sources > 1) {
+    /* Only a bare -l is refused; snapshot.… applies to the first. */
+    if (snapshot && !have_sn_opts && nb_sources > 1) {
         cli_error("No support for concatenating multiple snapshot");
         goto out;
     }

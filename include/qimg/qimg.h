@@ -321,7 +321,11 @@ struct qimg_convert_params {
     size_t nb_sources;
     const char *source_format; /* NULL: probe each source */
     unsigned source_flags;     /* extra QIMG_OPEN_* flags for the sources */
-    /* Read the only source at this internal snapshot, or NULL. */
+    /*
+     * Read the first source at this internal snapshot, or NULL (as
+     * qemu-img's -l snapshot.id/name does; the others are read as they
+     * are now).
+     */
     const struct qimg_snapshot_select *source_snapshot;
     /* Extra QIMG_OPEN_* flags for the target (QIMG_OPEN_CACHE_UNSAFE). */
     unsigned target_flags;

@@ -295,7 +295,8 @@ static int open_sources(struct convert *c)
     const struct qimg_convert_params *p = c->p;
     for (size_t i = 0; i < p->nb_sources; i++) {
         struct source *s = &c->src[i];
-        s->img = p->source_snapshot
+        /* [QEMU] only the first source is read at the snapshot. */
+        s->img = p->source_snapshot && i == 0
                      ? qimg_open_snapshot(p->sources[i], p->source_format,
                                           p->source_flags, p->source_snapshot)
                      : qimg_open(p->sources[i], p->source_format,
@@ -373,10 +374,6 @@ static int check_params(const struct qimg_convert_params *p)
                          "specified. Valid sizes are multiples of %u up to "
                          "%u. Select 0 to disable sparse detection (fully "
                          "allocates output).", SECTOR, MAX_SPARSE);
-    }
-    if (p->source_snapshot && p->nb_sources > 1) {
-        return error_set(EINVAL,
-                         "No support for concatenating multiple snapshot");
     }
     if (p->target_is_zero && !p->no_create) {
         return error_set(EINVAL, "--target-is-zero requires use of -n flag");

@@ -652,22 +652,11 @@ static int64_t find_snapshot(const struct qcow2_snapshot_table *t,
  * snapshot's disk_size): L1 entries past the snapshot's table read as
  * unallocated, bytes past the current size are not readable.
  */
-static int qcow2_snapshot_load(struct qimg_node *node,
-                               const struct qimg_snapshot_select *sel)
+static int load_snapshot(struct qimg_node *node, const char *id,
+                         const char *name)
 {
     struct qcow2_state *s = node->opaque;
-    if (node->writable) {
-        return error_set(EINVAL, "Device is not readonly");
-    }
-    int64_t idx;
-    if (sel->id_or_name) {
-        idx = find_snapshot(&s->snapshots, sel->id_or_name, NULL);
-        if (idx < 0) {
-            idx = find_snapshot(&s->snapshots, NULL, sel->id_or_name);
-        }
-    } else {
-        idx = find_snapshot(&s->snapshots, sel->id, sel->name);
-    }
+    int64_t idx = find_snapshot(&s->snapshots, id, name);
     if (idx < 0) {
         return error_set(ENOENT, "Can't find snapshot");
     }
@@ -702,6 +691,27 @@ static int qcow2_snapshot_load(struct qimg_node *node,
     s->l1_size = sn->l1_size;
     s->l1_table_offset = sn->l1_table_offset;
     return 0;
+}
+
+static int qcow2_snapshot_load(struct qimg_node *node,
+                               const struct qimg_snapshot_select *sel)
+{
+    if (node->writable) {
+        return error_set(EINVAL, "Device is not readonly");
+    }
+    if (!sel->id_or_name) {
+        return load_snapshot(node, sel->id, sel->name);
+    }
+    /*
+     * [QEMU] by id, then by name when that fails with ENOENT or EINVAL
+     * (so a bad L1 offset of the snapshot with that id also falls back).
+     */
+    int ret = load_snapshot(node, sel->id_or_name, NULL);
+    if (ret == -ENOENT || ret == -EINVAL) {
+        error_clear();
+        ret = load_snapshot(node, NULL, sel->id_or_name);
+    }
+    return ret;
 }
 
 static int qcow2_flush(struct qimg_node *node)
