@@ -29,15 +29,18 @@ conv() {
     fi
 }
 
-# flushes TOOL ARGS...: "flush" if converting to out.img syncs it.
+# flushes OUT TOOL ARGS...: write "flush" to OUT if converting to OUT.img
+# syncs it, else "none".
 flushes() {
-    rm -f out.img
-    strace -f -e trace=fsync,fdatasync,sync_file_range -o trace.txt \
-        "$@" out.img >/dev/null 2>&1
-    if grep -qE '(fsync|fdatasync|sync_file_range)\(' trace.txt; then
-        echo flush
+    local out=$1
+    shift
+    rm -f "$out.img"
+    strace -f -e trace=fsync,fdatasync,sync_file_range -o "$out.trace" \
+        "$@" "$out.img" >/dev/null 2>&1
+    if grep -qE '(fsync|fdatasync|sync_file_range)\(' "$out.trace"; then
+        echo flush >"$out"
     else
-        echo none
+        echo none >"$out"
     fi
 }
 
@@ -47,9 +50,9 @@ for mode in "" none off writeback writethrough directsync unsafe; do
     conv "-t ${mode:-default}" -f raw "${args[@]}" small.raw
     conv "-T ${mode:-default}" -f raw ${mode:+-T "$mode"} small.raw
     # The default target mode is unsafe: no flush at the end.
-    expect_same "-t ${mode:-default}: flush" \
-        <(flushes "$QEMU_IMG" convert -f raw "${args[@]}" small.raw) \
-        <(flushes "$QIMG" convert -f raw "${args[@]}" small.raw)
+    flushes want.flush "$QEMU_IMG" convert -f raw "${args[@]}" small.raw
+    flushes got.flush "$QIMG" convert -f raw "${args[@]}" small.raw
+    expect_same "-t ${mode:-default}: flush" want.flush got.flush
 done
 conv "-t none -T none" -f raw -t none -T none small.raw
 conv "-T empty" -f raw -T "" small.raw
