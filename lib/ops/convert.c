@@ -16,6 +16,7 @@
 
 #include "qimg/qimg.h"
 #include "core/error.h"
+#include "util/zero.h"
 
 #define SECTOR 512u
 /* The largest data chunk read at once (qemu-img's IO_BUF_SIZE). */
@@ -49,12 +50,7 @@ static uint64_t round_up(uint64_t v, uint64_t a)
 
 static bool sector_is_zero(const uint8_t *p, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        if (p[i]) {
-            return false;
-        }
-    }
-    return true;
+    return buf_is_zero(p, len);
 }
 
 /*
