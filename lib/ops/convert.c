@@ -34,6 +34,8 @@
 /* Worker threads: enough to overlap reads, scans and writes. */
 #define WORKERS_MIN 2
 #define WORKERS_MAX 4
+/* Alignment of the copy buffers (a page). */
+#define BUF_ALIGN 4096
 /* Chunks queued ahead of the workers. */
 #define QUEUE_LEN 8
 
@@ -326,7 +328,14 @@ static int start_workers(struct convert *c)
         struct worker *w = &c->workers[k];
         w->c = c;
         w->src = calloc(p->nb_sources, sizeof(*w->src));
-        w->buf = malloc(CHUNK);
+        /*
+         * Page-aligned: the kernel copies to and from a buffer that
+         * starts mid-page (as malloc's large blocks do) at half speed.
+         */
+        void *buf = NULL;
+        if (posix_memalign(&buf, BUF_ALIGN, CHUNK) == 0) {
+            w->buf = buf;
+        }
         c->nb_workers = k + 1;
         if (!w->src || !w->buf) {
             return error_set(ENOMEM, "Out of memory");
