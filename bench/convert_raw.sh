@@ -70,15 +70,16 @@ done <"$W/layout.txt"
 rm -f "$W"/*.bin
 "$QEMU_IMG" check -q "$W/bench.qcow2"
 
-# run TOOL OUT: convert once; appends "seconds rss_kib" to $W/TOOL.times.
+# run TOOL OUT: convert once; appends "wall_ms rss_kib cpu_s" (cpu: user
+# plus system time) to $W/TOOL.times.
 run() {
     local tool=$1 out=$2 t0 t1
     rm -f "$out"
     t0=$(date +%s%N)
-    /usr/bin/time -f '%M' -o "$W/rss" "$tool" convert -f qcow2 -O raw \
-        "$W/bench.qcow2" "$out"
+    /usr/bin/time -f '%M %U %S' -o "$W/rss" "$tool" convert -f qcow2 \
+        -O raw "$W/bench.qcow2" "$out"
     t1=$(date +%s%N)
-    echo "$(( (t1 - t0) / 1000000 )) $(cat "$W/rss")" \
+    echo "$(( (t1 - t0) / 1000000 )) $(awk '{print $1, $2 + $3}' "$W/rss")" \
         >>"$W/$(basename "$tool").times"
 }
 
@@ -114,15 +115,18 @@ q_ms=$(median "$W/$(basename "$QEMU_IMG").times" 1)
 i_ms=$(median "$W/$(basename "$QIMG").times" 1)
 q_rss=$(median "$W/$(basename "$QEMU_IMG").times" 2)
 i_rss=$(median "$W/$(basename "$QIMG").times" 2)
+q_cpu=$(median "$W/$(basename "$QEMU_IMG").times" 3)
+i_cpu=$(median "$W/$(basename "$QIMG").times" 3)
 data=$("$QEMU_IMG" info --output=json "$W/bench.qcow2" |
     awk -F': ' '/"actual-size"/ {gsub(",", "", $2); print $2}')
 
 echo "convert -O raw: $((size >> 20)) MiB virtual, $((data >> 20)) MiB" \
     "qcow2 file, median of $runs run(s) each"
-printf '%-10s %12s %14s\n' tool "time (s)" "peak RSS (MiB)"
-awk -v q="$q_ms" -v i="$i_ms" -v qr="$q_rss" -v ir="$i_rss" 'BEGIN {
-    printf "%-10s %12.3f %14.1f\n", "qemu-img", q / 1000, qr / 1024
-    printf "%-10s %12.3f %14.1f\n", "qimg", i / 1000, ir / 1024
-    printf "ratio (qemu-img/qimg, >1 means qimg is faster): %.2f\n",
-        (i > 0 ? q / i : 0) }'
+printf '%-10s %12s %14s %16s\n' tool "time (s)" "CPU (s)" "peak RSS (MiB)"
+awk -v q="$q_ms" -v i="$i_ms" -v qr="$q_rss" -v ir="$i_rss" \
+    -v qc="$q_cpu" -v ic="$i_cpu" 'BEGIN {
+    printf "%-10s %12.3f %14.2f %16.1f\n", "qemu-img", q / 1000, qc, qr / 1024
+    printf "%-10s %12.3f %14.2f %16.1f\n", "qimg", i / 1000, ic, ir / 1024
+    printf "ratio (qemu-img/qimg, >1 means qimg is faster): %.2f" \
+        " (CPU time: %.2f)\n", (i > 0 ? q / i : 0), (ic > 0 ? qc / ic : 0) }'
 echo "outputs identical: yes"
