@@ -117,4 +117,44 @@ expect_same "qemu-img SIGUSR1 -p: stderr" /dev/null sig.err
 checks=$((checks + 1))
 cmp -s ref.img sig.img || fail "SIGUSR1 -p: contents differ"
 
+# A corrupt cluster in the middle of the copy: a copy thread fails while
+# others work on; the error is qimg's one line, the status qemu-img's, and
+# the target qimg created is gone (qemu-img leaves it).
+"$QEMU_IMG" create -q -f qcow2 bad.qcow2 64M
+"$QEMU_IO" -c "write -P 0x5a 0 64M" bad.qcow2 >/dev/null
+python3 - bad.qcow2 <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    h = f.read(48)
+    f.seek(struct.unpack('>Q', h[40:48])[0])
+    l2 = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+    # Guest cluster 600 (37.5 MiB): "compressed" data that is not.
+    f.seek(l2 + 600 * 8)
+    f.write(struct.pack('>Q', (1 << 62) | 0x30000))
+PY
+for args in "" "-S 0" "-p -q"; do
+    rm -f want.img got.img
+    # shellcheck disable=SC2086
+    "$QEMU_IMG" convert $args -O raw bad.qcow2 want.img >/dev/null 2>&1
+    want=$?
+    # shellcheck disable=SC2086
+    "$QIMG" convert $args -O raw bad.qcow2 got.img >got.out 2>got.err
+    got=$?
+    expect_same "corrupt ${args:-plain}: status" <(echo "$want") \
+        <(echo "$got")
+    checks=$((checks + 1))
+    if [ "$(wc -l <got.err)" != 1 ] ||
+        ! grep -q "^qimg: qcow2: image 'bad.qcow2' is corrupt" got.err; then
+        fail "corrupt ${args:-plain}: message" "$(cat got.err)"
+    fi
+    checks=$((checks + 1))
+    [ ! -e got.img ] || fail "corrupt ${args:-plain}: target left behind"
+done
+# With -n the target is the caller's and stays.
+head -c 64M /dev/zero >got.img
+expect_status "corrupt -n: status" 1 "$QIMG" convert -n -O raw bad.qcow2 \
+    got.img
+checks=$((checks + 1))
+[ -e got.img ] || fail "corrupt -n: target removed"
+
 finish
