@@ -112,6 +112,8 @@ conv "two sources snapshot. not first" -l snapshot.name=small s.qcow2 \
     r.qcow2
 conv "two sources both forms" -l 1 -l snapshot.id=1 s.qcow2 top.qcow2
 conv "raw source" -f raw -l 1 s.qcow2
+# qemu-img 7.2's convert has no -s (the old snapshot option) any more.
+conv "-s refused" -s 1 s.qcow2
 conv "missing source" -l 1 nothere.qcow2
 conv "no snapshots" -l 1 base.qcow2
 
