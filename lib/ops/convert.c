@@ -76,6 +76,7 @@ struct convert {
 
     /* The queue between the walk and the workers, under lock. */
     pthread_mutex_t lock;
+    pthread_mutex_t write_lock;
     pthread_cond_t queued; /* a job was queued, or closing/failed */
     pthread_cond_t room;   /* a job was taken, or failed */
     struct job queue[QUEUE_LEN];
@@ -187,7 +188,15 @@ static int write_data(struct convert *c, const uint8_t *buf, uint64_t off,
     if (len > c->dst_size - off) {
         len = (size_t)(c->dst_size - off);
     }
-    return qimg_pwrite(c->dst, buf, len, off);
+    /*
+     * Buffered writes to one file serialise on its inode lock anyway; a
+     * waiting worker sleeps here instead of spinning in the kernel, and
+     * its CPU goes to the reads and decompression of the others.
+     */
+    pthread_mutex_lock(&c->write_lock);
+    int ret = qimg_pwrite(c->dst, buf, len, off);
+    pthread_mutex_unlock(&c->write_lock);
+    return ret;
 }
 
 static int write_zeroes_clamped(struct convert *c, uint64_t off,
@@ -611,6 +620,7 @@ int qimg_convert(const struct qimg_convert_params *params)
         return -1;
     }
     pthread_mutex_init(&c.lock, NULL);
+    pthread_mutex_init(&c.write_lock, NULL);
     pthread_cond_init(&c.queued, NULL);
     pthread_cond_init(&c.room, NULL);
     c.src = calloc(params->nb_sources, sizeof(*c.src));
@@ -694,6 +704,7 @@ out:
     free(c.msg);
     pthread_cond_destroy(&c.room);
     pthread_cond_destroy(&c.queued);
+    pthread_mutex_destroy(&c.write_lock);
     pthread_mutex_destroy(&c.lock);
     return ret;
 }
