@@ -266,8 +266,11 @@ static int copy_chunk(struct convert *c, struct source *s, uint8_t *buf,
     return 0;
 }
 
-/* Record the first failure of a worker (its thread-local message). */
-static void worker_fail(struct convert *c)
+/*
+ * Record the first failure of the copy (from the calling thread's
+ * thread-local message) and make every thread stop.
+ */
+static void copy_fail(struct convert *c)
 {
     pthread_mutex_lock(&c->lock);
     if (!c->failed) {
@@ -300,7 +303,7 @@ static void *worker_main(void *opaque)
         pthread_mutex_unlock(&c->lock);
         if (copy_chunk(c, &w->src[job.src], w->buf, job.soff, job.doff,
                        job.len, job.known_zero) < 0) {
-            worker_fail(c);
+            copy_fail(c);
             return NULL;
         }
     }
@@ -457,19 +460,8 @@ static int copy_source(struct convert *c, size_t idx, uint64_t base)
         }
         if (zero && c->p->sparse_size != 0) {
             if (write_zeroes_clamped(c, base + off, len) < 0) {
-                /* Stop the workers first; keep this failure's message. */
-                char *msg = strdup(qimg_get_error());
-                int err = qimg_get_errno();
-                pthread_mutex_lock(&c->lock);
-                if (!c->failed) {
-                    c->failed = true;
-                    c->err = err ? err : EIO;
-                    c->msg = msg;
-                    msg = NULL;
-                }
-                pthread_cond_broadcast(&c->queued);
-                pthread_mutex_unlock(&c->lock);
-                free(msg);
+                /* Stop the workers too, with this message. */
+                copy_fail(c);
                 return -1;
             }
             report_progress(c, len);
