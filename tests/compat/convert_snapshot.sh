@@ -46,6 +46,20 @@ io top.qcow2 "write -P 10 1M 1M"
 snap top.qcow2 one
 io top.qcow2 "write -z 0 4M"
 
+# Extended L2 entries (subclusters), a v2 image (snapshot entries without
+# disk size), and 512-byte and 2 MiB clusters.
+for opts in extended_l2=on,cluster_size=64k compat=0.10 cluster_size=512 \
+    cluster_size=2M; do
+    f=o-${opts//[=,]/-}.qcow2
+    "$QEMU_IMG" create -q -f qcow2 -o "$opts" "$f" 5M
+    io "$f" "write -P 11 4k 12k"
+    snap "$f" a
+    io "$f" "write -P 12 8k 3M"
+    io "$f" "write -z 1M 1M"
+    snap "$f" b
+    io "$f" "write -P 13 0 5M"
+done
+
 # conv NAME ARGS...: convert with both tools; output, status and bytes.
 conv() {
     local name=$1
@@ -77,6 +91,10 @@ conv "s last -l wins" -l 1 -l 4 s.qcow2
 conv "s snapshot. wins" -l snapshot.id=1 -l 4 s.qcow2
 conv "r small" -l small r.qcow2
 conv "r big" -l big r.qcow2
+for f in o-*.qcow2; do
+    conv "$f a" -l a "$f"
+    conv "$f b" -l snapshot.name=b "$f"
+done
 conv "top empty" -l empty top.qcow2
 conv "top one" -l one top.qcow2
 
