@@ -250,10 +250,11 @@ static void snapshot_opts_free(struct snapshot_opts *sn)
 }
 
 /*
- * -t/-T: qemu-img's cache modes.  Only "unsafe" changes what qimg does
- * (no flush when the target is closed); the others flush at the end.
- * The copy does not bypass the page cache: "none" and "directsync"
- * behave as "writeback" and "writethrough".
+ * -t/-T: qemu-img's cache modes.  For the target, "unsafe" skips the
+ * flush when it is closed; "none" ("off") and "directsync" write around
+ * the page cache (O_DIRECT) where possible; all but "unsafe" flush at the
+ * end.  -T is checked and otherwise ignored: sources are read through
+ * the page cache.
  */
 
 int cmd_convert(int argc, char **argv)
@@ -523,6 +524,9 @@ int cmd_convert(int argc, char **argv)
     unsigned target_flags = 0;
     if (strcmp(cache, "unsafe") == 0) {
         target_flags |= QIMG_OPEN_CACHE_UNSAFE;
+    } else if (strcmp(cache, "none") == 0 || strcmp(cache, "off") == 0 ||
+               strcmp(cache, "directsync") == 0) {
+        target_flags |= QIMG_OPEN_CACHE_DIRECT;
     }
     cli_progress_init(progress && !quiet);
     struct qimg_convert_params params = {

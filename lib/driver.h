@@ -27,6 +27,11 @@ struct qimg_io;
 #define IO_NO_LOCK (1u << 3) /* take no image locks (-U) */
 /* Open without locks; the first set_perm takes them (see image.c). */
 #define IO_LOCK_LATER (1u << 4)
+/*
+ * Read-write leaves: write aligned requests with O_DIRECT (bypassing the
+ * page cache) where the file system supports it; others are buffered.
+ */
+#define IO_DIRECT (1u << 5)
 
 /* QEMU's block permissions, as the image locks express them. */
 #define IO_PERM_CONSISTENT_READ (1u << 0)

@@ -161,6 +161,12 @@ struct qimg_image;
  * cache mode, the default for convert targets).
  */
 #define QIMG_OPEN_CACHE_UNSAFE (1u << 5)
+/*
+ * Write around the host page cache (O_DIRECT) where the file system
+ * allows it (qemu-img's "none" and "directsync"); requests that are not
+ * 4 KiB aligned, and file systems without O_DIRECT, use the page cache.
+ */
+#define QIMG_OPEN_CACHE_DIRECT (1u << 6)
 
 /*
  * Open an image.  format NULL means probe (as qemu-img does: the highest

@@ -159,6 +159,9 @@ int node_open(const char *filename, const char *format, unsigned flags,
     if (flags & QIMG_OPEN_FORCE_SHARE) {
         io_flags |= IO_NO_LOCK;
     }
+    if ((flags & QIMG_OPEN_CACHE_DIRECT) && node->writable) {
+        io_flags |= IO_DIRECT;
+    }
     int ret = io_file_open(filename, io_flags, &node->file);
     if (ret < 0) {
         goto fail;

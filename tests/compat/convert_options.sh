@@ -35,12 +35,19 @@ flushes() {
     local out=$1
     shift
     rm -f "$out.img"
-    strace -f -e trace=fsync,fdatasync,sync_file_range -o "$out.trace" \
-        "$@" "$out.img" >/dev/null 2>&1
+    strace -f -e trace=fsync,fdatasync,sync_file_range,openat \
+        -o "$out.trace" "$@" "$out.img" >/dev/null 2>&1
     if grep -qE '(fsync|fdatasync|sync_file_range)\(' "$out.trace"; then
         echo flush >"$out"
     else
         echo none >"$out"
+    fi
+    # Whether the target was opened for writes around the page cache.
+    if grep -E "openat\(.*\"$out.img\"" "$out.trace" |
+        grep -qE 'O_DIRECT([|)]|$)'; then
+        echo direct >>"$out"
+    else
+        echo cached >>"$out"
     fi
 }
 
@@ -52,7 +59,15 @@ for mode in "" none off writeback writethrough directsync unsafe; do
     # The default target mode is unsafe: no flush at the end.
     flushes want.flush "$QEMU_IMG" convert -f raw "${args[@]}" small.raw
     flushes got.flush "$QIMG" convert -f raw "${args[@]}" small.raw
-    expect_same "-t ${mode:-default}: flush" want.flush got.flush
+    expect_same "-t ${mode:-default}: flush, O_DIRECT" want.flush got.flush
+done
+# O_DIRECT with a data run that is not 4 KiB aligned: written buffered.
+head -c 12345 /dev/urandom >odd.raw
+truncate -s 3M odd.raw
+head -c 777777 /dev/urandom >>odd.raw
+for mode in none directsync; do
+    conv "-t $mode odd" -f raw -t "$mode" odd.raw
+    conv "-t $mode big" -f raw -t "$mode" big.raw
 done
 conv "-t none -T none" -f raw -t none -T none small.raw
 conv "-T empty" -f raw -T "" small.raw
