@@ -342,7 +342,7 @@ static int start_workers(struct convert *c)
         w->src = calloc(p->nb_sources, sizeof(*w->src));
         /*
          * Page-aligned: the kernel copies to and from a buffer that
-         * starts mid-page (as malloc's large blocks do) at half speed.
+         * starts mid-page (as malloc's large blocks do) more slowly.
          */
         void *buf = NULL;
         if (posix_memalign(&buf, BUF_ALIGN, CHUNK) == 0) {
