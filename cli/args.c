@@ -242,8 +242,10 @@ int cli_print_create_help(const char *format, const char *filename)
 
 int cli_parse_num(const char *name, const char *arg, uint64_t *out)
 {
-    if (qimg_parse_size(arg, 'B', out) < 0 || *out > INT64_MAX) {
-        if (errno == ERANGE || *out > INT64_MAX) {
+    /* *out is not set when parsing fails. */
+    bool parsed = qimg_parse_size(arg, 'B', out) == 0;
+    if (!parsed || *out > INT64_MAX) {
+        if (parsed || errno == ERANGE) {
             cli_error("Invalid %s specified. Must be between 0 and "
                       "9223372036854775807.", name);
         } else {

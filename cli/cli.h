@@ -52,16 +52,6 @@ int cli_parse_num(const char *name, const char *arg, uint64_t *out);
 /* Is this one of qemu-img's cache modes (-t/-T)? */
 bool cli_cache_mode_valid(const char *mode);
 
-/*
- * qemu-img's progress display (see progress.c): init once (min_skip is
- * the smallest change that redraws), then add steps in percent or set
- * the value, and end (a newline when enabled).
- */
-void cli_progress_init(bool enabled, float min_skip);
-void cli_progress_step(float delta);
-void cli_progress_set(float percent);
-void cli_progress_end(void);
-
 /* Print a create-options help list; filename NULL = format-only list. */
 int cli_print_create_help(const char *format, const char *filename);
 
@@ -70,6 +60,20 @@ void print_value_human(const struct qimg_value *v, int indent);
 void print_image_info_human(const struct qimg_image_info *info);
 void print_snapshot_table(const struct qimg_snapshot_info *snaps, size_t n);
 int print_json_value(const struct qimg_value *v);
+
+/*
+ * Progress (cli/progress.c), in qemu-img's format.  init(bar, min_skip):
+ * bar is -p without -q, drawn on a terminal only; min_skip is the
+ * smallest change that redraws (qemu-img: 1 for convert, 2 for compare).
+ * Without the bar, SIGUSR1 asks for one line on stderr at the next
+ * update.  set/cb take a percentage, step adds one; end(complete) shows
+ * 100% first when complete, then ends the bar line.
+ */
+void cli_progress_init(bool bar, float min_skip);
+void cli_progress_set(float percent);
+void cli_progress_step(float delta);
+void cli_progress_cb(double percent, void *opaque);
+void cli_progress_end(bool complete);
 
 /* The commands. */
 int cmd_convert(int argc, char **argv);

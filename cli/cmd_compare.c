@@ -127,8 +127,8 @@ int cmd_compare(int argc, char **argv)
         return cli_usage_error("Expecting two image file names");
     }
     /*
-     * [QEMU] prints progress whenever -p is given, on a terminal or not,
-     * with a redraw step of 2%, and ends it even when opening fails.
+     * qemu-img redraws compare's bar in steps of 2% and ends it even when
+     * opening fails; the bar is drawn on terminals only (see progress.c).
      */
     cli_progress_init(progress, 2.0f);
     int status;
@@ -148,6 +148,6 @@ int cmd_compare(int argc, char **argv)
         };
         status = run_compare(&params);
     }
-    cli_progress_end();
+    cli_progress_end(false);
     return status;
 }

@@ -27,6 +27,11 @@ struct qimg_io;
 #define IO_NO_LOCK (1u << 3) /* take no image locks (-U) */
 /* Open without locks; the first set_perm takes them (see image.c). */
 #define IO_LOCK_LATER (1u << 4)
+/*
+ * Read-write leaves: write aligned requests with O_DIRECT (bypassing the
+ * page cache) where the file system supports it; others are buffered.
+ */
+#define IO_DIRECT (1u << 5)
 
 /* QEMU's block permissions, as the image locks express them. */
 #define IO_PERM_CONSISTENT_READ (1u << 0)
@@ -160,6 +165,12 @@ struct qimg_format_ops {
     int (*get_info)(struct qimg_node *node, struct qimg_image_info *info);
     /* Host bytes allocated by this image (all its files), or -errno. */
     int64_t (*get_allocated)(struct qimg_node *node);
+    /*
+     * Switch a read-only node to an internal snapshot's view (QEMU's
+     * temporary snapshot load), after open.  NULL: not supported.
+     */
+    int (*snapshot_load)(struct qimg_node *node,
+                         const struct qimg_snapshot_select *sel);
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);
@@ -173,6 +184,8 @@ struct qimg_node {
     char *filename;
     uint64_t size;
     bool writable;
+    /* Flushes do nothing (QIMG_OPEN_CACHE_UNSAFE). */
+    bool no_flush;
     /* Writes to the first 512 bytes are refused (probed raw). */
     bool protect_block0;
     /*

@@ -7,6 +7,7 @@ packages=(
     meson ninja-build pkg-config gcc clang llvm binutils python3
     zlib1g-dev libzstd-dev libdeflate-dev
     qemu-utils  # qemu-img and qemu-io: the test oracle, never linked
+    strace time  # flush checks in tests; peak RSS in bench/
 )
 
 missing=()

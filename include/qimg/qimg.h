@@ -157,12 +157,46 @@ struct qimg_image;
 #define QIMG_OPEN_NO_EXTERNAL (1u << 4)
 
 /*
+ * Flushes of this image do nothing, closing included (qemu-img's "unsafe"
+ * cache mode, the default for convert targets).
+ */
+#define QIMG_OPEN_CACHE_UNSAFE (1u << 5)
+/*
+ * Write around the host page cache (O_DIRECT) where the file system
+ * allows it (qemu-img's "none" and "directsync"); requests that are not
+ * 4 KiB aligned, and file systems without O_DIRECT, use the page cache.
+ */
+#define QIMG_OPEN_CACHE_DIRECT (1u << 6)
+
+/*
  * Open an image.  format NULL means probe (as qemu-img does: the highest
  * scoring format wins, raw is the fallback; a probed raw image opened for
  * writing raises a warning and refuses writes to its first 512 bytes).
  */
 struct qimg_image *qimg_open(const char *filename, const char *format,
                              unsigned flags);
+/*
+ * Which internal snapshot qimg_open_snapshot() opens: the first in the
+ * image's table whose id is id (unless NULL) and whose name is name
+ * (unless NULL); or, with id_or_name (id and name then NULL), the first
+ * whose id is id_or_name, else the first whose name is.
+ */
+struct qimg_snapshot_select {
+    const char *id;
+    const char *name;
+    const char *id_or_name;
+};
+
+/*
+ * Open an image read-only as it was when an internal snapshot was taken
+ * (qemu-img convert -l).  The guest size stays the image's current size,
+ * as in QEMU; the backing file is the image's current one.  Errors after
+ * the open itself read "Failed to load snapshot: why" (for example "Can't
+ * find snapshot").  QIMG_OPEN_RDWR is refused.
+ */
+struct qimg_image *qimg_open_snapshot(const char *filename,
+                                      const char *format, unsigned flags,
+                                      const struct qimg_snapshot_select *sel);
 /* Flush and close.  -1 if the final flush failed; the handle is gone. */
 int qimg_close(struct qimg_image *img);
 
@@ -293,6 +327,14 @@ struct qimg_convert_params {
     size_t nb_sources;
     const char *source_format; /* NULL: probe each source */
     unsigned source_flags;     /* extra QIMG_OPEN_* flags for the sources */
+    /*
+     * Read the first source at this internal snapshot, or NULL (as
+     * qemu-img's -l snapshot.id/name does; the others are read as they
+     * are now).
+     */
+    const struct qimg_snapshot_select *source_snapshot;
+    /* Extra QIMG_OPEN_* flags for the target (QIMG_OPEN_CACHE_UNSAFE). */
+    unsigned target_flags;
     const char *target;
     const char *target_format; /* NULL means raw; only raw is supported */
     /* Creation options for the target (its size is set here), or NULL. */

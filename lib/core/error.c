@@ -98,9 +98,18 @@ void qimg_set_warning_handler(qimg_warning_fn fn, void *opaque)
     warning_opaque = opaque;
 }
 
+static _Thread_local bool warnings_muted;
+
+bool warn_mute(bool mute)
+{
+    bool old = warnings_muted;
+    warnings_muted = mute;
+    return old;
+}
+
 void warn_report(const char *fmt, ...)
 {
-    if (!warning_fn) {
+    if (!warning_fn || warnings_muted) {
         return;
     }
     char msg[ERROR_MESSAGE_MAX];

@@ -8,6 +8,7 @@
 #define QIMG_CORE_ERROR_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 __attribute__((format(printf, 2, 3)))
 int error_set(int errnum, const char *fmt, ...);
@@ -21,5 +22,10 @@ void error_clear(void);
 /* Pass a warning to the registered handler. */
 __attribute__((format(printf, 1, 2)))
 void warn_report(const char *fmt, ...);
+/*
+ * Drop this thread's warnings while mute is set (an image opened a second
+ * time must not warn twice).  Returns the previous setting.
+ */
+bool warn_mute(bool mute);
 
 #endif

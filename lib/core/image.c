@@ -152,11 +152,15 @@ int node_open(const char *filename, const char *format, unsigned flags,
         return error_set(ENOMEM, "Out of memory");
     }
     node->writable = (flags & QIMG_OPEN_RDWR) != 0;
+    node->no_flush = (flags & QIMG_OPEN_CACHE_UNSAFE) != 0;
 
     /* Locks wait until the format is known: they depend on it. */
     unsigned io_flags = (node->writable ? IO_RDWR : 0) | IO_LOCK_LATER;
     if (flags & QIMG_OPEN_FORCE_SHARE) {
         io_flags |= IO_NO_LOCK;
+    }
+    if ((flags & QIMG_OPEN_CACHE_DIRECT) && node->writable) {
+        io_flags |= IO_DIRECT;
     }
     int ret = io_file_open(filename, io_flags, &node->file);
     if (ret < 0) {
@@ -205,13 +209,20 @@ fail:
 
 int node_flush(struct qimg_node *node)
 {
-    if (!node->writable) {
+    if (!node->writable || node->no_flush) {
         return 0;
     }
     if (node->drv->flush) {
         return node->drv->flush(node);
     }
     return io_flush(node->file);
+}
+
+/* A driver returns 0 or -errno, nothing else: the core's contract check. */
+static int driver_result(int ret)
+{
+    assert(ret <= 0);
+    return ret;
 }
 
 /* ---- Public API -------------------------------------------------------- */
@@ -226,6 +237,56 @@ static int fail_int(int ret)
 {
     errno = -ret;
     return -1;
+}
+
+/*
+ * Switch a freshly opened top node to an internal snapshot (QEMU's
+ * bdrv_snapshot_load_tmp and its by-id-or-name variant), with QEMU's
+ * message for formats that have no internal snapshots.
+ */
+static int node_load_snapshot(struct qimg_node *node,
+                              const struct qimg_snapshot_select *sel)
+{
+    bool any = sel->id_or_name != NULL;
+    if (any ? sel->id || sel->name : !sel->id && !sel->name) {
+        return error_set(EINVAL, "Failed to load snapshot: give an id, a "
+                         "name, or one id-or-name");
+    }
+    int ret;
+    if (!node->drv->snapshot_load) {
+        ret = error_set(ENOTSUP, "Block format '%s' used by device '' does "
+                        "not support temporarily loading internal "
+                        "snapshots", node->drv->name);
+    } else {
+        ret = driver_result(node->drv->snapshot_load(node, sel));
+    }
+    return ret < 0 ? error_prefix(-ret, "Failed to load snapshot") : 0;
+}
+
+struct qimg_image *qimg_open_snapshot(const char *filename,
+                                      const char *format, unsigned flags,
+                                      const struct qimg_snapshot_select *sel)
+{
+    if (flags & QIMG_OPEN_RDWR) {
+        error_clear();
+        return fail_null(error_set(EINVAL, "Could not open '%s': internal "
+                                   "snapshots are opened read-only",
+                                   filename ? filename : ""));
+    }
+    if (!sel) {
+        error_clear();
+        return fail_null(error_set(EINVAL, "No snapshot given"));
+    }
+    struct qimg_image *img = qimg_open(filename, format, flags);
+    if (!img) {
+        return NULL;
+    }
+    int ret = node_load_snapshot(img->top, sel);
+    if (ret < 0) {
+        qimg_close(img);
+        return fail_null(ret);
+    }
+    return img;
 }
 
 struct qimg_image *qimg_open(const char *filename, const char *format,
@@ -304,12 +365,6 @@ static int check_request(struct qimg_node *node, uint64_t off, uint64_t len,
     return 0;
 }
 
-/* A driver returns 0 or -errno, nothing else: the core's contract check. */
-static int driver_result(int ret)
-{
-    assert(ret <= 0);
-    return ret;
-}
 
 int qimg_pread(struct qimg_image *img, void *buf, size_t len,
                uint64_t offset)

@@ -82,7 +82,12 @@ struct io_file {
     /* Identity of the file, to make sure a reopen finds the same one. */
     dev_t dev;
     ino_t ino;
+    /* IO_DIRECT: a second descriptor with O_DIRECT, or -1. */
+    int fd_direct;
 };
+
+/* Alignment of buffer, offset and length for writes through fd_direct. */
+#define IO_FILE_DIRECT_ALIGN 4096u
 
 static const struct qimg_io_ops io_file_ops;
 
@@ -331,6 +336,34 @@ static int io_file_open_fd(const char *filename, int oflags, int *pfd,
     return 0;
 }
 
+/*
+ * The O_DIRECT descriptor for aligned writes.  Without O_DIRECT support
+ * (or if the name now leads to another file) writes stay buffered: the
+ * cache mode only asks to bypass the page cache where that works.
+ */
+static void io_file_open_direct(struct io_file *f)
+{
+    int fd;
+    do {
+        fd = open(f->io.filename, O_RDWR | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino ||
+        !S_ISREG(st.st_mode)) {
+        close(fd);
+        return;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        close(fd);
+        return;
+    }
+    f->fd_direct = fd;
+}
+
 int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
 {
     *out = NULL;
@@ -363,6 +396,7 @@ int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
         free(name);
         return ret;
     }
+    f->fd_direct = -1;
     f->io.ops = &io_file_ops;
     f->io.filename = name;
     f->io.writable = rw;
@@ -381,6 +415,9 @@ int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
         ftruncate(f->fd, 0) < 0) {
         ret = error_set_errno(errno, "Could not truncate '%s'", filename);
         goto fail;
+    }
+    if ((flags & IO_DIRECT) && rw) {
+        io_file_open_direct(f);
     }
     *out = &f->io;
     return 0;
@@ -402,6 +439,9 @@ static void io_file_close(struct qimg_io *io)
      */
     if (f->use_lock) {
         io_file_unlock_all(f->fd, &f->held);
+    }
+    if (f->fd_direct >= 0) {
+        close(f->fd_direct);
     }
     close(f->fd);
     free(f->io.filename);
@@ -545,10 +585,21 @@ static int io_file_pwrite_fd(struct io_file *f, const void *buf, size_t len,
 {
     const uint8_t *p = buf;
     size_t done = 0;
+    /* O_DIRECT only for requests aligned in memory and in the file. */
+    int fd = f->fd;
+    if (f->fd_direct >= 0 && (uintptr_t)buf % IO_FILE_DIRECT_ALIGN == 0 &&
+        off % IO_FILE_DIRECT_ALIGN == 0 && len % IO_FILE_DIRECT_ALIGN == 0) {
+        fd = f->fd_direct;
+    }
     while (done < len) {
-        ssize_t n = pwrite(f->fd, p + done, len - done, (off_t)(off + done));
+        ssize_t n = pwrite(fd, p + done, len - done, (off_t)(off + done));
         if (n < 0) {
             if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EINVAL && fd != f->fd) {
+                /* An alignment O_DIRECT wants that we did not know. */
+                fd = f->fd;
                 continue;
             }
             return error_set_errno(errno, "Could not write to '%s'",

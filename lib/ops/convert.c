@@ -6,8 +6,15 @@
  * read in bounded chunks and scanned for zero runs, so neither the disk
  * nor its map is ever held in memory at once.  Only the public API is used
  * for image access.
+ *
+ * The walk runs in the calling thread and queues data chunks; a few worker
+ * threads, each with its own handles on the sources (image handles keep
+ * caches and are not shared between threads), read, scan and write them
+ * to the target (raw writes keep no state).  Each chunk is cut into pieces
+ * by itself, so the result does not depend on the order they finish in.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +23,7 @@
 
 #include "qimg/qimg.h"
 #include "core/error.h"
+#include "util/zero.h"
 
 #define SECTOR 512u
 /* The largest data chunk read at once (qemu-img's IO_BUF_SIZE). */
@@ -23,6 +31,13 @@
 /* The largest range asked about in one block status call. */
 #define STATUS_WINDOW (1ull << 30)
 #define MAX_SPARSE (16u * 1024 * 1024)
+/* Worker threads: enough to overlap reads, scans and writes. */
+#define WORKERS_MIN 2
+#define WORKERS_MAX 4
+/* Alignment of the copy buffers (a page). */
+#define BUF_ALIGN 4096
+/* Chunks queued ahead of the workers. */
+#define QUEUE_LEN 8
 
 struct source {
     struct qimg_image *img;
@@ -30,16 +45,48 @@ struct source {
     uint64_t padded; /* what it occupies in the target */
 };
 
+/* One data chunk to copy: source bytes [soff, soff + len) to doff. */
+struct job {
+    size_t src;
+    uint64_t soff;
+    uint64_t doff;
+    size_t len;
+    bool known_zero; /* zeroes that -S 0 wants written as data */
+};
+
+struct convert;
+
+struct worker {
+    struct convert *c;
+    pthread_t thread;
+    bool started;
+    struct source *src; /* this worker's own handles, one per source */
+    uint8_t *buf;
+};
+
 struct convert {
     const struct qimg_convert_params *p;
-    struct source *src;
+    struct source *src; /* the walk's handles */
     struct qimg_image *dst;
     uint64_t dst_size;
     uint64_t total;
     uint64_t done;
     /* Zero ranges need no writing: fresh sparse target or asserted. */
     bool zero_init;
-    uint8_t *buf;
+
+    /* The queue between the walk and the workers, under lock. */
+    pthread_mutex_t lock;
+    pthread_mutex_t write_lock;
+    pthread_cond_t queued; /* a job was queued, or closing/failed */
+    pthread_cond_t room;   /* a job was taken, or failed */
+    struct job queue[QUEUE_LEN];
+    size_t head, count;
+    bool closing; /* no more jobs will come */
+    bool failed;  /* a worker failed: stop everything */
+    int err;      /* the first failure's errno and message */
+    char *msg;
+    struct worker workers[WORKERS_MAX];
+    size_t nb_workers;
 };
 
 static uint64_t round_up(uint64_t v, uint64_t a)
@@ -49,12 +96,7 @@ static uint64_t round_up(uint64_t v, uint64_t a)
 
 static bool sector_is_zero(const uint8_t *p, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        if (p[i]) {
-            return false;
-        }
-    }
-    return true;
+    return buf_is_zero(p, len);
 }
 
 /*
@@ -146,7 +188,15 @@ static int write_data(struct convert *c, const uint8_t *buf, uint64_t off,
     if (len > c->dst_size - off) {
         len = (size_t)(c->dst_size - off);
     }
-    return qimg_pwrite(c->dst, buf, len, off);
+    /*
+     * Buffered writes to one file serialise on its inode lock anyway; a
+     * waiting worker sleeps here instead of spinning in the kernel, and
+     * its CPU goes to the reads and decompression of the others.
+     */
+    pthread_mutex_lock(&c->write_lock);
+    int ret = qimg_pwrite(c->dst, buf, len, off);
+    pthread_mutex_unlock(&c->write_lock);
+    return ret;
 }
 
 static int write_zeroes_clamped(struct convert *c, uint64_t off,
@@ -177,17 +227,18 @@ static int read_source(struct source *s, uint8_t *buf, uint64_t off,
 }
 
 /* Copy one chunk of data read at source offset soff to target offset. */
-static int copy_chunk(struct convert *c, struct source *s, uint64_t soff,
-                      uint64_t doff, size_t len, bool known_zero)
+static int copy_chunk(struct convert *c, struct source *s, uint8_t *buf,
+                      uint64_t soff, uint64_t doff, size_t len,
+                      bool known_zero)
 {
     const struct qimg_convert_params *p = c->p;
     if (known_zero) {
-        memset(c->buf, 0, len);
-    } else if (read_source(s, c->buf, soff, len) < 0) {
+        memset(buf, 0, len);
+    } else if (read_source(s, buf, soff, len) < 0) {
         return -1;
     }
     if (p->sparse_size == 0) {
-        return write_data(c, c->buf, doff, len);
+        return write_data(c, buf, doff, len);
     }
     uint64_t min_sectors = p->sparse_size / SECTOR;
     /* Split points aligned to the largest power of two within -S. */
@@ -198,19 +249,157 @@ static int copy_chunk(struct convert *c, struct source *s, uint64_t soff,
     size_t pos = 0;
     while (pos < len) {
         bool data;
-        size_t n = next_piece(c->buf + pos, len - pos,
+        size_t n = next_piece(buf + pos, len - pos,
                               (doff + pos) / SECTOR, min_sectors, align,
                               &data);
         size_t bytes = n * SECTOR;
         if (bytes > len - pos) {
             bytes = len - pos;
         }
-        int ret = data ? write_data(c, c->buf + pos, doff + pos, bytes)
+        int ret = data ? write_data(c, buf + pos, doff + pos, bytes)
                        : write_zeroes_clamped(c, doff + pos, bytes);
         if (ret < 0) {
             return -1;
         }
         pos += bytes;
+    }
+    return 0;
+}
+
+/*
+ * Record the first failure of the copy (from the calling thread's
+ * thread-local message) and make every thread stop.
+ */
+static void copy_fail(struct convert *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (!c->failed) {
+        c->failed = true;
+        c->err = qimg_get_errno() ? qimg_get_errno() : EIO;
+        c->msg = strdup(qimg_get_error());
+    }
+    pthread_cond_broadcast(&c->queued);
+    pthread_cond_broadcast(&c->room);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void *worker_main(void *opaque)
+{
+    struct worker *w = opaque;
+    struct convert *c = w->c;
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        while (c->count == 0 && !c->closing && !c->failed) {
+            pthread_cond_wait(&c->queued, &c->lock);
+        }
+        if (c->failed || c->count == 0) {
+            pthread_mutex_unlock(&c->lock);
+            return NULL;
+        }
+        struct job job = c->queue[c->head];
+        c->head = (c->head + 1) % QUEUE_LEN;
+        c->count--;
+        pthread_cond_signal(&c->room);
+        pthread_mutex_unlock(&c->lock);
+        if (copy_chunk(c, &w->src[job.src], w->buf, job.soff, job.doff,
+                       job.len, job.known_zero) < 0) {
+            copy_fail(c);
+            return NULL;
+        }
+    }
+}
+
+/* Queue a chunk for the workers; -1 once one of them has failed. */
+static int queue_chunk(struct convert *c, const struct job *job)
+{
+    pthread_mutex_lock(&c->lock);
+    while (c->count == QUEUE_LEN && !c->failed) {
+        pthread_cond_wait(&c->room, &c->lock);
+    }
+    bool failed = c->failed;
+    if (!failed) {
+        c->queue[(c->head + c->count) % QUEUE_LEN] = *job;
+        c->count++;
+        pthread_cond_signal(&c->queued);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return failed ? -1 : 0;
+}
+
+static int open_source(const struct qimg_convert_params *p, size_t i,
+                       struct qimg_image **out);
+
+/* Start the workers, each with its own source handles. */
+static int start_workers(struct convert *c)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t n = cpus < WORKERS_MIN ? WORKERS_MIN
+               : cpus > WORKERS_MAX ? WORKERS_MAX : (size_t)cpus;
+    const struct qimg_convert_params *p = c->p;
+    for (size_t k = 0; k < n; k++) {
+        struct worker *w = &c->workers[k];
+        w->c = c;
+        w->src = calloc(p->nb_sources, sizeof(*w->src));
+        /*
+         * Page-aligned: the kernel copies to and from a buffer that
+         * starts mid-page (as malloc's large blocks do) more slowly.
+         */
+        void *buf = NULL;
+        if (posix_memalign(&buf, BUF_ALIGN, CHUNK) == 0) {
+            w->buf = buf;
+        }
+        c->nb_workers = k + 1;
+        if (!w->src || !w->buf) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        /* The images were opened once already: no second warning. */
+        bool muted = warn_mute(true);
+        for (size_t i = 0; i < p->nb_sources; i++) {
+            w->src[i] = c->src[i];
+            if (open_source(p, i, &w->src[i].img) < 0) {
+                w->src[i].img = NULL;
+                warn_mute(muted);
+                return -1;
+            }
+        }
+        warn_mute(muted);
+        int ret = pthread_create(&w->thread, NULL, worker_main, w);
+        if (ret != 0) {
+            return error_set(ret, "Could not start a copy thread");
+        }
+        w->started = true;
+    }
+    return 0;
+}
+
+/*
+ * Let the workers finish the queue (or stop after a failure), wait for
+ * them and free their handles.  Returns -1 with the first failure's
+ * message if one failed.
+ */
+static int stop_workers(struct convert *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->closing = true;
+    pthread_cond_broadcast(&c->queued);
+    pthread_mutex_unlock(&c->lock);
+    for (size_t k = 0; k < c->nb_workers; k++) {
+        struct worker *w = &c->workers[k];
+        if (w->started) {
+            pthread_join(w->thread, NULL);
+        }
+        for (size_t i = 0; w->src && i < c->p->nb_sources; i++) {
+            if (w->src[i].img) {
+                qimg_close(w->src[i].img);
+            }
+        }
+        free(w->src);
+        free(w->buf);
+    }
+    c->nb_workers = 0;
+    if (c->failed) {
+        error_set(c->err, "%s", c->msg ? c->msg : "Out of memory");
+        return -1;
     }
     return 0;
 }
@@ -224,9 +413,10 @@ static void report_progress(struct convert *c, uint64_t len)
     }
 }
 
-/* Walk one source, whose bytes land at target offset base. */
-static int copy_source(struct convert *c, struct source *s, uint64_t base)
+/* Walk source number idx, whose bytes land at target offset base. */
+static int copy_source(struct convert *c, size_t idx, uint64_t base)
 {
+    struct source *s = &c->src[idx];
     uint64_t off = 0;
     while (off < s->padded) {
         struct qimg_extent ext;
@@ -270,6 +460,8 @@ static int copy_source(struct convert *c, struct source *s, uint64_t base)
         }
         if (zero && c->p->sparse_size != 0) {
             if (write_zeroes_clamped(c, base + off, len) < 0) {
+                /* Stop the workers too, with this message. */
+                copy_fail(c);
                 return -1;
             }
             report_progress(c, len);
@@ -280,7 +472,14 @@ static int copy_source(struct convert *c, struct source *s, uint64_t base)
         uint64_t end = off + len;
         while (off < end) {
             size_t n = end - off < CHUNK ? (size_t)(end - off) : CHUNK;
-            if (copy_chunk(c, s, off, base + off, n, zero) < 0) {
+            struct job job = {
+                .src = idx,
+                .soff = off,
+                .doff = base + off,
+                .len = n,
+                .known_zero = zero,
+            };
+            if (queue_chunk(c, &job) < 0) {
                 return -1;
             }
             report_progress(c, n);
@@ -290,13 +489,23 @@ static int copy_source(struct convert *c, struct source *s, uint64_t base)
     return 0;
 }
 
+static int open_source(const struct qimg_convert_params *p, size_t i,
+                       struct qimg_image **out)
+{
+    /* [QEMU] only the first source is read at the snapshot. */
+    *out = p->source_snapshot && i == 0
+               ? qimg_open_snapshot(p->sources[i], p->source_format,
+                                    p->source_flags, p->source_snapshot)
+               : qimg_open(p->sources[i], p->source_format, p->source_flags);
+    return *out ? 0 : -1;
+}
+
 static int open_sources(struct convert *c)
 {
     const struct qimg_convert_params *p = c->p;
     for (size_t i = 0; i < p->nb_sources; i++) {
         struct source *s = &c->src[i];
-        s->img = qimg_open(p->sources[i], p->source_format, p->source_flags);
-        if (!s->img) {
+        if (open_source(p, i, &s->img) < 0) {
             return -1;
         }
         int64_t size = qimg_get_size(s->img);
@@ -402,9 +611,12 @@ int qimg_convert(const struct qimg_convert_params *params)
     if (check_params(params) < 0) {
         return -1;
     }
+    pthread_mutex_init(&c.lock, NULL);
+    pthread_mutex_init(&c.write_lock, NULL);
+    pthread_cond_init(&c.queued, NULL);
+    pthread_cond_init(&c.room, NULL);
     c.src = calloc(params->nb_sources, sizeof(*c.src));
-    c.buf = malloc(CHUNK);
-    if (!c.src || !c.buf) {
+    if (!c.src) {
         error_set(ENOMEM, "Out of memory");
         goto out;
     }
@@ -424,7 +636,8 @@ int qimg_convert(const struct qimg_convert_params *params)
         }
         created = removable;
     }
-    c.dst = qimg_open(params->target, "raw", QIMG_OPEN_RDWR);
+    c.dst = qimg_open(params->target, "raw",
+                      QIMG_OPEN_RDWR | params->target_flags);
     if (!c.dst) {
         goto out;
     }
@@ -444,12 +657,20 @@ int qimg_convert(const struct qimg_convert_params *params)
     c.zero_init = params->target_is_zero ||
                   (!params->no_create && params->sparse_size != 0);
 
+    if (start_workers(&c) < 0) {
+        stop_workers(&c);
+        goto out;
+    }
     uint64_t base = 0;
-    for (size_t i = 0; i < params->nb_sources; i++) {
-        if (copy_source(&c, &c.src[i], base) < 0) {
-            goto out;
-        }
+    int walk = 0;
+    for (size_t i = 0; i < params->nb_sources && walk == 0; i++) {
+        walk = copy_source(&c, i, base);
         base += c.src[i].padded;
+    }
+    /* A walk failure was recorded for the workers; theirs wins as well. */
+    int copied = stop_workers(&c);
+    if (walk < 0 || copied < 0) {
+        goto out;
     }
     ret = 0;
 out:
@@ -472,6 +693,10 @@ out:
         errno = err;
     }
     free(c.src);
-    free(c.buf);
+    free(c.msg);
+    pthread_cond_destroy(&c.room);
+    pthread_cond_destroy(&c.queued);
+    pthread_mutex_destroy(&c.write_lock);
+    pthread_mutex_destroy(&c.lock);
     return ret;
 }

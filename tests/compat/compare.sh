@@ -12,13 +12,27 @@ poke() {
     printf "\\x$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
 
+# run TOOL OUT ERR ARGS...: TOOL compare ARGS; with -p, stdout is a
+# terminal (script(1)'s pty), since qimg draws the bar on terminals only.
+run() {
+    local tool=$1 out=$2 err=$3
+    shift 3
+    case " $* " in
+    *" -p "*)
+        script -qec "$(printf '%q ' "$tool" compare "$@") 2>$err" \
+            /dev/null >"$out" </dev/null
+        ;;
+    *) "$tool" compare "$@" >"$out" 2>"$err" ;;
+    esac
+}
+
 # same NAME ARGS...: qemu-img compare ARGS and qimg compare ARGS agree.
 same() {
     local name=$1
     shift
-    "$QEMU_IMG" compare "$@" >want.out 2>want.err
+    run "$QEMU_IMG" want.out want.err "$@"
     echo "status $?" >>want.out
-    "$QIMG" compare "$@" >got.out 2>got.err
+    run "$QIMG" got.out got.err "$@"
     echo "status $?" >>got.out
     sed -i -e 's/^qemu-img: /qimg: /' -e "s/'qemu-img --help'/'qimg --help'/" \
         want.err
@@ -169,6 +183,12 @@ same "-f unknown" -f foo img.raw img.raw
 same "missing first" nonexistent img.raw
 same "missing second" img.raw nonexistent
 same "missing -p" -p nonexistent img.raw
+
+# On a pipe the bar is not drawn: stdout holds the result line only.
+"$QIMG" compare -p img.raw img.qcow2 >pipe.out 2>pipe.err
+echo "status $?" >>pipe.out
+printf 'Images are identical.\nstatus 0\n' >pipe.want
+expect_same "-p on a pipe: no progress" pipe.want pipe.out
 same "-T valid" -T none img.raw img.qcow2
 same "-T invalid" -T foo img.raw img.qcow2
 same "-T invalid -p" -p -T foo img.raw img.qcow2

@@ -132,6 +132,14 @@ static int validate_table(uint64_t offset, uint64_t entries, uint64_t entry_len,
     return 0;
 }
 
+int qcow2_validate_table(uint64_t offset, uint64_t entries,
+                         uint64_t entry_len, uint64_t max_bytes,
+                         uint64_t cluster_size, const char *what)
+{
+    return validate_table(offset, entries, entry_len, max_bytes,
+                          cluster_size, what);
+}
+
 /* [spec: Additional fields] compression_type against incompatible bit 3. */
 static int validate_compression_type(uint8_t type, uint64_t incompat)
 {

@@ -501,6 +501,15 @@ void qcow2_header_free(struct qcow2_header *hdr);
 int64_t qcow2_header_encode(const struct qcow2_header *hdr, uint8_t *buf,
                             size_t len);
 
+/*
+ * QEMU's qcow2_validate_table(): entries * entry_len bytes at offset must
+ * fit max_bytes ("WHAT too large"), start on a cluster and end below
+ * INT64_MAX ("WHAT offset invalid").
+ */
+int qcow2_validate_table(uint64_t offset, uint64_t entries,
+                         uint64_t entry_len, uint64_t max_bytes,
+                         uint64_t cluster_size, const char *what);
+
 /* The feature name table QEMU 7.2 writes, and its entry count. */
 extern const struct qcow2_feature qcow2_std_features[];
 #define QCOW2_NB_STD_FEATURES 8
