@@ -54,6 +54,7 @@ void print_snapshot_table(const struct qimg_snapshot_info *snaps, size_t n);
 int print_json_value(const struct qimg_value *v);
 
 /* The commands. */
+int cmd_check(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);

@@ -312,6 +312,9 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
     if (flags & QIMG_OPEN_NO_IO) {
         dflags |= QCOW2_DECODE_NO_IO;
     }
+    if (flags & QIMG_OPEN_CHECK) {
+        dflags |= QCOW2_DECODE_CHECK;
+    }
 
     /* The fixed header names the cluster size; then read cluster 0. */
     uint8_t fixed[QCOW2_HEADER_SIZE];
@@ -951,4 +954,5 @@ const struct qimg_format_ops format_qcow2 = {
     .block_status = qcow2_block_status,
     .get_info = qcow2_get_info,
     .get_allocated = qcow2_get_allocated,
+    .check = qcow2_check,
 };
