@@ -39,6 +39,15 @@
 #define QCOW2_CHECK_MAX_REFS_BYTES (512ull << 20)
 /* [QEMU] refuses to check files of more than INT_MAX clusters (EFBIG). */
 #define QCOW2_CHECK_MAX_CLUSTERS ((uint64_t)INT_MAX)
+/*
+ * Work limit: L2 entries examined over the whole check.  An image maps
+ * each L2 table once per L1 table (active and snapshots), so its file size
+ * bounds the work, except when L1 entries repeat an L2 table; QEMU then
+ * walks the table again each time.  So does qimg, up to this many entries
+ * (256 TiB of guest space at 64 KiB clusters), so that a few crafted
+ * tables cannot keep a check busy for hours.
+ */
+#define QCOW2_CHECK_MAX_L2_VISITS (1ull << 32)
 /* L1 and bitmap tables are read this many entries at a time. */
 #define TABLE_CHUNK_ENTRIES 8192u
 /* Longest problem line (the longest QEMU prints is about 200 bytes). */
@@ -131,7 +140,8 @@ struct check {
     uint64_t rb_off; /* offset of the block in rb_buf; 0 = none */
     bool signaled_corruption;
 
-    uint8_t *l2_buf; /* one L2 table */
+    uint8_t *l2_buf;    /* one L2 table */
+    uint64_t l2_visits; /* L2 entries examined so far */
 };
 
 static void say(struct check *c, const char *fmt, ...)
@@ -317,6 +327,14 @@ static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
 {
     struct qcow2_state *s = c->s;
     struct qimg_check_result *res = c->res;
+    c->l2_visits += s->l2_entries;
+    if (c->l2_visits > QCOW2_CHECK_MAX_L2_VISITS) {
+        res->check_errors++;
+        return error_set(EFBIG,
+                         "qcow2: image '%s': the check would examine more "
+                         "than %llu L2 entries",
+                         c->node->filename, QCOW2_CHECK_MAX_L2_VISITS);
+    }
     int ret = read_file(c, c->l2_buf, (size_t)c->cs, l2_off);
     if (ret < 0) {
         say(c, "ERROR: I/O error in check_refcounts_l2");
