@@ -34,10 +34,14 @@ static bool cache_mode_valid(const char *mode)
 }
 
 /* Each problem line goes to stderr as qemu-img prints it. */
-static void print_problem(const char *line, void *opaque)
+static void print_problem(const char *line, unsigned kind, void *opaque)
 {
     (void)opaque;
-    fprintf(stderr, "%s\n", line);
+    if (kind == QIMG_CHECK_LINE_ERROR) {
+        cli_error("%s", line);
+    } else {
+        fprintf(stderr, "%s\n", line);
+    }
 }
 
 /* qemu-img's dump_human_image_check. */

@@ -353,9 +353,15 @@ struct qimg_check_result {
  * Receives each problem found, one line per call, without a trailing
  * newline, worded as qemu-img prints it on stderr (for example "ERROR
  * cluster 5 refcount=0 reference=1" or "Leaked cluster 6 refcount=1
- * reference=0"), in the order found.  The library prints nothing itself.
+ * reference=0"), in the order found.  kind says how qemu-img prints the
+ * line: QIMG_CHECK_LINE_PLAIN as it is, QIMG_CHECK_LINE_ERROR as an error
+ * message (after its program name and ": ").  The library prints nothing
+ * itself.
  */
-typedef void (*qimg_check_message_fn)(const char *line, void *opaque);
+#define QIMG_CHECK_LINE_PLAIN 0u
+#define QIMG_CHECK_LINE_ERROR 1u
+typedef void (*qimg_check_message_fn)(const char *line, unsigned kind,
+                                      void *opaque);
 
 /* Repair flags for qimg_check() (qemu-img check -r leaks / -r all). */
 #define QIMG_CHECK_FIX_LEAKS (1u << 0)

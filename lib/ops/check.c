@@ -11,9 +11,10 @@
 #include "driver.h"
 #include "qimg/qimg.h"
 
-static void discard_message(const char *line, void *opaque)
+static void discard_message(const char *line, unsigned kind, void *opaque)
 {
     (void)line;
+    (void)kind;
     (void)opaque;
 }
 

@@ -266,6 +266,31 @@ snl1=$(python3 -c "import struct;print(struct.unpack('>Q',open('sn-unaligned.qco
 patch sn-unaligned.qcow2 "$snoff" "$snl1"
 both "snapshot L1 table unaligned" sn-unaligned.qcow2
 
+# Broken snapshot tables: the open for checking skips the table, the
+# check reports it.
+snap_image() {
+    rm -f "$1"
+    mk -f qcow2 "$1" 1M
+    io -c 'write -P 1 0 64k' "$1"
+    "$QEMU_IMG" snapshot -c snap1 "$1"
+    snoff=$(python3 -c "import struct;print(struct.unpack('>Q',open('$1','rb').read()[64:72])[0])")
+}
+snap_image sn-table-unaligned.qcow2
+patch sn-table-unaligned.qcow2 64 $((snoff + 8))
+both "snapshot table offset unaligned" sn-table-unaligned.qcow2
+snap_image sn-too-many.qcow2
+patch sn-too-many.qcow2 60 100000 4
+both "more than 65536 snapshots" sn-too-many.qcow2
+snap_image sn-far.qcow2
+patch sn-far.qcow2 64 0x7000000000000000
+both "snapshot table past EOF (incomplete entries)" sn-far.qcow2
+snap_image sn-unreadable.qcow2
+patch sn-unreadable.qcow2 64 0x7fffffffffff0000
+both "snapshot table past QEMU's I/O limit" sn-unreadable.qcow2
+snap_image sn-extra.qcow2
+patch sn-extra.qcow2 $((snoff + 36)) 2000 4
+both "too much snapshot extra data" sn-extra.qcow2
+
 fresh corrupt-bit.qcow2
 patch corrupt-bit.qcow2 72 2
 both "corrupt bit set" corrupt-bit.qcow2

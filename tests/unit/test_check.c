@@ -62,8 +62,9 @@ struct lines {
     int n;
 };
 
-static void collect(const char *line, void *opaque)
+static void collect(const char *line, unsigned kind, void *opaque)
 {
+    (void)kind;
     struct lines *l = opaque;
     if (l->n < 8) {
         snprintf(l->text[l->n], sizeof(l->text[0]), "%s", line);

@@ -144,17 +144,60 @@ struct check {
     uint64_t l2_visits; /* L2 entries examined so far */
 };
 
+/*
+ * Report text of the given kind (QIMG_CHECK_LINE_*): one call per line;
+ * lines after the first are plain (a message's hints, as QEMU prints
+ * them).
+ */
+static void report_text(struct check *c, unsigned kind, const char *text)
+{
+    for (;;) {
+        const char *nl = strchr(text, '\n');
+        if (!nl) {
+            c->report(text, kind, c->opaque);
+            return;
+        }
+        char line[CHECK_LINE_MAX];
+        snprintf(line, sizeof(line), "%.*s", (int)(nl - text), text);
+        c->report(line, kind, c->opaque);
+        kind = QIMG_CHECK_LINE_PLAIN;
+        text = nl + 1;
+    }
+}
+
+static void vreport(struct check *c, unsigned kind, const char *fmt,
+                    va_list ap) __attribute__((format(printf, 3, 0)));
+
+static void vreport(struct check *c, unsigned kind, const char *fmt,
+                    va_list ap)
+{
+    char text[CHECK_LINE_MAX];
+    vsnprintf(text, sizeof(text), fmt, ap);
+    report_text(c, kind, text);
+}
+
+/* A line qemu-img prints as it is (fprintf to stderr). */
 static void say(struct check *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static void say(struct check *c, const char *fmt, ...)
 {
-    char line[CHECK_LINE_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    vreport(c, QIMG_CHECK_LINE_PLAIN, fmt, ap);
     va_end(ap);
-    c->report(line, c->opaque);
+}
+
+/* A line qemu-img prints as an error message (error_report). */
+static void say_error(struct check *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void say_error(struct check *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(c, QIMG_CHECK_LINE_ERROR, fmt, ap);
+    va_end(ap);
 }
 
 /* QEMU's bdrv_pread() rules: EIO past QCOW2_MAX_IO_END, zeros past EOF. */
@@ -629,6 +672,50 @@ static int check_refblocks(struct check *c)
     return 0;
 }
 
+/*
+ * The snapshot table (QEMU's qcow2_check_read_snapshot_table): the open
+ * for checking did not read it, so a broken table is reported here, and
+ * then fails the check.
+ */
+static int check_snapshot_table(struct check *c)
+{
+    struct qcow2_state *s = c->s;
+    const struct qcow2_header *h = &s->hdr;
+    if (h->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
+        say_error(c, "ERROR snapshot table too large");
+        say(c,
+            "You can force-remove all %" PRIu32 " overhanging snapshots "
+            "with qemu-img check -r all",
+            h->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
+        c->res->check_errors++;
+        return error_set(EFBIG, "Snapshot table too large");
+    }
+    uint64_t bytes = (uint64_t)h->nb_snapshots * QCOW2_SNAPSHOT_HEADER_SIZE;
+    if ((uint64_t)INT64_MAX - bytes < h->snapshots_offset ||
+        !is_aligned_u64(h->snapshots_offset, c->cs)) {
+        say_error(c, "ERROR snapshot table offset invalid");
+        c->res->check_errors++;
+        return error_set(EINVAL, "Snapshot table offset invalid");
+    }
+    /* A second check of the same handle reads the table again. */
+    qcow2_snapshots_free(&s->snapshots);
+    int ret = qcow2_read_snapshot_table(c->node, s);
+    if (ret < 0) {
+        say_error(c, "ERROR failed to read the snapshot table: %s",
+                  qimg_get_error());
+        c->res->check_errors++;
+        return ret;
+    }
+    /* [spec: Snapshots] v3 entries hold vm_state_size_large and disk_size. */
+    for (uint32_t i = 0; h->version >= 3 && i < s->snapshots.nb; i++) {
+        if (s->snapshots.sn[i].extra_data_size < 16) {
+            c->res->corruptions++;
+            say(c, "ERROR snapshot table entry %d is incomplete", (int)i);
+        }
+    }
+    return 0;
+}
+
 /* Every reference there is (QEMU's calculate_refcounts). */
 static int count_references(struct check *c)
 {
@@ -798,8 +885,8 @@ static int load_reftable(struct check *c)
 }
 
 int qcow2_check(struct qimg_node *node, unsigned flags,
-                qimg_check_message_fn report, void *opaque,
-                struct qimg_check_result *res)
+                void (*report)(const char *line, unsigned kind, void *opaque),
+                void *opaque, struct qimg_check_result *res)
 {
     (void)flags; /* repairs are refused by the caller */
     struct qcow2_state *s = node->opaque;
@@ -847,6 +934,10 @@ int qcow2_check(struct qimg_node *node, unsigned flags,
     ret = nb > 0 ? refs_grow(&c, nb) : 0;
     if (ret < 0) {
         res->check_errors++;
+        goto out;
+    }
+    ret = check_snapshot_table(&c);
+    if (ret < 0) {
         goto out;
     }
     ret = count_references(&c);

@@ -192,7 +192,7 @@ static int load_l1(struct qimg_node *node, struct qcow2_state *s)
  * The snapshot table, read in growing windows: the decoder says how much
  * more it needs, and gives up by itself past SNAPSHOT_READ_MAX.
  */
-static int read_snapshots(struct qimg_node *node, struct qcow2_state *s)
+int qcow2_read_snapshot_table(struct qimg_node *node, struct qcow2_state *s)
 {
     const struct qcow2_header *h = &s->hdr;
     if (h->nb_snapshots == 0) {
@@ -380,9 +380,15 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
             goto fail;
         }
     }
-    ret = read_snapshots(node, s);
-    if (ret < 0) {
-        goto fail;
+    /*
+     * [QEMU] an open for checking does not read the snapshot table: the
+     * check reads it and reports what is wrong with it.
+     */
+    if (!(flags & QIMG_OPEN_CHECK)) {
+        ret = qcow2_read_snapshot_table(node, s);
+        if (ret < 0) {
+            goto fail;
+        }
     }
     ret = read_bitmaps(node, s);
     if (ret < 0) {

@@ -650,7 +650,13 @@ uint64_t qcow2_refcount_array_bytes(uint64_t entries, unsigned order);
 
 /* The driver's check callback (see struct qimg_format_ops). */
 int qcow2_check(struct qimg_node *node, unsigned flags,
-                void (*report)(const char *line, void *opaque), void *opaque,
-                struct qimg_check_result *res);
+                void (*report)(const char *line, unsigned kind, void *opaque),
+                void *opaque, struct qimg_check_result *res);
+
+/*
+ * Read and decode the snapshot table the header names into s->snapshots
+ * (qcow2.c; an open for checking leaves it to the check).
+ */
+int qcow2_read_snapshot_table(struct qimg_node *node, struct qcow2_state *s);
 
 #endif
