@@ -101,6 +101,10 @@ mk -f qcow2 bm.qcow2 4M
 "$QEMU_IMG" bitmap --add -g 64k bm.qcow2 b2
 io -c 'write -P 1 0 128k' -c 'write -P 1 2M 64k' bm.qcow2
 both "bitmaps" bm.qcow2
+# Killed while a bitmap was in use: it stays marked in-use.
+( "$QEMU_IO" -c 'write -P 1 1M 64k' -c 'sigraise 9' bm.qcow2; true ) \
+    >/dev/null 2>&1
+both "bitmap in use" bm.qcow2
 
 for p in metadata falloc full; do
     mk -f qcow2 -o preallocation=$p pa$p.qcow2 4M
@@ -291,6 +295,24 @@ snap_image sn-extra.qcow2
 patch sn-extra.qcow2 $((snoff + 36)) 2000 4
 both "too much snapshot extra data" sn-extra.qcow2
 
+# Extended L2: entry i at L2 + 16 * i, its subcluster bitmap 8 bytes on.
+# Guest 0: data at 0x50000; guest 128k (entry 2): compressed.
+extl2_image() {
+    rm -f "$1"
+    mk -f qcow2 -o extended_l2=on "$1" 1M
+    io -c 'write -P 1 0 4k' -c 'write -c -P 2 128k 64k' "$1"
+}
+extl2_image el2-alloc-zero.qcow2
+patch el2-alloc-zero.qcow2 $((L2 + 8)) 0x0000000100000001
+both "extended L2: subcluster allocated and zero" el2-alloc-zero.qcow2
+extl2_image el2-unalloc.qcow2
+patch el2-unalloc.qcow2 $((L2 + 16 + 8)) 1
+both "extended L2: unallocated cluster with allocated subcluster" \
+    el2-unalloc.qcow2
+extl2_image el2-compressed.qcow2
+patch el2-compressed.qcow2 $((L2 + 32 + 8)) 1
+both "extended L2: compressed cluster with a bitmap" el2-compressed.qcow2
+
 fresh corrupt-bit.qcow2
 patch corrupt-bit.qcow2 72 2
 both "corrupt bit set" corrupt-bit.qcow2
@@ -303,6 +325,22 @@ mk -f qcow2 -o cluster_size=512 huge.qcow2 1M
 truncate -s 2T huge.qcow2
 same "file of more than INT_MAX clusters" huge.qcow2
 rm -f huge.qcow2
+# 2^31 - 1 clusters is allowed: qemu-img allocates 4 GiB of counts for
+# this sparse 1000 GiB file.  qimg caps the count array at 512 MiB and
+# fails as qemu-img fails when it cannot allocate them (exit 1), within
+# 1 GiB of address space.
+mk -f qcow2 -o cluster_size=512 sparse.qcow2 1M
+truncate -s 1000G sparse.qcow2
+checks=$((checks + 1))
+(if [ "${QIMG_SANITIZED:-0}" = 0 ]; then ulimit -v 1048576; fi
+ exec "$QIMG" check sparse.qcow2) >sparse.out 2>sparse.err
+status=$?
+if [ "$status" != 1 ] ||
+   [ "$(cat sparse.err)" != "qimg: Check failed: Cannot allocate memory" ]
+then
+    fail "check of a 1000 GiB sparse file: exit $status" "$(cat sparse.err)"
+fi
+rm -f sparse.qcow2
 
 # ---- The command line ----------------------------------------------------
 
