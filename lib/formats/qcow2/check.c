@@ -44,10 +44,10 @@
  * each L2 table once per L1 table (active and snapshots), so its file size
  * bounds the work, except when L1 entries repeat an L2 table; QEMU then
  * walks the table again each time.  So does qimg, up to this many entries
- * (256 TiB of guest space at 64 KiB clusters), so that a few crafted
- * tables cannot keep a check busy for hours.
+ * (128 TiB of guest space at 64 KiB clusters; some 15 seconds), so that
+ * a few crafted tables cannot keep a check busy for hours.
  */
-#define QCOW2_CHECK_MAX_L2_VISITS (1ull << 32)
+#define QCOW2_CHECK_MAX_L2_VISITS (1ull << 31)
 /* L1 and bitmap tables are read this many entries at a time. */
 #define TABLE_CHUNK_ENTRIES 8192u
 /* Longest problem line (the longest QEMU prints is about 200 bytes). */
