@@ -264,7 +264,8 @@ both "compressed cluster with COPIED" comp-copied.qcow2
 rm -f sn-unaligned.qcow2
 mk -f qcow2 sn-unaligned.qcow2 1M
 io -c 'write -P 1 0 64k' sn-unaligned.qcow2
-"$QEMU_IMG" snapshot -c snap1 sn-unaligned.qcow2
+# A long name: the problem line naming it is not cut.
+"$QEMU_IMG" snapshot -c "$(printf 'long%.0s' $(seq 200))" sn-unaligned.qcow2
 snoff=$(python3 -c "import struct;print(struct.unpack('>Q',open('sn-unaligned.qcow2','rb').read()[64:72])[0])")
 snl1=$(python3 -c "import struct;print(struct.unpack('>Q',open('sn-unaligned.qcow2','rb').read()[$snoff:$snoff+8])[0] + 512)")
 patch sn-unaligned.qcow2 "$snoff" "$snl1"

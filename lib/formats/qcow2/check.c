@@ -50,8 +50,6 @@
 #define QCOW2_CHECK_MAX_L2_VISITS (1ull << 31)
 /* L1 and bitmap tables are read this many entries at a time. */
 #define TABLE_CHUNK_ENTRIES 8192u
-/* Longest problem line (the longest QEMU prints is about 200 bytes). */
-#define CHECK_LINE_MAX 512
 
 /* ---- Refcount entries [spec: Host cluster management] ---------------- */
 
@@ -157,9 +155,9 @@ static void report_text(struct check *c, unsigned kind, const char *text)
             c->report(text, kind, c->opaque);
             return;
         }
-        char line[CHECK_LINE_MAX];
-        snprintf(line, sizeof(line), "%.*s", (int)(nl - text), text);
-        c->report(line, kind, c->opaque);
+        char *line = strndup(text, (size_t)(nl - text));
+        c->report(line ? line : "(out of memory)", kind, c->opaque);
+        free(line);
         kind = QIMG_CHECK_LINE_PLAIN;
         text = nl + 1;
     }
@@ -171,9 +169,13 @@ static void vreport(struct check *c, unsigned kind, const char *fmt,
 static void vreport(struct check *c, unsigned kind, const char *fmt,
                     va_list ap)
 {
-    char text[CHECK_LINE_MAX];
-    vsnprintf(text, sizeof(text), fmt, ap);
-    report_text(c, kind, text);
+    /* Snapshot names may be long: the line is as long as it needs. */
+    char *text = NULL;
+    if (vasprintf(&text, fmt, ap) < 0) {
+        text = NULL;
+    }
+    report_text(c, kind, text ? text : "(out of memory)");
+    free(text);
 }
 
 /* A line qemu-img prints as it is (fprintf to stderr). */
