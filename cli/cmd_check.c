@@ -100,8 +100,7 @@ int cmd_check(int argc, char **argv)
     unsigned fix = 0;
     int c;
 
-    while ((c = getopt_long(argc, argv, ":hf:r:T:qU", long_opts, NULL)) !=
-           -1) {
+    while ((c = getopt_long(argc, argv, ":hf:r:T:qU", long_opts, NULL)) != -1) {
         switch (c) {
         case 'h':
             cli_print_help();

@@ -23,9 +23,8 @@ bool qimg_check_supported(const struct qimg_image *img)
     return img && img->top->drv->check != NULL;
 }
 
-int qimg_check(struct qimg_image *img, unsigned flags,
-               qimg_check_message_fn fn, void *opaque,
-               struct qimg_check_result *out)
+int qimg_check(struct qimg_image *img, unsigned flags, qimg_check_message_fn fn,
+               void *opaque, struct qimg_check_result *out)
 {
     error_clear();
     memset(out, 0, sizeof(*out));
@@ -37,8 +36,8 @@ int qimg_check(struct qimg_image *img, unsigned flags,
                                  "implemented yet");
     } else {
         struct qimg_node *node = img->top;
-        ret = node->drv->check(node, flags, fn ? fn : discard_message,
-                               opaque, out);
+        ret = node->drv->check(node, flags, fn ? fn : discard_message, opaque,
+                               out);
     }
     if (ret < 0) {
         errno = -ret;
@@ -57,17 +56,17 @@ static int put_count(struct qimg_value *d, const char *key, int64_t n,
     return qimg_value_dict_set(d, key, qimg_value_new_int(n));
 }
 
-struct qimg_value *qimg_check_result_to_value(
-    const struct qimg_check_result *res, const char *filename,
-    const char *format)
+struct qimg_value *
+qimg_check_result_to_value(const struct qimg_check_result *res,
+                           const char *filename, const char *format)
 {
     struct qimg_value *d = qimg_value_new_dict();
     if (!d) {
         return NULL;
     }
     /* QAPI ImageCheck schema order; the dictionary orders keys as QEMU. */
-    int ret = qimg_value_dict_set(d, "filename",
-                                  qimg_value_new_string(filename));
+    int ret =
+        qimg_value_dict_set(d, "filename", qimg_value_new_string(filename));
     if (ret == 0) {
         ret = qimg_value_dict_set(d, "format", qimg_value_new_string(format));
     }

@@ -135,8 +135,7 @@ int main(void)
     tap_eq_u64(res.image_end_offset, NB_CLUSTERS * CS, "image end offset");
     TAP_OK(same_file(&before));
 
-    struct qimg_value *v = qimg_check_result_to_value(&res, "x.qcow2",
-                                                      "qcow2");
+    struct qimg_value *v = qimg_check_result_to_value(&res, "x.qcow2", "qcow2");
     char *json = v ? qimg_value_to_json(v) : NULL;
     tap_eq_str(json,
                "{\n"
@@ -180,13 +179,12 @@ int main(void)
 
     /* No callback is fine. */
     struct qimg_image *img = qimg_open(path, "qcow2", QIMG_OPEN_CHECK);
-    TAP_OK(img && qimg_check(img, 0, NULL, NULL, &res) == 0 &&
-           res.leaks == 1);
+    TAP_OK(img && qimg_check(img, 0, NULL, NULL, &res) == 0 && res.leaks == 1);
     /* Repairs are not implemented: refused, nothing written. */
     stat(path, &before);
     usleep(20000);
-    TAP_OK(img && qimg_check(img, QIMG_CHECK_FIX_LEAKS, NULL, NULL,
-                             &res) == -1 &&
+    TAP_OK(img &&
+           qimg_check(img, QIMG_CHECK_FIX_LEAKS, NULL, NULL, &res) == -1 &&
            qimg_get_errno() == ENOTSUP);
     TAP_OK(same_file(&before));
     qimg_close(img);

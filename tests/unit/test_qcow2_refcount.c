@@ -49,9 +49,8 @@ int main(void)
     const uint8_t b4[] = {0x00, 0x00, 0x12, 0x34};
     tap_eq_u64(qcow2_refcount_load(b4, 1, 4), 0x1234, "16-bit big-endian");
     const uint8_t b5[] = {0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78};
-    tap_eq_u64(qcow2_refcount_load(b5, 1, 5), 0x12345678,
-               "32-bit big-endian");
-    const uint8_t b6[] = {0, 0, 0, 0, 0, 0, 0, 0,
+    tap_eq_u64(qcow2_refcount_load(b5, 1, 5), 0x12345678, "32-bit big-endian");
+    const uint8_t b6[] = {0,    0,    0,    0,    0,    0,    0,    0,
                           0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef};
     tap_eq_u64(qcow2_refcount_load(b6, 1, 6), 0x0123456789abcdefull,
                "64-bit big-endian");

@@ -163,11 +163,10 @@ static void report_text(struct check *c, unsigned kind, const char *text)
     }
 }
 
-static void vreport(struct check *c, unsigned kind, const char *fmt,
-                    va_list ap) __attribute__((format(printf, 3, 0)));
+static void vreport(struct check *c, unsigned kind, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
-static void vreport(struct check *c, unsigned kind, const char *fmt,
-                    va_list ap)
+static void vreport(struct check *c, unsigned kind, const char *fmt, va_list ap)
 {
     /* Snapshot names may be long: the line is as long as it needs. */
     char *text = NULL;
@@ -384,8 +383,9 @@ static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
     if (ret < 0) {
         say(c, "ERROR: I/O error in check_refcounts_l2");
         res->check_errors++;
-        return error_set_errno(-ret, "qcow2: could not read L2 table of "
-                                     "'%s' at offset %#" PRIx64,
+        return error_set_errno(-ret,
+                               "qcow2: could not read L2 table of "
+                               "'%s' at offset %#" PRIx64,
                                c->node->filename, l2_off);
     }
     uint64_t next_contiguous = 0;
@@ -395,8 +395,7 @@ static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
         enum check_type type = entry_type(s, e);
 
         if (type != CT_COMPRESSED && (e & QCOW2_L2E_STD_RESERVED_MASK)) {
-            say(c, "ERROR found l2 entry with reserved bits set: %" PRIx64,
-                e);
+            say(c, "ERROR found l2 entry with reserved bits set: %" PRIx64, e);
             res->corruptions++;
         }
         switch (type) {
@@ -514,8 +513,9 @@ static int check_l1(struct check *c, uint64_t l1_off, uint32_t l1_size,
     if (!qcow2_read_in_range(l1_off, bytes)) {
         say(c, "ERROR: I/O error in check_refcounts_l1");
         c->res->check_errors++;
-        return error_set(EIO, "qcow2: could not read L1 table of '%s' at "
-                              "offset %#" PRIx64,
+        return error_set(EIO,
+                         "qcow2: could not read L1 table of '%s' at "
+                         "offset %#" PRIx64,
                          c->node->filename, l1_off);
     }
     uint8_t *chunk = malloc(TABLE_CHUNK_ENTRIES * 8);
@@ -530,8 +530,9 @@ static int check_l1(struct check *c, uint64_t l1_off, uint32_t l1_size,
         if (ret < 0) {
             say(c, "ERROR: I/O error in check_refcounts_l1");
             c->res->check_errors++;
-            ret = error_set_errno(-ret, "qcow2: could not read L1 table of "
-                                        "'%s'",
+            ret = error_set_errno(-ret,
+                                  "qcow2: could not read L1 table of "
+                                  "'%s'",
                                   c->node->filename);
             break;
         }
@@ -590,8 +591,9 @@ static int check_bitmaps(struct check *c)
         }
         if (!qcow2_read_in_range(bm->table_offset, bytes)) {
             c->res->corruptions++;
-            ret = error_set(EIO, "qcow2: could not read the table of bitmap "
-                                 "'%s'",
+            ret = error_set(EIO,
+                            "qcow2: could not read the table of bitmap "
+                            "'%s'",
                             bm->name);
             break;
         }
@@ -603,8 +605,9 @@ static int check_bitmaps(struct check *c)
                             bm->table_offset + (uint64_t)base * 8);
             if (ret < 0) {
                 c->res->corruptions++;
-                ret = error_set_errno(-ret, "qcow2: could not read the "
-                                            "table of bitmap '%s'",
+                ret = error_set_errno(-ret,
+                                      "qcow2: could not read the "
+                                      "table of bitmap '%s'",
                                       bm->name);
                 break;
             }
@@ -784,8 +787,8 @@ static void compare_refcounts(struct check *c, uint64_t *highest)
         uint64_t stored;
         int ret = stored_refcount(c, i, &stored);
         if (ret < 0) {
-            say(c, "Can't get refcount for cluster %" PRId64 ": %s",
-                (int64_t)i, strerror(-ret));
+            say(c, "Can't get refcount for cluster %" PRId64 ": %s", (int64_t)i,
+                strerror(-ret));
             c->res->check_errors++;
             continue;
         }
@@ -794,8 +797,9 @@ static void compare_refcounts(struct check *c, uint64_t *highest)
             *highest = i;
         }
         if (stored != counted) {
-            say(c, "%s cluster %" PRId64 " refcount=%" PRIu64
-                   " reference=%" PRIu64,
+            say(c,
+                "%s cluster %" PRId64 " refcount=%" PRIu64
+                " reference=%" PRIu64,
                 stored < counted ? "ERROR" : "Leaked", (int64_t)i, stored,
                 counted);
             if (stored < counted) {
@@ -833,8 +837,9 @@ static int check_copied(struct check *c)
         if (ret < 0) {
             say(c, "ERROR: Could not read L2 table: %s", strerror(-ret));
             c->res->check_errors++;
-            return error_set_errno(-ret, "qcow2: could not read L2 table of "
-                                         "'%s' at offset %#" PRIx64,
+            return error_set_errno(-ret,
+                                   "qcow2: could not read L2 table of "
+                                   "'%s' at offset %#" PRIx64,
                                    c->node->filename, l2_off);
         }
         for (uint64_t j = 0; j < s->l2_entries; j++) {
@@ -845,10 +850,9 @@ static int check_copied(struct check *c)
             }
             if (s->has_data_file) {
                 n = 1;
-            } else if (stored_refcount(c,
-                                       (e & QCOW2_L2E_OFFSET_MASK) >>
-                                           s->cluster_bits,
-                                       &n) < 0) {
+            } else if (stored_refcount(
+                           c, (e & QCOW2_L2E_OFFSET_MASK) >> s->cluster_bits,
+                           &n) < 0) {
                 continue;
             }
             if ((n == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
