@@ -271,6 +271,17 @@ snl1=$(python3 -c "import struct;print(struct.unpack('>Q',open('sn-unaligned.qco
 patch sn-unaligned.qcow2 "$snoff" "$snl1"
 both "snapshot L1 table unaligned" sn-unaligned.qcow2
 
+# Snapshot L1 tables at offsets QEMU's int64_t arithmetic wraps on.
+for v in 0xfffffffffffe0000 0x7fffffffffff0000 0x8000000000000000; do
+    rm -f sn-l1-$v.qcow2
+    mk -f qcow2 sn-l1-$v.qcow2 1M
+    io -c 'write -P 1 0 64k' sn-l1-$v.qcow2
+    "$QEMU_IMG" snapshot -c s1 sn-l1-$v.qcow2
+    o=$(python3 -c "import struct;print(struct.unpack('>Q',open('sn-l1-$v.qcow2','rb').read()[64:72])[0])")
+    patch sn-l1-$v.qcow2 "$o" $v
+    both "snapshot L1 table at $v" sn-l1-$v.qcow2
+done
+
 # Broken snapshot tables: the open for checking skips the table, the
 # check reports it.
 snap_image() {

@@ -235,6 +235,27 @@ static int refs_grow(struct check *c, uint64_t entries)
     return 0;
 }
 
+/* One more reference to clusters first..last (all in the array). */
+static void inc_range(struct check *c, uint64_t first, uint64_t last)
+{
+    for (uint64_t k = first;; k++) {
+        uint64_t n = qcow2_refcount_load(c->refs, k, c->order);
+        if (n == c->refcount_max) {
+            say(c, "ERROR: overflow cluster offset=0x%" PRIx64,
+                k << c->s->cluster_bits);
+            say(c, "Use qemu-img amend to increase the refcount entry width "
+                   "or qemu-img convert to create a clean copy if the image "
+                   "cannot be opened for writing");
+            c->res->corruptions++;
+        } else {
+            qcow2_refcount_store(c->refs, k, c->order, n + 1);
+        }
+        if (k == last) {
+            break;
+        }
+    }
+}
+
 /*
  * Count one reference to every cluster of [offset, offset + size), as
  * QEMU's qcow2_inc_refcounts_imrt: a region ending a cluster or more past
@@ -255,31 +276,32 @@ static int inc_refs(struct check *c, uint64_t offset, uint64_t size)
         c->res->corruptions++;
         return 0;
     }
-    uint64_t start = align_down_u64(offset, c->cs);
-    uint64_t last = align_down_u64(offset + size - 1, c->cs);
-    for (uint64_t off = start; off <= last; off += c->cs) {
-        uint64_t k = off >> c->s->cluster_bits;
-        if (k >= c->nb_clusters) {
-            int ret = refs_grow(c, k + 1);
-            if (ret < 0) {
-                c->res->check_errors++;
-                return ret;
+    unsigned bits = c->s->cluster_bits;
+    uint64_t first = offset >> bits;
+    uint64_t last = (offset + size - 1) >> bits;
+    if (last < first) {
+        /* The end wrapped past 2^64: QEMU's loop does not run. */
+        return 0;
+    }
+    if (last >= c->nb_clusters) {
+        /*
+         * QEMU grows its array one cluster at a time as it walks the
+         * region.  Clusters past the array are new, so counting them
+         * prints nothing; a region the array cannot grow to (only one
+         * whose end wrapped past INT64_MAX can be that long) fails after
+         * the clusters the array has, as QEMU's would.
+         */
+        int ret = refs_grow(c, last + 1);
+        if (ret < 0) {
+            last = c->nb_clusters - 1;
+            if (first <= last) {
+                inc_range(c, first, last);
             }
-        }
-        uint64_t n = qcow2_refcount_load(c->refs, k, c->order);
-        if (n == c->refcount_max) {
-            say(c, "ERROR: overflow cluster offset=0x%" PRIx64, off);
-            say(c, "Use qemu-img amend to increase the refcount entry width "
-                   "or qemu-img convert to create a clean copy if the image "
-                   "cannot be opened for writing");
-            c->res->corruptions++;
-        } else {
-            qcow2_refcount_store(c->refs, k, c->order, n + 1);
-        }
-        if (off > UINT64_MAX - c->cs) {
-            break;
+            c->res->check_errors++;
+            return ret;
         }
     }
+    inc_range(c, first, last);
     return 0;
 }
 
