@@ -76,6 +76,7 @@ void cli_progress_cb(double percent, void *opaque);
 void cli_progress_end(bool complete);
 
 /* The commands. */
+int cmd_check(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);

@@ -31,7 +31,7 @@ static const struct command commands[] = {
      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
      "--disable)... [-b source_file [-F source_fmt]] [-g granularity] "
      "[--object objectdef] [--image-opts | -f fmt] filename bitmap"},
-    {"check", cmd_not_yet,
+    {"check", cmd_check,
      "check [--object objectdef] [--image-opts] [-q] [-f fmt] "
      "[--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename"},
     {"commit", cmd_not_yet,

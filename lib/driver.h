@@ -171,6 +171,15 @@ struct qimg_format_ops {
      */
     int (*snapshot_load)(struct qimg_node *node,
                          const struct qimg_snapshot_select *sel);
+    /*
+     * Consistency check of this layer (see qimg_check): each problem goes
+     * to report (never NULL) as one line; res is zeroed by the caller.
+     * Returns 0 when the check completed, or -errno (message set) when it
+     * could not; NULL when the format has no check.
+     */
+    int (*check)(struct qimg_node *node, unsigned flags,
+                 qimg_check_message_fn report, void *opaque,
+                 struct qimg_check_result *res);
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);

@@ -167,6 +167,12 @@ struct qimg_image;
  * 4 KiB aligned, and file systems without O_DIRECT, use the page cache.
  */
 #define QIMG_OPEN_CACHE_DIRECT (1u << 6)
+/*
+ * Open to be checked (qemu-img check, QEMU's BDRV_O_CHECK): metadata
+ * damage that only a check reports (no refcount table, a bad snapshot
+ * table pointer) does not fail the open.
+ */
+#define QIMG_OPEN_CHECK (1u << 7)
 
 /*
  * Open an image.  format NULL means probe (as qemu-img does: the highest
@@ -450,6 +456,81 @@ struct qimg_compare_outcome {
  */
 int qimg_compare(const struct qimg_compare_params *p,
                  struct qimg_compare_outcome *out);
+/* ---- Consistency check (qemu-img check) ----------------------------- */
+
+/*
+ * The counts of one check, as QEMU's BdrvCheckResult and ImageCheck hold
+ * them.  corruptions: problems that may lose data (a refcount below the
+ * number of references, bad table offsets, wrong COPIED flags...); leaks:
+ * clusters whose refcount is above their references (wasted space only);
+ * check_errors: places the check could not examine (I/O errors).
+ * image_end_offset is (highest cluster in use or referenced + 1) *
+ * cluster size.  The cluster counts describe the active guest mapping:
+ * total = virtual size in clusters (rounded up), allocated = clusters
+ * with a host cluster or compressed data, fragmented = allocated clusters
+ * not stored right after the previous one of the same L2 table (every
+ * compressed cluster counts), compressed = compressed clusters.
+ */
+struct qimg_check_result {
+    int64_t corruptions;
+    int64_t leaks;
+    int64_t check_errors;
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters;
+    int64_t allocated_clusters;
+    int64_t fragmented_clusters;
+    int64_t compressed_clusters;
+};
+
+/*
+ * Receives each problem found, one line per call, without a trailing
+ * newline, worded as qemu-img prints it on stderr (for example "ERROR
+ * cluster 5 refcount=0 reference=1" or "Leaked cluster 6 refcount=1
+ * reference=0"), in the order found.  kind says how qemu-img prints the
+ * line: QIMG_CHECK_LINE_PLAIN as it is, QIMG_CHECK_LINE_ERROR as an error
+ * message (after its program name and ": ").  The library prints nothing
+ * itself.
+ */
+#define QIMG_CHECK_LINE_PLAIN 0u
+#define QIMG_CHECK_LINE_ERROR 1u
+typedef void (*qimg_check_message_fn)(const char *line, unsigned kind,
+                                      void *opaque);
+
+/* Repair flags for qimg_check() (qemu-img check -r leaks / -r all). */
+#define QIMG_CHECK_FIX_LEAKS (1u << 0)
+#define QIMG_CHECK_FIX_ERRORS (1u << 1)
+
+/* Does the image's format implement qimg_check()?  (qcow2 does, raw not.) */
+bool qimg_check_supported(const struct qimg_image *img);
+
+/*
+ * Check the metadata of the image's top layer (not its backing files).
+ * Without flags nothing is written to the image.  Open it with
+ * QIMG_OPEN_CHECK to check images whose damage would fail a normal open.
+ * Repairs (flags) are not implemented yet and fail with ENOTSUP.  fn may
+ * be NULL.
+ *
+ * Returns 0 when the check ran to the end, whatever it found: *out holds
+ * the counts.  Returns -1 when it could not complete (the format has no
+ * check: ENOTSUP with "This image format does not support checks"; an
+ * I/O error or the image being too large to check: that errno); *out
+ * then holds the counts so far, check_errors included, and qemu-img
+ * would print "Check failed: " and strerror(errno).
+ */
+int qimg_check(struct qimg_image *img, unsigned flags,
+               qimg_check_message_fn fn, void *opaque,
+               struct qimg_check_result *out);
+
+/*
+ * The result as QEMU's ImageCheck object: filename and format (both
+ * strings, as given), check-errors always, every other count only when
+ * it is non-zero.  NULL when out of memory.
+ */
+struct qimg_value *qimg_check_result_to_value(
+    const struct qimg_check_result *res, const char *filename,
+    const char *format);
 
 /* ---- Sizes ------------------------------------------------------------- */
 

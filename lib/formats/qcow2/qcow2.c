@@ -192,7 +192,7 @@ static int load_l1(struct qimg_node *node, struct qcow2_state *s)
  * The snapshot table, read in growing windows: the decoder says how much
  * more it needs, and gives up by itself past SNAPSHOT_READ_MAX.
  */
-static int read_snapshots(struct qimg_node *node, struct qcow2_state *s)
+int qcow2_read_snapshot_table(struct qimg_node *node, struct qcow2_state *s)
 {
     const struct qcow2_header *h = &s->hdr;
     if (h->nb_snapshots == 0) {
@@ -312,6 +312,9 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
     if (flags & QIMG_OPEN_NO_IO) {
         dflags |= QCOW2_DECODE_NO_IO;
     }
+    if (flags & QIMG_OPEN_CHECK) {
+        dflags |= QCOW2_DECODE_CHECK;
+    }
 
     /* The fixed header names the cluster size; then read cluster 0. */
     uint8_t fixed[QCOW2_HEADER_SIZE];
@@ -379,9 +382,15 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
             goto fail;
         }
     }
-    ret = read_snapshots(node, s);
-    if (ret < 0) {
-        goto fail;
+    /*
+     * [QEMU] an open for checking does not read the snapshot table: the
+     * check reads it and reports what is wrong with it.
+     */
+    if (!(flags & QIMG_OPEN_CHECK)) {
+        ret = qcow2_read_snapshot_table(node, s);
+        if (ret < 0) {
+            goto fail;
+        }
     }
     ret = read_bitmaps(node, s);
     if (ret < 0) {
@@ -1057,4 +1066,5 @@ const struct qimg_format_ops format_qcow2 = {
     .get_info = qcow2_get_info,
     .get_allocated = qcow2_get_allocated,
     .snapshot_load = qcow2_snapshot_load,
+    .check = qcow2_check,
 };

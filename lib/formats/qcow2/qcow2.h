@@ -659,4 +659,33 @@ int qcow2_detect_metadata_prealloc(struct qimg_node *node,
 int qcow2_decompress(uint8_t type, uint8_t *dst, size_t dst_len,
                      const uint8_t *src, size_t src_len);
 
+/* ---- check.c ------------------------------------------------------------ */
+
+struct qimg_check_result;
+
+/*
+ * Refcount entry index of a refcount block (or of any array packed the
+ * same way), for refcount_bits = 1 << order, order 0..6 [spec: Host
+ * cluster management]: widths of 8 bits and more are big-endian; in
+ * narrower ones entry 0 is in the least significant bits of byte 0.
+ * store keeps only the low refcount_bits bits of value.
+ */
+uint64_t qcow2_refcount_load(const uint8_t *block, uint64_t index,
+                             unsigned order);
+void qcow2_refcount_store(uint8_t *block, uint64_t index, unsigned order,
+                          uint64_t value);
+/* Bytes holding entries refcount entries of width 1 << order. */
+uint64_t qcow2_refcount_array_bytes(uint64_t entries, unsigned order);
+
+/* The driver's check callback (see struct qimg_format_ops). */
+int qcow2_check(struct qimg_node *node, unsigned flags,
+                void (*report)(const char *line, unsigned kind, void *opaque),
+                void *opaque, struct qimg_check_result *res);
+
+/*
+ * Read and decode the snapshot table the header names into s->snapshots
+ * (qcow2.c; an open for checking leaves it to the check).
+ */
+int qcow2_read_snapshot_table(struct qimg_node *node, struct qcow2_state *s);
+
 #endif
