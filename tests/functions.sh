@@ -1,6 +1,7 @@
 # Shared helpers for the shell test suites.  Source it; it sets up a
 # scratch directory ($T, removed on exit) and failure accounting.
 #   expect_same NAME FILE_A FILE_B   compare two outputs, diff on mismatch
+#   qemu_create_luks IMG SIZE OPTS    a LUKS qcow2 made by qemu-img
 #   fail NAME [DETAIL]               record a failure
 #   finish                            exit 1 if anything failed
 set -u
@@ -52,6 +53,23 @@ expect_status() {
         return 1
     fi
     return 0
+}
+
+# qemu_create_luks IMG SIZE OPTS: qemu-img creates a LUKS-encrypted qcow2
+# image with key secret "sec0" (data "abc") and the -o options OPTS, which
+# include encrypt.format and encrypt.iter-time.  The key slot's iteration
+# count is timed; on a busy machine qemu-img may fail to time it ("Unable
+# to get accurate CPU usage"), so creation is retried with longer times.
+qemu_create_luks() {
+    local img=$1 size=$2 opts=$3 t
+    for t in 10 50 100 200 400; do
+        "$QEMU_IMG" create -q -f qcow2 --object secret,id=sec0,data=abc \
+            -o "encrypt.key-secret=sec0,$opts" "$img" "$size" \
+            >/dev/null 2>&1 && return 0
+        opts=${opts/iter-time=[0-9]*/iter-time=$t}
+    done
+    fail "qemu-img create $img $opts"
+    return 1
 }
 
 finish() {

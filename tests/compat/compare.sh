@@ -194,9 +194,7 @@ same "-T invalid" -T foo img.raw img.qcow2
 same "-T invalid -p" -p -T foo img.raw img.qcow2
 same "-U" -U img.raw img.qcow2
 same "-q -p" -q -p img.raw d.raw
-"$QEMU_IMG" create -q -f qcow2 --object secret,id=s0,data=abc \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
-    enc.qcow2 1M >/dev/null || fail "create enc.qcow2"
+qemu_create_luks enc.qcow2 1M encrypt.format=luks,encrypt.iter-time=10
 same "encrypted" img.raw enc.qcow2
 same "one file" img.raw
 same "three files" img.raw img.raw img.raw

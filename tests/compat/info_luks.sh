@@ -5,20 +5,7 @@
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 
-# The key slot's iteration count is timed; a short iter-time keeps the
-# test fast.  On a busy machine qemu-img may fail to time it ("Unable to
-# get accurate CPU usage"), so creation is retried with longer times.
-mk() {
-    local img=$1 opts=$2 t
-    for t in 10 50 100 200 400; do
-        "$QEMU_IMG" create -q -f qcow2 --object secret,id=sec0,data=abc \
-            -o "encrypt.key-secret=sec0,$opts" "$img" 16M 2>/dev/null &&
-            return 0
-        opts=${opts/iter-time=[0-9]*/iter-time=$t}
-    done
-    fail "qemu-img create $img $opts"
-    return 1
-}
+mk() { qemu_create_luks "$1" 16M "$2"; }
 
 corpus=()
 luks=encrypt.format=luks,encrypt.iter-time=10

@@ -193,9 +193,7 @@ io -f qcow2 -c 'write -P 2 1000k 2k' -c 'write -P 3 1100k 2k' \
 windows "extl2 over short base" xtop.qcow2
 
 # An encrypted image needs its key to be opened at all.
-"$QEMU_IMG" create -q -f qcow2 --object secret,id=s0,data=abc \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
-    enc.qcow2 1M >/dev/null || fail "create enc.qcow2"
+qemu_create_luks enc.qcow2 1M encrypt.format=luks,encrypt.iter-time=10
 both "encrypted" enc.qcow2
 
 # Options and errors.
