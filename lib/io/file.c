@@ -303,6 +303,11 @@ static void io_file_unlock_all(int fd, struct io_file_locks *held)
 static int io_file_open_fd(const char *filename, int oflags, int *pfd,
                            struct stat *st)
 {
+    /* QEMU's file driver refuses an empty name before trying to open it. */
+    if (!(oflags & O_CREAT) && filename[0] == '\0') {
+        return error_set(EINVAL, "The 'file' block driver requires a file "
+                                 "name");
+    }
     int fd;
     do {
         fd = open(filename, oflags | O_CLOEXEC | O_NONBLOCK, 0644);

@@ -124,4 +124,19 @@ for img in chain/top.qcow2 chain/sub/deep.qcow2 chain/v2top.qcow2; do
     done
 done
 
+# An empty file name is refused by QEMU's file driver, by every command.
+empty_name() {
+    "$QEMU_IMG" "$@" >want.txt 2>&1
+    echo "status $?" >>want.txt
+    "$QIMG" "$@" >got.txt 2>&1
+    echo "status $?" >>got.txt
+    sed -i 's/^qemu-img: /qimg: /' want.txt
+    expect_same "$1 with an empty file name" want.txt got.txt
+}
+empty_name info ""
+empty_name check ""
+empty_name map ""
+empty_name compare "" ""
+empty_name convert -O raw "" out.raw
+
 finish
