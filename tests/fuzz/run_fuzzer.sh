@@ -24,8 +24,12 @@ bash "$src/make_corpus.sh" "$work/seeds" || {
 
 # Reads past an input's end are the bugs that matter here; leaks too.
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1
+dict=()
+if [ -f "$src/$target.dict" ]; then
+    dict=(-dict="$src/$target.dict")
+fi
 # shellcheck disable=SC2086
-"$fuzzer" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+"$fuzzer" "${dict[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
     -max_len=1048576 -print_final_stats=1 \
     -artifact_prefix="$work/artifacts/" ${FUZZ_ARGS:-} \
     "$work/corpus" "$work/seeds" "$src/corpus/$target" \
