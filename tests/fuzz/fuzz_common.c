@@ -154,19 +154,16 @@ static void fuzz_read(struct fuzz_walk *w, uint64_t off, uint64_t max,
  */
 static void fuzz_read_extent(struct fuzz_walk *w, const struct qimg_extent *e)
 {
-    bool zero = (e->flags & QIMG_EXTENT_ZERO) &&
-                !(e->flags & QIMG_EXTENT_DATA);
+    bool zero = (e->flags & QIMG_EXTENT_ZERO) && !(e->flags & QIMG_EXTENT_DATA);
     fuzz_read(w, e->offset, e->length, zero);
     if (e->length > FUZZ_READ_PER_EXTENT) {
         uint64_t back = min_u64(e->length, FUZZ_READ_PER_EXTENT / 2);
-        fuzz_read(w, e->offset + e->length - back, FUZZ_READ_PER_EXTENT,
-                  false);
+        fuzz_read(w, e->offset + e->length - back, FUZZ_READ_PER_EXTENT, false);
     }
 }
 
 /* Block status at off; 0, or -1 when the call failed. */
-static int fuzz_status(struct fuzz_walk *w, uint64_t off,
-                       struct qimg_extent *e)
+static int fuzz_status(struct fuzz_walk *w, uint64_t off, struct qimg_extent *e)
 {
     uint64_t len = min_u64(w->size - off, FUZZ_STATUS_WINDOW);
     if (qimg_block_status(w->img, off, len, e) < 0) {
@@ -207,8 +204,7 @@ static void fuzz_walk(struct qimg_image *img)
     uint64_t off = 0;
     uint64_t skip = cluster;
     struct qimg_extent e;
-    for (int calls = 0; off < w.size && calls < FUZZ_MAX_WALK_CALLS;
-         calls++) {
+    for (int calls = 0; off < w.size && calls < FUZZ_MAX_WALK_CALLS; calls++) {
         if (fuzz_status(&w, off, &e) == 0) {
             fuzz_read_extent(&w, &e);
             off += e.length;
@@ -221,9 +217,8 @@ static void fuzz_walk(struct qimg_image *img)
 
     /* Spread over the disk, sector-aligned, and its last sector. */
     for (uint64_t i = 1; i <= FUZZ_SPREAD_PROBES; i++) {
-        uint64_t at = i == FUZZ_SPREAD_PROBES
-                          ? w.size - 1
-                          : w.size / FUZZ_SPREAD_PROBES * i;
+        uint64_t at = i == FUZZ_SPREAD_PROBES ? w.size - 1
+                                              : w.size / FUZZ_SPREAD_PROBES * i;
         at = align_down_u64(at, 512);
         if (at < w.size && fuzz_status(&w, at, &e) == 0) {
             fuzz_read_extent(&w, &e);
@@ -232,8 +227,7 @@ static void fuzz_walk(struct qimg_image *img)
     free(w.buf);
 }
 
-void fuzz_image(const struct fuzz_target *t, const uint8_t *data,
-                size_t size)
+void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
 {
     qimg_set_warning_handler(on_warning, NULL);
     (void)format_probe_buffer(data, (size_t)min_u64(size, FUZZ_PROBE_BYTES),
@@ -252,8 +246,7 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data,
         fuzz_finding("a backing file was opened", img->top->backing_name);
     }
     if (ret == -EPERM) {
-        ret = fuzz_open(t, data, size, untrusted | QIMG_OPEN_NO_BACKING,
-                        &img);
+        ret = fuzz_open(t, data, size, untrusted | QIMG_OPEN_NO_BACKING, &img);
     }
     if (ret == 0) {
         fuzz_info(img);

@@ -21,8 +21,7 @@ struct fuzz_target {
 };
 
 /* Run one input; findings abort (sanitizers report the rest). */
-void fuzz_image(const struct fuzz_target *t, const uint8_t *data,
-                size_t size);
+void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size);
 
 /* libFuzzer's entry point, defined by each target. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -49,7 +49,8 @@ io() { "$QEMU_IO" "$@" >/dev/null; }
 fill() {
     local f=$1 fmt=$2 cs=$3
     io -f "$fmt" -c "write -P 0x11 0 $cs" -c "write -z $((cs * 2)) $cs" \
-        -c "write -P 0x22 $((cs * 3)) 512" -c "write -P 0x33 $((cs * 5 + 512)) $cs" \
+        -c "write -P 0x22 $((cs * 3)) 512" \
+        -c "write -P 0x33 $((cs * 5 + 512)) $cs" \
         "$f"
 }
 
@@ -91,7 +92,8 @@ fi
 
 # Cluster sizes, v3 and v2.
 for cs in 512 1024 4096 16384 65536 2097152; do
-    img create -f qcow2 -o cluster_size=$cs "v3-cs$cs.qcow2" $((cs * 8 + 4 * 1024 * 1024))
+    img create -f qcow2 -o cluster_size=$cs "v3-cs$cs.qcow2" \
+        $((cs * 8 + 4 * 1024 * 1024))
     fill "v3-cs$cs.qcow2" qcow2 $cs
     keep "v3-cs$cs.qcow2"
 done
@@ -122,7 +124,8 @@ keep zlib-v2.qcow2
 
 # Extended L2 entries: subcluster writes, zeros, a backing file name.
 for cs in 16384 65536; do
-    img create -f qcow2 -o extended_l2=on,cluster_size=$cs "extl2-cs$cs.qcow2" 4M
+    img create -f qcow2 -o extended_l2=on,cluster_size=$cs \
+        "extl2-cs$cs.qcow2" 4M
     io -f qcow2 -c "write -P 0x44 $((cs / 32)) $((cs / 32))" \
         -c "write -z $((cs * 2)) $((cs / 16))" \
         -c "write -P 0x55 $((cs * 3 + cs / 2)) $((cs / 4))" "extl2-cs$cs.qcow2"
@@ -188,7 +191,8 @@ keep sparse-large.qcow2
 
 # LUKS (header only matters; a short iteration time keeps it quick).
 img create -f qcow2 --object secret,id=s0,data=fuzz \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096 \
+    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+    -o cluster_size=4096 \
     luks.qcow2 1M
 keep luks.qcow2
 

@@ -121,8 +121,8 @@ int main(int argc, char **argv)
             perror(argv[i]);
             return 1;
         }
-        int ret = S_ISDIR(st.st_mode) ? replay_dir(argv[i])
-                                      : replay_file(argv[i]);
+        int ret =
+            S_ISDIR(st.st_mode) ? replay_dir(argv[i]) : replay_file(argv[i]);
         if (ret < 0) {
             printf("not ok %d - %s\n", ++count, argv[i]);
             printf("1..%d\n", count);

@@ -29,7 +29,8 @@ if [ -f "$src/$target.dict" ]; then
     dict=(-dict="$src/$target.dict")
 fi
 # shellcheck disable=SC2086
-"$fuzzer" "${dict[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+"$fuzzer" "${dict[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 \
+    -timeout=10 \
     -max_len=1048576 -print_final_stats=1 \
     -artifact_prefix="$work/artifacts/" ${FUZZ_ARGS:-} \
     "$work/corpus" "$work/seeds" "$src/corpus/$target" \

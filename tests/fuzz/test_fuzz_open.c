@@ -69,7 +69,8 @@ int main(int argc, char **argv)
     uint8_t buf[4096];
 
     /* A backing file name is refused, not looked up. */
-    int ret = open_seed("corpus/qcow2/backing-cs512.qcow2", "qcow2", untrusted, &img);
+    int ret =
+        open_seed("corpus/qcow2/backing-cs512.qcow2", "qcow2", untrusted, &img);
     tap_eq_u64((uint64_t)-ret, EPERM, "backing file refused with EPERM");
     TAP_OK(img == NULL);
     tap_eq_str(qimg_get_error(),
@@ -120,8 +121,7 @@ int main(int argc, char **argv)
     TAP_OK(ret == 0 && img != NULL);
     if (img) {
         tap_eq_str(qimg_get_format(img), "qcow2", "probed qcow2");
-        TAP_OK(qimg_pread(img, buf, 512, 0) == 0 &&
-               all_bytes(buf, 512, 0x11));
+        TAP_OK(qimg_pread(img, buf, 512, 0) == 0 && all_bytes(buf, 512, 0x11));
         qimg_close(img);
         img = NULL;
     }
@@ -134,8 +134,8 @@ int main(int argc, char **argv)
      * [spec] the zero flag must be 0 in v2 images; QEMU reads them as
      * corrupt (EIO), qimg too, and the run before the entry is fine.
      */
-    ret = open_seed("regress/qcow2/v2-zero-flag.qcow2", "qcow2", untrusted,
-                    &img);
+    ret =
+        open_seed("regress/qcow2/v2-zero-flag.qcow2", "qcow2", untrusted, &img);
     TAP_OK(ret == 0 && img != NULL);
     if (img) {
         struct qimg_extent e;
