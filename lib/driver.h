@@ -227,6 +227,17 @@ int create_file(const char *filename, const struct qimg_opts *opts,
 int node_read_below(struct qimg_node *node, void *buf, size_t len,
                     uint64_t off);
 
+/*
+ * The most table entries (qcow2: L2 entries) one check may examine, over
+ * all its tables; a format's check fails with EFBIG past it, so that a
+ * few crafted tables that repeat each other cannot keep a check busy for
+ * hours.  The default, CHECK_DEFAULT_MAX_TABLE_ENTRIES, is 128 TiB of
+ * guest space at 64 KiB clusters (some 15 seconds); fuzzing lowers it.
+ * Not thread-safe to change while checks run.
+ */
+#define CHECK_DEFAULT_MAX_TABLE_ENTRIES (1ull << 31)
+extern uint64_t check_max_table_entries;
+
 /* Drivers. */
 extern const struct qimg_format_ops format_raw;
 extern const struct qimg_format_ops format_qcow2;

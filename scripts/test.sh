@@ -2,7 +2,9 @@
 # Build qimg twice and run the whole test suite on each build:
 #   build/       gcc, -Werror, optimised with assertions
 #   build-asan/  clang, AddressSanitizer + UndefinedBehaviorSanitizer
-# The last line is the total over both runs: "N passed, N failed, N skipped".
+# then build the libFuzzer targets and run each for FUZZ_SECONDS (60):
+#   build-fuzz/  clang, -Dfuzzing=true, ASan + UBSan; suite 'fuzz-run' only
+# The last line is the total over all runs: "N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +39,24 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 CC=clang setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
     -Dc_args=-fno-sanitize-recover=all -Dbuildtype=debug &&
     run_suite build-asan || status=1
+
+# Only the fuzz targets are built here (the suite above ran in build-asan);
+# each fuzz run is one test of the suite 'fuzz-run'.
+run_fuzz() {
+    local dir=$1
+    if ! ninja -C "$dir" fuzz-targets >"$dir.build.log" 2>&1; then
+        cat "$dir.build.log" >&2
+        echo "build in $dir failed" >&2
+        status=1
+        return
+    fi
+    meson test -C "$dir" --no-rebuild --suite fuzz-run --print-errorlogs ||
+        status=1
+    results+=("$dir/meson-logs/testlog.json")
+}
+CC=clang setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dc_args=-fno-sanitize-recover=all \
+    -Dbuildtype=debugoptimized && run_fuzz build-fuzz || status=1
 
 python3 - "${results[@]}" <<'PY'
 import json, sys

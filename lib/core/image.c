@@ -131,42 +131,30 @@ static int node_take_locks(struct qimg_node *node, unsigned flags)
     return node->file->ops->set_perm(node->file, perm, unshared);
 }
 
-int node_open(const char *filename, const char *format, unsigned flags,
-              const struct chain_link *up, struct qimg_node **out)
+/*
+ * Open a node over an open leaf (taken over, closed on failure): probe if
+ * drv is NULL, take the locks, open the format and the backing chain.
+ */
+static int node_open_leaf(struct qimg_io *file, const char *filename,
+                          const struct qimg_format_ops *drv, unsigned flags,
+                          const struct chain_link *up,
+                          struct qimg_node **out)
 {
-    const struct qimg_format_ops *drv = NULL;
-    if (format) {
-        drv = format_lookup(format);
-        if (!drv) {
-            return error_set(EINVAL, "Unknown driver '%s'", format);
-        }
-    }
-
     struct qimg_node *node = calloc(1, sizeof(*node));
     if (!node) {
+        io_close(file);
         return error_set(ENOMEM, "Out of memory");
     }
+    node->file = file;
     node->filename = strdup(filename);
     if (!node->filename) {
-        free(node);
+        node_close(node);
         return error_set(ENOMEM, "Out of memory");
     }
     node->writable = (flags & QIMG_OPEN_RDWR) != 0;
     node->no_flush = (flags & QIMG_OPEN_CACHE_UNSAFE) != 0;
 
-    /* Locks wait until the format is known: they depend on it. */
-    unsigned io_flags = (node->writable ? IO_RDWR : 0) | IO_LOCK_LATER;
-    if (flags & QIMG_OPEN_FORCE_SHARE) {
-        io_flags |= IO_NO_LOCK;
-    }
-    if ((flags & QIMG_OPEN_CACHE_DIRECT) && node->writable) {
-        io_flags |= IO_DIRECT;
-    }
-    int ret = io_file_open(filename, io_flags, &node->file);
-    if (ret < 0) {
-        goto fail;
-    }
-
+    int ret;
     if (!drv) {
         ret = probe_file(node->file, filename, &drv);
         if (ret < 0) {
@@ -205,6 +193,45 @@ int node_open(const char *filename, const char *format, unsigned flags,
 fail:
     node_close(node);
     return ret;
+}
+
+/* The driver for an explicit format name, or NULL (and 0) to probe. */
+static int node_lookup_format(const char *format,
+                              const struct qimg_format_ops **drv)
+{
+    *drv = NULL;
+    if (format) {
+        *drv = format_lookup(format);
+        if (!*drv) {
+            return error_set(EINVAL, "Unknown driver '%s'", format);
+        }
+    }
+    return 0;
+}
+
+int node_open(const char *filename, const char *format, unsigned flags,
+              const struct chain_link *up, struct qimg_node **out)
+{
+    const struct qimg_format_ops *drv;
+    int ret = node_lookup_format(format, &drv);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Locks wait until the format is known: they depend on it. */
+    unsigned io_flags = ((flags & QIMG_OPEN_RDWR) ? IO_RDWR : 0) |
+                        IO_LOCK_LATER;
+    if (flags & QIMG_OPEN_FORCE_SHARE) {
+        io_flags |= IO_NO_LOCK;
+    }
+    if ((flags & QIMG_OPEN_CACHE_DIRECT) && (flags & QIMG_OPEN_RDWR)) {
+        io_flags |= IO_DIRECT;
+    }
+    struct qimg_io *file;
+    ret = io_file_open(filename, io_flags, &file);
+    if (ret < 0) {
+        return ret;
+    }
+    return node_open_leaf(file, filename, drv, flags, up, out);
 }
 
 int node_flush(struct qimg_node *node)
@@ -312,6 +339,33 @@ struct qimg_image *qimg_open(const char *filename, const char *format,
     }
     img->flags = flags;
     return img;
+}
+
+int image_open_leaf(struct qimg_io *file, const char *format,
+                    unsigned flags, struct qimg_image **out)
+{
+    *out = NULL;
+    error_clear();
+    const struct qimg_format_ops *drv;
+    int ret = node_lookup_format(format, &drv);
+    if (ret < 0) {
+        io_close(file);
+        return ret;
+    }
+    struct qimg_image *img = calloc(1, sizeof(*img));
+    if (!img) {
+        io_close(file);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    /* The node keeps its own copy; the leaf's name lives as long. */
+    ret = node_open_leaf(file, file->filename, drv, flags, NULL, &img->top);
+    if (ret < 0) {
+        free(img);
+        return ret;
+    }
+    img->flags = flags;
+    *out = img;
+    return 0;
 }
 
 int qimg_close(struct qimg_image *img)

@@ -32,6 +32,18 @@ struct chain_link {
  */
 int node_open(const char *filename, const char *format, unsigned flags,
               const struct chain_link *up, struct qimg_node **out);
+/*
+ * Open an image over a leaf the caller opened (a memory leaf in the fuzz
+ * targets and unit tests), as qimg_open does over a file: format NULL
+ * probes, flags are QIMG_OPEN_*.  The leaf is taken over in every case
+ * (closed on failure; qimg_close closes it).  Backing file names are
+ * resolved against the leaf's name: pass QIMG_OPEN_NO_EXTERNAL (or
+ * QIMG_OPEN_NO_BACKING) when the contents are untrusted or the name is
+ * not a path.  Returns 0 or -errno with the message set (without the
+ * "Could not open" prefix qimg_open adds).
+ */
+int image_open_leaf(struct qimg_io *file, const char *format,
+                    unsigned flags, struct qimg_image **out);
 /* Close a node and everything below it.  Does not flush. */
 void node_close(struct qimg_node *node);
 /* Flush a node's driver, then its file. */

@@ -11,6 +11,8 @@
 #include "driver.h"
 #include "qimg/qimg.h"
 
+uint64_t check_max_table_entries = CHECK_DEFAULT_MAX_TABLE_ENTRIES;
+
 static void discard_message(const char *line, unsigned kind, void *opaque)
 {
     (void)line;

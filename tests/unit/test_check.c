@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "driver.h"
 #include "qimg/qimg.h"
 #include "tap.h"
 #include "util/endian.h"
@@ -188,6 +189,22 @@ int main(void)
            qimg_get_errno() == ENOTSUP);
     TAP_OK(same_file(&before));
     qimg_close(img);
+
+    /*
+     * The work limit: one L2 table of 8192 entries is examined; a limit
+     * below that fails the check with EFBIG, and counts it as a check error.
+     */
+    build();
+    TAP_OK(write_image() == 0);
+    check_max_table_entries = 8192;
+    TAP_OK(run(&res, &l) == 0 && res.check_errors == 0);
+    check_max_table_entries = 8191;
+    img = qimg_open(path, "qcow2", QIMG_OPEN_CHECK);
+    TAP_OK(img && qimg_check(img, 0, NULL, NULL, &res) == -1 &&
+           qimg_get_errno() == EFBIG && res.check_errors == 1);
+    TAP_OK(strstr(qimg_get_error(), "qimg-test-check-") != NULL);
+    qimg_close(img);
+    check_max_table_entries = CHECK_DEFAULT_MAX_TABLE_ENTRIES;
 
     /* raw has no check. */
     img = qimg_open(path, "raw", 0);

@@ -40,14 +40,11 @@
 /* [QEMU] refuses to check files of more than INT_MAX clusters (EFBIG). */
 #define QCOW2_CHECK_MAX_CLUSTERS ((uint64_t)INT_MAX)
 /*
- * Work limit: L2 entries examined over the whole check.  An image maps
- * each L2 table once per L1 table (active and snapshots), so its file size
- * bounds the work, except when L1 entries repeat an L2 table; QEMU then
- * walks the table again each time.  So does qimg, up to this many entries
- * (128 TiB of guest space at 64 KiB clusters; some 15 seconds), so that
- * a few crafted tables cannot keep a check busy for hours.
+ * Work limit (check_max_table_entries, driver.h): an image maps each L2
+ * table once per L1 table (active and snapshots), so its file size bounds
+ * the work, except when L1 entries repeat an L2 table; QEMU then walks
+ * the table again each time, and so does qimg, up to the limit.
  */
-#define QCOW2_CHECK_MAX_L2_VISITS (1ull << 31)
 /* L1 and bitmap tables are read this many entries at a time. */
 #define TABLE_CHUNK_ENTRIES 8192u
 
@@ -394,12 +391,12 @@ static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
     struct qcow2_state *s = c->s;
     struct qimg_check_result *res = c->res;
     c->l2_visits += s->l2_entries;
-    if (c->l2_visits > QCOW2_CHECK_MAX_L2_VISITS) {
+    if (c->l2_visits > check_max_table_entries) {
         res->check_errors++;
         return error_set(EFBIG,
                          "qcow2: image '%s': the check would examine more "
-                         "than %llu L2 entries",
-                         c->node->filename, QCOW2_CHECK_MAX_L2_VISITS);
+                         "than %" PRIu64 " L2 entries",
+                         c->node->filename, check_max_table_entries);
     }
     int ret = read_file(c, c->l2_buf, (size_t)c->cs, l2_off);
     if (ret < 0) {

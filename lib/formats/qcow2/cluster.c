@@ -251,6 +251,22 @@ int qcow2_get_mapping(struct qimg_node *node, struct qcow2_state *s,
         if (type < 0) {
             return type;
         }
+        /*
+         * [spec: Standard Cluster Descriptor] bit 0 "must be 0" in v2
+         * images.  [QEMU] finds the image corrupt when a lookup starts at
+         * such an entry; a run that reaches one simply ends before it,
+         * and the next lookup fails.
+         */
+        if (s->hdr.version < 3 &&
+            (type == QCOW2_SC_ZERO_PLAIN || type == QCOW2_SC_ZERO_ALLOC)) {
+            if (!first) {
+                break;
+            }
+            return corrupt(node,
+                           "zero cluster entry found in pre-v3 image (L2 "
+                           "offset %#" PRIx64 ", L2 index %#" PRIx64 ")",
+                           l2_off, idx);
+        }
         uint64_t host = 0;
         bool with_host = type == QCOW2_SC_NORMAL ||
                          type == QCOW2_SC_ZERO_ALLOC ||

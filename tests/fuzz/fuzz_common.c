@@ -1,0 +1,311 @@
+/*
+ * The shared fuzz driver loop (see fuzz_common.h).
+ *
+ * One input runs, in order:
+ *   1. probe over its first bytes (pure, total over any bytes);
+ *   2. a read-only open for guest data: get_info, the value tree and its
+ *      JSON serialisation, block status walked from offset 0 in windows,
+ *      then probes spread over the whole disk, and reads at the start and
+ *      end of every extent reported; then check;
+ *   3. if that open failed, a metadata-only open (what "qemu-img info"
+ *      does) and info as above.
+ *
+ * Every step is bounded (FUZZ_* below), so an image with an exabyte of
+ * virtual disk costs no more than a small one.  Besides the sanitizers,
+ * the loop itself checks the library's contracts and aborts when one is
+ * broken: a failing call leaves a message and an errno; an extent starts
+ * where it was asked for and is not longer than the request; a range
+ * reported as zero (and not data) reads as zeros; no backing file is
+ * ever opened.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/image.h"
+#include "driver.h"
+#include "fuzz_common.h"
+#include "qimg/qimg.h"
+#include "util/checked.h"
+
+/* Table entries one check may examine (check_max_table_entries). */
+#define FUZZ_CHECK_TABLE_ENTRIES (1ull << 22)
+/* Block status calls of the sequential walk from offset 0. */
+#define FUZZ_MAX_WALK_CALLS 1024
+/* Probes spread evenly over the disk, to reach past the walk. */
+#define FUZZ_SPREAD_PROBES 64
+/* The longest range one block status call asks about. */
+#define FUZZ_STATUS_WINDOW (1ull << 30)
+/* Bytes read at the start, and again around the end, of an extent. */
+#define FUZZ_READ_PER_EXTENT (32u * 1024)
+/* All guest reads of one input together. */
+#define FUZZ_MAX_READ_TOTAL (1u << 20)
+/* Bytes handed to the probe functions, as image.c does. */
+#define FUZZ_PROBE_BYTES 2048
+/*
+ * The value tree and JSON only for images with at most this many
+ * snapshots: a table of 65536 (valid, as QEMU allows) makes 20 MB of JSON
+ * and slows every mutation of that input, while each entry takes the
+ * same code path.
+ */
+#define FUZZ_VALUE_MAX_SNAPSHOTS 1024
+/* The name of the memory leaf (never a path that is opened). */
+#define FUZZ_NAME "fuzz-input.img"
+
+static void fuzz_finding(const char *what, const char *detail)
+{
+    fprintf(stderr, "fuzz: %s%s%s\n", what, detail ? ": " : "",
+            detail ? detail : "");
+    abort();
+}
+
+/* The error contract of the public API: a message and an errno. */
+static void expect_error_set(const char *call)
+{
+    const char *msg = qimg_get_error();
+    if (!msg || !msg[0] || qimg_get_errno() <= 0) {
+        fuzz_finding("failed without a message or errno", call);
+    }
+}
+
+static void on_warning(const char *message, void *opaque)
+{
+    (void)opaque;
+    if (!message || !message[0]) {
+        fuzz_finding("empty warning", NULL);
+    }
+}
+
+/* Open the input as an image over a memory leaf; 0 or -errno. */
+static int fuzz_open(const struct fuzz_target *t, const uint8_t *data,
+                     size_t size, unsigned flags, struct qimg_image **img)
+{
+    struct qimg_io *io;
+    *img = NULL;
+    int ret = io_mem_open(FUZZ_NAME, data, size, 0, &io);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = image_open_leaf(io, t->format, flags, img);
+    if (ret < 0) {
+        expect_error_set("open");
+    }
+    return ret;
+}
+
+static void fuzz_info(struct qimg_image *img)
+{
+    struct qimg_image_info *info = qimg_get_info(img);
+    if (!info) {
+        expect_error_set("qimg_get_info");
+        return;
+    }
+    if (info->nb_snapshots > FUZZ_VALUE_MAX_SNAPSHOTS) {
+        qimg_image_info_free(info);
+        return;
+    }
+    struct qimg_value *v = qimg_image_info_to_value(info);
+    if (!v) {
+        fuzz_finding("qimg_image_info_to_value failed", NULL);
+    }
+    char *json = qimg_value_to_json(v);
+    if (!json || json[0] != '{') {
+        fuzz_finding("qimg_value_to_json gave no object", NULL);
+    }
+    free(json);
+    qimg_value_free(v);
+    qimg_image_info_free(info);
+}
+
+struct fuzz_walk {
+    struct qimg_image *img;
+    uint64_t size;
+    uint8_t *buf; /* FUZZ_READ_PER_EXTENT bytes */
+    uint64_t read_left;
+};
+
+/* memcmp, not a loop: the loop's coverage hooks would cost per byte. */
+static bool all_zero(const uint8_t *p, size_t n)
+{
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/* Read up to FUZZ_READ_PER_EXTENT bytes at off, within the budget. */
+static void fuzz_read(struct fuzz_walk *w, uint64_t off, uint64_t max,
+                      bool expect_zero)
+{
+    uint64_t n = min_u64(min_u64(max, FUZZ_READ_PER_EXTENT), w->read_left);
+    n = min_u64(n, w->size - off);
+    if (n == 0) {
+        return;
+    }
+    w->read_left -= n;
+    if (qimg_pread(w->img, w->buf, (size_t)n, off) < 0) {
+        expect_error_set("qimg_pread");
+        return;
+    }
+    if (expect_zero && !all_zero(w->buf, (size_t)n)) {
+        fuzz_finding("a range reported as zero reads non-zero", NULL);
+    }
+}
+
+/*
+ * Reads at an extent: its start, and a read that begins inside its end
+ * and runs on into whatever follows (so reads cross mapping changes).
+ */
+static void fuzz_read_extent(struct fuzz_walk *w, const struct qimg_extent *e)
+{
+    bool zero = (e->flags & QIMG_EXTENT_ZERO) && !(e->flags & QIMG_EXTENT_DATA);
+    fuzz_read(w, e->offset, e->length, zero);
+    if (e->length > FUZZ_READ_PER_EXTENT) {
+        uint64_t back = min_u64(e->length, FUZZ_READ_PER_EXTENT / 2);
+        fuzz_read(w, e->offset + e->length - back, FUZZ_READ_PER_EXTENT, false);
+    }
+}
+
+/* Block status at off; 0, or -1 when the call failed. */
+static int fuzz_status(struct fuzz_walk *w, uint64_t off, struct qimg_extent *e)
+{
+    uint64_t len = min_u64(w->size - off, FUZZ_STATUS_WINDOW);
+    if (qimg_block_status(w->img, off, len, e) < 0) {
+        expect_error_set("qimg_block_status");
+        return -1;
+    }
+    if (e->offset != off || e->length == 0 || e->length > len) {
+        fuzz_finding("block status extent outside the request", NULL);
+    }
+    return 0;
+}
+
+static void fuzz_walk(struct qimg_image *img)
+{
+    int64_t size = qimg_get_size(img);
+    if (size <= 0) {
+        return;
+    }
+    struct fuzz_walk w = {
+        .img = img,
+        .size = (uint64_t)size,
+        .buf = malloc(FUZZ_READ_PER_EXTENT),
+        .read_left = FUZZ_MAX_READ_TOTAL,
+    };
+    if (!w.buf) {
+        fuzz_finding("out of memory in the fuzz loop", NULL);
+    }
+    uint64_t cluster = qimg_get_cluster_size(img);
+    if (cluster < 512 || (cluster & (cluster - 1))) {
+        cluster = 64 * 1024;
+    }
+
+    /*
+     * From offset 0.  A failed call skips ahead, one cluster at first
+     * and twice as far after each failure in a row, so a damaged table
+     * does not use up the walk.
+     */
+    uint64_t off = 0;
+    uint64_t skip = cluster;
+    struct qimg_extent e;
+    for (int calls = 0; off < w.size && calls < FUZZ_MAX_WALK_CALLS; calls++) {
+        if (fuzz_status(&w, off, &e) == 0) {
+            fuzz_read_extent(&w, &e);
+            off += e.length;
+            skip = cluster;
+        } else {
+            off = add_overflow_u64(off, skip, &off) ? w.size : off;
+            skip = skip < (1ull << 62) ? skip * 2 : skip;
+        }
+    }
+
+    /* Spread over the disk, sector-aligned, and its last sector. */
+    for (uint64_t i = 1; i <= FUZZ_SPREAD_PROBES; i++) {
+        uint64_t at = i == FUZZ_SPREAD_PROBES ? w.size - 1
+                                              : w.size / FUZZ_SPREAD_PROBES * i;
+        at = align_down_u64(at, 512);
+        if (at < w.size && fuzz_status(&w, at, &e) == 0) {
+            fuzz_read_extent(&w, &e);
+        }
+    }
+    free(w.buf);
+}
+
+static void ignore_check_line(const char *line, unsigned kind, void *opaque)
+{
+    (void)kind;
+    (void)opaque;
+    if (!line || !line[0]) {
+        fuzz_finding("check reported an empty line", NULL);
+    }
+}
+
+/*
+ * qemu-img check on the open image: it must finish or fail with a
+ * message, and its counts are never negative.
+ */
+static void fuzz_check(struct qimg_image *img)
+{
+    if (!qimg_check_supported(img)) {
+        return;
+    }
+    struct qimg_check_result res;
+    if (qimg_check(img, 0, ignore_check_line, NULL, &res) < 0) {
+        expect_error_set("qimg_check");
+    }
+    if (res.corruptions < 0 || res.leaks < 0 || res.check_errors < 0 ||
+        res.total_clusters < 0 || res.allocated_clusters < 0 ||
+        res.fragmented_clusters < 0 || res.compressed_clusters < 0 ||
+        res.image_end_offset < 0) {
+        fuzz_finding("check gave a negative count", NULL);
+    }
+    struct qimg_value *v = qimg_check_result_to_value(&res, FUZZ_NAME,
+                                                      qimg_get_format(img));
+    if (!v) {
+        fuzz_finding("qimg_check_result_to_value failed", NULL);
+    }
+    qimg_value_free(v);
+}
+
+void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
+{
+    /* A 1 MiB input can repeat one L2 table 10^9 times; keep it brief. */
+    check_max_table_entries = FUZZ_CHECK_TABLE_ENTRIES;
+    qimg_set_warning_handler(on_warning, NULL);
+    (void)format_probe_buffer(data, (size_t)min_u64(size, FUZZ_PROBE_BYTES),
+                              FUZZ_NAME);
+
+    const unsigned untrusted = QIMG_OPEN_NO_EXTERNAL | QIMG_OPEN_FORCE_SHARE;
+    struct qimg_image *img;
+
+    /*
+     * Guest data, read-only.  A backing or data file the image names
+     * must be refused (EPERM); the layer alone is then read without its
+     * backing file, where unallocated ranges read as zeros.
+     */
+    int ret = fuzz_open(t, data, size, untrusted, &img);
+    if (ret == 0 && img->top->backing) {
+        fuzz_finding("a backing file was opened", img->top->backing_name);
+    }
+    if (ret == -EPERM) {
+        ret = fuzz_open(t, data, size, untrusted | QIMG_OPEN_NO_BACKING, &img);
+    }
+    if (ret == 0) {
+        fuzz_info(img);
+        fuzz_walk(img);
+        fuzz_check(img);
+        qimg_close(img);
+        return;
+    }
+
+    /*
+     * What "qemu-img info" opens: metadata only, this layer only, which
+     * succeeds for some images a full open refuses (a data file named,
+     * encryption keys absent).  Each input takes one of the two paths,
+     * so each costs one open, not two.
+     */
+    if (fuzz_open(t, data, size,
+                  untrusted | QIMG_OPEN_NO_IO | QIMG_OPEN_NO_BACKING,
+                  &img) == 0) {
+        fuzz_info(img);
+        qimg_close(img);
+    }
+}
