@@ -1,8 +1,8 @@
 #!/bin/bash
 # Build qimg and run it on a generated sample: a qcow2 overlay with data,
-# a snapshot and a bitmap over a raw base image; inspect it and convert it
-# to raw.  The sample is made with
-# qemu-img (installed as the test oracle) where qimg cannot write yet.
+# a snapshot and a bitmap over a raw base image; inspect, check and map it,
+# convert it (and its snapshot) to raw and compare.  The sample is made
+# with qemu-img (installed as the test oracle) where qimg cannot write yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,8 @@ qemu-img create -q -f qcow2 -b base.raw -F raw winxp.qcow2
 qemu-io -f qcow2 -c 'write -P 0x17 1M 2M' winxp.qcow2 >/dev/null
 qemu-img snapshot -c before-update winxp.qcow2
 qemu-img bitmap --add winxp.qcow2 backup-0
+# The "update" after the snapshot.
+qemu-io -f qcow2 -c 'write -P 0x99 8M 1M' winxp.qcow2 >/dev/null
 
 echo
 echo "== qimg info --backing-chain winxp.qcow2"
@@ -41,3 +43,19 @@ else
     echo "MISMATCH with qemu-img's conversion" >&2
     exit 1
 fi
+
+echo
+echo "== qimg check winxp.qcow2"
+"$QIMG" check winxp.qcow2
+echo
+echo "== qimg map winxp.qcow2 (which layer holds each range)"
+"$QIMG" map winxp.qcow2
+echo
+echo "== qimg compare winxp.qcow2 winxp.raw"
+"$QIMG" compare winxp.qcow2 winxp.raw
+echo
+echo "== qimg convert -l before-update -O raw winxp.qcow2 before.raw"
+"$QIMG" convert -l before-update -O raw winxp.qcow2 before.raw
+"$QIMG" compare -q before.raw winxp.raw && status=0 || status=$?
+echo "before-update differs from the current disk: compare exit $status" \
+     "(1 = different)"
