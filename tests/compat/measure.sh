@@ -132,7 +132,17 @@ io -f qcow2 -c "write -P 1 0 1M" bm.qcow2
 "$QEMU_IMG" bitmap --add -g 2M --disable bm.qcow2 third || fail "bitmap"
 mk -f qcow2 nobm.qcow2 1G
 
-files="base.img sparse.raw empty.raw odd.raw s512.qcow2 s65536.qcow2
+# Preallocated images (their host-file holes read as zero), a fully
+# allocated raw file, and data straddling the 1 GiB status windows.
+mk -f qcow2 -o preallocation=metadata pm.qcow2 100M
+io -f qcow2 -c "write -P 1 1M 64k" pm.qcow2
+mk -f qcow2 -o preallocation=falloc pf.qcow2 10M
+mk -f raw -o preallocation=full full.raw 5M
+mk -f raw big.raw 3G
+io -f raw -c "write -P 1 $((1024 * 1024 * 1024 - 512)) 1k" \
+    -c "write -P 2 2500M 10M" big.raw
+
+files="pm.qcow2 pf.qcow2 full.raw big.raw base.img sparse.raw empty.raw odd.raw s512.qcow2 s65536.qcow2
        s2M.qcow2 x.qcow2 v2.qcow2 chain0.raw chain1.qcow2 chain2.qcow2
        snap.qcow2 bm.qcow2 nobm.qcow2"
 for f in $files; do
