@@ -75,6 +75,23 @@ void cli_progress_step(float delta);
 void cli_progress_cb(double percent, void *opaque);
 void cli_progress_end(bool complete);
 
+/*
+ * -l snapshot.id=ID,snapshot.name=NAME (cmd_convert.c): parse one such
+ * argument into sn, replacing what an earlier one set; -1 after printing
+ * qemu-img's messages.
+ */
+#define SNAPSHOT_OPT_PREFIX "snapshot."
+#define MAX_SNAPSHOT_OPTS 64
+struct snapshot_opts {
+    char *id;
+    char *name;
+    /* Identifiers given with "id=" by earlier -l options. */
+    char *ids[MAX_SNAPSHOT_OPTS];
+    size_t nb_ids;
+};
+int parse_snapshot_opts(struct snapshot_opts *sn, const char *arg);
+void snapshot_opts_free(struct snapshot_opts *sn);
+
 /* The commands. */
 int cmd_check(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
@@ -82,6 +99,7 @@ int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
 
 void cli_print_help(void);
 

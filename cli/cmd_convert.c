@@ -31,16 +31,7 @@ enum {
  * earlier ones; "id=X" is the list entry's identifier, which must be
  * well formed and unique among the -l options given.
  */
-#define SNAPSHOT_OPT_PREFIX "snapshot."
-#define MAX_SNAPSHOT_OPTS 64
-
-struct snapshot_opts {
-    char *id;
-    char *name;
-    /* Identifiers given with "id=" by earlier -l options. */
-    char *ids[MAX_SNAPSHOT_OPTS];
-    size_t nb_ids;
-};
+/* SNAPSHOT_OPT_PREFIX and struct snapshot_opts are in cli.h. */
 
 /*
  * One element of a QemuOpts string at p: its key and value (malloc'd)
@@ -106,7 +97,7 @@ static bool id_wellformed(const char *id)
  * Parse one "-l snapshot.…" argument into sn (replacing what an earlier
  * one set).  Returns 0, or -1 after printing qemu-img's messages.
  */
-static int parse_snapshot_opts(struct snapshot_opts *sn, const char *arg)
+int parse_snapshot_opts(struct snapshot_opts *sn, const char *arg)
 {
     char *key = NULL, *value = NULL, *id = NULL, *name = NULL;
     char *list_id = NULL;
@@ -207,7 +198,7 @@ out:
     return ret;
 }
 
-static void snapshot_opts_free(struct snapshot_opts *sn)
+void snapshot_opts_free(struct snapshot_opts *sn)
 {
     free(sn->id);
     free(sn->name);

@@ -532,6 +532,57 @@ struct qimg_value *qimg_check_result_to_value(
     const struct qimg_check_result *res, const char *filename,
     const char *format);
 
+/* ---- Size measurement (qemu-img measure) ----------------------------- */
+
+struct qimg_measure_params {
+    /* The target format: "raw" (NULL) or "qcow2". */
+    const char *target_format;
+    /* The target's creation options (-o), or NULL. */
+    const struct qimg_opts *target_opts;
+    /*
+     * The source image, or NULL to measure an empty image of size bytes
+     * (at most INT64_MAX).  The source is opened read-only with
+     * source_flags, at source_snapshot when that is not NULL.
+     */
+    const char *source;
+    const char *source_format; /* NULL: probe */
+    unsigned source_flags;
+    const struct qimg_snapshot_select *source_snapshot;
+    uint64_t size;
+};
+
+struct qimg_measure_result {
+    /* Bytes the target needs for the source's data and all metadata. */
+    uint64_t required;
+    /* Bytes the target needs with every cluster allocated. */
+    uint64_t fully_allocated;
+    /* bitmaps is meaningful: a qcow2 v3 source and a qcow2 v3 target. */
+    bool has_bitmaps;
+    /* Bytes the source's persistent bitmaps take in the target. */
+    uint64_t bitmaps;
+};
+
+/*
+ * The size a new image needs, as qemu-img measure reports it.  For raw,
+ * the virtual size rounded up to 512 bytes.  For qcow2 (options
+ * cluster_size, refcount_bits, extended_l2, compat, preallocation),
+ * fully_allocated is the size rounded up to a cluster plus the metadata
+ * of the whole disk (header, L1, L2 tables, refcount blocks and table);
+ * required is that metadata plus the data clusters: every cluster with
+ * data somewhere in the source's chain (block status; zero clusters do
+ * not count), none for a plain size, all with preallocation=falloc or
+ * full.  Other formats fail ("Block driver 'F' does not support size
+ * measurement"), as do unknown or ill-typed options: the message then
+ * ends with a line "Invalid options for file format 'F'" that qemu-img
+ * prints as an error of its own.  The source is opened before the
+ * target format is looked at, as in qemu-img.  Returns 0 or -1.
+ */
+int qimg_measure(const struct qimg_measure_params *p,
+                 struct qimg_measure_result *out);
+/* {"bitmaps" (when has_bitmaps), "required", "fully-allocated"}, or NULL. */
+struct qimg_value *qimg_measure_result_to_value(
+    const struct qimg_measure_result *r);
+
 /* ---- Sizes ------------------------------------------------------------- */
 
 /*
