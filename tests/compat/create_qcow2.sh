@@ -52,6 +52,12 @@ for cs in 512 1k 4k 8k 64k 1M 2M; do
 done
 run_both "2M clusters 1P" -f qcow2 -o cluster_size=2M a.img 1P
 run_both "512 clusters 8G" -f qcow2 -o cluster_size=512 a.img 8G
+run_both "512 clusters 1G" -f qcow2 -o cluster_size=512 a.img 1G
+run_both "512 clusters 64-bit refcounts" -f qcow2 \
+    -o cluster_size=512,refcount_bits=64 a.img 1G
+run_both "4k clusters 8T" -f qcow2 -o cluster_size=4k a.img 8T
+run_both "512 clusters raw data file" -f qcow2 \
+    -o cluster_size=512,data_file=d.raw,data_file_raw=on a.img 64M
 for bits in 1 2 4 8 16 32 64; do
     run_both "refcount_bits $bits" -f qcow2 -o refcount_bits=$bits a.img 1G
 done

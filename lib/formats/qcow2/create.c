@@ -244,7 +244,7 @@ static bool put_ext(uint8_t *buf, size_t cs, size_t *pos, uint32_t type,
 }
 
 static int build_header(const struct create_params *p, uint64_t l1_size,
-                        uint8_t *buf)
+                        uint64_t l1_offset, uint8_t *buf)
 {
     size_t cs = p->cluster_size;
     store_be32(buf, 0x514649FBu);
@@ -252,7 +252,7 @@ static int build_header(const struct create_params *p, uint64_t l1_size,
     store_be32(buf + 20, p->cluster_bits);
     store_be64(buf + 24, p->size);
     store_be32(buf + 36, (uint32_t)l1_size);
-    store_be64(buf + 40, l1_size ? 3 * (uint64_t)cs : 0);
+    store_be64(buf + 40, l1_offset);
     store_be64(buf + 48, cs);
     store_be32(buf + 56, 1);
     size_t pos = 72;
@@ -320,6 +320,56 @@ static int build_header(const struct create_params *p, uint64_t l1_size,
     return 0;
 }
 
+/*
+ * QEMU's allocator on a fresh image, replayed: clusters are handed out in
+ * order from the first free one, and a cluster whose refcount block does
+ * not exist yet gets one allocated at the next free cluster (whose own
+ * refcount may need yet another block first).  Every cluster below next
+ * ends with refcount 1.
+ */
+struct layout {
+    uint64_t rb_entries;   /* refcounts per block */
+    uint64_t reft_entries; /* entries in the one-cluster refcount table */
+    uint64_t *reft;        /* block index -> cluster, 0 if none */
+    uint64_t next;         /* first free cluster */
+};
+
+static int layout_ref(struct layout *lo, uint64_t cluster)
+{
+    uint64_t idx = cluster / lo->rb_entries;
+    if (idx >= lo->reft_entries) {
+        /* QEMU moves to a bigger refcount table here; not reproduced. */
+        return error_set(ENOTSUP, "qcow2 images whose metadata needs more "
+                         "than one refcount table cluster are not "
+                         "implemented yet");
+    }
+    if (lo->reft[idx]) {
+        return 0;
+    }
+    uint64_t block = lo->next++;
+    if (block / lo->rb_entries != idx) {
+        int ret = layout_ref(lo, block);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    lo->reft[idx] = block;
+    return 0;
+}
+
+static int layout_alloc(struct layout *lo, uint64_t n, uint64_t *first)
+{
+    *first = lo->next;
+    lo->next += n;
+    for (uint64_t c = *first; c < *first + n; c++) {
+        int ret = layout_ref(lo, c);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
 /* Set refcount entry i of a refcount block to 1. */
 static void refcount_set_one(uint8_t *block, uint64_t i, unsigned order)
 {
@@ -333,41 +383,22 @@ static void refcount_set_one(uint8_t *block, uint64_t i, unsigned order)
 
 /*
  * With data_file_raw QEMU preallocates the metadata: every guest cluster
- * gets an L2 entry pointing at the same offset in the data file.  The L2
- * tables follow the L1, one per L1 entry, each a whole cluster.
+ * gets an L2 entry pointing at the same offset in the data file.
  */
-static int write_l2_tables(struct qimg_io *io, const struct create_params *p,
-                           uint64_t l1_size, uint64_t first)
+static void fill_l2(uint8_t *l2, const struct create_params *p, uint64_t t)
 {
     uint64_t cs = p->cluster_size;
     unsigned entry = p->extended_l2 ? 16 : 8;
     uint64_t per_table = cs / entry;
     uint64_t clusters = (p->size + cs - 1) / cs;
-    uint8_t *l1 = calloc(l1_size, 8);
-    uint8_t *l2 = malloc(cs);
-    int ret = 0;
-    if (!l1 || !l2) {
-        ret = error_set(ENOMEM, "Out of memory");
-    }
-    for (uint64_t t = 0; ret == 0 && t < l1_size; t++) {
-        uint64_t l2_off = (first + t) * cs;
-        store_be64(l1 + t * 8, l2_off | QCOW2_OFLAG_COPIED);
-        memset(l2, 0, cs);
-        for (uint64_t i = 0; i < per_table; i++) {
-            uint64_t c = t * per_table + i;
-            if (c >= clusters) {
-                break;
-            }
-            store_be64(l2 + i * entry, (c * cs) | QCOW2_OFLAG_COPIED);
+    memset(l2, 0, cs);
+    for (uint64_t i = 0; i < per_table; i++) {
+        uint64_t c = t * per_table + i;
+        if (c >= clusters) {
+            break;
         }
-        ret = io_pwrite(io, l2, cs, l2_off);
+        store_be64(l2 + i * entry, (c * cs) | QCOW2_OFLAG_COPIED);
     }
-    if (ret == 0) {
-        ret = io_pwrite(io, l1, l1_size * 8, 3 * cs);
-    }
-    free(l1);
-    free(l2);
-    return ret;
 }
 
 static int write_image(struct qimg_io *io, const struct create_params *p)
@@ -380,38 +411,103 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     }
     uint64_t l1_bytes = l1_size * 8;
     uint64_t l1_clusters = (l1_bytes + cs - 1) / cs;
-    uint64_t used = 3 + l1_clusters;
-    if (p->data_file_raw) {
-        used += l1_size;
-    }
-    uint64_t rb_entries = cs * 8 >> p->refcount_order;
-    if (used > rb_entries) {
-        /* QEMU grows the refcount table here; not reproduced yet. */
-        return error_set(ENOTSUP, "qcow2 images whose metadata needs more "
-                         "than one refcount block are not implemented yet");
-    }
+    struct layout lo = {
+        .rb_entries = cs * 8 >> p->refcount_order,
+        .reft_entries = cs / 8,
+    };
+    uint64_t l1_first = 0, first;
     uint8_t *buf = calloc(3, cs);
-    if (!buf) {
-        return error_set(ENOMEM, "Out of memory");
+    uint8_t *l1 = calloc(l1_size ? l1_size : 1, 8);
+    lo.reft = calloc(lo.reft_entries, sizeof(uint64_t));
+    int ret = 0;
+    if (!buf || !l1 || !lo.reft) {
+        ret = error_set(ENOMEM, "Out of memory");
+        goto out;
     }
-    int ret = build_header(p, l1_size, buf);
-    if (ret == 0) {
-        store_be64(buf + cs, 2 * cs);
-        for (uint64_t i = 0; i < used; i++) {
-            refcount_set_one(buf + 2 * cs, i, p->refcount_order);
+    lo.reft[0] = 2;
+    ret = layout_alloc(&lo, 3, &first);
+    if (ret == 0 && l1_size) {
+        ret = layout_alloc(&lo, l1_clusters, &l1_first);
+    }
+    for (uint64_t t = 0; ret == 0 && p->data_file_raw && t < l1_size; t++) {
+        ret = layout_alloc(&lo, 1, &first);
+        store_be64(l1 + t * 8, first * cs | QCOW2_OFLAG_COPIED);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    ret = build_header(p, l1_size, l1_first * cs, buf);
+    if (ret < 0) {
+        goto out;
+    }
+    for (uint64_t i = 0; i < lo.reft_entries; i++) {
+        store_be64(buf + cs + i * 8, lo.reft[i] * cs);
+    }
+    /* Refcount blocks, all clusters below lo.next in use. */
+    for (uint64_t b = 0; ret == 0 && b < lo.reft_entries; b++) {
+        if (!lo.reft[b]) {
+            continue;
         }
+        uint8_t *block = b == 0 ? buf + 2 * cs : malloc(cs);
+        if (!block) {
+            ret = error_set(ENOMEM, "Out of memory");
+            break;
+        }
+        if (b != 0) {
+            memset(block, 0, cs);
+        }
+        for (uint64_t i = 0; i < lo.rb_entries; i++) {
+            if (b * lo.rb_entries + i >= lo.next) {
+                break;
+            }
+            refcount_set_one(block, i, p->refcount_order);
+        }
+        if (b != 0) {
+            ret = io_pwrite(io, block, cs, lo.reft[b] * cs);
+            free(block);
+        }
+    }
+    if (ret == 0) {
         ret = io_pwrite(io, buf, 3 * cs, 0);
     }
-    free(buf);
-    if (ret == 0 && p->data_file_raw && l1_size) {
-        ret = write_l2_tables(io, p, l1_size, 3 + l1_clusters);
-    } else if (ret == 0 && l1_bytes) {
-        /* Only the entries are written: the file ends with the L1. */
-        ret = io_truncate(io, 3 * cs + l1_bytes);
+    if (ret == 0 && l1_size) {
+        ret = io_pwrite(io, l1, l1_bytes, l1_first * cs);
+    }
+    for (uint64_t t = 0; ret == 0 && p->data_file_raw && t < l1_size; t++) {
+        fill_l2(buf, p, t);
+        ret = io_pwrite(io, buf, cs, load_be64(l1 + t * 8) &
+                                         ~QCOW2_OFLAG_COPIED);
     }
     if (ret == 0) {
         ret = io_flush(io);
     }
+out:
+    free(buf);
+    free(l1);
+    free(lo.reft);
+    return ret;
+}
+
+/*
+ * QEMU's metadata preallocation makes the raw data file cover the last
+ * (sub)cluster in full.
+ */
+static int grow_data_file(const struct create_params *p)
+{
+    uint64_t unit = p->extended_l2 ? p->cluster_size / 32 : p->cluster_size;
+    uint64_t end = (p->size + unit - 1) / unit * unit;
+    struct qimg_io *io;
+    int ret = io_file_open(p->data_file, IO_RDWR, &io);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t cur = io_get_size(io);
+    if (cur < 0) {
+        ret = (int)cur;
+    } else if ((uint64_t)cur < end) {
+        ret = io_truncate(io, end);
+    }
+    io_close(io);
     return ret;
 }
 
@@ -437,6 +533,9 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts)
     }
     if (io) {
         io_close(io);
+    }
+    if (ret == 0 && p.data_file_raw) {
+        ret = grow_data_file(&p);
     }
     if (ret < 0) {
         /* Like QEMU 7.2, a failed create deletes what it was to make. */
