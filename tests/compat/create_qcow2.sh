@@ -55,6 +55,10 @@ run_both "512 clusters 8G" -f qcow2 -o cluster_size=512 a.img 8G
 run_both "512 clusters 1G" -f qcow2 -o cluster_size=512 a.img 1G
 run_both "512 clusters 64-bit refcounts" -f qcow2 \
     -o cluster_size=512,refcount_bits=64 a.img 1G
+run_both "64k clusters 2P" -f qcow2 a.img 2P
+run_both "64k clusters too large" -f qcow2 a.img 2251799813685760
+run_both "512 clusters too large" -f qcow2 -o cluster_size=512 \
+    a.img 137438953984
 run_both "4k clusters 8T" -f qcow2 -o cluster_size=4k a.img 8T
 run_both "512 clusters raw data file" -f qcow2 \
     -o cluster_size=512,data_file=d.raw,data_file_raw=on a.img 64M
@@ -73,6 +77,22 @@ run_both "extended_l2 16k" -f qcow2 -o extended_l2=on,cluster_size=16k \
 run_both "zstd" -f qcow2 -o compression_type=zstd a.img 1M
 run_both "zlib" -f qcow2 -o compression_type=zlib a.img 1M
 run_both "preallocation off" -f qcow2 -o preallocation=off a.img 1M
+run_both "metadata 1M" -f qcow2 -o preallocation=metadata a.img 1M
+run_both "metadata 1100M" -f qcow2 -o preallocation=metadata a.img 1100M
+run_both "metadata partial" -f qcow2 -o preallocation=metadata a.img 66048
+run_both "metadata 0" -f qcow2 -o preallocation=metadata a.img 0
+run_both "metadata 512 clusters" -f qcow2 \
+    -o preallocation=metadata,cluster_size=512 a.img 3M
+run_both "metadata 2M clusters" -f qcow2 \
+    -o preallocation=metadata,cluster_size=2M a.img 5G
+run_both "metadata extended_l2" -f qcow2 \
+    -o preallocation=metadata,extended_l2=on a.img 66048
+run_both "metadata extended_l2 backing" -f qcow2 -b base.raw -F raw \
+    -o preallocation=metadata,extended_l2=on a.img
+run_both "metadata refcount_bits 1" -f qcow2 \
+    -o preallocation=metadata,refcount_bits=1,cluster_size=4k a.img 300M
+run_both "metadata data file" -f qcow2 \
+    -o preallocation=metadata,data_file=d.raw a.img 66048
 run_both "everything" -f qcow2 -o lazy_refcounts=on,extended_l2=on,\
 compression_type=zstd,refcount_bits=8,cluster_size=32k a.img 3G
 run_both "quiet" -q -f qcow2 a.img 1M

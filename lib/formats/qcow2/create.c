@@ -82,6 +82,8 @@ struct create_params {
     unsigned cluster_bits;
     int version;
     bool extended_l2, lazy_refcounts, data_file_raw;
+    /* Metadata preallocation (asked for, or implied by data_file_raw). */
+    bool metadata;
     unsigned refcount_order;
     uint8_t compression_type;
     const char *backing_file, *backing_fmt, *data_file;
@@ -221,10 +223,11 @@ static int parse_params(const struct qimg_opts *opts,
     if (p->data_file && p->version < 3) {
         return error_set(EINVAL, "External data files are %s", v3_only);
     }
-    if (strcmp(prealloc, "off") != 0) {
+    if (strcmp(prealloc, "falloc") == 0 || strcmp(prealloc, "full") == 0) {
         return error_set(ENOTSUP, "qcow2 preallocation=%s is not "
                          "implemented yet", prealloc);
     }
+    p->metadata = strcmp(prealloc, "metadata") == 0 || p->data_file_raw;
     return 0;
 }
 
@@ -332,6 +335,7 @@ struct layout {
     uint64_t reft_entries; /* entries in the one-cluster refcount table */
     uint64_t *reft;        /* block index -> cluster, 0 if none */
     uint64_t next;         /* first free cluster */
+    uint64_t last_data;    /* the last data cluster allocated */
 };
 
 static int layout_ref(struct layout *lo, uint64_t cluster)
@@ -382,23 +386,45 @@ static void refcount_set_one(uint8_t *block, uint64_t i, unsigned order)
 }
 
 /*
- * With data_file_raw QEMU preallocates the metadata: every guest cluster
- * gets an L2 entry pointing at the same offset in the data file.
+ * Metadata preallocation as QEMU does it: table by table, the L2 table
+ * first, then the clusters it maps (in the image, in runs of at most
+ * INT_MAX bytes, or at the guest offset in an external data file).
  */
-static void fill_l2(uint8_t *l2, const struct create_params *p, uint64_t t)
+static int prealloc_l2(struct qimg_io *io, const struct create_params *p,
+                       struct layout *lo, uint8_t *l2, uint64_t t,
+                       uint64_t *l2_cluster)
 {
     uint64_t cs = p->cluster_size;
     unsigned entry = p->extended_l2 ? 16 : 8;
     uint64_t per_table = cs / entry;
     uint64_t clusters = (p->size + cs - 1) / cs;
+    uint64_t max_run = (uint64_t)INT32_MAX >> p->cluster_bits;
+    int ret = layout_alloc(lo, 1, l2_cluster);
     memset(l2, 0, cs);
-    for (uint64_t i = 0; i < per_table; i++) {
-        uint64_t c = t * per_table + i;
-        if (c >= clusters) {
-            break;
+    uint64_t i = 0;
+    while (ret == 0 && i < per_table && t * per_table + i < clusters) {
+        uint64_t n = per_table - i;
+        if (n > clusters - t * per_table - i) {
+            n = clusters - t * per_table - i;
         }
-        store_be64(l2 + i * entry, (c * cs) | QCOW2_OFLAG_COPIED);
+        uint64_t first = (t * per_table + i);
+        if (!p->data_file) {
+            if (n > max_run) {
+                n = max_run;
+            }
+            ret = layout_alloc(lo, n, &first);
+            lo->last_data = first + n - 1;
+        }
+        for (uint64_t k = 0; ret == 0 && k < n; k++) {
+            store_be64(l2 + (i + k) * entry,
+                       ((first + k) * cs) | QCOW2_OFLAG_COPIED);
+        }
+        i += n;
     }
+    if (ret == 0) {
+        ret = io_pwrite(io, l2, cs, *l2_cluster * cs);
+    }
+    return ret;
 }
 
 static int write_image(struct qimg_io *io, const struct create_params *p)
@@ -407,7 +433,8 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     uint64_t l1_size = qcow2_size_to_l1(p->size, p->cluster_bits,
                                         p->extended_l2);
     if (l1_size > MAX_L1_BYTES / 8) {
-        return error_set(EFBIG, "Could not resize image: Image is too big");
+        return error_set(EFBIG, "The image size is too large for file "
+                         "format 'qcow2' (try using a larger cluster size)");
     }
     uint64_t l1_bytes = l1_size * 8;
     uint64_t l1_clusters = (l1_bytes + cs - 1) / cs;
@@ -429,10 +456,11 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     if (ret == 0 && l1_size) {
         ret = layout_alloc(&lo, l1_clusters, &l1_first);
     }
-    for (uint64_t t = 0; ret == 0 && p->data_file_raw && t < l1_size; t++) {
-        ret = layout_alloc(&lo, 1, &first);
+    for (uint64_t t = 0; ret == 0 && p->metadata && t < l1_size; t++) {
+        ret = prealloc_l2(io, p, &lo, buf, t, &first);
         store_be64(l1 + t * 8, first * cs | QCOW2_OFLAG_COPIED);
     }
+    memset(buf, 0, 3 * cs);
     if (ret < 0) {
         goto out;
     }
@@ -473,10 +501,18 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     if (ret == 0 && l1_size) {
         ret = io_pwrite(io, l1, l1_bytes, l1_first * cs);
     }
-    for (uint64_t t = 0; ret == 0 && p->data_file_raw && t < l1_size; t++) {
-        fill_l2(buf, p, t);
-        ret = io_pwrite(io, buf, cs, load_be64(l1 + t * 8) &
-                                         ~QCOW2_OFLAG_COPIED);
+    if (ret == 0 && p->metadata && !p->data_file && p->size) {
+        /*
+         * The file ends with the last allocation; when that is the last
+         * data cluster, only up to the (sub)cluster holding the guest end.
+         */
+        uint64_t unit = p->extended_l2 ? cs / 32 : cs;
+        uint64_t tail = p->size - (p->size - 1) / cs * cs;
+        uint64_t end = lo.next * cs;
+        if (lo.last_data == lo.next - 1) {
+            end = lo.last_data * cs + (tail + unit - 1) / unit * unit;
+        }
+        ret = io_truncate(io, end);
     }
     if (ret == 0) {
         ret = io_flush(io);
@@ -511,6 +547,28 @@ static int grow_data_file(const struct create_params *p)
     return ret;
 }
 
+/* The data file gets the options, but its preallocation is qcow2's job. */
+static int create_data_file(const char *name, const struct qimg_opts *opts)
+{
+    struct qimg_opts *copy = qimg_opts_new();
+    if (!copy) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && i < qimg_opts_count(opts); i++) {
+        const char *key = qimg_opts_key(opts, i);
+        if (strcmp(key, "preallocation") != 0 &&
+            qimg_opts_set(copy, key, qimg_opts_get(opts, key)) < 0) {
+            ret = error_set(ENOMEM, "Out of memory");
+        }
+    }
+    if (ret == 0) {
+        ret = create_file(name, copy, NULL);
+    }
+    qimg_opts_free(copy);
+    return ret;
+}
+
 int qcow2_create(const char *filename, const struct qimg_opts *opts)
 {
     struct create_params p;
@@ -518,7 +576,7 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts)
     bool data_made = false;
     if (ret == 0 && p.data_file) {
         /* The data file is made by the file protocol with the options. */
-        ret = create_file(p.data_file, opts, NULL);
+        ret = create_data_file(p.data_file, opts);
         data_made = ret == 0;
     }
     struct qimg_io *io = NULL;
@@ -534,7 +592,7 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts)
     if (io) {
         io_close(io);
     }
-    if (ret == 0 && p.data_file_raw) {
+    if (ret == 0 && p.metadata && p.data_file) {
         ret = grow_data_file(&p);
     }
     if (ret < 0) {
