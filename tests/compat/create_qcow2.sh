@@ -153,4 +153,8 @@ rm -rf q m && mkdir q m && echo old >q/a.img && echo old >m/a.img
 checks=$((checks + 1))
 [ "$(ls q)" = "$(ls m)" ] || fail "failed create leftovers" "$(ls q m)"
 
+run_both "no such directory" -f qcow2 nodir/a.img 1M
+run_both "data file in no such directory" -f qcow2 -o data_file=nodir/d.raw \
+    a.img 1M
+
 finish

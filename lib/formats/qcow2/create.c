@@ -571,27 +571,30 @@ static int create_data_file(const char *name, const struct qimg_opts *opts)
 
 int qcow2_create(const char *filename, const struct qimg_opts *opts)
 {
+    /*
+     * QEMU's order: the image file first (a failure there leaves things
+     * as they were), then the data file, then the checks.
+     */
+    struct qimg_io *io = NULL;
+    int ret = io_file_open(filename, IO_RDWR | IO_CREATE | IO_TRUNC, &io);
+    if (ret < 0) {
+        return ret;
+    }
     struct create_params p;
-    int ret = parse_params(opts, &p);
     bool data_made = false;
+    ret = io_truncate(io, 0);
+    if (ret == 0) {
+        ret = parse_params(opts, &p);
+    }
     if (ret == 0 && p.data_file) {
         /* The data file is made by the file protocol with the options. */
         ret = create_data_file(p.data_file, opts);
         data_made = ret == 0;
     }
-    struct qimg_io *io = NULL;
-    if (ret == 0) {
-        ret = io_file_open(filename, IO_RDWR | IO_CREATE | IO_TRUNC, &io);
-    }
-    if (ret == 0) {
-        ret = io_truncate(io, 0);
-    }
     if (ret == 0) {
         ret = write_image(io, &p);
     }
-    if (io) {
-        io_close(io);
-    }
+    io_close(io);
     if (ret == 0 && p.metadata && p.data_file) {
         ret = grow_data_file(&p);
     }
