@@ -138,7 +138,13 @@ int cmd_create(int argc, char **argv)
     }
     if (qimg_create_prepare(filename, fmt, opts,
                             unsafe ? QIMG_CREATE_BACKING_UNSAFE : 0) < 0) {
-        cli_error("%s", qimg_get_error());
+        const char *msg = qimg_get_error();
+        if (strstr(msg, "\nDetected format of ")) {
+            /* qemu-img prints this hint without a final newline. */
+            fprintf(stderr, "%s: %s", PROGRAM_NAME, msg);
+        } else {
+            cli_error("%s", msg);
+        }
         goto out;
     }
     if (!quiet) {

@@ -304,8 +304,12 @@ static int check_backing(const char *filename, struct qimg_opts *opts)
                         &node);
     free(path);
     if (ret < 0) {
-        return error_set(-ret, "%s\nCould not open backing image.",
-                         qimg_get_error());
+        /* error_set() reuses the buffer the message is in: copy it. */
+        char *why = strdup(qimg_get_error());
+        ret = error_set(-ret, "%s\nCould not open backing image.",
+                        why ? why : "Out of memory");
+        free(why);
+        return ret;
     }
     if (!backing_fmt) {
         ret = error_set(EINVAL, "Backing file specified without backing "

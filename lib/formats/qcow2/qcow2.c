@@ -1067,4 +1067,6 @@ const struct qimg_format_ops format_qcow2 = {
     .get_allocated = qcow2_get_allocated,
     .snapshot_load = qcow2_snapshot_load,
     .check = qcow2_check,
+    .create_opts = qcow2_create_opts,
+    .create = qcow2_create,
 };

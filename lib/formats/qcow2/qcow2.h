@@ -688,4 +688,9 @@ int qcow2_check(struct qimg_node *node, unsigned flags,
  */
 int qcow2_read_snapshot_table(struct qimg_node *node, struct qcow2_state *s);
 
+/* Creation (create.c): QEMU's option table and the create function. */
+#include "qimg/qimg.h"
+extern const struct qimg_opt_desc qcow2_create_opts[];
+int qcow2_create(const char *filename, const struct qimg_opts *opts);
+
 #endif

@@ -1,0 +1,609 @@
+/*
+ * qcow2 image creation: the option table and a fresh image laid out byte
+ * for byte as qemu-img 7.2 lays it out (header in cluster 0, refcount
+ * table in cluster 1, its first refcount block in cluster 2, the L1 table
+ * from cluster 3, written only as far as its entries reach).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "driver.h"
+#include "formats/qcow2/qcow2.h"
+#include "util/endian.h"
+
+/* The order is QEMU's: it governs the "Formatting ..." line. */
+const struct qimg_opt_desc qcow2_create_opts[] = {
+    {"encryption", QIMG_OPT_BOOL, "Encrypt the image with format 'aes'. "
+     "(Deprecated in favor of encrypt.format=aes)", NULL},
+    {"encrypt.format", QIMG_OPT_STRING,
+     "Encrypt the image, format choices: 'aes', 'luks'", NULL},
+    {"encrypt.key-secret", QIMG_OPT_STRING,
+     "ID of secret providing qcow AES key or LUKS passphrase", NULL},
+    {"encrypt.cipher-alg", QIMG_OPT_STRING,
+     "Name of encryption cipher algorithm", NULL},
+    {"encrypt.cipher-mode", QIMG_OPT_STRING,
+     "Name of encryption cipher mode", NULL},
+    {"encrypt.ivgen-alg", QIMG_OPT_STRING, "Name of IV generator algorithm",
+     NULL},
+    {"encrypt.ivgen-hash-alg", QIMG_OPT_STRING,
+     "Name of IV generator hash algorithm", NULL},
+    {"encrypt.hash-alg", QIMG_OPT_STRING,
+     "Name of encryption hash algorithm", NULL},
+    {"encrypt.iter-time", QIMG_OPT_NUMBER,
+     "Time to spend in PBKDF in milliseconds", NULL},
+    {"cluster_size", QIMG_OPT_SIZE, "qcow2 cluster size", "65536"},
+    {"extended_l2", QIMG_OPT_BOOL, "Extended L2 tables", "off"},
+    {"preallocation", QIMG_OPT_STRING, "Preallocation mode (allowed values: "
+     "off, metadata, falloc, full)", NULL},
+    {"compression_type", QIMG_OPT_STRING,
+     "Compression method used for image cluster compression", "zlib"},
+    {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
+    {"compat", QIMG_OPT_STRING,
+     "Compatibility level (v2 [0.10] or v3 [1.1])", NULL},
+    {"backing_file", QIMG_OPT_STRING, "File name of a base image", NULL},
+    {"backing_fmt", QIMG_OPT_STRING, "Image format of the base image", NULL},
+    {"data_file", QIMG_OPT_STRING, "File name of an external data file",
+     NULL},
+    {"data_file_raw", QIMG_OPT_BOOL,
+     "The external data file must stay valid as a raw image", NULL},
+    {"lazy_refcounts", QIMG_OPT_BOOL, "Postpone refcount updates", "off"},
+    {"refcount_bits", QIMG_OPT_NUMBER, "Width of a reference count entry in "
+     "bits", "16"},
+    {NULL, 0, NULL, NULL},
+};
+
+/* The feature-name table QEMU writes (v3, clusters above 4 KiB). */
+static const struct {
+    uint8_t type, bit;
+    const char *name;
+} feature_names[] = {
+    {0, 0, "dirty bit"},
+    {0, 1, "corrupt bit"},
+    {0, 2, "external data file"},
+    {0, 3, "compression type"},
+    {0, 4, "extended L2 entries"},
+    {1, 0, "lazy refcounts"},
+    {2, 0, "bitmaps"},
+    {2, 1, "raw external data"},
+};
+
+#define EXT_BACKING_FORMAT 0xE2792ACAu
+#define EXT_FEATURE_TABLE 0x6803F857u
+#define EXT_DATA_FILE 0x44415441u
+/* QEMU's limit on the active L1 table. */
+#define MAX_L1_BYTES (32u * 1024 * 1024)
+
+struct create_params {
+    uint64_t size;
+    uint64_t cluster_size;
+    unsigned cluster_bits;
+    int version;
+    bool extended_l2, lazy_refcounts, data_file_raw;
+    /* Metadata preallocation (asked for, or implied by data_file_raw). */
+    bool metadata;
+    unsigned refcount_order;
+    uint8_t compression_type;
+    const char *backing_file, *backing_fmt, *data_file;
+};
+
+static bool bool_text(const char *v, bool def)
+{
+    if (!v) {
+        return def;
+    }
+    return strcmp(v, "on") == 0 || strcmp(v, "yes") == 0 ||
+           strcmp(v, "true") == 0 || strcmp(v, "y") == 0;
+}
+
+static const char *v3_only = "only supported with compatibility level 1.1 "
+                             "and above (use version=v3 or greater)";
+
+/* The checks of qcow2_co_create, in QEMU's order and with its words. */
+static int parse_params(const struct qimg_opts *opts,
+                        struct create_params *p)
+{
+    memset(p, 0, sizeof(*p));
+    const char *v = qimg_opts_get(opts, "size");
+    if (!v || qimg_parse_size(v, 'B', &p->size) < 0) {
+        return error_set(EINVAL, "Image creation needs a size parameter");
+    }
+    /* QEMU rounds the size up to whole sectors before it creates. */
+    if (p->size > INT64_MAX - 511) {
+        return error_set(EFBIG, "Image size too large");
+    }
+    p->size = (p->size + 511) & ~(uint64_t)511;
+
+    v = qimg_opts_get(opts, "compat");
+    p->version = 3;
+    if (v && (strcmp(v, "0.10") == 0 || strcmp(v, "v2") == 0)) {
+        p->version = 2;
+    } else if (v && strcmp(v, "1.1") != 0 && strcmp(v, "v3") != 0) {
+        return error_set(EINVAL, "Parameter 'version' does not accept value "
+                         "'%s'", v);
+    }
+    v = qimg_opts_get(opts, "preallocation");
+    if (v && strcmp(v, "off") != 0 && strcmp(v, "metadata") != 0 &&
+        strcmp(v, "falloc") != 0 && strcmp(v, "full") != 0) {
+        return error_set(EINVAL, "Parameter 'preallocation' does not accept "
+                         "value '%s'", v);
+    }
+    const char *prealloc = v ? v : "off";
+    v = qimg_opts_get(opts, "compression_type");
+    if (v && strcmp(v, "zlib") != 0 && strcmp(v, "zstd") != 0) {
+        return error_set(EINVAL, "Parameter 'compression-type' does not "
+                         "accept value '%s'", v);
+    }
+    p->compression_type = v && strcmp(v, "zstd") == 0 ? 1 : 0;
+    if (qimg_opts_get(opts, "encryption") &&
+        bool_text(qimg_opts_get(opts, "encryption"), false)) {
+        return error_set(ENOTSUP, "Encrypted qcow2 creation is not "
+                         "implemented yet");
+    }
+    for (const struct qimg_opt_desc *d = qcow2_create_opts; d->name; d++) {
+        if (strncmp(d->name, "encrypt.", 8) == 0 &&
+            qimg_opts_get(opts, d->name)) {
+            return error_set(ENOTSUP, "Encrypted qcow2 creation is not "
+                             "implemented yet");
+        }
+    }
+
+    p->cluster_size = 65536;
+    v = qimg_opts_get(opts, "cluster_size");
+    if (v && qimg_parse_size(v, 'B', &p->cluster_size) < 0) {
+        return error_set(EINVAL, "Parameter 'cluster_size' expects a size");
+    }
+    p->extended_l2 = bool_text(qimg_opts_get(opts, "extended_l2"), false);
+    if (p->extended_l2 && p->version < 3) {
+        return error_set(EINVAL, "Extended L2 entries are %s", v3_only);
+    }
+    uint64_t cs = p->cluster_size;
+    if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) != 0) {
+        return error_set(EINVAL, "Cluster size must be a power of two "
+                         "between 512 and 2048k");
+    }
+    p->cluster_bits = (unsigned)__builtin_ctzll(cs);
+    if (p->extended_l2 && cs < 16384) {
+        return error_set(EINVAL, "Extended L2 entries are only supported "
+                         "with cluster sizes of at least 16384 bytes");
+    }
+    p->backing_file = qimg_opts_get(opts, "backing_file");
+    p->backing_fmt = qimg_opts_get(opts, "backing_fmt");
+    if (p->backing_file && strcmp(prealloc, "off") != 0 &&
+        !p->extended_l2) {
+        return error_set(EINVAL, "Backing file and preallocation can only "
+                         "be used at the same time if extended_l2 is on");
+    }
+    if (p->backing_fmt && !p->backing_file) {
+        return error_set(EINVAL, "Backing format cannot be used without "
+                         "backing file");
+    }
+    p->lazy_refcounts = bool_text(qimg_opts_get(opts, "lazy_refcounts"),
+                                  false);
+    if (p->lazy_refcounts && p->version < 3) {
+        return error_set(EINVAL, "Lazy refcounts %s", v3_only);
+    }
+    uint64_t bits = 16;
+    v = qimg_opts_get(opts, "refcount_bits");
+    if (v) {
+        char *end;
+        errno = 0;
+        bits = strtoull(v, &end, 0);
+        if (errno || end == v || *end) {
+            return error_set(EINVAL, "Parameter 'refcount_bits' expects a "
+                             "number");
+        }
+    }
+    if (bits == 0 || bits > 64 || (bits & (bits - 1)) != 0) {
+        return error_set(EINVAL, "Refcount width must be a power of two and "
+                         "may not exceed 64 bits");
+    }
+    if (p->version < 3 && bits != 16) {
+        return error_set(EINVAL, "Different refcount widths than 16 bits "
+                         "require compatibility level 1.1 or above (use "
+                         "version=v3 or greater)");
+    }
+    p->refcount_order = (unsigned)__builtin_ctzll(bits);
+    p->data_file = qimg_opts_get(opts, "data_file");
+    p->data_file_raw = bool_text(qimg_opts_get(opts, "data_file_raw"),
+                                 false);
+    if (p->data_file_raw && !p->data_file) {
+        return error_set(EINVAL, "data-file-raw requires data-file");
+    }
+    if (p->data_file_raw && p->backing_file) {
+        return error_set(EINVAL, "Backing file and data-file-raw cannot be "
+                         "used at the same time");
+    }
+    if (p->compression_type != 0 && p->version < 3) {
+        return error_set(EINVAL, "Non-zlib compression type is %s",
+                         v3_only);
+    }
+    if (p->data_file && p->version < 3) {
+        return error_set(EINVAL, "External data files are %s", v3_only);
+    }
+    if (strcmp(prealloc, "falloc") == 0 || strcmp(prealloc, "full") == 0) {
+        return error_set(ENOTSUP, "qcow2 preallocation=%s is not "
+                         "implemented yet", prealloc);
+    }
+    p->metadata = strcmp(prealloc, "metadata") == 0 || p->data_file_raw;
+    return 0;
+}
+
+/* Append one header extension at *pos; false if cluster 0 is full. */
+static bool put_ext(uint8_t *buf, size_t cs, size_t *pos, uint32_t type,
+                    const void *data, size_t len)
+{
+    size_t padded = (len + 7) & ~(size_t)7;
+    if (*pos + 8 + padded + 8 > cs) {
+        return false;
+    }
+    store_be32(buf + *pos, type);
+    store_be32(buf + *pos + 4, (uint32_t)len);
+    memcpy(buf + *pos + 8, data, len);
+    *pos += 8 + padded;
+    return true;
+}
+
+static int build_header(const struct create_params *p, uint64_t l1_size,
+                        uint64_t l1_offset, uint8_t *buf)
+{
+    size_t cs = p->cluster_size;
+    store_be32(buf, 0x514649FBu);
+    store_be32(buf + 4, (uint32_t)p->version);
+    store_be32(buf + 20, p->cluster_bits);
+    store_be64(buf + 24, p->size);
+    store_be32(buf + 36, (uint32_t)l1_size);
+    store_be64(buf + 40, l1_offset);
+    store_be64(buf + 48, cs);
+    store_be32(buf + 56, 1);
+    size_t pos = 72;
+    if (p->version >= 3) {
+        uint64_t incompat = 0, compat = 0, autoclear = 0;
+        if (p->data_file) {
+            incompat |= 1u << 2;
+        }
+        if (p->compression_type) {
+            incompat |= 1u << 3;
+        }
+        if (p->extended_l2) {
+            incompat |= 1u << 4;
+        }
+        if (p->lazy_refcounts) {
+            compat |= 1u;
+        }
+        if (p->data_file_raw) {
+            autoclear |= 1u << 1;
+        }
+        store_be64(buf + 72, incompat);
+        store_be64(buf + 80, compat);
+        store_be64(buf + 88, autoclear);
+        store_be32(buf + 96, p->refcount_order);
+        store_be32(buf + 100, 112);
+        buf[104] = p->compression_type;
+        pos = 112;
+    }
+    bool ok = true;
+    if (p->backing_file && p->backing_fmt) {
+        ok = put_ext(buf, cs, &pos, EXT_BACKING_FORMAT, p->backing_fmt,
+                     strlen(p->backing_fmt));
+    }
+    if (ok && p->data_file) {
+        ok = put_ext(buf, cs, &pos, EXT_DATA_FILE, p->data_file,
+                     strlen(p->data_file));
+    }
+    if (ok && p->version >= 3 && cs > 4096) {
+        uint8_t table[sizeof(feature_names) / sizeof(feature_names[0])][48];
+        memset(table, 0, sizeof(table));
+        for (size_t i = 0; i < sizeof(feature_names) /
+                                   sizeof(feature_names[0]); i++) {
+            table[i][0] = feature_names[i].type;
+            table[i][1] = feature_names[i].bit;
+            memcpy(&table[i][2], feature_names[i].name,
+                   strlen(feature_names[i].name));
+        }
+        ok = put_ext(buf, cs, &pos, EXT_FEATURE_TABLE, table, sizeof(table));
+    }
+    /* The end marker: 8 zero bytes, already there. */
+    pos += 8;
+    if (ok && p->backing_file) {
+        size_t len = strlen(p->backing_file);
+        if (len > 1023 || pos + len > cs) {
+            return error_set(EINVAL, "Backing file name too long");
+        }
+        memcpy(buf + pos, p->backing_file, len);
+        store_be64(buf + 8, pos);
+        store_be32(buf + 16, (uint32_t)len);
+    }
+    if (!ok) {
+        return error_set(EINVAL, "Header extensions do not fit in the first "
+                         "cluster");
+    }
+    return 0;
+}
+
+/*
+ * QEMU's allocator on a fresh image, replayed: clusters are handed out in
+ * order from the first free one, and a cluster whose refcount block does
+ * not exist yet gets one allocated at the next free cluster (whose own
+ * refcount may need yet another block first).  Every cluster below next
+ * ends with refcount 1.
+ */
+struct layout {
+    uint64_t rb_entries;   /* refcounts per block */
+    uint64_t reft_entries; /* entries in the one-cluster refcount table */
+    uint64_t *reft;        /* block index -> cluster, 0 if none */
+    uint64_t next;         /* first free cluster */
+    uint64_t last_data;    /* the last data cluster allocated */
+};
+
+static int layout_ref(struct layout *lo, uint64_t cluster)
+{
+    uint64_t idx = cluster / lo->rb_entries;
+    if (idx >= lo->reft_entries) {
+        /* QEMU moves to a bigger refcount table here; not reproduced. */
+        return error_set(ENOTSUP, "qcow2 images whose metadata needs more "
+                         "than one refcount table cluster are not "
+                         "implemented yet");
+    }
+    if (lo->reft[idx]) {
+        return 0;
+    }
+    uint64_t block = lo->next++;
+    if (block / lo->rb_entries != idx) {
+        int ret = layout_ref(lo, block);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    lo->reft[idx] = block;
+    return 0;
+}
+
+static int layout_alloc(struct layout *lo, uint64_t n, uint64_t *first)
+{
+    *first = lo->next;
+    lo->next += n;
+    for (uint64_t c = *first; c < *first + n; c++) {
+        int ret = layout_ref(lo, c);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* Set refcount entry i of a refcount block to 1. */
+static void refcount_set_one(uint8_t *block, uint64_t i, unsigned order)
+{
+    unsigned bits = 1u << order;
+    if (bits < 8) {
+        block[i * bits / 8] |= (uint8_t)(1u << ((i * bits) % 8));
+    } else {
+        block[i * (bits / 8) + bits / 8 - 1] = 1;
+    }
+}
+
+/*
+ * Metadata preallocation as QEMU does it: table by table, the L2 table
+ * first, then the clusters it maps (in the image, in runs of at most
+ * INT_MAX bytes, or at the guest offset in an external data file).
+ */
+static int prealloc_l2(struct qimg_io *io, const struct create_params *p,
+                       struct layout *lo, uint8_t *l2, uint64_t t,
+                       uint64_t *l2_cluster)
+{
+    uint64_t cs = p->cluster_size;
+    unsigned entry = p->extended_l2 ? 16 : 8;
+    uint64_t per_table = cs / entry;
+    uint64_t clusters = (p->size + cs - 1) / cs;
+    uint64_t max_run = (uint64_t)INT32_MAX >> p->cluster_bits;
+    int ret = layout_alloc(lo, 1, l2_cluster);
+    memset(l2, 0, cs);
+    uint64_t i = 0;
+    while (ret == 0 && i < per_table && t * per_table + i < clusters) {
+        uint64_t n = per_table - i;
+        if (n > clusters - t * per_table - i) {
+            n = clusters - t * per_table - i;
+        }
+        uint64_t first = (t * per_table + i);
+        if (!p->data_file) {
+            if (n > max_run) {
+                n = max_run;
+            }
+            ret = layout_alloc(lo, n, &first);
+            lo->last_data = first + n - 1;
+        }
+        for (uint64_t k = 0; ret == 0 && k < n; k++) {
+            store_be64(l2 + (i + k) * entry,
+                       ((first + k) * cs) | QCOW2_OFLAG_COPIED);
+        }
+        i += n;
+    }
+    if (ret == 0) {
+        ret = io_pwrite(io, l2, cs, *l2_cluster * cs);
+    }
+    return ret;
+}
+
+static int write_image(struct qimg_io *io, const struct create_params *p)
+{
+    uint64_t cs = p->cluster_size;
+    uint64_t l1_size = qcow2_size_to_l1(p->size, p->cluster_bits,
+                                        p->extended_l2);
+    if (l1_size > MAX_L1_BYTES / 8) {
+        return error_set(EFBIG, "The image size is too large for file "
+                         "format 'qcow2' (try using a larger cluster size)");
+    }
+    uint64_t l1_bytes = l1_size * 8;
+    uint64_t l1_clusters = (l1_bytes + cs - 1) / cs;
+    struct layout lo = {
+        .rb_entries = cs * 8 >> p->refcount_order,
+        .reft_entries = cs / 8,
+    };
+    uint64_t l1_first = 0, first;
+    uint8_t *buf = calloc(3, cs);
+    uint8_t *l1 = calloc(l1_size ? l1_size : 1, 8);
+    lo.reft = calloc(lo.reft_entries, sizeof(uint64_t));
+    int ret = 0;
+    if (!buf || !l1 || !lo.reft) {
+        ret = error_set(ENOMEM, "Out of memory");
+        goto out;
+    }
+    lo.reft[0] = 2;
+    ret = layout_alloc(&lo, 3, &first);
+    if (ret == 0 && l1_size) {
+        ret = layout_alloc(&lo, l1_clusters, &l1_first);
+    }
+    for (uint64_t t = 0; ret == 0 && p->metadata && t < l1_size; t++) {
+        ret = prealloc_l2(io, p, &lo, buf, t, &first);
+        store_be64(l1 + t * 8, first * cs | QCOW2_OFLAG_COPIED);
+    }
+    memset(buf, 0, 3 * cs);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = build_header(p, l1_size, l1_first * cs, buf);
+    if (ret < 0) {
+        goto out;
+    }
+    for (uint64_t i = 0; i < lo.reft_entries; i++) {
+        store_be64(buf + cs + i * 8, lo.reft[i] * cs);
+    }
+    /* Refcount blocks, all clusters below lo.next in use. */
+    for (uint64_t b = 0; ret == 0 && b < lo.reft_entries; b++) {
+        if (!lo.reft[b]) {
+            continue;
+        }
+        uint8_t *block = b == 0 ? buf + 2 * cs : malloc(cs);
+        if (!block) {
+            ret = error_set(ENOMEM, "Out of memory");
+            break;
+        }
+        if (b != 0) {
+            memset(block, 0, cs);
+        }
+        for (uint64_t i = 0; i < lo.rb_entries; i++) {
+            if (b * lo.rb_entries + i >= lo.next) {
+                break;
+            }
+            refcount_set_one(block, i, p->refcount_order);
+        }
+        if (b != 0) {
+            ret = io_pwrite(io, block, cs, lo.reft[b] * cs);
+            free(block);
+        }
+    }
+    if (ret == 0) {
+        ret = io_pwrite(io, buf, 3 * cs, 0);
+    }
+    if (ret == 0 && l1_size) {
+        ret = io_pwrite(io, l1, l1_bytes, l1_first * cs);
+    }
+    if (ret == 0 && p->metadata && !p->data_file && p->size) {
+        /*
+         * The file ends with the last allocation; when that is the last
+         * data cluster, only up to the (sub)cluster holding the guest end.
+         */
+        uint64_t unit = p->extended_l2 ? cs / 32 : cs;
+        uint64_t tail = p->size - (p->size - 1) / cs * cs;
+        uint64_t end = lo.next * cs;
+        if (lo.last_data == lo.next - 1) {
+            end = lo.last_data * cs + (tail + unit - 1) / unit * unit;
+        }
+        ret = io_truncate(io, end);
+    }
+    if (ret == 0) {
+        ret = io_flush(io);
+    }
+out:
+    free(buf);
+    free(l1);
+    free(lo.reft);
+    return ret;
+}
+
+/*
+ * QEMU's metadata preallocation makes the raw data file cover the last
+ * (sub)cluster in full.
+ */
+static int grow_data_file(const struct create_params *p)
+{
+    uint64_t unit = p->extended_l2 ? p->cluster_size / 32 : p->cluster_size;
+    uint64_t end = (p->size + unit - 1) / unit * unit;
+    struct qimg_io *io;
+    int ret = io_file_open(p->data_file, IO_RDWR, &io);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t cur = io_get_size(io);
+    if (cur < 0) {
+        ret = (int)cur;
+    } else if ((uint64_t)cur < end) {
+        ret = io_truncate(io, end);
+    }
+    io_close(io);
+    return ret;
+}
+
+/* The data file gets the options, but its preallocation is qcow2's job. */
+static int create_data_file(const char *name, const struct qimg_opts *opts)
+{
+    struct qimg_opts *copy = qimg_opts_new();
+    if (!copy) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && i < qimg_opts_count(opts); i++) {
+        const char *key = qimg_opts_key(opts, i);
+        if (strcmp(key, "preallocation") != 0 &&
+            qimg_opts_set(copy, key, qimg_opts_get(opts, key)) < 0) {
+            ret = error_set(ENOMEM, "Out of memory");
+        }
+    }
+    if (ret == 0) {
+        ret = create_file(name, copy, NULL);
+    }
+    qimg_opts_free(copy);
+    return ret;
+}
+
+int qcow2_create(const char *filename, const struct qimg_opts *opts)
+{
+    /*
+     * QEMU's order: the image file first (a failure there leaves things
+     * as they were), then the data file, then the checks.
+     */
+    struct qimg_io *io = NULL;
+    int ret = io_file_open(filename, IO_RDWR | IO_CREATE | IO_TRUNC, &io);
+    if (ret < 0) {
+        return ret;
+    }
+    struct create_params p;
+    bool data_made = false;
+    ret = io_truncate(io, 0);
+    if (ret == 0) {
+        ret = parse_params(opts, &p);
+    }
+    if (ret == 0 && p.data_file) {
+        /* The data file is made by the file protocol with the options. */
+        ret = create_data_file(p.data_file, opts);
+        data_made = ret == 0;
+    }
+    if (ret == 0) {
+        ret = write_image(io, &p);
+    }
+    io_close(io);
+    if (ret == 0 && p.metadata && p.data_file) {
+        ret = grow_data_file(&p);
+    }
+    if (ret < 0) {
+        /* Like QEMU 7.2, a failed create deletes what it was to make. */
+        unlink(filename);
+        if (data_made) {
+            unlink(p.data_file);
+        }
+    }
+    return ret;
+}
