@@ -223,6 +223,17 @@ const struct qimg_format_ops *format_probe_buffer(const uint8_t *buf,
 int create_file(const char *filename, const struct qimg_opts *opts,
                 struct qimg_io **out);
 
+/*
+ * QEMU's -o booleans (core/create.c): on/yes/true/y and off/no/false/n set
+ * *out and return true; anything else returns false.
+ */
+bool opt_parse_bool(const char *text, bool *out);
+/*
+ * Check one -o value (NULL: unset, fine) against its declared type, with
+ * the words of QEMU's option parser (core/create.c).  0 or -EINVAL.
+ */
+int opt_check_value(const struct qimg_opt_desc *d, const char *value);
+
 /* Read from the layer below node (zeros past its end or without one). */
 int node_read_below(struct qimg_node *node, void *buf, size_t len,
                     uint64_t off);

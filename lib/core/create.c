@@ -192,16 +192,16 @@ static bool is_backing_option(const char *key)
            strcmp(key, "backing_fmt") == 0;
 }
 
-static bool parse_bool_text(const char *v, bool *out)
+bool opt_parse_bool(const char *text, bool *out)
 {
     static const char *const yes[] = {"on", "yes", "true", "y"};
     static const char *const no[] = {"off", "no", "false", "n"};
-    for (size_t i = 0; i < 4; i++) {
-        if (strcmp(v, yes[i]) == 0) {
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (strcmp(text, yes[i]) == 0) {
             *out = true;
             return true;
         }
-        if (strcmp(v, no[i]) == 0) {
+        if (strcmp(text, no[i]) == 0) {
             *out = false;
             return true;
         }
@@ -209,8 +209,7 @@ static bool parse_bool_text(const char *v, bool *out)
     return false;
 }
 
-/* Values are checked against their declared type as qemu's -o parser does. */
-static int check_option_type(const struct qimg_opt_desc *d, const char *v)
+int opt_check_value(const struct qimg_opt_desc *d, const char *v)
 {
     bool b;
     uint64_t u;
@@ -220,7 +219,7 @@ static int check_option_type(const struct qimg_opt_desc *d, const char *v)
     }
     switch (d->type) {
     case QIMG_OPT_BOOL:
-        if (!parse_bool_text(v, &b)) {
+        if (!opt_parse_bool(v, &b)) {
             return error_set(EINVAL, "Parameter '%s' expects 'on' or 'off'",
                              d->name);
         }
@@ -264,7 +263,7 @@ static int check_known_options(const char *format,
         }
     }
     for (const struct qimg_opt_desc *d = descs; d->name; d++) {
-        int ret = check_option_type(d, qimg_opts_get(opts, d->name));
+        int ret = opt_check_value(d, qimg_opts_get(opts, d->name));
         if (ret < 0) {
             return ret;
         }
@@ -377,7 +376,7 @@ static int parse_bool_opt(const struct qimg_opts *opts, const char *key,
 {
     const char *v = qimg_opts_get(opts, key);
     *out = false;
-    if (v && !parse_bool_text(v, out)) {
+    if (v && !opt_parse_bool(v, out)) {
         return error_set(EINVAL, "Parameter '%s' expects 'on' or 'off'", key);
     }
     return 0;

@@ -15,6 +15,7 @@
 
 #include "qimg/qimg.h"
 #include "core/error.h"
+#include "driver.h"
 #include "util/checked.h"
 
 /* Block status is asked in windows of at most this many bytes. */
@@ -29,70 +30,46 @@
 /* A bitmap directory entry is 24 bytes, then the name, 8-byte aligned. */
 #define BITMAP_DIR_ENTRY_FIXED 24
 
-enum measure_opt_type { MOPT_STRING, MOPT_BOOL, MOPT_NUMBER, MOPT_SIZE };
-
-struct measure_opt {
-    const char *name;
-    enum measure_opt_type type;
-};
-
 /* The file protocol's creation options, accepted for every format. */
-static const struct measure_opt file_opts[] = {
-    {"size", MOPT_SIZE},
-    {"nocow", MOPT_BOOL},
-    {"preallocation", MOPT_STRING},
-    {"extent_size_hint", MOPT_SIZE},
-    {NULL, 0},
+static const struct qimg_opt_desc file_opts[] = {
+    {"size", QIMG_OPT_SIZE, NULL, NULL},
+    {"nocow", QIMG_OPT_BOOL, NULL, NULL},
+    {"preallocation", QIMG_OPT_STRING, NULL, NULL},
+    {"extent_size_hint", QIMG_OPT_SIZE, NULL, NULL},
+    {NULL, 0, NULL, NULL},
 };
 
-static const struct measure_opt qcow2_opts[] = {
-    {"compat", MOPT_STRING},
-    {"backing_file", MOPT_STRING},
-    {"backing_fmt", MOPT_STRING},
-    {"data_file", MOPT_STRING},
-    {"data_file_raw", MOPT_BOOL},
-    {"encryption", MOPT_BOOL},
-    {"encrypt.format", MOPT_STRING},
-    {"encrypt.key-secret", MOPT_STRING},
-    {"encrypt.cipher-alg", MOPT_STRING},
-    {"encrypt.cipher-mode", MOPT_STRING},
-    {"encrypt.ivgen-alg", MOPT_STRING},
-    {"encrypt.ivgen-hash-alg", MOPT_STRING},
-    {"encrypt.hash-alg", MOPT_STRING},
-    {"encrypt.iter-time", MOPT_NUMBER},
-    {"cluster_size", MOPT_SIZE},
-    {"extended_l2", MOPT_BOOL},
-    {"lazy_refcounts", MOPT_BOOL},
-    {"refcount_bits", MOPT_NUMBER},
-    {"compression_type", MOPT_STRING},
-    {NULL, 0},
+static const struct qimg_opt_desc qcow2_opts[] = {
+    {"compat", QIMG_OPT_STRING, NULL, NULL},
+    {"backing_file", QIMG_OPT_STRING, NULL, NULL},
+    {"backing_fmt", QIMG_OPT_STRING, NULL, NULL},
+    {"data_file", QIMG_OPT_STRING, NULL, NULL},
+    {"data_file_raw", QIMG_OPT_BOOL, NULL, NULL},
+    {"encryption", QIMG_OPT_BOOL, NULL, NULL},
+    {"encrypt.format", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.key-secret", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.cipher-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.cipher-mode", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.ivgen-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.ivgen-hash-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.hash-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"encrypt.iter-time", QIMG_OPT_NUMBER, NULL, NULL},
+    {"cluster_size", QIMG_OPT_SIZE, NULL, NULL},
+    {"extended_l2", QIMG_OPT_BOOL, NULL, NULL},
+    {"lazy_refcounts", QIMG_OPT_BOOL, NULL, NULL},
+    {"refcount_bits", QIMG_OPT_NUMBER, NULL, NULL},
+    {"compression_type", QIMG_OPT_STRING, NULL, NULL},
+    {NULL, 0, NULL, NULL},
 };
 
-static const struct measure_opt raw_opts[] = {
-    {NULL, 0},
+static const struct qimg_opt_desc raw_opts[] = {
+    {NULL, 0, NULL, NULL},
 };
 
-static bool bool_text(const char *v, bool *out)
-{
-    static const char *const yes[] = {"on", "yes", "true", "y"};
-    static const char *const no[] = {"off", "no", "false", "n"};
-    for (size_t i = 0; i < 4; i++) {
-        if (strcmp(v, yes[i]) == 0) {
-            *out = true;
-            return true;
-        }
-        if (strcmp(v, no[i]) == 0) {
-            *out = false;
-            return true;
-        }
-    }
-    return false;
-}
-
-static const struct measure_opt *find_opt(const struct measure_opt *list,
+static const struct qimg_opt_desc *find_opt(const struct qimg_opt_desc *list,
                                           const char *key)
 {
-    for (const struct measure_opt *o = list; o->name; o++) {
+    for (const struct qimg_opt_desc *o = list; o->name; o++) {
         if (strcmp(o->name, key) == 0) {
             return o;
         }
@@ -100,56 +77,21 @@ static const struct measure_opt *find_opt(const struct measure_opt *list,
     return NULL;
 }
 
-/* An option's value against its type, with QEMU's option parser's words. */
-static int check_type(const struct measure_opt *o, const char *v)
-{
-    bool b;
-    uint64_t u;
-    char *end;
-    switch (o->type) {
-    case MOPT_BOOL:
-        if (!bool_text(v, &b)) {
-            return error_set(EINVAL, "Parameter '%s' expects 'on' or 'off'",
-                             o->name);
-        }
-        break;
-    case MOPT_SIZE:
-        if (qimg_parse_size(v, 'B', &u) < 0) {
-            return error_set(EINVAL, "Parameter '%s' expects a non-negative "
-                             "number below 2^64\nOptional suffix k, M, G, "
-                             "T, P or E means kilo-, mega-, giga-, tera-, "
-                             "peta-\nand exabytes, respectively.", o->name);
-        }
-        break;
-    case MOPT_NUMBER:
-        errno = 0;
-        (void)strtoull(v, &end, 0);
-        if (errno || end == v || *end || *v == '-') {
-            return error_set(EINVAL, "Parameter '%s' expects a number",
-                             o->name);
-        }
-        break;
-    case MOPT_STRING:
-        break;
-    }
-    return 0;
-}
-
 /* Every option must be known to the format or the file protocol. */
-static int check_opts(const char *format, const struct measure_opt *fmt_opts,
+static int check_opts(const char *format, const struct qimg_opt_desc *fmt_opts,
                       const struct qimg_opts *opts)
 {
     int ret = 0;
     for (size_t i = 0; opts && i < qimg_opts_count(opts) && ret == 0; i++) {
         const char *key = qimg_opts_key(opts, i);
-        const struct measure_opt *o = find_opt(fmt_opts, key);
+        const struct qimg_opt_desc *o = find_opt(fmt_opts, key);
         if (!o) {
             o = find_opt(file_opts, key);
         }
         if (!o) {
             ret = error_set(EINVAL, "Invalid parameter '%s'", key);
         } else {
-            ret = check_type(o, qimg_opts_get(opts, key));
+            ret = opt_check_value(o, qimg_opts_get(opts, key));
         }
     }
     if (ret < 0) {
@@ -204,7 +146,7 @@ static int qcow2_target_parse(const struct qimg_opts *opts,
         t->cluster_size = cs;
     }
     if (opts && (v = qimg_opts_get(opts, "extended_l2"))) {
-        (void)bool_text(v, &t->extended_l2);
+        (void)opt_parse_bool(v, &t->extended_l2);
     }
     if (t->extended_l2 && t->cluster_size < 16384) {
         return error_set(EINVAL, "Extended L2 entries are only supported "

@@ -89,13 +89,14 @@ struct create_params {
     const char *backing_file, *backing_fmt, *data_file;
 };
 
+/* A boolean option (already type-checked), or def when unset. */
 static bool bool_text(const char *v, bool def)
 {
-    if (!v) {
-        return def;
+    bool b = def;
+    if (v) {
+        (void)opt_parse_bool(v, &b);
     }
-    return strcmp(v, "on") == 0 || strcmp(v, "yes") == 0 ||
-           strcmp(v, "true") == 0 || strcmp(v, "y") == 0;
+    return b;
 }
 
 static const char *v3_only = "only supported with compatibility level 1.1 "
