@@ -76,9 +76,11 @@ void cli_progress_cb(double percent, void *opaque);
 void cli_progress_end(bool complete);
 
 /*
- * -l snapshot.id=ID,snapshot.name=NAME (cmd_convert.c): parse one such
- * argument into sn, replacing what an earlier one set; -1 after printing
- * qemu-img's messages.
+ * -l of convert and measure (snapshot_arg.c).  cli_snapshot_arg takes one
+ * argument: "snapshot.id=ID,snapshot.name=NAME" replaces what an earlier
+ * such option set, anything else is a bare id-or-name; -1 after printing
+ * qemu-img's messages.  The options win over a bare -l, whatever the
+ * order (cli_snapshot_select).
  */
 #define SNAPSHOT_OPT_PREFIX "snapshot."
 #define MAX_SNAPSHOT_OPTS 64
@@ -88,8 +90,12 @@ struct snapshot_opts {
     /* Identifiers given with "id=" by earlier -l options. */
     char *ids[MAX_SNAPSHOT_OPTS];
     size_t nb_ids;
+    bool have_opts;   /* a snapshot.… option was given */
+    const char *bare; /* the last bare -l, or NULL */
 };
-int parse_snapshot_opts(struct snapshot_opts *sn, const char *arg);
+int cli_snapshot_arg(struct snapshot_opts *sn, const char *arg);
+bool cli_snapshot_given(const struct snapshot_opts *sn);
+struct qimg_snapshot_select cli_snapshot_select(const struct snapshot_opts *sn);
 void snapshot_opts_free(struct snapshot_opts *sn);
 
 /* The commands. */

@@ -58,9 +58,7 @@ int cmd_measure(int argc, char **argv)
     };
     const char *fmt = NULL;
     const char *out_fmt = "raw";
-    const char *snapshot = NULL;
     struct snapshot_opts sn_opts = {0};
-    bool have_sn_opts = false;
     bool force_share = false;
     bool image_opts = false;
     char *options = NULL;
@@ -96,14 +94,8 @@ int cmd_measure(int argc, char **argv)
             }
             break;
         case 'l':
-            if (strncmp(optarg, SNAPSHOT_OPT_PREFIX,
-                        strlen(SNAPSHOT_OPT_PREFIX)) == 0) {
-                if (parse_snapshot_opts(&sn_opts, optarg) < 0) {
-                    goto out;
-                }
-                have_sn_opts = true;
-            } else {
-                snapshot = optarg;
+            if (cli_snapshot_arg(&sn_opts, optarg) < 0) {
+                goto out;
             }
             break;
         case 'U':
@@ -145,7 +137,7 @@ int cmd_measure(int argc, char **argv)
         cli_error("Either --size N or one filename must be specified.");
         goto out;
     }
-    if (!filename && (image_opts || fmt || snapshot || have_sn_opts)) {
+    if (!filename && (image_opts || fmt || cli_snapshot_given(&sn_opts))) {
         cli_error("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
@@ -161,19 +153,14 @@ int cmd_measure(int argc, char **argv)
         }
     }
 
-    /* A -l snapshot.… option wins over a bare -l, as in qemu-img. */
-    struct qimg_snapshot_select sel = {
-        .id = have_sn_opts ? sn_opts.id : NULL,
-        .name = have_sn_opts ? sn_opts.name : NULL,
-        .id_or_name = have_sn_opts ? NULL : snapshot,
-    };
+    struct qimg_snapshot_select sel = cli_snapshot_select(&sn_opts);
     struct qimg_measure_params p = {
         .target_format = out_fmt,
         .target_opts = opts,
         .source = filename,
         .source_format = fmt,
         .source_flags = force_share ? QIMG_OPEN_FORCE_SHARE : 0,
-        .source_snapshot = (have_sn_opts || snapshot) ? &sel : NULL,
+        .source_snapshot = cli_snapshot_given(&sn_opts) ? &sel : NULL,
         .size = size,
     };
     struct qimg_measure_result r;
