@@ -148,6 +148,26 @@ struct qimg_format_ops {
     int (*pwrite_zeroes)(struct qimg_node *node, uint64_t off, uint64_t len,
                          unsigned flags);
     int (*pdiscard)(struct qimg_node *node, uint64_t off, uint64_t len);
+    /*
+     * One cluster compressed (see qimg_pwrite_compressed); off is
+     * cluster-aligned, len the cluster size or the image's tail.  NULL:
+     * the format has no compressed clusters.
+     */
+    int (*pwrite_compressed)(struct qimg_node *node, const void *buf,
+                             size_t len, uint64_t off);
+    /*
+     * Set the guest size to size (node->size is updated by the driver).
+     * prealloc: "off", "metadata", "falloc" or "full" for the new area
+     * (never NULL).  Shrinking drops the data past size; the caller has
+     * checked that shrinking was asked for.  NULL: cannot be resized.
+     */
+    int (*truncate)(struct qimg_node *node, uint64_t size,
+                    const char *prealloc);
+    /*
+     * Write cached metadata back and make everything durable, syncing
+     * with node_sync() (which does nothing under QIMG_OPEN_CACHE_UNSAFE).
+     * Called for writable nodes only, before close.
+     */
     int (*flush)(struct qimg_node *node);
     /*
      * Status of this layer only for the run at off (at most len bytes):
@@ -233,6 +253,13 @@ bool opt_parse_bool(const char *text, bool *out);
  * the words of QEMU's option parser (core/create.c).  0 or -EINVAL.
  */
 int opt_check_value(const struct qimg_opt_desc *d, const char *value);
+
+/*
+ * Make io's writes durable (fsync), unless node's syncs are off
+ * (QIMG_OPEN_CACHE_UNSAFE).  A driver's flush writes its caches back in
+ * every case and calls this between the steps that must be ordered.
+ */
+int node_sync(struct qimg_node *node, struct qimg_io *io);
 
 /* Read from the layer below node (zeros past its end or without one). */
 int node_read_below(struct qimg_node *node, void *buf, size_t len,

@@ -226,6 +226,25 @@ int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t offset,
 int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len);
 int qimg_flush(struct qimg_image *img);
 
+/*
+ * Write one guest cluster compressed (qemu-img convert -c): offset is a
+ * multiple of the cluster size and len is the cluster size, or what is
+ * left of the image for its last cluster (written zero-padded).  Data
+ * that does not shrink is stored uncompressed.  Formats without
+ * compressed clusters fail with ENOTSUP.
+ */
+int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
+                           size_t len, uint64_t offset);
+
+/*
+ * Change the guest size (qemu-img resize).  prealloc is NULL or "off",
+ * "metadata", "falloc" or "full" and applies to the new area.  Shrinking
+ * needs QIMG_RESIZE_SHRINK; data past the new end is lost.
+ */
+#define QIMG_RESIZE_SHRINK (1u << 0)
+int qimg_resize(struct qimg_image *img, uint64_t size, const char *prealloc,
+                unsigned flags);
+
 /* Block status flags. */
 #define QIMG_EXTENT_DATA (1u << 0)  /* reads from stored data */
 #define QIMG_EXTENT_ZERO (1u << 1)  /* reads as zero */

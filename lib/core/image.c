@@ -236,13 +236,19 @@ int node_open(const char *filename, const char *format, unsigned flags,
 
 int node_flush(struct qimg_node *node)
 {
-    if (!node->writable || node->no_flush) {
+    if (!node->writable) {
         return 0;
     }
+    /* Drivers with caches write them back even when syncs are off. */
     if (node->drv->flush) {
         return node->drv->flush(node);
     }
-    return io_flush(node->file);
+    return node_sync(node, node->file);
+}
+
+int node_sync(struct qimg_node *node, struct qimg_io *io)
+{
+    return node->no_flush ? 0 : io_flush(io);
 }
 
 /* A driver returns 0 or -errno, nothing else: the core's contract check. */
@@ -496,6 +502,43 @@ int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len)
     /* Discard is advisory: a driver without it simply keeps the data. */
     if (ret == 0 && len > 0 && node->drv->pdiscard) {
         ret = driver_result(node->drv->pdiscard(node, offset, len));
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
+                           size_t len, uint64_t offset)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_request(node, offset, len, true);
+    if (ret == 0 && !node->drv->pwrite_compressed) {
+        ret = error_set(ENOTSUP, "%s: the %s format has no compressed "
+                        "clusters", node->filename, node->drv->name);
+    }
+    if (ret == 0 && len > 0) {
+        ret = driver_result(
+            node->drv->pwrite_compressed(node, buf, len, offset));
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int qimg_resize(struct qimg_image *img, uint64_t size, const char *prealloc,
+                unsigned flags)
+{
+    struct qimg_node *node = img->top;
+    int ret = 0;
+    if (!node->writable) {
+        ret = error_set(EACCES, "%s: image is opened read-only",
+                        node->filename);
+    } else if (size < node->size && !(flags & QIMG_RESIZE_SHRINK)) {
+        ret = error_set(EINVAL, "%s: shrinking was not asked for",
+                        node->filename);
+    } else if (!node->drv->truncate) {
+        ret = error_set(ENOTSUP, "%s: the %s format cannot be resized",
+                        node->filename, node->drv->name);
+    } else {
+        ret = driver_result(
+            node->drv->truncate(node, size, prealloc ? prealloc : "off"));
     }
     return ret < 0 ? fail_int(ret) : 0;
 }

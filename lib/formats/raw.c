@@ -113,7 +113,7 @@ static int raw_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
 
 static int raw_flush(struct qimg_node *node)
 {
-    return io_flush(node->file);
+    return node_sync(node, node->file);
 }
 
 static int raw_block_status(struct qimg_node *node, uint64_t off,

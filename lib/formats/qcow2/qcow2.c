@@ -750,12 +750,12 @@ static int qcow2_flush(struct qimg_node *node)
 {
     struct qcow2_state *s = node->opaque;
     if (s->data_file) {
-        int ret = io_flush(s->data_file);
+        int ret = node_sync(node, s->data_file);
         if (ret < 0) {
             return ret;
         }
     }
-    return io_flush(node->file);
+    return node_sync(node, node->file);
 }
 
 /* ---- info ---------------------------------------------------------------- */
