@@ -266,6 +266,13 @@ int node_read_below(struct qimg_node *node, void *buf, size_t len,
                     uint64_t off);
 
 /*
+ * Does the layer below node read as zero over [off, off + len)?  1 when
+ * its block status says so (or nothing lies below), 0 when not (or when
+ * it cannot tell cheaply), -errno on error.
+ */
+int node_below_is_zero(struct qimg_node *node, uint64_t off, uint64_t len);
+
+/*
  * The most table entries (qcow2: L2 entries) one check may examine, over
  * all its tables; a format's check fails with EFBIG past it, so that a
  * few crafted tables that repeat each other cannot keep a check busy for
