@@ -149,7 +149,7 @@ done
 
 # Clusters shared with an internal snapshot are copied, never changed:
 # the snapshot still reads as before on both copies.
-for opts in "" extended_l2=on cluster_size=4096,refcount_bits=8; do
+for opts in "" extended_l2=on cluster_size=4096; do
     name="snapshot ${opts:-default}"
     rm -f q.qcow2 a.qcow2
     "$QEMU_IMG" create -q -f qcow2 ${opts:+-o "$opts"} q.qcow2 $SIZE
