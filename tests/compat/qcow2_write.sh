@@ -47,23 +47,6 @@ qemu_apply() {
     done
 }
 
-# The map without host offsets, neighbours of one kind merged: what
-# QEMU's allocation decisions show, whatever the host layout.
-layout() {
-    "$QEMU_IMG" map --output=json "$1" | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    k = (e["depth"], e["present"], e["zero"], e["data"])
-    if out and out[-1][0] == k and out[-1][2] == e["start"]:
-        out[-1][2] += e["length"]
-    else:
-        out.append([k, e["start"], e["start"] + e["length"]])
-for k, a, b in out:
-    print(a, b, *k)
-'
-}
-
 # verify NAME QEMU_COPY QIMG_COPY: the two copies agree and qimg's is clean.
 verify() {
     local name=$1 q=$2 a=$3
@@ -82,8 +65,8 @@ verify() {
     if ! out=$("$QIMG" compare "$q" "$a" 2>&1); then
         fail "$name: qimg compare" "$out"
     fi
-    layout "$q" >"$T/q.map"
-    layout "$a" >"$T/a.map"
+    map_layout "$q" >"$T/q.map"
+    map_layout "$a" >"$T/a.map"
     expect_same "$name: allocation map" "$T/q.map" "$T/a.map"
 }
 
