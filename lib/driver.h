@@ -63,6 +63,12 @@ struct qimg_io_ops {
      * that need zeros use pwrite_zeroes.
      */
     int (*discard)(struct qimg_io *io, uint64_t off, uint64_t len);
+    /*
+     * Reserve host space for a range without changing what it reads
+     * (posix_fallocate; extends the file).  NULL: io_allocate() writes
+     * zeros where nothing is stored instead.
+     */
+    int (*allocate)(struct qimg_io *io, uint64_t off, uint64_t len);
     int (*flush)(struct qimg_io *io);
     int (*truncate)(struct qimg_io *io, uint64_t size);
     /*
@@ -101,6 +107,8 @@ int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off);
 int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
                      bool may_unmap);
 int io_flush(struct qimg_io *io);
+/* Reserve [off, off + len) (QEMU's preallocation=falloc); see allocate. */
+int io_allocate(struct qimg_io *io, uint64_t off, uint64_t len);
 int io_truncate(struct qimg_io *io, uint64_t size);
 
 /* ---- Format drivers ---------------------------------------------------- */

@@ -402,7 +402,7 @@ static int reserve_range(struct qimg_io *io, const char *mode, uint64_t off,
                          uint64_t len)
 {
     if (strcmp(mode, "falloc") == 0) {
-        return io_pwrite_zeroes(io, off, len, false);
+        return io_allocate(io, off, len);
     }
     uint8_t *zeros = calloc(1, RESERVE_CHUNK);
     if (!zeros) {
