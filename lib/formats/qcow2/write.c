@@ -100,6 +100,16 @@ int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s)
         }
         s->hdr.autoclear_features = keep;
     }
+    /*
+     * [spec: dirty bit] refcounts on disk may be wrong after a crash with
+     * lazy refcounts: they must be rebuilt before anything is allocated.
+     */
+    if (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        int ret = qcow2_repair_dirty(node, s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     int ret = qcow2_refcount_init(node, s);
     if (ret < 0) {
         return ret;
@@ -120,6 +130,15 @@ void qcow2_write_free(struct qcow2_state *s)
     free(s->zbuf);
     s->cow_buf = s->zbuf = NULL;
     s->write_ready = false;
+}
+
+int qcow2_repair_dirty(struct qimg_node *node, struct qcow2_state *s)
+{
+    (void)s;
+    return error_set(ENOTSUP,
+                     "%s: the image is dirty (lazy refcounts after a "
+                     "crash); repair it with 'qimg check -r all'",
+                     node->filename);
 }
 
 /* Every write starts here. */
