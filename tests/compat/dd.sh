@@ -250,22 +250,12 @@ for bs in 512 64k 100k 4M; do
 done
 NOALLOC=0
 
-# qcow2 output: only once qimg writes qcow2 images (the write path);
-# until then these cases are reported as not run.
-qcow2_writes() {
-    rm -f probe.qcow2
-    "$QIMG" create -q -f qcow2 probe.qcow2 1M >/dev/null 2>&1 &&
-        "$QIMG" dd -O qcow2 if=tiny.raw of=probe.qcow2 >/dev/null 2>&1 &&
-        "$QEMU_IMG" check -q probe.qcow2 >/dev/null 2>&1
-}
-if qcow2_writes; then
-    copies qcow2 -O qcow2
-    dd_case "qcow2 skip past end" qcow2 -O qcow2 bs=1k skip=11 \
-        if=../blocks.raw of=out
-    dd_case "qcow2 odd size" qcow2 -O qcow2 bs=3000 skip=1 \
-        if=../blocks.raw of=out
-else
-    echo "NOTE: qimg cannot write qcow2 yet: -O qcow2 cases not run" >&2
-fi
+# qcow2 output.
+copies qcow2 -O qcow2
+dd_case "qcow2 skip past end" qcow2 -O qcow2 bs=1k skip=11 \
+    if=../blocks.raw of=out
+dd_case "qcow2 odd size" qcow2 -O qcow2 bs=3000 skip=1 if=../blocks.raw \
+    of=out
+dd_case "qcow2 read error" qcow2 -O qcow2 bs=64k if=../bad.qcow2 of=out
 
 finish
