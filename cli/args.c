@@ -1,5 +1,6 @@
 /* Argument handling shared by the commands, with qemu-img's messages. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,12 +243,19 @@ int cli_print_create_help(const char *format, const char *filename)
 
 int cli_parse_num(const char *name, const char *arg, uint64_t *out)
 {
+    return cli_parse_num_range(name, arg, 0, INT64_MAX, out);
+}
+
+int cli_parse_num_range(const char *name, const char *arg, uint64_t min,
+                        uint64_t max, uint64_t *out)
+{
     /* *out is not set when parsing fails. */
-    bool parsed = qimg_parse_size(arg, 'B', out) == 0;
-    if (!parsed || *out > INT64_MAX) {
+    uint64_t v;
+    bool parsed = qimg_parse_size(arg, 'B', &v) == 0;
+    if (!parsed || v < min || v > max) {
         if (parsed || errno == ERANGE) {
-            cli_error("Invalid %s specified. Must be between 0 and "
-                      "9223372036854775807.", name);
+            cli_error("Invalid %s specified. Must be between %" PRIu64
+                      " and %" PRIu64 ".", name, min, max);
         } else {
             cli_error("Invalid %s specified. You may use k, M, G, T, P or "
                       "E suffixes for", name);
@@ -256,6 +264,7 @@ int cli_parse_num(const char *name, const char *arg, uint64_t *out)
         }
         return -1;
     }
+    *out = v;
     return 0;
 }
 

@@ -49,6 +49,9 @@ int cli_add_object(const char *def);
  * start offset specified"), at most INT64_MAX; -1 after the message.
  */
 int cli_parse_num(const char *name, const char *arg, uint64_t *out);
+/* The same for a value in [min, max] (max at most INT64_MAX). */
+int cli_parse_num_range(const char *name, const char *arg, uint64_t min,
+                        uint64_t max, uint64_t *out);
 /* Is this one of qemu-img's cache modes (-t/-T)? */
 bool cli_cache_mode_valid(const char *mode);
 
@@ -106,6 +109,7 @@ int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
+int cmd_dd(int argc, char **argv);
 
 void cli_print_help(void);
 

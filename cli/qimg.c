@@ -50,7 +50,7 @@ static const struct command commands[] = {
     {"create", cmd_create,
      "create [--object objectdef] [-q] [-f fmt] [-b backing_file "
      "[-F backing_fmt]] [-u] [-o options] filename [size]"},
-    {"dd", cmd_not_yet,
+    {"dd", cmd_dd,
      "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] "
      "[count=blocks] [skip=blocks] if=input of=output"},
     {"info", cmd_info,

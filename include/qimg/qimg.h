@@ -602,6 +602,54 @@ int qimg_measure(const struct qimg_measure_params *p,
 struct qimg_value *qimg_measure_result_to_value(
     const struct qimg_measure_result *r);
 
+/* ---- Block copy (qemu-img dd) ---------------------------------------- */
+
+/* The largest bs= qemu-img dd accepts (INT_MAX). */
+#define QIMG_DD_MAX_BLOCK_SIZE 2147483647u
+
+struct qimg_dd_params {
+    const char *input;
+    const char *input_format;  /* NULL: probe */
+    unsigned input_flags;      /* extra QIMG_OPEN_* flags (FORCE_SHARE) */
+    const char *output;        /* created, replacing any existing file */
+    const char *output_format; /* NULL means raw */
+    /* bs=: 1 to QIMG_DD_MAX_BLOCK_SIZE bytes (qemu-img's default: 512). */
+    uint64_t block_size;
+    bool has_count;
+    uint64_t count; /* count=: blocks, at most INT64_MAX */
+    uint64_t skip;  /* skip=: blocks, at most INT64_MAX */
+};
+
+struct qimg_dd_result {
+    /* The virtual size the output was created with. */
+    uint64_t output_size;
+    /*
+     * skip lies past the end of the (count-capped) input: the output was
+     * created empty and nothing was copied.  qemu-img prints "INPUT:
+     * cannot skip to specified offset" and still succeeds.
+     */
+    bool skip_past_end;
+    uint64_t bytes_copied; /* also after a failure part way */
+};
+
+/*
+ * qemu-img 7.2's dd.  The input is opened (read-only, with input_flags),
+ * the output format checked ("Unknown file format"), then the output is
+ * created with size S - skip * bs, where S is the input size rounded up
+ * to 512 bytes and capped at count * bs (when count is set and the
+ * product fits in int64): note that skip is subtracted after the cap, as
+ * in qemu-img 7.2, so count=C skip=K copies C - K blocks.  A skip past S
+ * gives an empty output (skip_past_end).  Then input bytes [skip * bs,
+ * S) are written to the output from offset 0, zeros included, so the
+ * output is fully allocated (as qemu-img's).  The output is left in
+ * place when the copy fails.  Messages are qemu-img's ("Could not open
+ * ...", "OUTPUT: error while creating output image: why", "error while
+ * reading from input image file: why", "error while writing to output
+ * image file: why").  Returns 0 or -1; *out (may be NULL) is filled
+ * either way.
+ */
+int qimg_dd(const struct qimg_dd_params *p, struct qimg_dd_result *out);
+
 /* ---- Sizes ------------------------------------------------------------- */
 
 /*
