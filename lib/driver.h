@@ -78,12 +78,20 @@ struct qimg_io_ops {
      * message if another process conflicts; the old state stays then.
      */
     int (*set_perm)(struct qimg_io *io, unsigned perm, unsigned unshared);
+    /*
+     * Reserve host space for [off, off + len) as posix_fallocate does,
+     * extending the file if needed; the range reads as before (zero past
+     * the old end).  NULL: the leaf cannot reserve space.
+     */
+    int (*allocate)(struct qimg_io *io, uint64_t off, uint64_t len);
 };
 
 struct qimg_io {
     const struct qimg_io_ops *ops;
     char *filename;
     bool writable;
+    /* A device: its size is fixed, truncate can only hide its end. */
+    bool fixed_size;
 };
 
 int io_file_open(const char *filename, unsigned flags, struct qimg_io **out);

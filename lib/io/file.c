@@ -405,6 +405,7 @@ int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
     f->io.ops = &io_file_ops;
     f->io.filename = name;
     f->io.writable = rw;
+    f->io.fixed_size = S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode);
     f->fd_writable = rw;
     f->dev = st.st_dev;
     f->ino = st.st_ino;
@@ -772,6 +773,27 @@ static int io_file_truncate(struct qimg_io *io, uint64_t size)
 }
 
 /*
+ * posix_fallocate: the file system reserves the blocks (unwritten extents
+ * that read as zero) or, without fallocate support, glibc writes a zero
+ * into each block.
+ */
+static int io_file_allocate(struct qimg_io *io, uint64_t off, uint64_t len)
+{
+    struct io_file *f = io_file_from(io);
+    int ret = io_file_check_range(f, off, len);
+    if (ret < 0 || len == 0) {
+        return ret;
+    }
+    /* posix_fallocate returns the error instead of setting errno. */
+    int err = posix_fallocate(f->fd, (off_t)off, (off_t)len);
+    if (err != 0) {
+        return error_set_errno(err, "Could not allocate space in '%s'",
+                               f->io.filename);
+    }
+    return 0;
+}
+
+/*
  * Holes from SEEK_DATA/SEEK_HOLE.  Past the end of the file is a hole (it
  * reads as zero).  When the filesystem cannot tell, everything is data,
  * which is always a correct answer.
@@ -839,6 +861,7 @@ static const struct qimg_io_ops io_file_ops = {
     .discard = io_file_discard,
     .flush = io_file_flush,
     .truncate = io_file_truncate,
+    .allocate = io_file_allocate,
     .block_status = io_file_block_status,
     .set_perm = io_file_set_perm,
 };
