@@ -168,6 +168,8 @@ struct qimg_format_ops {
      * prealloc: "off", "metadata", "falloc" or "full" for the new area
      * (never NULL).  Shrinking drops the data past size; the caller has
      * checked that shrinking was asked for.  NULL: cannot be resized.
+     * When the backing file is longer than the old size, the core then
+     * zero-writes the new area (QEMU's zero write on truncate).
      */
     int (*truncate)(struct qimg_node *node, uint64_t size,
                     const char *prealloc);

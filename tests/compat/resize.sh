@@ -18,15 +18,19 @@ norm() {
         -e 's/got\.\(raw\|qcow2\|img\)/IMG/g' "$@"
 }
 
-# Info and map of an image as qemu-img sees it, names filtered, without
-# the disk size (compared separately, with allocation).
+# An image as qemu-img sees it, names filtered: info without the disk
+# size (allocation is compared separately) and, for raw files, whose
+# layout is the guest's, the file length and the map.  A qcow2 file's
+# host layout (where clusters land, what is a hole) is qimg's own.
 describe() {
     local fmt=$1 img=$2 out=$3
     {
-        stat -c 'length %s' "$img"
         "$QEMU_IMG" info -f "$fmt" --output=json "$img" |
             grep -v '"actual-size"\|"filename"'
-        "$QEMU_IMG" map -f "$fmt" --output=json "$img"
+        if [ "$fmt" = raw ]; then
+            stat -c 'length %s' "$img"
+            "$QEMU_IMG" map -f "$fmt" --output=json "$img"
+        fi
     } >"$out" 2>&1
     norm "$out"
 }
@@ -40,6 +44,8 @@ same() {
     local ext=${src##*.}
     cp --sparse=always "$src" "want.$ext"
     cp --sparse=always "$src" "got.$ext"
+    local b0
+    b0=$(stat -c %b "got.$ext")
     local a want_args=() got_args=()
     for a in "$@"; do
         want_args+=("${a//IMG/want.$ext}")
@@ -60,20 +66,37 @@ same() {
         "got.$ext" 2>/dev/null; then
         fail "$name: contents differ"
     fi
-    # Preallocation is visible in the allocation (st_blocks), which
-    # both tools must change the same way; block granularity differs by
-    # nothing since both files live on the same file system.
-    checks=$((checks + 1))
     local bw bg
     bw=$(stat -c %b "want.$ext")
     bg=$(stat -c %b "got.$ext")
-    if [ "$bw" != "$bg" ]; then
-        fail "$name: allocated blocks $bg, qemu-img $bw"
-    fi
-    if [ "$fmt" = qcow2 ]; then
+    if [ "$fmt" = raw ]; then
+        # Preallocation shows in the allocation (st_blocks), which both
+        # tools must change alike (both files are on one file system).
+        checks=$((checks + 1))
+        if [ "$bw" != "$bg" ]; then
+            fail "$name: allocated blocks $bg, qemu-img $bw"
+        fi
+    else
         checks=$((checks + 1))
         "$QEMU_IMG" check -f qcow2 "got.$ext" >check.out 2>&1 ||
             fail "$name: qemu-img check" "$(cat check.out)"
+        # Preallocated qcow2 images have the new area's clusters in the
+        # file: at least as many bytes as the guest grew by.
+        local grow
+        grow=$(($("$QEMU_IMG" info -f qcow2 --output=json "got.$ext" |
+            sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p') - \
+            $("$QEMU_IMG" info -f qcow2 --output=json "$src" |
+                sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')))
+        case " $* " in
+        *" --preallocation="[fu]*)
+            checks=$((checks + 1))
+            if [ $(((bg - b0) * 512)) -lt $((grow)) ] &&
+                [ $(((bw - b0) * 512)) -ge $((grow)) ]
+            then
+                fail "$name: new area not allocated ($bg blocks)"
+            fi
+            ;;
+        esac
     fi
 }
 
@@ -221,6 +244,138 @@ fi
 "$QIMG" resize -q p.raw 1M 2>/dev/null || fail "probed empty resize"
 checks=$((checks + 1))
 [ "$(stat -c %s p.raw)" = 1048576 ] || fail "probed empty resize size"
+
+# ---- qcow2 images ----------------------------------------------------
+
+mk -f qcow2 q1m.qcow2 1M
+io -f qcow2 -c 'write -P 0x11 0 100k' -c 'write -P 0x22 960k 64k' \
+    -c 'write -z 512k 64k' q1m.qcow2
+mk -f qcow2 -o cluster_size=4k,compat=0.10 q4k.qcow2 1M
+io -f qcow2 -c 'write -P 0x33 0 8k' -c 'write -P 0x44 1020k 4k' q4k.qcow2
+mk -f qcow2 -o extended_l2=on,cluster_size=64k qext.qcow2 1M
+io -f qcow2 -c 'write -P 0x55 4k 4k' -c 'write -P 0x66 1000k 24k' qext.qcow2
+mk -f qcow2 qodd.qcow2 1000k
+io -f qcow2 -c 'write -P 0x77 990k 10k' qodd.qcow2
+for q in q1m q4k qext qodd; do
+    same "$q grow" qcow2 $q.qcow2 IMG 2M
+    same "$q grow relative" qcow2 $q.qcow2 IMG +1M
+    same "$q grow unaligned" qcow2 $q.qcow2 IMG +1000
+    same "$q grow by a sector" qcow2 $q.qcow2 IMG +512
+    same "$q grow big" qcow2 $q.qcow2 -f qcow2 IMG 3G
+    same "$q plus zero" qcow2 $q.qcow2 IMG +0
+    same "$q shrink refused" qcow2 $q.qcow2 IMG 512k
+    same "$q shrink" qcow2 $q.qcow2 --shrink IMG 512k
+    same "$q shrink mid cluster" qcow2 $q.qcow2 --shrink IMG 995k
+    same "$q shrink unaligned" qcow2 $q.qcow2 --shrink IMG 999
+    same "$q shrink to a sector" qcow2 $q.qcow2 --shrink IMG 512
+    for p in metadata falloc full; do
+        same "$q prealloc $p" qcow2 $q.qcow2 --preallocation=$p IMG +1M
+        same "$q prealloc $p unaligned" qcow2 $q.qcow2 \
+            --preallocation=$p IMG +1000
+        same "$q prealloc $p shrink" qcow2 $q.qcow2 --preallocation=$p \
+            --shrink IMG 512k
+    done
+done
+same "qcow2 prealloc big" qcow2 q1m.qcow2 --preallocation=metadata IMG 1G
+same "qcow2 -f raw grow" raw q1m.qcow2 -f raw IMG +64k
+
+# Shrink then grow.  qemu-img 7.2 lets the old bytes of the last
+# cluster past a shrink show again when the image grows back (its
+# truncate leaves that cluster alone); qimg makes them read as zero, as
+# a new area should.  Everything else must read the same.
+cp q1m.qcow2 sg-want.qcow2
+cp q1m.qcow2 sg-got.qcow2
+"$QEMU_IMG" resize -q --shrink sg-want.qcow2 990k &&
+    "$QEMU_IMG" resize -q sg-want.qcow2 2M || fail "qemu-img shrink, grow"
+"$QIMG" resize -q --shrink sg-got.qcow2 990k &&
+    "$QIMG" resize -q sg-got.qcow2 2M || fail "qimg shrink, grow"
+checks=$((checks + 1))
+"$QEMU_IO" -f qcow2 -c 'read -P 0x11 0 100k' -c 'read -P 0 100k 860k' \
+    -c 'read -P 0x22 960k 30k' -c 'read -P 0 990k 1058k' sg-got.qcow2 \
+    >io.out 2>&1
+if grep -q -i 'fail\|mismatch' io.out; then
+    fail "shrink, grow: contents" "$(cat io.out)"
+fi
+checks=$((checks + 1))
+"$QEMU_IMG" compare -q sg-want.qcow2 sg-got.qcow2 2>/dev/null
+[ $? = 1 ] || fail "shrink, grow: qemu-img 7.2's stale tail no longer differs"
+"$QEMU_IO" -f qcow2 -c 'write -P 0 990k 34k' sg-want.qcow2 >/dev/null
+checks=$((checks + 1))
+"$QEMU_IMG" compare -q sg-want.qcow2 sg-got.qcow2 ||
+    fail "shrink, grow: contents differ outside the stale tail"
+checks=$((checks + 1))
+"$QEMU_IMG" check -q sg-got.qcow2 || fail "shrink, grow: check"
+
+# Internal snapshots stay whole through a resize of the active layer:
+# applying the snapshot afterwards gives back its data and its size.
+cp q1m.qcow2 snap.qcow2
+"$QEMU_IMG" snapshot -c s1 snap.qcow2 || fail "qemu-img snapshot -c"
+io -f qcow2 -c 'write -P 0x99 0 4k' snap.qcow2
+same "snapshot grow" qcow2 snap.qcow2 IMG +3M
+same "snapshot shrink" qcow2 snap.qcow2 --shrink IMG 256k
+"$QEMU_IMG" convert -O raw -l s1 snap.qcow2 s1.raw
+for args in "+3M" "--shrink 256k"; do
+    cp snap.qcow2 snap-got.qcow2
+    # shellcheck disable=SC2086  # two words on purpose
+    "$QIMG" resize -q snap-got.qcow2 $args || fail "snapshot $args"
+    "$QEMU_IMG" snapshot -a s1 snap-got.qcow2 || fail "snapshot -a s1"
+    "$QEMU_IMG" convert -O raw snap-got.qcow2 s1-got.raw
+    expect_same "snapshot kept through resize $args" s1.raw s1-got.raw
+    checks=$((checks + 1))
+    "$QEMU_IMG" check -q snap-got.qcow2 || fail "snapshot $args: check"
+done
+
+# Backing files: a longer backing file must not show through the new
+# area (it reads as zero); a shorter one needs nothing.
+mk -f qcow2 base.qcow2 4M
+io -f qcow2 -c 'write -P 0xbb 0 4M' base.qcow2
+mk -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2 1M
+io -f qcow2 -c 'write -P 0x12 64k 4k' -c 'write -P 0x13 1020k 4k' ov.qcow2
+mk -f qcow2 -b base.qcow2 -F qcow2 -o cluster_size=4k ov4k.qcow2 1000k
+io -f qcow2 -c 'write -P 0x14 996k 4k' ov4k.qcow2
+mk -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 ovv2.qcow2 1M
+mk -f qcow2 -b base.qcow2 -F qcow2 ovlong.qcow2 6M
+mk -f raw rawbase.raw 2M
+io -f raw -c 'write -P 0xcc 0 2M' rawbase.raw
+mk -f qcow2 -b rawbase.raw -F raw ovraw.qcow2 1M
+for q in ov ov4k ovlong ovraw; do
+    same "$q grow" qcow2 $q.qcow2 IMG +1M
+    same "$q grow past backing" qcow2 $q.qcow2 IMG 8M
+    same "$q grow unaligned" qcow2 $q.qcow2 IMG +1536
+    same "$q shrink" qcow2 $q.qcow2 --shrink IMG 512k
+    for p in metadata falloc full; do
+        same "$q prealloc $p" qcow2 $q.qcow2 --preallocation=$p IMG 5M
+    done
+done
+same "ovv2 shrink" qcow2 ovv2.qcow2 --shrink IMG 512k
+# A compat=0.10 image has no zero clusters: qemu-img 7.2 refuses to grow
+# one over a longer backing file ("Failed to zero out new clusters:
+# Operation not supported"); qimg grows it and writes the zeros as data.
+# Either way the backing file must not show through.
+for size in +1M 8M; do
+    cp ovv2.qcow2 ovv2-got.qcow2
+    expect_status "ovv2 grow $size" 0 "$QIMG" resize ovv2-got.qcow2 $size
+    checks=$((checks + 1))
+    "$QEMU_IO" -f qcow2 -c 'read -P 0xbb 0 1M' \
+        -c "read -P 0 1M $(($("$QEMU_IMG" info --output=json \
+            ovv2-got.qcow2 | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p') \
+            - 1048576))" ovv2-got.qcow2 >io.out 2>&1
+    if grep -q -i 'fail\|mismatch' io.out; then
+        fail "ovv2 grow $size: contents" "$(cat io.out)"
+    fi
+    checks=$((checks + 1))
+    "$QEMU_IMG" check -q ovv2-got.qcow2 || fail "ovv2 grow $size: check"
+done
+# Shrunk, then grown again, over a longer backing file.
+cp ov.qcow2 ovsg-want.qcow2
+cp ov.qcow2 ovsg-got.qcow2
+"$QEMU_IMG" resize -q --shrink ovsg-want.qcow2 512k &&
+    "$QEMU_IMG" resize -q ovsg-want.qcow2 3M || fail "qemu-img ov shrink, grow"
+"$QIMG" resize -q --shrink ovsg-got.qcow2 512k &&
+    "$QIMG" resize -q ovsg-got.qcow2 3M || fail "qimg ov shrink, grow"
+checks=$((checks + 1))
+"$QEMU_IMG" compare -q ovsg-want.qcow2 ovsg-got.qcow2 ||
+    fail "ov shrink, grow: contents differ"
 
 # ---- Locked images ---------------------------------------------------
 
