@@ -172,7 +172,7 @@ int cli_add_object(const char *def)
         goto out;
     }
     if (!qimg_opts_get(opts, "data") && !qimg_opts_get(opts, "file")) {
-        cli_error("Either 'data' or 'file' must be provided");
+        cli_error("Either 'file' or 'data' must be provided");
         goto out;
     }
     ret = 0;

@@ -63,12 +63,6 @@ struct qimg_io_ops {
      * that need zeros use pwrite_zeroes.
      */
     int (*discard)(struct qimg_io *io, uint64_t off, uint64_t len);
-    /*
-     * Reserve host space for a range without changing what it reads
-     * (posix_fallocate; extends the file).  NULL: io_allocate() writes
-     * zeros where nothing is stored instead.
-     */
-    int (*allocate)(struct qimg_io *io, uint64_t off, uint64_t len);
     int (*flush)(struct qimg_io *io);
     int (*truncate)(struct qimg_io *io, uint64_t size);
     /*
@@ -84,12 +78,20 @@ struct qimg_io_ops {
      * message if another process conflicts; the old state stays then.
      */
     int (*set_perm)(struct qimg_io *io, unsigned perm, unsigned unshared);
+    /*
+     * Reserve host space for [off, off + len) as posix_fallocate does,
+     * extending the file if needed; the range reads as before (zero past
+     * the old end).  NULL: the leaf cannot reserve space.
+     */
+    int (*allocate)(struct qimg_io *io, uint64_t off, uint64_t len);
 };
 
 struct qimg_io {
     const struct qimg_io_ops *ops;
     char *filename;
     bool writable;
+    /* A device: its size is fixed, truncate can only hide its end. */
+    bool fixed_size;
 };
 
 int io_file_open(const char *filename, unsigned flags, struct qimg_io **out);
@@ -107,7 +109,10 @@ int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off);
 int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
                      bool may_unmap);
 int io_flush(struct qimg_io *io);
-/* Reserve [off, off + len) (QEMU's preallocation=falloc); see allocate. */
+/*
+ * Reserve [off, off + len) (QEMU's preallocation=falloc) with the leaf's
+ * allocate, or by zero writes on leaves without one.
+ */
 int io_allocate(struct qimg_io *io, uint64_t off, uint64_t len);
 int io_truncate(struct qimg_io *io, uint64_t size);
 
@@ -168,6 +173,8 @@ struct qimg_format_ops {
      * prealloc: "off", "metadata", "falloc" or "full" for the new area
      * (never NULL).  Shrinking drops the data past size; the caller has
      * checked that shrinking was asked for.  NULL: cannot be resized.
+     * When the backing file is longer than the old size, the core then
+     * zero-writes the new area (QEMU's zero write on truncate).
      */
     int (*truncate)(struct qimg_node *node, uint64_t size,
                     const char *prealloc);

@@ -522,23 +522,61 @@ int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
     return ret < 0 ? fail_int(ret) : 0;
 }
 
+/*
+ * The largest image size QEMU's block layer accepts: INT64_MAX rounded
+ * down to its largest alignment (1 GiB), BDRV_MAX_LENGTH.
+ */
+#define RESIZE_MAX_LENGTH (INT64_MAX & ~(((int64_t)1 << 30) - 1))
+
+/*
+ * Zero the area a resize added when the backing file is long enough to
+ * show through it: the guest must see zeros there, as in QEMU, which
+ * asks the format for a zero write of the new area in that case.
+ */
+static int resize_zero_new_area(struct qimg_node *node, uint64_t old_size)
+{
+    if (!node->backing || node->backing->size <= old_size ||
+        node->size <= old_size) {
+        return 0;
+    }
+    uint64_t len = node->size - old_size;
+    int ret;
+    if (node->drv->pwrite_zeroes) {
+        ret = driver_result(node->drv->pwrite_zeroes(node, old_size, len, 0));
+    } else if (node->drv->pwrite) {
+        ret = write_zero_buffer(node, old_size, len);
+    } else {
+        ret = error_set(ENOTSUP, "%s: the %s driver cannot write",
+                        node->filename, node->drv->name);
+    }
+    return ret;
+}
+
 int qimg_resize(struct qimg_image *img, uint64_t size, const char *prealloc,
                 unsigned flags)
 {
     struct qimg_node *node = img->top;
+    uint64_t old_size = node->size;
     int ret = 0;
-    if (!node->writable) {
-        ret = error_set(EACCES, "%s: image is opened read-only",
-                        node->filename);
-    } else if (size < node->size && !(flags & QIMG_RESIZE_SHRINK)) {
+    if (size < old_size && !(flags & QIMG_RESIZE_SHRINK)) {
         ret = error_set(EINVAL, "%s: shrinking was not asked for",
                         node->filename);
+    } else if (size > (uint64_t)RESIZE_MAX_LENGTH) {
+        /* QEMU's words (bdrv_check_request). */
+        ret = error_set(EFBIG, "offset(%llu) exceeds maximum(%lld)",
+                        (unsigned long long)size,
+                        (long long)RESIZE_MAX_LENGTH);
+    } else if (!node->writable) {
+        ret = error_set(EACCES, "Image is read-only");
     } else if (!node->drv->truncate) {
-        ret = error_set(ENOTSUP, "%s: the %s format cannot be resized",
-                        node->filename, node->drv->name);
+        ret = error_set(ENOTSUP, "Image format driver does not support "
+                        "resize");
     } else {
         ret = driver_result(
             node->drv->truncate(node, size, prealloc ? prealloc : "off"));
+        if (ret == 0) {
+            ret = resize_zero_new_area(node, old_size);
+        }
     }
     return ret < 0 ? fail_int(ret) : 0;
 }

@@ -116,6 +116,145 @@ static int raw_flush(struct qimg_node *node)
     return node_sync(node, node->file);
 }
 
+/* Zeros written per request by preallocation=full (as QEMU's file driver). */
+#define RAW_FULL_CHUNK 65536
+
+/*
+ * QEMU's file driver writes the first sector of a file grown from empty,
+ * so that the file system has a block to probe alignment with; the map of
+ * the file shows it as data, so qimg does the same.  Failures are ignored
+ * (it is an optimisation there).
+ */
+static void raw_allocate_first_block(struct qimg_io *file)
+{
+    static const uint8_t zeros[RAW_PROTECTED_BYTES];
+    (void)io_pwrite(file, zeros, sizeof(zeros), 0);
+}
+
+/* Write zeros over [from, to) of the file: preallocation=full. */
+static int raw_write_zeros(struct qimg_io *file, uint64_t from, uint64_t to)
+{
+    static const uint8_t zeros[RAW_FULL_CHUNK];
+    while (from < to) {
+        size_t n = to - from < RAW_FULL_CHUNK ? (size_t)(to - from)
+                                               : RAW_FULL_CHUNK;
+        int ret = io_pwrite(file, zeros, n, from);
+        if (ret < 0) {
+            return error_set_errno(-ret, "Could not write zeros for "
+                                   "preallocation");
+        }
+        from += n;
+    }
+    return 0;
+}
+
+/*
+ * A device keeps its size: only a resize to the size it has succeeds, and
+ * no preallocation applies (QEMU's file driver, whose words these are).
+ */
+static int raw_truncate_device(struct qimg_node *node, uint64_t size,
+                               const char *prealloc)
+{
+    if (strcmp(prealloc, "off") != 0) {
+        return error_set(ENOTSUP, "Preallocation mode '%s' unsupported for "
+                         "this non-regular file", prealloc);
+    }
+    int64_t cur = io_get_size(node->file);
+    if (cur < 0) {
+        return (int)cur;
+    }
+    if ((uint64_t)cur != size) {
+        return error_set(ENOTSUP, "Cannot resize device files");
+    }
+    return 0;
+}
+
+/*
+ * Resize the file to exactly size bytes; the new area is a hole (off),
+ * reserved (falloc) or written with zeros (full).  A failed preallocation
+ * restores the old length so that nothing half-done stays behind.
+ */
+static int raw_truncate(struct qimg_node *node, uint64_t size,
+                        const char *prealloc)
+{
+    /* node->size is size rounded up to whole sectors. */
+    if (size > INT64_MAX - 511) {
+        return error_set(EFBIG, "Image size too large");
+    }
+    struct qimg_io *file = node->file;
+    int ret;
+    if (file->fixed_size) {
+        ret = raw_truncate_device(node, size, prealloc);
+        if (ret == 0) {
+            node->size = (size + 511) & ~(uint64_t)511;
+        }
+        return ret;
+    }
+    int64_t scur = io_get_size(file);
+    if (scur < 0) {
+        return (int)scur;
+    }
+    uint64_t cur = (uint64_t)scur;
+    bool off = strcmp(prealloc, "off") == 0;
+    bool falloc = strcmp(prealloc, "falloc") == 0;
+    bool full = strcmp(prealloc, "full") == 0;
+    if (!off && cur > size) {
+        return error_set(ENOTSUP, "Cannot use preallocation for shrinking "
+                         "files");
+    }
+    if (!off && !falloc && !full) {
+        return error_set(ENOTSUP, "Unsupported preallocation mode: %s",
+                         prealloc);
+    }
+
+    if (falloc) {
+        /* posix_fallocate extends the file itself. */
+        ret = 0;
+        if (size != cur) {
+            ret = file->ops->allocate
+                      ? file->ops->allocate(file, cur, size - cur)
+                      : io_pwrite_zeroes(file, cur, size - cur, false);
+            if (ret < 0) {
+                ret = error_set_errno(-ret, "Could not preallocate new data");
+            } else if (cur == 0) {
+                raw_allocate_first_block(file);
+            }
+        }
+    } else {
+        ret = io_truncate(file, size);
+        if (ret < 0) {
+            return error_set_errno(-ret, "Could not resize file");
+        }
+        if (full) {
+            ret = raw_write_zeros(file, cur, size);
+            /* QEMU's full preallocation syncs whatever the cache mode. */
+            if (ret == 0) {
+                ret = io_flush(file);
+                if (ret < 0) {
+                    ret = error_set_errno(-ret, "Could not flush file to "
+                                          "disk");
+                }
+            }
+        } else if (cur == 0 && size > 0) {
+            raw_allocate_first_block(file);
+        }
+    }
+    if (ret < 0) {
+        /* Best effort: the first error is the one reported. */
+        (void)file->ops->truncate(file, cur);
+        return ret;
+    }
+    scur = io_get_size(file);
+    if (scur < 0) {
+        return (int)scur;
+    }
+    if ((uint64_t)scur > INT64_MAX - 511) {
+        return error_set(EFBIG, "Image too large");
+    }
+    node->size = ((uint64_t)scur + 511) & ~(uint64_t)511;
+    return 0;
+}
+
 static int raw_block_status(struct qimg_node *node, uint64_t off,
                             uint64_t len, uint64_t *pnum, uint64_t *host_off)
 {
@@ -156,6 +295,7 @@ const struct qimg_format_ops format_raw = {
     .pwrite_zeroes = raw_pwrite_zeroes,
     .pdiscard = raw_pdiscard,
     .flush = raw_flush,
+    .truncate = raw_truncate,
     .block_status = raw_block_status,
     .get_allocated = raw_get_allocated,
     .create_opts = raw_create_opts,
