@@ -58,8 +58,12 @@ repair() {
     fi
     expect_status "$name (-r $mode $*): qemu-img check of the result" \
         "$want" "$QEMU_IMG" check "$c.qcow2"
-    expect_status "$name (-r $mode $*): same guest data as qemu-img's" 0 \
-        "$QEMU_IMG" compare -q "$c.want.qcow2" "$c.qcow2"
+    # Where qemu-img can still read its copy, the guest data must match.
+    if "$QEMU_IMG" compare -q "$c.want.qcow2" "$c.want.qcow2" \
+        >/dev/null 2>&1; then
+        expect_status "$name (-r $mode $*): same guest data as qemu-img's" \
+            0 "$QEMU_IMG" compare -q "$c.want.qcow2" "$c.qcow2"
+    fi
     rm -f "$c.qcow2" "$c.want.qcow2"
 }
 
@@ -133,6 +137,45 @@ every "refcount table entry with reserved bits" rt-reserved.qcow2
 fresh rb-unaligned.qcow2
 patch rb-unaligned.qcow2 0x10000 0x20200
 every "unaligned refcount block" rb-unaligned.qcow2
+
+# -r all turns an unaligned preallocated zero cluster into a plain one.
+fresh zero-unaligned.qcow2
+patch zero-unaligned.qcow2 $L2 0x8000000000050201
+every "unaligned preallocated zero cluster" zero-unaligned.qcow2
+rm -f el2.qcow2
+mk -f qcow2 -o extended_l2=on el2.qcow2 1M
+io -c 'write -P 1 0 64k' -c 'write -z 128k 64k' el2.qcow2
+patch el2.qcow2 $((L2 + 32)) 0x8000000000060200
+every "extended L2: unaligned preallocated zero cluster" el2.qcow2
+# Not repaired by QEMU: reported again after the repairs.
+fresh data-unaligned.qcow2
+patch data-unaligned.qcow2 $L2 0x8000000000050200
+every "unaligned data cluster" data-unaligned.qcow2
+fresh l2-shared.qcow2
+"$QEMU_IMG" resize -q l2-shared.qcow2 1G
+patch l2-shared.qcow2 $((L1 + 8)) 0x8000000000040000
+every "two L1 entries share an L2 table" l2-shared.qcow2
+
+# Compressed clusters, v2 images, external data files.
+rm -f comp.qcow2
+mk -f qcow2 comp.qcow2 4M
+io -c 'write -c -P 7 0 64k' -c 'write -c -P 8 64k 64k' -c 'write -P 1 1M 64k' \
+    comp.qcow2
+patch comp.qcow2 $((RB + 2 * 5)) 0 2
+every "compressed clusters, rebuild" comp.qcow2
+rm -f v2.qcow2
+mk -f qcow2 -o compat=0.10 v2.qcow2 4M
+io -c 'write -P 5 64k 300k' v2.qcow2
+cp v2.qcow2 v2-rebuild.qcow2
+patch v2-rebuild.qcow2 $((RB + 2 * 5)) 0 2
+every "compat=0.10, rebuild" v2-rebuild.qcow2
+patch v2.qcow2 $((RB + 2 * 5)) 2 2
+every "compat=0.10, leak" v2.qcow2
+rm -f df.qcow2 ext.data
+mk -f qcow2 -o data_file=ext.data df.qcow2 4M
+io -c 'write -P 1 0 128k' df.qcow2
+patch df.qcow2 $((L2 + 8)) 0x10000
+every "data file: COPIED missing" df.qcow2
 
 fresh rsv0.qcow2
 patch rsv0.qcow2 $L2 0x8000000000050002

@@ -524,6 +524,27 @@ static uint64_t l2_bitmap(const struct qcow2_state *s, const uint8_t *t,
 }
 
 #define L2_BITMAP_ALL_ALLOC 0xffffffffull
+#define L2_BITMAP_ALL_ZERO 0xffffffff00000000ull
+
+/*
+ * Replace entry i of the L2 table at l2_off with a plain zero cluster:
+ * the zero flag, or with extended L2 entries no host cluster and every
+ * subcluster reading as zero [spec: Extended L2 Entries].
+ */
+static int fix_zero_entry(struct check *c, uint64_t l2_off, uint64_t i)
+{
+    const struct qcow2_state *s = c->s;
+    uint8_t e[16];
+    size_t n = s->l2_entry_size;
+    if (n == 16) {
+        store_be64(e, 0);
+        store_be64(e + 8, L2_BITMAP_ALL_ZERO);
+    } else {
+        store_be64(e, QCOW2_OFLAG_ZERO);
+    }
+    memcpy(c->l2_buf + i * n, e, n);
+    return write_file(c, e, n, l2_off + i * n);
+}
 
 /* One L2 table (QEMU's check_refcounts_l2). */
 static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
@@ -613,17 +634,35 @@ static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
                 bool has_data = s->subclusters_per_cluster > 1
                                     ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
                                     : !(e & QCOW2_OFLAG_ZERO);
-                res->corruptions++;
+                bool fix = !has_data && (c->fix & QIMG_CHECK_FIX_ERRORS);
                 if (has_data) {
+                    res->corruptions++;
                     say(c,
                         "ERROR offset=%" PRIx64 ": Data cluster is not "
                         "properly aligned; L2 entry corrupted.",
                         off);
                 } else {
                     say(c,
-                        "ERROR offset=%" PRIx64 ": Preallocated cluster "
+                        "%s offset=%" PRIx64 ": Preallocated cluster "
                         "is not properly aligned; L2 entry corrupted.",
-                        off);
+                        fix ? "Repairing" : "ERROR", off);
+                }
+                if (!has_data && !fix) {
+                    res->corruptions++;
+                }
+                if (fix) {
+                    /*
+                     * [QEMU] -r all makes it a plain zero cluster (no
+                     * host cluster), which then references nothing.
+                     */
+                    int wret = fix_zero_entry(c, l2_off, i);
+                    if (wret == 0) {
+                        res->corruptions_fixed++;
+                        break;
+                    }
+                    say(c, "ERROR: Failed to overwrite L2 table entry: %s",
+                        strerror(-wret));
+                    res->check_errors++;
                 }
             }
             if (frag_info) {
