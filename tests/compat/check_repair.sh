@@ -212,6 +212,41 @@ every "dirty lazy refcounts image, 4k clusters" lazy4k.qcow2
 lazy lazy-clean.qcow2 cluster_size=64k 4M 'read 0 64k'
 every "dirty bit, nothing else" lazy-clean.qcow2
 
+# A writable open repairs a dirty image (unless it is opened for a
+# check): qemu-io's open and qimg's must leave the same bytes.
+open_repair() {
+    local name=$1 src=$2
+    cp "$src" "$src.qemu"
+    cp "$src" "$src.qimg"
+    "$QEMU_IO" -c 'read 0 512' "$src.qemu" >/dev/null 2>&1 ||
+        fail "$name: qemu-io could not open $src"
+    expect_status "$name: qimg's writable open" 0 "$QIMG_OPEN_RW" \
+        "$src.qimg"
+    checks=$((checks + 1))
+    if ! cmp -s "$src.qemu" "$src.qimg"; then
+        fail "$name: the open repaired differently" \
+            "$(cmp -l "$src.qemu" "$src.qimg" | head -10)"
+    fi
+    expect_status "$name: qemu-img check clean afterwards" 0 \
+        "$QEMU_IMG" check "$src.qimg"
+    rm -f "$src.qemu" "$src.qimg"
+}
+open_repair "open repairs a dirty lazy refcounts image" lazy.qcow2
+open_repair "open repairs a dirty image, 4k clusters" lazy4k.qcow2
+open_repair "open clears a dirty bit" lazy-clean.qcow2
+fresh dirty-leak.qcow2
+truncate -s $((9 * 65536)) dirty-leak.qcow2
+patch dirty-leak.qcow2 $((RB + 2 * 8)) 1 2
+patch dirty-leak.qcow2 72 1
+open_repair "open repairs a dirty image without lazy refcounts" \
+    dirty-leak.qcow2
+# Read-only opens (and check without -r) leave it alone.
+cp lazy.qcow2 lazy-ro.qcow2
+"$QIMG" info lazy-ro.qcow2 >/dev/null 2>&1
+"$QIMG" check lazy-ro.qcow2 >/dev/null 2>&1
+checks=$((checks + 1))
+cmp -s lazy.qcow2 lazy-ro.qcow2 || fail "a read-only open changed a dirty image"
+
 # Rebuilds over many blocks, every refcount width.
 for rb in 1 2 4 8 16 32 64; do
     rm -f w$rb.qcow2

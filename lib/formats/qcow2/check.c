@@ -284,14 +284,18 @@ static void signal_corruption(struct check *c, const char *fmt, ...)
     va_end(ap);
     const char *what = text ? text : "(out of memory)";
     if (c->node->writable) {
-        say(c,
-            "qcow2: Marking image as corrupt: %s; further corruption "
-            "events will be suppressed",
-            what);
         c->fatal = true;
-        c->s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-        (void)write_header(c);
-        error_clear();
+        /* The write path's mark: once per handle, then no more writes. */
+        if (!c->s->corrupt) {
+            say(c,
+                "qcow2: Marking image as corrupt: %s; further corruption "
+                "events will be suppressed",
+                what);
+            c->s->corrupt = true;
+            c->s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+            (void)write_header(c);
+            error_clear();
+        }
     } else {
         say(c,
             "qcow2: Image is corrupt: %s; further non-fatal corruption "
@@ -1542,6 +1546,7 @@ static int finish_repair(struct check *c, bool clean)
         return 0;
     }
     *f &= ~clear;
+    c->s->dirty_set = false;
     return write_header(c);
 }
 
@@ -1661,6 +1666,13 @@ int qcow2_repair(struct qimg_node *node, struct qcow2_state *s,
     };
     int ret;
 
+    /* The repair works on the file: what the write path caches goes first. */
+    if (fix && s->write_ready) {
+        ret = qcow2_write_flush(node, s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     c.file_len = io_get_size(node->file);
     if (c.file_len < 0) {
         res->check_errors++;
@@ -1709,6 +1721,13 @@ out:
         if (ret == 0 && r < 0) {
             ret = r;
         }
+        /*
+         * Refcount blocks, the refcount table and L2 tables may have
+         * changed under the caches: drop them (all clean after the flush
+         * above); the next write loads the refcounts again.
+         */
+        qcow2_write_free(s);
+        qcow2_l2_invalidate(s, 0, UINT64_MAX);
     }
     free(c.refs);
     free(c.reftable);

@@ -760,23 +760,25 @@ int qcow2_check(struct qimg_node *node, unsigned flags,
  * counts ("Double checking the fixed image now...").
  *
  * It works on node->file directly (reads and writes there, never through
- * a cache): whoever holds write-back caches of L2 tables or refcount
- * blocks must write them back and drop them before the call.  For the
- * open-time repair of a dirty lazy_refcounts image, call it with both
- * flags once the header, the L1 table and node->size are set up (the
- * snapshot table is read again here).  fix needs node->writable (EROFS).
+ * a cache).  A fix run first writes the write path's caches back
+ * (qcow2_write_flush() when s->write_ready) and at the end drops them:
+ * qcow2_write_free() (refcount cache and table; the next write loads
+ * them again) and every L2 slice.  qcow2_open() calls it with both flags
+ * for a dirty image opened writable without QIMG_OPEN_CHECK, as QEMU
+ * does.  fix needs node->writable (EROFS).
  *
  * What it updates in s, to match what it wrote:
  *  - s->l1_table entries whose COPIED flag it fixed (the L1 on disk too);
  *  - after a rebuild: s->hdr.refcount_table_offset/_clusters,
- *    s->refcount_table_offset/_entries, and s->refcount_table is freed
- *    and set to NULL (reload it from the new offset if needed);
- *  - s->hdr.incompatible_features (dirty/corrupt bits cleared, or the
- *    corrupt bit set when it signals a corruption on the writable image);
- *    the header cluster is then rewritten from s->hdr (QEMU's
- *    qcow2_update_header), so s->hdr must be current;
+ *    s->refcount_table_offset/_entries;
+ *  - s->refcount_table, the refcount block cache, pending frees and the
+ *    L2 slices are dropped (write_ready false) after any fix run;
+ *  - s->hdr.incompatible_features (dirty/corrupt bits cleared, and
+ *    s->dirty_set; or the corrupt bit and s->corrupt set when it signals
+ *    a corruption on the writable image); the header cluster is then
+ *    rewritten from s->hdr (QEMU's qcow2_update_header), so s->hdr must
+ *    be current;
  *  - s->snapshots is re-read.
- * L2 tables and refcount blocks it rewrote are not in s (drop caches).
  */
 int qcow2_repair(struct qimg_node *node, struct qcow2_state *s,
                  unsigned fix, qimg_check_message_fn report, void *opaque,
