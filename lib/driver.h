@@ -63,6 +63,12 @@ struct qimg_io_ops {
      * that need zeros use pwrite_zeroes.
      */
     int (*discard)(struct qimg_io *io, uint64_t off, uint64_t len);
+    /*
+     * Reserve host space for a range without changing what it reads
+     * (posix_fallocate; extends the file).  NULL: io_allocate() writes
+     * zeros where nothing is stored instead.
+     */
+    int (*allocate)(struct qimg_io *io, uint64_t off, uint64_t len);
     int (*flush)(struct qimg_io *io);
     int (*truncate)(struct qimg_io *io, uint64_t size);
     /*
@@ -101,6 +107,8 @@ int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off);
 int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
                      bool may_unmap);
 int io_flush(struct qimg_io *io);
+/* Reserve [off, off + len) (QEMU's preallocation=falloc); see allocate. */
+int io_allocate(struct qimg_io *io, uint64_t off, uint64_t len);
 int io_truncate(struct qimg_io *io, uint64_t size);
 
 /* ---- Format drivers ---------------------------------------------------- */
@@ -264,6 +272,13 @@ int node_sync(struct qimg_node *node, struct qimg_io *io);
 /* Read from the layer below node (zeros past its end or without one). */
 int node_read_below(struct qimg_node *node, void *buf, size_t len,
                     uint64_t off);
+
+/*
+ * Does the layer below node read as zero over [off, off + len)?  1 when
+ * its block status says so (or nothing lies below), 0 when not (or when
+ * it cannot tell cheaply), -errno on error.
+ */
+int node_below_is_zero(struct qimg_node *node, uint64_t off, uint64_t len);
 
 /*
  * The most table entries (qcow2: L2 entries) one check may examine, over

@@ -2,6 +2,7 @@
 # scratch directory ($T, removed on exit) and failure accounting.
 #   expect_same NAME FILE_A FILE_B   compare two outputs, diff on mismatch
 #   qemu_create_luks IMG SIZE OPTS    a LUKS qcow2 made by qemu-img
+#   map_layout IMAGE                  allocation map without host offsets
 #   fail NAME [DETAIL]               record a failure
 #   finish                            exit 1 if anything failed
 set -u
@@ -39,6 +40,27 @@ expect_same() {
         return 1
     fi
     return 0
+}
+
+# map_layout IMAGE: qemu-img map without host offsets, neighbours of one
+# kind merged ("start end depth present zero data" lines, zero only
+# where there is no data): the guest's view of allocation, whatever the
+# host layout.
+map_layout() {
+    "$QEMU_IMG" map --output=json "$1" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    # Data over host holes (QEMU reports zero too) depends on the host
+    # file layout, not on the image: data decides.
+    k = (e["depth"], e["present"], e["zero"] and not e["data"], e["data"])
+    if out and out[-1][0] == k and out[-1][2] == e["start"]:
+        out[-1][2] += e["length"]
+    else:
+        out.append([k, e["start"], e["start"] + e["length"]])
+for k, a, b in out:
+    print(a, b, *k)
+'
 }
 
 # expect_status NAME WANT CMD...: run CMD, require exit status WANT.

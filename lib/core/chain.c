@@ -104,6 +104,27 @@ int node_read_below(struct qimg_node *node, void *buf, size_t len,
     return 0;
 }
 
+int node_below_is_zero(struct qimg_node *node, uint64_t off, uint64_t len)
+{
+    struct qimg_node *below = node->backing;
+    /* Invariant: [off, off + len) is still to be shown to read as zero. */
+    while (below && len > 0 && off < below->size) {
+        uint64_t n = min_u64(len, below->size - off);
+        struct chain_status st;
+        int ret = chain_status_above(below, off, n, &st, NULL);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!(st.flags & BS_ZERO) || st.pnum == 0) {
+            return 0;
+        }
+        n = min_u64(st.pnum, n);
+        off += n;
+        len -= n;
+    }
+    return 1;
+}
+
 /* The file a layer's host offsets refer to. */
 static struct qimg_io *layer_file(struct qimg_node *node)
 {

@@ -441,7 +441,7 @@ int create_file(const char *filename, const struct qimg_opts *opts,
         ret = io_truncate(io, size);
     }
     if (ret == 0 && strcmp(prealloc, "falloc") == 0 && size > 0) {
-        ret = io_pwrite_zeroes(io, 0, size, false);
+        ret = io_allocate(io, 0, size);
     }
     if (ret == 0 && strcmp(prealloc, "full") == 0) {
         ret = prealloc_full(io, size);

@@ -708,6 +708,43 @@ static int io_file_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
     return io_file_write_zero_buffers(f, off, len);
 }
 
+/*
+ * posix_fallocate semantics: blocks are reserved, contents kept.  Where
+ * the file system cannot, zeros are written into the holes of the range
+ * (data already there stays).
+ */
+static int io_file_allocate(struct qimg_io *io, uint64_t off, uint64_t len)
+{
+    struct io_file *f = io_file_from(io);
+    int ret = io_file_check_range(f, off, len);
+    if (ret < 0 || len == 0) {
+        return ret;
+    }
+    if (fallocate(f->fd, 0, (off_t)off, (off_t)len) == 0) {
+        return 0;
+    }
+    if (!io_file_falloc_unsupported(errno)) {
+        return error_set_errno(errno, "Could not preallocate '%s'",
+                               f->io.filename);
+    }
+    uint64_t end = off + len;
+    while (off < end) {
+        uint64_t n;
+        ret = io->ops->block_status(io, off, end - off, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!(ret & IO_STATUS_DATA)) {
+            ret = io_file_write_zero_buffers(f, off, n);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        off += n;
+    }
+    return 0;
+}
+
 static int io_file_discard(struct qimg_io *io, uint64_t off, uint64_t len)
 {
     struct io_file *f = io_file_from(io);
@@ -836,6 +873,7 @@ static const struct qimg_io_ops io_file_ops = {
     .pread = io_file_pread,
     .pwrite = io_file_pwrite,
     .pwrite_zeroes = io_file_pwrite_zeroes,
+    .allocate = io_file_allocate,
     .discard = io_file_discard,
     .flush = io_file_flush,
     .truncate = io_file_truncate,

@@ -36,6 +36,14 @@ int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
     return io->ops->pwrite_zeroes(io, off, len, may_unmap);
 }
 
+int io_allocate(struct qimg_io *io, uint64_t off, uint64_t len)
+{
+    if (io->ops->allocate) {
+        return io->ops->allocate(io, off, len);
+    }
+    return io->ops->pwrite_zeroes(io, off, len, false);
+}
+
 int io_flush(struct qimg_io *io)
 {
     return io->ops->flush(io);

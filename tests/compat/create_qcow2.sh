@@ -157,4 +157,29 @@ run_both "no such directory" -f qcow2 nodir/a.img 1M
 run_both "data file in no such directory" -f qcow2 -o data_file=nodir/d.raw \
     a.img 1M
 
+# preallocation=falloc and full: qimg keeps the metadata layout and
+# reserves or writes the data clusters (QEMU's layout moves the refcount
+# table, so the bytes differ): the file is as long as QEMU's, allocated,
+# clean, and maps the same way.
+for p in falloc full; do
+    for o in "" ",extended_l2=on" ",cluster_size=4096"; do
+        rm -f q.img m.img
+        "$QEMU_IMG" create -q -f qcow2 -o preallocation=$p$o q.img 100M
+        "$QIMG" create -q -f qcow2 -o preallocation=$p$o m.img 100M ||
+            fail "preallocation=$p$o: create"
+        expect_status "preallocation=$p$o: qemu-img check" 0 \
+            "$QEMU_IMG" check -q m.img
+        checks=$((checks + 1))
+        [ "$(stat -c %s q.img)" = "$(stat -c %s m.img)" ] ||
+            fail "preallocation=$p$o: file size" \
+                "$(stat -c %s q.img) vs $(stat -c %s m.img)"
+        checks=$((checks + 1))
+        [ "$(stat -c %b m.img)" -ge $((100 * 1024 * 2)) ] ||
+            fail "preallocation=$p$o: data not reserved"
+        map_layout q.img >q.map
+        map_layout m.img >m.map
+        expect_same "preallocation=$p$o: map" q.map m.map
+    done
+done
+
 finish

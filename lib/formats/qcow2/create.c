@@ -84,6 +84,14 @@ struct create_params {
     bool extended_l2, lazy_refcounts, data_file_raw;
     /* Metadata preallocation (asked for, or implied by data_file_raw). */
     bool metadata;
+    /*
+     * preallocation=falloc/full: the metadata layout, with the data
+     * clusters' bytes reserved in the file (falloc) or written (full).
+     * [QEMU] lays such images out differently (its preallocating
+     * truncate moves the refcount table); qimg's are equivalent, not
+     * byte-identical.
+     */
+    const char *reserve;
     unsigned refcount_order;
     uint8_t compression_type;
     const char *backing_file, *backing_fmt, *data_file;
@@ -224,11 +232,11 @@ static int parse_params(const struct qimg_opts *opts,
     if (p->data_file && p->version < 3) {
         return error_set(EINVAL, "External data files are %s", v3_only);
     }
+    p->reserve = NULL;
     if (strcmp(prealloc, "falloc") == 0 || strcmp(prealloc, "full") == 0) {
-        return error_set(ENOTSUP, "qcow2 preallocation=%s is not "
-                         "implemented yet", prealloc);
+        p->reserve = strcmp(prealloc, "falloc") == 0 ? "falloc" : "full";
     }
-    p->metadata = strcmp(prealloc, "metadata") == 0 || p->data_file_raw;
+    p->metadata = strcmp(prealloc, "off") != 0 || p->data_file_raw;
     return 0;
 }
 
@@ -386,6 +394,30 @@ static void refcount_set_one(uint8_t *block, uint64_t i, unsigned order)
     }
 }
 
+/* Size of the zero buffer for preallocation=full. */
+#define RESERVE_CHUNK (1024 * 1024)
+
+/* Reserve [off, off + len) of the file: allocate it, or write zeros. */
+static int reserve_range(struct qimg_io *io, const char *mode, uint64_t off,
+                         uint64_t len)
+{
+    if (strcmp(mode, "falloc") == 0) {
+        return io_allocate(io, off, len);
+    }
+    uint8_t *zeros = calloc(1, RESERVE_CHUNK);
+    if (!zeros) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    for (uint64_t done = 0; ret == 0 && done < len; done += RESERVE_CHUNK) {
+        size_t n = (size_t)(len - done < RESERVE_CHUNK ? len - done
+                                                       : RESERVE_CHUNK);
+        ret = io_pwrite(io, zeros, n, off + done);
+    }
+    free(zeros);
+    return ret;
+}
+
 /*
  * Metadata preallocation as QEMU does it: table by table, the L2 table
  * first, then the clusters it maps (in the image, in runs of at most
@@ -415,6 +447,9 @@ static int prealloc_l2(struct qimg_io *io, const struct create_params *p,
             }
             ret = layout_alloc(lo, n, &first);
             lo->last_data = first + n - 1;
+            if (ret == 0 && p->reserve) {
+                ret = reserve_range(io, p->reserve, first * cs, n * cs);
+            }
         }
         for (uint64_t k = 0; ret == 0 && k < n; k++) {
             store_be64(l2 + (i + k) * entry,
@@ -543,6 +578,9 @@ static int grow_data_file(const struct create_params *p)
         ret = (int)cur;
     } else if ((uint64_t)cur < end) {
         ret = io_truncate(io, end);
+    }
+    if (ret == 0 && p->reserve) {
+        ret = reserve_range(io, p->reserve, 0, end);
     }
     io_close(io);
     return ret;

@@ -897,6 +897,11 @@ int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
 int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s);
 /* Prepare for the first write: refcounts, the dirty bit, buffers. */
 int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s);
+/*
+ * Rebuild the refcounts of an image whose dirty bit is set (opened for
+ * writing after a crash with lazy refcounts) and clear the bit.
+ */
+int qcow2_repair_dirty(struct qimg_node *node, struct qcow2_state *s);
 /* Free the write path's buffers and caches. */
 void qcow2_write_free(struct qcow2_state *s);
 /* Change header bytes [off, off + len) on disk and sync. */

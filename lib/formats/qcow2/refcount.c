@@ -538,8 +538,11 @@ int qcow2_alloc_clusters(struct qimg_node *node, struct qcow2_state *s,
             }
             k++;
         }
-        if (retry && !(flags & QCOW2_ALLOC_UPTO)) {
-            /* The run was cut by a new block or table: search again. */
+        if (retry) {
+            /*
+             * A new block or table went into free clusters, perhaps into
+             * this very run: search again from c.
+             */
             continue;
         }
         if (k < n && !(flags & QCOW2_ALLOC_UPTO)) {

@@ -189,9 +189,10 @@ static int preallocate(struct qimg_node *node, struct qcow2_state *s,
             }
         }
         if (reserve) {
-            ret = io_pwrite_zeroes(s->has_data_file ? s->data_file
-                                                    : node->file,
-                                   host, got * cs, false);
+            struct qimg_io *io = s->has_data_file ? s->data_file : node->file;
+            ret = strcmp(mode, "falloc") == 0
+                      ? io_allocate(io, host, got * cs)
+                      : io_pwrite_zeroes(io, host, got * cs, false);
             if (ret < 0) {
                 ret = error_set_errno(-ret, "%s: could not preallocate",
                                       node->filename);

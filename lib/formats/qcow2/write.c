@@ -100,6 +100,16 @@ int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s)
         }
         s->hdr.autoclear_features = keep;
     }
+    /*
+     * [spec: dirty bit] refcounts on disk may be wrong after a crash with
+     * lazy refcounts: they must be rebuilt before anything is allocated.
+     */
+    if (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        int ret = qcow2_repair_dirty(node, s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     int ret = qcow2_refcount_init(node, s);
     if (ret < 0) {
         return ret;
@@ -120,6 +130,24 @@ void qcow2_write_free(struct qcow2_state *s)
     free(s->zbuf);
     s->cow_buf = s->zbuf = NULL;
     s->write_ready = false;
+}
+
+int qcow2_repair_dirty(struct qimg_node *node, struct qcow2_state *s)
+{
+    /*
+     * A writable open repairs a dirty image already (qcow2_open); this is
+     * for one opened to be checked and then written: repair it now, as
+     * QEMU would have at the open.  qcow2_repair() leaves the write path
+     * unloaded, so write_begin loads the rebuilt refcounts next.
+     */
+    struct qimg_check_result res;
+    int ret = qcow2_repair(node, s,
+                           QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS, NULL,
+                           NULL, &res);
+    if (ret < 0) {
+        return error_set_errno(-ret, "Could not repair dirty image");
+    }
+    return 0;
 }
 
 /* Every write starts here. */
@@ -751,24 +779,32 @@ int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
 
 /* ---- Zero writes and discards ------------------------------------------ */
 
-/* Does [in, in + n) of the cluster already read as zero? */
-static bool reads_zero(const struct qimg_node *node,
-                       const struct qcow2_state *s,
-                       const struct cluster_state *c, uint64_t cluster,
-                       uint64_t in, uint64_t n)
+/*
+ * Does the granule [lo, lo + n) of the cluster read as zero by its block
+ * status (QEMU's is_zero: zero entries, or unallocated over zeros)?
+ * 1, 0 or -errno.
+ */
+static int granule_reads_zero(struct qimg_node *node, struct qcow2_state *s,
+                              const struct cluster_state *c, uint64_t cluster,
+                              uint64_t lo, uint64_t n)
 {
-    unsigned j0 = (unsigned)(in / s->subcluster_size);
-    unsigned j1 = (unsigned)((in + n - 1) / s->subcluster_size);
+    const uint64_t scs = s->subcluster_size;
     uint64_t guest = cluster << s->cluster_bits;
-    bool below_zero = !node->backing || guest >= node->backing->size;
-    for (unsigned j = j0; j <= j1; j++) {
-        enum sc_kind k = sc_kind_of(s, c, j);
-        if (k == SC_ZERO || (k == SC_UNALLOC && below_zero)) {
+    for (uint64_t j = lo / scs; j <= (lo + n - 1) / scs; j++) {
+        enum sc_kind k = sc_kind_of(s, c, (unsigned)j);
+        if (k == SC_ZERO) {
             continue;
         }
-        return false;
+        if (k != SC_UNALLOC) {
+            return 0;
+        }
+        uint64_t a = max_u64(lo, j * scs), b = min_u64(lo + n, (j + 1) * scs);
+        int ret = node_below_is_zero(node, guest + a, b - a);
+        if (ret <= 0) {
+            return ret;
+        }
     }
-    return true;
+    return 1;
 }
 
 /*
@@ -788,9 +824,13 @@ static int zero_cluster(struct qimg_node *node, struct qcow2_state *s,
     const bool v3 = s->hdr.version >= 3;
     bool allocated = c.compressed || c.has_host;
     if (discard) {
-        if (s->has_data_file) {
-            /* The data file keeps its bytes; only the mapping changes. */
-            allocated = false;
+        /*
+         * [QEMU] discards nothing where it could change what the guest
+         * reads: with a data file (its bytes stay), or in a v2 image over
+         * a backing file (no zero flag to hide the backing data).
+         */
+        if (s->has_data_file || (!v3 && node->backing)) {
+            return 0;
         }
         uint64_t entry = 0, bitmap = 0;
         if (v3 && (node->backing || allocated)) {
@@ -799,21 +839,25 @@ static int zero_cluster(struct qimg_node *node, struct qcow2_state *s,
             } else {
                 entry = QCOW2_OFLAG_ZERO;
             }
-        } else if (!allocated && !(c.entry & QCOW2_OFLAG_ZERO) &&
-                   c.bitmap == 0) {
+        } else if (!allocated) {
             return 0;
         }
-        if (!v3 && !allocated && !node->backing) {
+        if (entry == c.entry && bitmap == c.bitmap) {
             return 0;
         }
         ret = store_cluster(node, s, cluster, entry, bitmap);
         return ret < 0 ? ret : release_old(node, s, &c);
     }
     if (!v3) {
-        /* v2 has no zero flag: unallocate when nothing shows through. */
-        bool below_zero = !node->backing ||
-                          (cluster << s->cluster_bits) >= node->backing->size;
-        if (below_zero && (unmap || !allocated) && !s->has_data_file) {
+        /*
+         * [QEMU] v2 has no zero flag: without a backing file the cluster
+         * is unallocated (it then reads as zero); otherwise zeros are
+         * written.
+         */
+        if (!node->backing && !s->has_data_file) {
+            if (c.entry == 0) {
+                return 0;
+            }
             ret = store_cluster(node, s, cluster, 0, 0);
             return ret < 0 ? ret : release_old(node, s, &c);
         }
@@ -874,47 +918,76 @@ static int zero_subclusters(struct qimg_node *node, struct qcow2_state *s,
     return store_cluster(node, s, cluster, c.entry, bitmap);
 }
 
+/*
+ * Zero [lo, hi) of one cluster as QEMU's block layer and driver do it
+ * together: whole granules (clusters, or subclusters with extended L2
+ * entries) get zero entries; a partial granule gets one too if all of it
+ * already reads as zero, else zeros are written over the bytes asked.
+ * v2 over a backing file has nothing to mark: zeros are written.
+ */
+static int zero_in_cluster(struct qimg_node *node, struct qcow2_state *s,
+                           uint64_t cluster, uint64_t lo, uint64_t hi,
+                           bool unmap)
+{
+    const bool extl2 = s->subclusters_per_cluster > 1;
+    const uint64_t g = extl2 ? s->subcluster_size : s->cluster_size;
+    if (s->hdr.version < 3 && node->backing) {
+        return write_partial(node, s, cluster, NULL, lo, hi - lo);
+    }
+    int ret = 0;
+    uint64_t pos = lo;
+    while (ret == 0 && pos < hi) {
+        uint64_t glo = align_down_u64(pos, g);
+        uint64_t end = min_u64(hi, glo + g);
+        bool whole = pos == glo && end == glo + g;
+        if (!whole) {
+            struct cluster_state c;
+            ret = load_cluster(node, s, cluster, &c);
+            if (ret == 0) {
+                ret = granule_reads_zero(node, s, &c, cluster, glo, g);
+            }
+            if (ret < 0) {
+                break;
+            }
+            if (ret == 0) {
+                ret = write_partial(node, s, cluster, NULL, pos, end - pos);
+                pos = end;
+                continue;
+            }
+            ret = 0;
+            end = glo + g;
+        } else {
+            /* A run of whole granules. */
+            end = glo + (hi - glo) / g * g;
+        }
+        if (glo == 0 && end == s->cluster_size) {
+            ret = zero_cluster(node, s, cluster, unmap, false);
+        } else {
+            ret = zero_subclusters(node, s, cluster, (unsigned)(glo / g),
+                                   (unsigned)((end - 1) / g));
+        }
+        pos = end;
+    }
+    return ret;
+}
+
 int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
                         unsigned flags)
 {
     struct qcow2_state *s = node->opaque;
     int ret = write_prepare(node, s);
     const uint64_t cs = s->cluster_size;
-    const uint64_t scs = s->subcluster_size;
     bool unmap = (flags & QIMG_ZERO_MAY_UNMAP) != 0;
     while (ret == 0 && len > 0) {
         uint64_t cluster = off >> s->cluster_bits;
         uint64_t in = off & (cs - 1);
         uint64_t n = min_u64(len, cs - in);
-        /* The image's last cluster may be cut by its end. */
-        bool to_end = off + n >= node->size;
-        if (in == 0 && (n == cs || to_end)) {
-            ret = zero_cluster(node, s, cluster, unmap, false);
-        } else {
-            struct cluster_state c;
-            ret = load_cluster(node, s, cluster, &c);
-            if (ret < 0) {
-                break;
-            }
-            uint64_t a = div_round_up_u64(in, scs) * scs;
-            uint64_t b = to_end ? cs : align_down_u64(in + n, scs);
-            if (reads_zero(node, s, &c, cluster, in, n)) {
-                ret = 0;
-            } else if (s->subclusters_per_cluster > 1 && a < b) {
-                /* Whole subclusters by bitmap, the edges written. */
-                ret = zero_subclusters(node, s, cluster, (unsigned)(a / scs),
-                                       (unsigned)((b - 1) / scs));
-                if (ret == 0 && in < a) {
-                    ret = write_partial(node, s, cluster, NULL, in, a - in);
-                }
-                if (ret == 0 && b < in + n) {
-                    ret = write_partial(node, s, cluster, NULL, b,
-                                        in + n - b);
-                }
-            } else {
-                ret = write_partial(node, s, cluster, NULL, in, n);
-            }
+        uint64_t hi = in + n;
+        /* Bytes past the image's end may be zeroed along. */
+        if (off + n >= node->size) {
+            hi = cs;
         }
+        ret = zero_in_cluster(node, s, cluster, in, hi, unmap);
         off += n;
         len -= n;
     }
