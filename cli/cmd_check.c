@@ -142,14 +142,19 @@ int cmd_check(int argc, char **argv)
         cli_error("Invalid source cache option: %s", cache);
         return 1;
     }
-    if (fix) {
-        cli_error("check -r: repairing images is not implemented yet");
-        return 1;
-    }
-
     unsigned flags = QIMG_OPEN_CHECK;
     if (force_share) {
         flags |= QIMG_OPEN_FORCE_SHARE;
+    }
+    if (fix) {
+        flags |= QIMG_OPEN_RDWR;
+    }
+    if (fix && force_share) {
+        /* qemu-img's words for -U with a writable open. */
+        cli_error("Could not open '%s': force-share=on can only be used "
+                  "with read-only images",
+                  filename);
+        return 1;
     }
     struct qimg_image *img = qimg_open(filename, fmt, flags);
     if (!img) {
@@ -165,6 +170,24 @@ int cmd_check(int argc, char **argv)
     struct qimg_check_result res;
     int ret = qimg_check(img, fix, print_problem, NULL, &res);
     int err = ret < 0 ? qimg_get_errno() : 0;
+    if (ret == 0 && (res.corruptions_fixed || res.leaks_fixed)) {
+        /* qemu-img checks again and reports that, with what was fixed. */
+        int64_t corruptions_fixed = res.corruptions_fixed;
+        int64_t leaks_fixed = res.leaks_fixed;
+        if (output == OUTPUT_HUMAN && !quiet) {
+            printf("The following inconsistencies were found and "
+                   "repaired:\n\n"
+                   "    %lld leaked clusters\n"
+                   "    %lld corruptions\n\n"
+                   "Double checking the fixed image now...\n",
+                   (long long)leaks_fixed, (long long)corruptions_fixed);
+            fflush(stdout);
+        }
+        ret = qimg_check(img, 0, print_problem, NULL, &res);
+        err = ret < 0 ? qimg_get_errno() : 0;
+        res.corruptions_fixed = corruptions_fixed;
+        res.leaks_fixed = leaks_fixed;
+    }
     int status = 0;
     if (ret == 0 && !quiet) {
         if (output == OUTPUT_HUMAN) {

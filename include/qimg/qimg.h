@@ -528,8 +528,12 @@ bool qimg_check_supported(const struct qimg_image *img);
  * Check the metadata of the image's top layer (not its backing files).
  * Without flags nothing is written to the image.  Open it with
  * QIMG_OPEN_CHECK to check images whose damage would fail a normal open.
- * Repairs (flags) are not implemented yet and fail with ENOTSUP.  fn may
- * be NULL.
+ * With QIMG_CHECK_FIX_* flags (the image opened with QIMG_OPEN_RDWR,
+ * else EROFS) one run repairs what it may, as qemu-img check -r does;
+ * out then counts what was repaired (*_fixed) apart from what was left.
+ * qemu-img follows a run that fixed anything with a run without flags
+ * ("Double checking the fixed image now...") and reports that run's
+ * counts with the first run's *_fixed.  fn may be NULL.
  *
  * Returns 0 when the check ran to the end, whatever it found: *out holds
  * the counts.  Returns -1 when it could not complete (the format has no

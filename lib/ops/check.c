@@ -33,9 +33,10 @@ int qimg_check(struct qimg_image *img, unsigned flags, qimg_check_message_fn fn,
     int ret;
     if (!qimg_check_supported(img)) {
         ret = error_set(ENOTSUP, "This image format does not support checks");
-    } else if (flags & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS)) {
-        ret = error_set(ENOTSUP, "check: repairing images (-r) is not "
-                                 "implemented yet");
+    } else if ((flags & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS)) &&
+               !img->top->writable) {
+        ret = error_set(EROFS, "check: the image must be opened read-write "
+                               "to be repaired");
     } else {
         struct qimg_node *node = img->top;
         ret = node->drv->check(node, flags, fn ? fn : discard_message, opaque,

@@ -382,13 +382,6 @@ same "locked by a writer" cs4k.qcow2
 same "locked by a writer, -U" -U cs4k.qcow2
 wait "$holder"
 
-# -r is not implemented yet: refused, and the image is left alone.
-before=$(fingerprint leak.qcow2)
-expect_status "-r leaks refused" 1 "$QIMG" check -r leaks leak.qcow2
-grep -q 'not implemented yet' "$T/.err" ||
-    fail "-r leaks: no 'not implemented yet' message" "$(cat "$T/.err")"
-expect_status "-r all refused" 1 "$QIMG" check -r all leak.qcow2
-checks=$((checks + 1))
-[ "$(fingerprint leak.qcow2)" = "$before" ] || fail "-r changed the image"
+# Repairs (-r) are tested in check_repair.sh.
 
 finish

@@ -181,13 +181,21 @@ int main(void)
     /* No callback is fine. */
     struct qimg_image *img = qimg_open(path, "qcow2", QIMG_OPEN_CHECK);
     TAP_OK(img && qimg_check(img, 0, NULL, NULL, &res) == 0 && res.leaks == 1);
-    /* Repairs are not implemented: refused, nothing written. */
+    /* Repairs need a writable image: refused, nothing written. */
     stat(path, &before);
     usleep(20000);
     TAP_OK(img &&
            qimg_check(img, QIMG_CHECK_FIX_LEAKS, NULL, NULL, &res) == -1 &&
-           qimg_get_errno() == ENOTSUP);
+           qimg_get_errno() == EROFS);
     TAP_OK(same_file(&before));
+    qimg_close(img);
+    /* Opened writable, the leak is repaired, and a second run is clean. */
+    img = qimg_open(path, "qcow2", QIMG_OPEN_CHECK | QIMG_OPEN_RDWR);
+    TAP_OK(img &&
+           qimg_check(img, QIMG_CHECK_FIX_LEAKS, NULL, NULL, &res) == 0 &&
+           res.leaks == 0 && res.leaks_fixed == 1);
+    TAP_OK(img && qimg_check(img, 0, NULL, NULL, &res) == 0 &&
+           res.leaks == 0 && res.corruptions == 0 && res.leaks_fixed == 0);
     qimg_close(img);
 
     /*

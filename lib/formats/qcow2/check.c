@@ -1,6 +1,6 @@
 /*
- * qcow2: the consistency check [spec: Host cluster management, Cluster
- * mapping], read-only.
+ * qcow2: the consistency check and its repairs [spec: Host cluster
+ * management, Cluster mapping].
  *
  * Like QEMU's check, it counts how often every host cluster is referenced
  * (header, L1 and L2 tables, data and compressed clusters of the active
@@ -9,6 +9,16 @@
  * with the stored refcounts, then checks the COPIED flags of the active
  * mapping.  The problems, their wording and their order are those of
  * qemu-img 7.2 [QEMU], so that its output can be matched line for line.
+ *
+ * Repairs (QIMG_CHECK_FIX_*) are QEMU's, made where it makes them and
+ * written where it writes them: wrong refcounts are set to the number
+ * of references (a cluster whose refcount drops to 0 is discarded);
+ * a refcount of 0 on a used cluster or a broken refcount block makes
+ * the whole refcount structure be rebuilt from the counted references
+ * (QEMU 7.2's placement, see qcow2_rebuild_plan()); wrong COPIED flags
+ * are set from the refcounts; a refcount block past the end of the file
+ * grows the file; at the end the dirty and corrupt bits are cleared.
+ * Without fix flags nothing is written.
  *
  * Memory: the reference counts are kept packed in the image's own
  * refcount width (so they saturate where the image's would), one entry
@@ -135,6 +145,17 @@ struct check {
     uint64_t rb_off; /* offset of the block in rb_buf; 0 = none */
     bool signaled_corruption;
 
+    /* Repairs asked for (QIMG_CHECK_FIX_*), 0 for a read-only pass. */
+    unsigned fix;
+    /* The refcount structure must be rebuilt (QEMU's "rebuild"). */
+    bool rebuild;
+    /*
+     * A corruption was signaled on a writable image: QEMU then marks it
+     * corrupt and stops using it, so nothing more is repaired after the
+     * check (the dirty bit stays).
+     */
+    bool fatal;
+
     uint8_t *l2_buf;    /* one L2 table */
     uint64_t l2_visits; /* L2 entries examined so far */
 };
@@ -205,6 +226,83 @@ static int read_file(struct check *c, void *buf, size_t len, uint64_t off)
         return -EIO;
     }
     return io_pread(c->node->file, buf, len, off);
+}
+
+/* Writes of a repair; the image is writable (qcow2_repair checked). */
+static int write_file(struct check *c, const void *buf, size_t len,
+                      uint64_t off)
+{
+    if (!qcow2_read_in_range(off, len)) {
+        return -EIO;
+    }
+    return io_pwrite(c->node->file, buf, len, off);
+}
+
+/*
+ * [QEMU] qcow2_update_header: the whole header cluster is rewritten from
+ * the decoded header (known extensions in QEMU's order, unknown ones
+ * kept).  Used to change the feature bits.
+ */
+static int write_header(struct check *c)
+{
+    uint8_t *buf = malloc((size_t)c->cs);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int64_t n = qcow2_header_encode(&c->s->hdr, buf, (size_t)c->cs);
+    int ret = n < 0 ? (int)n : write_file(c, buf, (size_t)c->cs, 0);
+    free(buf);
+    if (ret == 0) {
+        ret = node_sync(c->node, c->node->file);
+    }
+    if (ret < 0 && n >= 0) {
+        ret = error_set_errno(-ret, "Could not update qcow2 header");
+    }
+    return ret;
+}
+
+/*
+ * [QEMU] qcow2_signal_corruption: once per check.  On a writable image
+ * the corruption is fatal: the corrupt bit is set (a failure to write it
+ * is ignored, as QEMU ignores it) and the image is not used any more.
+ */
+static void signal_corruption(struct check *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void signal_corruption(struct check *c, const char *fmt, ...)
+{
+    if (c->signaled_corruption) {
+        return;
+    }
+    c->signaled_corruption = true;
+    char *text = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&text, fmt, ap) < 0) {
+        text = NULL;
+    }
+    va_end(ap);
+    const char *what = text ? text : "(out of memory)";
+    if (c->node->writable) {
+        c->fatal = true;
+        /* The write path's mark: once per handle, then no more writes. */
+        if (!c->s->corrupt) {
+            say(c,
+                "qcow2: Marking image as corrupt: %s; further corruption "
+                "events will be suppressed",
+                what);
+            c->s->corrupt = true;
+            c->s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+            (void)write_header(c);
+            error_clear();
+        }
+    } else {
+        say(c,
+            "qcow2: Image is corrupt: %s; further non-fatal corruption "
+            "events will be suppressed",
+            what);
+    }
+    free(text);
 }
 
 /* Grow the expected-refcount array to hold entries (> nb_clusters). */
@@ -320,14 +418,10 @@ static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
         return 0;
     }
     if (!is_aligned_u64(rb_off, c->cs)) {
-        if (!c->signaled_corruption) {
-            say(c,
-                "qcow2: Image is corrupt: Refblock offset %#" PRIx64
-                " unaligned (reftable index: %#" PRIx64 "); further "
-                "non-fatal corruption events will be suppressed",
-                rb_off, rt_index);
-            c->signaled_corruption = true;
-        }
+        signal_corruption(c,
+                          "Refblock offset %#" PRIx64
+                          " unaligned (reftable index: %#" PRIx64 ")",
+                          rb_off, rt_index);
         return -EIO;
     }
     if (c->rb_off != rb_off) {
@@ -340,6 +434,56 @@ static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
     }
     *out = qcow2_refcount_load(c->rb_buf, k & (((uint64_t)1 << c->rb_bits) - 1),
                                c->order);
+    return 0;
+}
+
+/*
+ * Discard cluster k of the image file, as QEMU does when a repair frees
+ * a cluster: the hole reads as zero where the file system punches one
+ * (an advisory request: where it cannot, the data stays, as for QEMU).
+ */
+static void discard_cluster(struct check *c, uint64_t k)
+{
+    struct qimg_io *io = c->node->file;
+    int64_t size = io_get_size(io);
+    uint64_t off = k << c->s->cluster_bits;
+    if (size < 0 || off >= (uint64_t)size || !io->ops->discard) {
+        return;
+    }
+    (void)io->ops->discard(io, off, min_u64(c->cs, (uint64_t)size - off));
+    error_clear();
+}
+
+/*
+ * Store refcount value for cluster k, whose refcount block exists (its
+ * stored refcount was just read): only the bytes of the entry are
+ * written.  [QEMU] update_refcount, with a discard when it reaches 0.
+ */
+static int set_refcount(struct check *c, uint64_t k, uint64_t value)
+{
+    uint64_t old;
+    int ret = stored_refcount(c, k, &old);
+    if (ret < 0) {
+        return ret;
+    }
+    if (c->rb_off == 0) {
+        /* No refcount block: only a rebuild can give it a refcount. */
+        return -EIO;
+    }
+    uint64_t index = k & (((uint64_t)1 << c->rb_bits) - 1);
+    qcow2_refcount_store(c->rb_buf, index, c->order, value);
+    /* The byte(s) holding the entry; c->order <= 6. */
+    uint64_t first = c->order < 3 ? index >> (3 - c->order)
+                                  : index << (c->order - 3);
+    size_t len = c->order < 3 ? 1 : (size_t)1 << (c->order - 3);
+    ret = write_file(c, c->rb_buf + first, len, c->rb_off + first);
+    if (ret < 0) {
+        c->rb_off = 0; /* the buffer no longer matches the file */
+        return ret;
+    }
+    if (value == 0) {
+        discard_cluster(c, k);
+    }
     return 0;
 }
 
@@ -384,6 +528,27 @@ static uint64_t l2_bitmap(const struct qcow2_state *s, const uint8_t *t,
 }
 
 #define L2_BITMAP_ALL_ALLOC 0xffffffffull
+#define L2_BITMAP_ALL_ZERO 0xffffffff00000000ull
+
+/*
+ * Replace entry i of the L2 table at l2_off with a plain zero cluster:
+ * the zero flag, or with extended L2 entries no host cluster and every
+ * subcluster reading as zero [spec: Extended L2 Entries].
+ */
+static int fix_zero_entry(struct check *c, uint64_t l2_off, uint64_t i)
+{
+    const struct qcow2_state *s = c->s;
+    uint8_t e[16];
+    size_t n = s->l2_entry_size;
+    if (n == 16) {
+        store_be64(e, 0);
+        store_be64(e + 8, L2_BITMAP_ALL_ZERO);
+    } else {
+        store_be64(e, QCOW2_OFLAG_ZERO);
+    }
+    memcpy(c->l2_buf + i * n, e, n);
+    return write_file(c, e, n, l2_off + i * n);
+}
 
 /* One L2 table (QEMU's check_refcounts_l2). */
 static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
@@ -473,17 +638,35 @@ static int check_l2(struct check *c, uint64_t l2_off, bool frag_info)
                 bool has_data = s->subclusters_per_cluster > 1
                                     ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
                                     : !(e & QCOW2_OFLAG_ZERO);
-                res->corruptions++;
+                bool fix = !has_data && (c->fix & QIMG_CHECK_FIX_ERRORS);
                 if (has_data) {
+                    res->corruptions++;
                     say(c,
                         "ERROR offset=%" PRIx64 ": Data cluster is not "
                         "properly aligned; L2 entry corrupted.",
                         off);
                 } else {
                     say(c,
-                        "ERROR offset=%" PRIx64 ": Preallocated cluster "
+                        "%s offset=%" PRIx64 ": Preallocated cluster "
                         "is not properly aligned; L2 entry corrupted.",
-                        off);
+                        fix ? "Repairing" : "ERROR", off);
+                }
+                if (!has_data && !fix) {
+                    res->corruptions++;
+                }
+                if (fix) {
+                    /*
+                     * [QEMU] -r all makes it a plain zero cluster (no
+                     * host cluster), which then references nothing.
+                     */
+                    int wret = fix_zero_entry(c, l2_off, i);
+                    if (wret == 0) {
+                        res->corruptions_fixed++;
+                        break;
+                    }
+                    say(c, "ERROR: Failed to overwrite L2 table entry: %s",
+                        strerror(-wret));
+                    res->check_errors++;
                 }
             }
             if (frag_info) {
@@ -650,6 +833,31 @@ static int check_bitmaps(struct check *c)
     return ret;
 }
 
+/*
+ * [QEMU] -r all grows the file to hold a refcount block listed past its
+ * end (the new cluster reads as zero), and counts the block.
+ */
+static int grow_file_for_refblock(struct check *c, uint64_t off)
+{
+    int ret;
+    if (off > (uint64_t)INT64_MAX - c->cs) {
+        ret = -EINVAL;
+    } else {
+        ret = io_truncate(c->node->file, off + c->cs);
+    }
+    if (ret == 0) {
+        int64_t size = io_get_size(c->node->file);
+        ret = size < 0 ? (int)size : 0;
+        if (ret == 0) {
+            uint64_t nb = div_round_up_u64((uint64_t)size, c->cs);
+            c->file_len = size;
+            ret = nb > c->nb_clusters ? refs_grow(c, nb) : 0;
+        }
+    }
+    error_clear();
+    return ret;
+}
+
 /* The refcount blocks themselves (QEMU's check_refblocks). */
 static int check_refblocks(struct check *c)
 {
@@ -663,6 +871,7 @@ static int check_refblocks(struct check *c)
                 "set",
                 (int64_t)i);
             c->res->corruptions++;
+            c->rebuild = true;
             continue;
         }
         if (!is_aligned_u64(off, c->cs)) {
@@ -671,12 +880,30 @@ static int check_refblocks(struct check *c)
                 "refcount table entry corrupted",
                 (int64_t)i);
             c->res->corruptions++;
+            c->rebuild = true;
             continue;
         }
         if (k >= c->nb_clusters) {
-            c->res->corruptions++;
-            say(c, "ERROR refcount block %" PRId64 " is outside image",
-                (int64_t)i);
+            bool fix = (c->fix & QIMG_CHECK_FIX_ERRORS) != 0;
+            say(c, "%s refcount block %" PRId64 " is outside image",
+                fix ? "Repairing" : "ERROR", (int64_t)i);
+            if (!fix) {
+                c->res->corruptions++;
+                continue;
+            }
+            int ret = grow_file_for_refblock(c, off);
+            if (ret < 0) {
+                c->res->corruptions++;
+                c->rebuild = true;
+                say(c, "ERROR could not resize image: %s", strerror(-ret));
+                continue;
+            }
+            c->res->corruptions_fixed++;
+            /* A new, zeroed cluster: counted once here, so exactly 1. */
+            ret = inc_refs(c, off, c->cs);
+            if (ret < 0) {
+                return ret;
+            }
             continue;
         }
         if (off == 0) {
@@ -691,6 +918,7 @@ static int check_refblocks(struct check *c)
             say(c, "ERROR refcount block %" PRId64 " refcount=%" PRIu64,
                 (int64_t)i, n);
             c->res->corruptions++;
+            c->rebuild = true;
         }
     }
     return 0;
@@ -798,8 +1026,13 @@ static int count_references(struct check *c)
     return ret;
 }
 
-/* Stored against counted refcounts (QEMU's compare_refcounts). */
-static void compare_refcounts(struct check *c, uint64_t *highest)
+/*
+ * Stored against counted refcounts (QEMU's compare_refcounts).  With fix,
+ * a mismatch the flags allow is repaired (and counted as fixed instead
+ * of found); a used cluster with refcount 0 asks for a rebuild.
+ */
+static void compare_refcounts(struct check *c, unsigned fix,
+                              uint64_t *highest)
 {
     *highest = 0;
     for (uint64_t i = 0; i < c->nb_clusters; i++) {
@@ -815,25 +1048,52 @@ static void compare_refcounts(struct check *c, uint64_t *highest)
         if (stored > 0 || counted > 0) {
             *highest = i;
         }
-        if (stored != counted) {
-            say(c,
-                "%s cluster %" PRId64 " refcount=%" PRIu64
-                " reference=%" PRIu64,
-                stored < counted ? "ERROR" : "Leaked", (int64_t)i, stored,
-                counted);
-            if (stored < counted) {
-                c->res->corruptions++;
-            } else {
-                c->res->leaks++;
-            }
+        if (stored == counted) {
+            continue;
+        }
+        int64_t *fixed = NULL;
+        if (stored == 0) {
+            c->rebuild = true;
+        } else if (stored > counted && (fix & QIMG_CHECK_FIX_LEAKS)) {
+            fixed = &c->res->leaks_fixed;
+        } else if (stored < counted && (fix & QIMG_CHECK_FIX_ERRORS)) {
+            fixed = &c->res->corruptions_fixed;
+        }
+        say(c, "%s cluster %" PRId64 " refcount=%" PRIu64 " reference=%" PRIu64,
+            fixed ? "Repairing" : stored < counted ? "ERROR" : "Leaked",
+            (int64_t)i, stored, counted);
+        if (fixed && set_refcount(c, i, counted) == 0) {
+            (*fixed)++;
+            continue;
+        }
+        error_clear();
+        if (stored < counted) {
+            c->res->corruptions++;
+        } else {
+            c->res->leaks++;
         }
     }
 }
 
-/* COPIED flags of the active mapping (QEMU's check_oflag_copied). */
+/*
+ * COPIED flags of the active mapping (QEMU's check_oflag_copied).  -r all
+ * sets them from the refcounts; -r leaks only when the refcounts are
+ * known good (the check found nothing else), as QEMU does.  A fixed L1
+ * entry is written at once (and in s->l1_table), a fixed L2 table after
+ * its entries were looked at.
+ */
 static int check_copied(struct check *c)
 {
     struct qcow2_state *s = c->s;
+    struct qimg_check_result *res = c->res;
+    bool repair;
+    if (c->fix & QIMG_CHECK_FIX_ERRORS) {
+        repair = true;
+    } else if (c->fix & QIMG_CHECK_FIX_LEAKS) {
+        repair = !res->check_errors && !res->corruptions && !res->leaks;
+    } else {
+        repair = false;
+    }
     for (uint32_t i = 0; s->l1_table && i < s->l1_size; i++) {
         uint64_t l1e = s->l1_table[i];
         uint64_t l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
@@ -846,21 +1106,42 @@ static int check_copied(struct check *c)
             continue;
         }
         if ((n == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
-            c->res->corruptions++;
+            res->corruptions++;
             say(c,
-                "ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%" PRIx64
+                "%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%" PRIx64
                 " refcount=%" PRIu64,
-                (int)i, l1e, n);
+                repair ? "Repairing" : "ERROR", (int)i, l1e, n);
+            if (repair) {
+                uint64_t fixed = n == 1 ? l1e | QCOW2_OFLAG_COPIED
+                                        : l1e & ~QCOW2_OFLAG_COPIED;
+                uint8_t be[8];
+                store_be64(be, fixed);
+                int ret = write_file(c, be, 8,
+                                     s->l1_table_offset + (uint64_t)i * 8);
+                if (ret < 0) {
+                    say(c, "ERROR: Failed to overwrite L1 table entry: %s",
+                        strerror(-ret));
+                    res->check_errors++;
+                    return error_set_errno(-ret,
+                                           "qcow2: could not write the "
+                                           "L1 table of '%s'",
+                                           c->node->filename);
+                }
+                s->l1_table[i] = fixed;
+                res->corruptions--;
+                res->corruptions_fixed++;
+            }
         }
         int ret = read_file(c, c->l2_buf, (size_t)c->cs, l2_off);
         if (ret < 0) {
             say(c, "ERROR: Could not read L2 table: %s", strerror(-ret));
-            c->res->check_errors++;
+            res->check_errors++;
             return error_set_errno(-ret,
                                    "qcow2: could not read L2 table of "
                                    "'%s' at offset %#" PRIx64,
                                    c->node->filename, l2_off);
         }
+        int64_t dirty = 0;
         for (uint64_t j = 0; j < s->l2_entries; j++) {
             uint64_t e = l2_entry(s, c->l2_buf, j);
             enum check_type type = entry_type(s, e);
@@ -875,14 +1156,353 @@ static int check_copied(struct check *c)
                 continue;
             }
             if ((n == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
-                c->res->corruptions++;
+                res->corruptions++;
                 say(c,
-                    "ERROR OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                    "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
                     " refcount=%" PRIu64,
-                    e, n);
+                    repair ? "Repairing" : "ERROR", e, n);
+                if (repair) {
+                    store_be64(c->l2_buf + j * s->l2_entry_size,
+                               n == 1 ? e | QCOW2_OFLAG_COPIED
+                                      : e & ~QCOW2_OFLAG_COPIED);
+                    dirty++;
+                }
             }
         }
+        if (dirty > 0) {
+            ret = write_file(c, c->l2_buf, (size_t)c->cs, l2_off);
+            if (ret < 0) {
+                say(c, "ERROR: Could not write L2 table: %s", strerror(-ret));
+                res->check_errors++;
+                return error_set_errno(-ret,
+                                       "qcow2: could not write L2 table "
+                                       "of '%s' at offset %#" PRIx64,
+                                       c->node->filename, l2_off);
+            }
+            res->corruptions -= dirty;
+            res->corruptions_fixed += dirty;
+        }
     }
+    return 0;
+}
+
+/* ---- Rebuilding the refcount structure -------------------------------- */
+
+/* Grow r->refs to entries clusters (zeroed), within r->max_refs_bytes. */
+static int plan_grow(struct qcow2_rebuild *r, uint64_t entries)
+{
+    uint64_t bytes = entries <= r->max_refs_bytes * 8
+                         ? qcow2_refcount_array_bytes(entries, r->order)
+                         : UINT64_MAX;
+    if (bytes > r->max_refs_bytes) {
+        return error_set(ENOMEM, "the rebuilt refcounts of %" PRIu64
+                                 " clusters exceed the check's memory limit",
+                         entries);
+    }
+    if (bytes > r->refs_bytes) {
+        uint8_t *p = realloc(r->refs, (size_t)bytes);
+        if (!p) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        memset(p + r->refs_bytes, 0, (size_t)(bytes - r->refs_bytes));
+        r->refs = p;
+        r->refs_bytes = bytes;
+    }
+    r->nb_clusters = entries;
+    return 0;
+}
+
+/*
+ * [QEMU] alloc_clusters_imrt: the first run of count free clusters at or
+ * after *first_free (which moves to the first free cluster seen), or at
+ * the end of the array, which grows; the clusters get refcount 1.
+ */
+static int plan_alloc(struct qcow2_rebuild *r, uint64_t count,
+                      uint64_t *first_free, uint64_t *out)
+{
+    uint64_t k = *first_free;
+    uint64_t run = 0;
+    bool first_gap = true;
+    for (; k < r->nb_clusters && run < count; k++) {
+        if (qcow2_refcount_load(r->refs, k, r->order) == 0) {
+            run++;
+            if (first_gap) {
+                *first_free = k;
+                first_gap = false;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    if (run < count) {
+        /* k is the end of the array (or past it): append there. */
+        uint64_t need = count - run;
+        if (k > UINT64_MAX - need) {
+            return error_set(EFBIG, "Cannot allocate refcount structure");
+        }
+        int ret = plan_grow(r, k + need);
+        if (ret < 0) {
+            return ret;
+        }
+        k += need;
+    }
+    k -= count;
+    for (uint64_t i = 0; i < count; i++) {
+        qcow2_refcount_store(r->refs, k + i, r->order, 1);
+    }
+    *out = k;
+    return 0;
+}
+
+/*
+ * [QEMU] rebuild_refcounts_write_refblocks, without the writes: give a
+ * refcount block to every block range of [first, end) holding a used
+ * cluster.  A new block goes to the first free cluster at or after the
+ * start of its own range (so a block already written never changes), and
+ * the range grows to take in the new block's own cluster.  Sets *grown
+ * if the table had to grow (by whole clusters of entries).
+ */
+static int plan_refblocks(struct qcow2_rebuild *r, uint64_t first,
+                          uint64_t end, bool *grown)
+{
+    unsigned rb_bits = r->cluster_bits + 3 - r->order;
+    uint64_t rb_entries = (uint64_t)1 << rb_bits;
+    uint64_t per_cluster = ((uint64_t)1 << r->cluster_bits) / 8;
+    uint64_t first_free = 0;
+    *grown = false;
+    for (uint64_t k = first; k < end; k++) {
+        if (qcow2_refcount_load(r->refs, k, r->order) == 0) {
+            continue;
+        }
+        uint64_t idx = k >> rb_bits;
+        uint64_t start = idx << rb_bits;
+        if (idx >= r->reftable_entries || r->reftable[idx] == 0) {
+            first_free = max_u64(first_free, start);
+            uint64_t rb;
+            int ret = plan_alloc(r, 1, &first_free, &rb);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rb >= end) {
+                end = rb + 1;
+            }
+            if (idx >= r->reftable_entries) {
+                uint64_t n = (idx / per_cluster + 1) * per_cluster;
+                uint64_t *t = realloc(r->reftable, (size_t)n * 8);
+                if (!t) {
+                    return error_set(ENOMEM, "Out of memory");
+                }
+                memset(t + r->reftable_entries, 0,
+                       (size_t)(n - r->reftable_entries) * 8);
+                r->reftable = t;
+                r->reftable_entries = n;
+                *grown = true;
+            }
+            r->reftable[idx] = rb << r->cluster_bits;
+        }
+        /* This block is done: go on after its range. */
+        k = start + rb_entries - 1;
+    }
+    return 0;
+}
+
+int qcow2_rebuild_plan(struct qcow2_rebuild *r)
+{
+    bool grown;
+    free(r->reftable);
+    r->reftable = NULL;
+    r->reftable_entries = 0;
+    int ret = plan_refblocks(r, 0, r->nb_clusters, &grown);
+    /*
+     * Place the table, then give blocks to the clusters it took, until
+     * the table stops growing (each extra table cluster covers far more
+     * than it needs).  Tables placed before are left counted: the check
+     * that follows the rebuild frees them as leaks, as in QEMU.
+     */
+    while (ret == 0 && grown) {
+        uint64_t first_free = 0;
+        uint64_t clusters = (r->reftable_entries * 8) >> r->cluster_bits;
+        uint64_t at;
+        ret = plan_alloc(r, clusters, &first_free, &at);
+        if (ret == 0) {
+            r->reftable_offset = at << r->cluster_bits;
+            ret = plan_refblocks(r, at, at + clusters, &grown);
+        }
+    }
+    return ret;
+}
+
+/*
+ * [QEMU] qcow2_check_metadata_overlap in its default mode ("cached"):
+ * the metadata a write may not touch, in QEMU's order, or NULL.  The
+ * refcount structures are the image's current ones (the old ones while
+ * a rebuild writes its new blocks).
+ */
+static const char *metadata_overlap(struct check *c, uint64_t off,
+                                    uint64_t len)
+{
+    struct qcow2_state *s = c->s;
+    const struct qcow2_header *h = &s->hdr;
+#define OVERLAPS(o, l) ((o) < off + len && off < (o) + (l))
+    if (OVERLAPS(0, c->cs)) {
+        return "main header";
+    }
+    if (s->l1_size && OVERLAPS(s->l1_table_offset, (uint64_t)s->l1_size * 8)) {
+        return "active L1 table";
+    }
+    for (uint32_t i = 0; s->l1_table && i < s->l1_size; i++) {
+        uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+        if (l2 && OVERLAPS(l2, c->cs)) {
+            return "active L2 table";
+        }
+    }
+    if (c->reftable_entries &&
+        OVERLAPS(s->refcount_table_offset, c->reftable_entries * 8)) {
+        return "refcount table";
+    }
+    for (uint64_t i = 0; i < c->reftable_entries; i++) {
+        uint64_t rb = c->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        if (rb && OVERLAPS(rb, c->cs)) {
+            return "refcount block";
+        }
+    }
+    if (h->nb_snapshots && OVERLAPS(h->snapshots_offset, s->snapshots.size)) {
+        return "snapshot table";
+    }
+    for (uint32_t i = 0; i < s->snapshots.nb; i++) {
+        const struct qcow2_snapshot *sn = &s->snapshots.sn[i];
+        if (sn->l1_size &&
+            OVERLAPS(sn->l1_table_offset, (uint64_t)sn->l1_size * 8)) {
+            return "inactive L1 table";
+        }
+    }
+    if (h->nb_bitmaps &&
+        OVERLAPS(h->bitmap_directory_offset, h->bitmap_directory_size)) {
+        return "bitmap directory";
+    }
+#undef OVERLAPS
+    return NULL;
+}
+
+/*
+ * A metadata write of the rebuild, refused (and the image marked corrupt)
+ * where it would overwrite other metadata.  what names it in QEMU's
+ * error ("ERROR writing refblock: Input/output error").
+ */
+static int rebuild_write(struct check *c, const void *buf, size_t len,
+                         uint64_t off, const char *what)
+{
+    const char *overlap = metadata_overlap(c, off, len);
+    int ret;
+    if (overlap) {
+        signal_corruption(c,
+                          "Preventing invalid write on metadata (overlaps "
+                          "with %s)",
+                          overlap);
+        ret = -EIO;
+    } else {
+        ret = write_file(c, buf, len, off);
+    }
+    if (ret < 0) {
+        say_error(c, "ERROR %s: %s", what, strerror(-ret));
+        return error_set_errno(-ret, "qcow2: could not rebuild the refcount "
+                                     "structure of '%s'",
+                               c->node->filename);
+    }
+    return 0;
+}
+
+/*
+ * Write a new refcount structure for the counted references in c->refs
+ * ([QEMU] rebuild_refcount_structure): blocks, then the table, then the
+ * header's table offset and size; then s and c use the new table.
+ */
+static int rebuild_refcounts(struct check *c)
+{
+    struct qcow2_state *s = c->s;
+    struct qcow2_rebuild r = {
+        .cluster_bits = s->cluster_bits,
+        .order = c->order,
+        .max_refs_bytes = QCOW2_CHECK_MAX_REFS_BYTES,
+        .refs = c->refs,
+        .nb_clusters = c->nb_clusters,
+        .refs_bytes = c->refs_bytes,
+    };
+    int ret = qcow2_rebuild_plan(&r);
+    c->refs = r.refs;
+    c->nb_clusters = r.nb_clusters;
+    c->refs_bytes = r.refs_bytes;
+    if (ret < 0) {
+        say_error(c, "ERROR %s", qimg_get_error());
+        free(r.reftable);
+        return ret;
+    }
+    uint64_t rt_bytes = r.reftable_entries * 8;
+    uint32_t rt_clusters = (uint32_t)(rt_bytes >> s->cluster_bits);
+    uint8_t *buf = calloc(1, (size_t)max_u64(c->cs, rt_bytes));
+    if (!buf) {
+        free(r.reftable);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    /* Each block is its slice of the final counts, zero past their end. */
+    for (uint64_t i = 0; ret == 0 && i < r.reftable_entries; i++) {
+        if (r.reftable[i] == 0) {
+            continue;
+        }
+        uint64_t from = i * c->cs;
+        uint64_t n = from < c->refs_bytes ? min_u64(c->cs, c->refs_bytes - from)
+                                          : 0;
+        memset(buf, 0, (size_t)c->cs);
+        memcpy(buf, c->refs + from, (size_t)n);
+        ret = rebuild_write(c, buf, (size_t)c->cs, r.reftable[i],
+                            "writing refblock");
+    }
+    if (ret == 0) {
+        for (uint64_t i = 0; i < r.reftable_entries; i++) {
+            store_be64(buf + i * 8, r.reftable[i]);
+        }
+        ret = rebuild_write(c, buf, (size_t)rt_bytes, r.reftable_offset,
+                            "writing reftable");
+    }
+    if (ret == 0) {
+        /* [spec: Header] refcount_table_offset and _clusters, together. */
+        uint8_t hdr[12];
+        store_be64(hdr, r.reftable_offset);
+        store_be32(hdr + 8, rt_clusters);
+        ret = write_file(c, hdr, sizeof(hdr), 48);
+        if (ret == 0) {
+            ret = node_sync(c->node, c->node->file);
+        }
+        if (ret < 0) {
+            say_error(c, "ERROR setting reftable: %s", strerror(-ret));
+            ret = error_set_errno(-ret, "qcow2: could not rebuild the "
+                                        "refcount structure of '%s'",
+                                  c->node->filename);
+        }
+    }
+    free(buf);
+    if (ret < 0) {
+        free(r.reftable);
+        return ret;
+    }
+    /* The file grew with the new structure: count within it. */
+    int64_t size = io_get_size(c->node->file);
+    if (size < 0) {
+        free(r.reftable);
+        return (int)size;
+    }
+    c->file_len = size;
+    /* The image now has the new table: so do the state and the check. */
+    s->hdr.refcount_table_offset = r.reftable_offset;
+    s->hdr.refcount_table_clusters = rt_clusters;
+    s->refcount_table_offset = r.reftable_offset;
+    s->refcount_table_entries = r.reftable_entries;
+    free(s->refcount_table);
+    s->refcount_table = NULL;
+    free(c->reftable);
+    c->reftable = r.reftable;
+    c->reftable_entries = r.reftable_entries;
+    c->rb_off = 0;
     return 0;
 }
 
@@ -909,16 +1529,130 @@ static int load_reftable(struct check *c)
     return 0;
 }
 
-int qcow2_check(struct qimg_node *node, unsigned flags,
-                void (*report)(const char *line, unsigned kind, void *opaque),
-                void *opaque, struct qimg_check_result *res)
+/*
+ * After a repair run: QEMU clears the corrupt and dirty bits when the
+ * run found no corruption and no check error, and the dirty bit anyway
+ * when it closes an image it opened writable (unless a corruption made
+ * it stop using the image).
+ */
+static int finish_repair(struct check *c, bool clean)
 {
-    (void)flags; /* repairs are refused by the caller */
-    struct qcow2_state *s = node->opaque;
+    uint64_t *f = &c->s->hdr.incompatible_features;
+    uint64_t clear = QCOW2_INCOMPAT_DIRTY;
+    if (clean) {
+        clear |= QCOW2_INCOMPAT_CORRUPT;
+    }
+    if (c->fatal || !(*f & clear)) {
+        return 0;
+    }
+    *f &= ~clear;
+    c->s->dirty_set = false;
+    return write_header(c);
+}
+
+/*
+ * The refcount part of QEMU's check (qcow2_check_refcounts): count,
+ * compare, repair or rebuild, then the COPIED flags.
+ */
+static int check_refcounts(struct check *c, uint64_t *highest)
+{
+    struct qimg_check_result *res = c->res;
+    unsigned fix = c->fix;
+    int ret = count_references(c);
+    if (ret < 0) {
+        return ret;
+    }
+    /* A repair compares again from here. */
+    struct qimg_check_result pre = *res;
+    compare_refcounts(c, 0, highest);
+
+    if (c->rebuild && (fix & QIMG_CHECK_FIX_ERRORS)) {
+        struct qimg_check_result old = *res;
+        say(c, "Rebuilding refcount structure");
+        ret = rebuild_refcounts(c);
+        if (ret < 0) {
+            return ret;
+        }
+        /*
+         * The old structure is unreferenced now: count again, and free
+         * what the rebuild left counted (the old table and blocks).
+         * Those repairs are not part of the result, as in QEMU.
+         */
+        struct qimg_check_result again = {0};
+        memset(c->refs, 0, (size_t)c->refs_bytes);
+        c->rebuild = false;
+        c->fix = 0;
+        c->res = &again;
+        ret = count_references(c);
+        int64_t fresh_leaks = 0;
+        if (ret == 0 && (fix & QIMG_CHECK_FIX_LEAKS)) {
+            struct qimg_check_result cmp = {0};
+            c->res = &cmp;
+            compare_refcounts(c, QIMG_CHECK_FIX_LEAKS, highest);
+            if (c->rebuild) {
+                say(c, "ERROR rebuilt refcount structure is still broken");
+            }
+            fresh_leaks = cmp.leaks;
+        }
+        c->res = res;
+        c->fix = fix;
+        if (ret < 0) {
+            res->check_errors += again.check_errors;
+            return ret;
+        }
+        /*
+         * [QEMU] what the new count still finds stays found (a rebuild
+         * does not fix an L2 entry with reserved bits, say); the rest of
+         * what the first count found is fixed.
+         */
+        res->corruptions = again.corruptions;
+        res->check_errors += again.check_errors;
+        res->leaks = 0;
+        if (old.corruptions > res->corruptions) {
+            res->corruptions_fixed += old.corruptions - res->corruptions;
+        }
+        if (old.leaks > res->leaks) {
+            res->leaks_fixed += old.leaks - res->leaks;
+        }
+        res->leaks += fresh_leaks;
+    } else if (fix) {
+        if (c->rebuild) {
+            say(c, "ERROR need to rebuild refcount structures");
+            res->check_errors++;
+            return error_set(EIO, "qcow2: image '%s' needs its refcount "
+                                  "structure rebuilt (-r all)",
+                             c->node->filename);
+        }
+        if (res->leaks || res->corruptions) {
+            *res = pre;
+            compare_refcounts(c, fix, highest);
+        }
+    }
+    return check_copied(c);
+}
+
+static void discard_line(const char *line, unsigned kind, void *opaque)
+{
+    (void)line;
+    (void)kind;
+    (void)opaque;
+}
+
+int qcow2_repair(struct qimg_node *node, struct qcow2_state *s,
+                 unsigned fix, qimg_check_message_fn report, void *opaque,
+                 struct qimg_check_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    fix &= QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS;
+    if (fix && !node->writable) {
+        return error_set(EROFS, "qcow2: image '%s' must be opened "
+                                "read-write to be repaired",
+                         node->filename);
+    }
     struct check c = {
         .node = node,
         .s = s,
-        .report = report,
+        .report = report ? report : discard_line,
         .opaque = opaque,
         .res = res,
         .cs = s->cluster_size,
@@ -928,9 +1662,17 @@ int qcow2_check(struct qimg_node *node, unsigned flags,
                             : ((uint64_t)1 << (1u << s->refcount_order)) - 1,
         /* entries per block = cluster_size * 8 / refcount_bits */
         .rb_bits = s->cluster_bits + 3 - s->refcount_order,
+        .fix = fix,
     };
     int ret;
 
+    /* The repair works on the file: what the write path caches goes first. */
+    if (fix && s->write_ready) {
+        ret = qcow2_write_flush(node, s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     c.file_len = io_get_size(node->file);
     if (c.file_len < 0) {
         res->check_errors++;
@@ -965,22 +1707,38 @@ int qcow2_check(struct qimg_node *node, unsigned flags,
     if (ret < 0) {
         goto out;
     }
-    ret = count_references(&c);
-    if (ret < 0) {
-        goto out;
-    }
-    uint64_t highest;
-    compare_refcounts(&c, &highest);
-    ret = check_copied(&c);
+    uint64_t highest = 0;
+    ret = check_refcounts(&c, &highest);
     if (ret < 0) {
         goto out;
     }
     res->image_end_offset = (int64_t)((highest + 1) * c.cs);
 
 out:
+    if (fix) {
+        bool clean = ret == 0 && !res->check_errors && !res->corruptions;
+        int r = finish_repair(&c, clean);
+        if (ret == 0 && r < 0) {
+            ret = r;
+        }
+        /*
+         * Refcount blocks, the refcount table and L2 tables may have
+         * changed under the caches: drop them (all clean after the flush
+         * above); the next write loads the refcounts again.
+         */
+        qcow2_write_free(s);
+        qcow2_l2_invalidate(s, 0, UINT64_MAX);
+    }
     free(c.refs);
     free(c.reftable);
     free(c.rb_buf);
     free(c.l2_buf);
     return ret;
+}
+
+int qcow2_check(struct qimg_node *node, unsigned flags,
+                void (*report)(const char *line, unsigned kind, void *opaque),
+                void *opaque, struct qimg_check_result *res)
+{
+    return qcow2_repair(node, node->opaque, flags, report, opaque, res);
 }

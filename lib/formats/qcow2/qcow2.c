@@ -421,6 +421,22 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
             }
         }
     }
+    /*
+     * [QEMU] a dirty image (lazy refcounts, not cleanly closed) opened
+     * for writing is repaired first, unless it is opened to be checked.
+     * The repair's lines are not shown (there is no check report here).
+     */
+    if ((flags & QIMG_OPEN_RDWR) && !(flags & QIMG_OPEN_CHECK) &&
+        (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        struct qimg_check_result res;
+        ret = qcow2_repair(node, s,
+                           QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS, NULL,
+                           NULL, &res);
+        if (ret < 0) {
+            ret = error_set_errno(-ret, "Could not repair dirty image");
+            goto fail;
+        }
+    }
     node->opaque = s;
     return 0;
 

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qimg/qimg.h"
+
 struct qimg_io;
 struct qimg_node;
 
@@ -741,6 +743,74 @@ uint64_t qcow2_refcount_array_bytes(uint64_t entries, unsigned order);
 int qcow2_check(struct qimg_node *node, unsigned flags,
                 void (*report)(const char *line, unsigned kind, void *opaque),
                 void *opaque, struct qimg_check_result *res);
+
+/*
+ * One run of QEMU's qcow2 check on node (state s), repairing what fix
+ * (QIMG_CHECK_FIX_LEAKS, QIMG_CHECK_FIX_ERRORS) allows, as qemu-img
+ * check -r does: refcounts set to the references counted, the refcount
+ * structure rebuilt when a used cluster has refcount 0 or a refcount
+ * block is broken (FIX_ERRORS), COPIED flags set from the refcounts,
+ * then the dirty bit cleared (and the corrupt bit, when the run left no
+ * corruption and no check error).  fix 0 is the read-only check.  Each
+ * problem and repair goes to report (NULL: dropped) as qemu-img words
+ * it; res is zeroed first and then holds the counts (found = left
+ * unrepaired, *_fixed = repaired).  Returns 0 when the run completed,
+ * else -errno with the message set.  As with qemu-img, a run that fixed
+ * something should be followed by a run with fix 0 to get the final
+ * counts ("Double checking the fixed image now...").
+ *
+ * It works on node->file directly (reads and writes there, never through
+ * a cache).  A fix run first writes the write path's caches back
+ * (qcow2_write_flush() when s->write_ready) and at the end drops them:
+ * qcow2_write_free() (refcount cache and table; the next write loads
+ * them again) and every L2 slice.  qcow2_open() calls it with both flags
+ * for a dirty image opened writable without QIMG_OPEN_CHECK, as QEMU
+ * does.  fix needs node->writable (EROFS).
+ *
+ * What it updates in s, to match what it wrote:
+ *  - s->l1_table entries whose COPIED flag it fixed (the L1 on disk too);
+ *  - after a rebuild: s->hdr.refcount_table_offset/_clusters,
+ *    s->refcount_table_offset/_entries;
+ *  - s->refcount_table, the refcount block cache, pending frees and the
+ *    L2 slices are dropped (write_ready false) after any fix run;
+ *  - s->hdr.incompatible_features (dirty/corrupt bits cleared, and
+ *    s->dirty_set; or the corrupt bit and s->corrupt set when it signals
+ *    a corruption on the writable image); the header cluster is then
+ *    rewritten from s->hdr (QEMU's qcow2_update_header), so s->hdr must
+ *    be current;
+ *  - s->snapshots is re-read.
+ */
+int qcow2_repair(struct qimg_node *node, struct qcow2_state *s,
+                 unsigned fix, qimg_check_message_fn report, void *opaque,
+                 struct qimg_check_result *res);
+
+/*
+ * Where QEMU 7.2 puts a rebuilt refcount structure (check -r all), pure:
+ * refs holds the counted references of nb_clusters clusters, packed as
+ * refcount blocks pack them (width 1 << order; refs_bytes allocated,
+ * zero past the entries).  Every block range with a used cluster gets a
+ * refcount block in the first free cluster at or after the start of its
+ * range; then the table (a whole number of clusters of entries) takes
+ * the first free run from cluster 0, and blocks are given to the ranges
+ * it lands in, until the table stops growing.  The clusters taken are
+ * counted in refs (which grows by realloc, at most max_refs_bytes: then
+ * ENOMEM).  Out: reftable (host order, malloc'ed, reftable_entries
+ * entries: file offsets of the blocks, 0 for none) and reftable_offset.
+ * Writing block i as bytes [i * cluster_size, (i + 1) * cluster_size) of
+ * refs (zero past refs_bytes) and then the table gives QEMU's result.
+ */
+struct qcow2_rebuild {
+    unsigned cluster_bits;
+    unsigned order;
+    uint64_t max_refs_bytes;
+    uint8_t *refs;
+    uint64_t nb_clusters;
+    uint64_t refs_bytes;
+    uint64_t *reftable;
+    uint64_t reftable_entries;
+    uint64_t reftable_offset;
+};
+int qcow2_rebuild_plan(struct qcow2_rebuild *r);
 
 /*
  * Read and decode the snapshot table the header names into s->snapshots

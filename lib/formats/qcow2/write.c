@@ -134,11 +134,20 @@ void qcow2_write_free(struct qcow2_state *s)
 
 int qcow2_repair_dirty(struct qimg_node *node, struct qcow2_state *s)
 {
-    (void)s;
-    return error_set(ENOTSUP,
-                     "%s: the image is dirty (lazy refcounts after a "
-                     "crash); repair it with 'qimg check -r all'",
-                     node->filename);
+    /*
+     * A writable open repairs a dirty image already (qcow2_open); this is
+     * for one opened to be checked and then written: repair it now, as
+     * QEMU would have at the open.  qcow2_repair() leaves the write path
+     * unloaded, so write_begin loads the rebuilt refcounts next.
+     */
+    struct qimg_check_result res;
+    int ret = qcow2_repair(node, s,
+                           QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS, NULL,
+                           NULL, &res);
+    if (ret < 0) {
+        return error_set_errno(-ret, "Could not repair dirty image");
+    }
+    return 0;
 }
 
 /* Every write starts here. */
