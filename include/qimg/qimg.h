@@ -361,7 +361,7 @@ struct qimg_convert_params {
     /* Extra QIMG_OPEN_* flags for the target (QIMG_OPEN_CACHE_UNSAFE). */
     unsigned target_flags;
     const char *target;
-    const char *target_format; /* NULL means raw; only raw is supported */
+    const char *target_format; /* NULL means raw */
     /* Creation options for the target (its size is set here), or NULL. */
     const struct qimg_opts *target_opts;
     /*
@@ -370,14 +370,43 @@ struct qimg_convert_params {
      * allocated target).  qemu-img's default is 4096.
      */
     uint64_t sparse_size;
-    bool no_create;      /* -n: the target exists and is opened as raw */
+    /* -n: the target exists; it is opened as target_format (raw). */
+    bool no_create;
     bool target_is_zero; /* -n only: the target already reads as zero */
     qimg_progress_fn progress; /* or NULL */
     void *progress_opaque;
+    /*
+     * -B/-F: the new target's backing file (as stored in it, relative to
+     * the target's folder) and its format, required with a backing file;
+     * they win over target_opts' backing_file and backing_fmt.  Only the
+     * first source's top layer is copied: ranges it leaves to its own
+     * backing file stay unallocated (the caller asserts the new backing
+     * file holds the same there).  Of its data, target clusters that the
+     * new backing file already holds stay unallocated too (not with
+     * sparse_size 0); its zero ranges are written as zeroes.  With
+     * no_create, backing_file only says that the target has a backing
+     * file.  One source only.
+     */
+    const char *backing_file;
+    const char *backing_format;
+    /*
+     * -c: write whole target clusters compressed (the format must have
+     * compressed clusters; not with encryption or preallocation).
+     */
+    bool compress;
+    /* -m: copy threads (1 to 16, at most 4 are used); 0: by CPU count. */
+    unsigned parallel;
+    /*
+     * -W: write each chunk as soon as it is read instead of in guest
+     * order (same contents; a qcow2 target's clusters may be laid out
+     * in another order).
+     */
+    bool out_of_order;
 };
 
 /*
- * Copy the guest contents of the sources into the target.  A target this
+ * Copy the guest contents of the sources into the target, as qemu-img
+ * convert does (its checks and messages, in its order).  A target this
  * call created is removed again if the conversion fails.
  */
 int qimg_convert(const struct qimg_convert_params *params);

@@ -1,19 +1,34 @@
 /*
- * qimg_convert: copy the guest contents of one or more images into a raw
- * target, keeping it sparse.
+ * qimg_convert: copy the guest contents of one or more images into a new
+ * or existing target of any writable format, keeping it sparse, as
+ * qemu-img convert does (-o, -c, -S, -B/-F, -n, -m, -W, --target-is-zero).
  *
  * The sources are walked with block status one extent at a time; data is
  * read in bounded chunks and scanned for zero runs, so neither the disk
  * nor its map is ever held in memory at once.  Only the public API is used
  * for image access.
  *
- * The walk runs in the calling thread and queues data chunks; a few worker
- * threads, each with its own handles on the sources (image handles keep
- * caches and are not shared between threads), read, scan and write them
- * to the target (raw writes keep no state).  Each chunk is cut into pieces
- * by itself, so the result does not depend on the order they finish in.
+ * The walk runs in the calling thread and queues jobs (data chunks to
+ * copy, zero ranges to write); a few worker threads, each with its own
+ * handles on the sources (image handles keep caches and are not shared
+ * between threads), read and scan them and write to the target.  Target
+ * handles are not thread-safe either (a qcow2 target allocates clusters),
+ * so every write to it is made under write_lock.  By default the writes
+ * are also made in queue order (qemu-img's in-order writes, which keep a
+ * qcow2 target's clusters in guest order); out_of_order (-W) lets each
+ * job write as soon as it is read.  Each job is cut into pieces by
+ * itself, so the contents never depend on the order jobs finish in.
+ *
+ * With a backing file for a new target, a target cluster of data that
+ * reads the same in the new backing file is left unallocated, so the
+ * target stores only what differs; zero ranges are written as zeroes
+ * (qemu-img's rule, except past the new backing file's end, where it
+ * reads as zero anyway), and ranges the source's top layer leaves to its
+ * own backing file are left unallocated (qemu-img's rule too: the caller
+ * asserts that the new backing file holds the same there).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +38,7 @@
 
 #include "qimg/qimg.h"
 #include "core/error.h"
+#include "driver.h"
 #include "util/zero.h"
 
 #define SECTOR 512u
@@ -36,22 +52,39 @@
 #define WORKERS_MAX 4
 /* Alignment of the copy buffers (a page). */
 #define BUF_ALIGN 4096
-/* Chunks queued ahead of the workers. */
+/* Jobs queued ahead of the workers. */
 #define QUEUE_LEN 8
+/* -m: qemu-img's limit on parallel requests. */
+#define PARALLEL_MAX 16
 
 struct source {
     struct qimg_image *img;
     uint64_t size;   /* the image's own size */
     uint64_t padded; /* what it occupies in the target */
+    uint64_t base;   /* where it starts in the target */
+    uint64_t align;  /* status runs are cut at multiples of this */
 };
 
-/* One data chunk to copy: source bytes [soff, soff + len) to doff. */
+/* How the walk classified a range (qemu-img's BLK_DATA/ZERO/BACKING). */
+enum range_status {
+    RANGE_DATA,
+    RANGE_ZERO,
+    /* Left to the target's backing file: nothing is written. */
+    RANGE_BACKING,
+};
+
+enum job_kind {
+    JOB_DATA, /* read [doff, doff + len) from the sources and write it */
+    JOB_ZERO, /* write zeroes over [doff, doff + len) */
+};
+
+/* One job, in target (concatenated source) offsets. */
 struct job {
-    size_t src;
-    uint64_t soff;
+    enum job_kind kind;
     uint64_t doff;
-    size_t len;
-    bool known_zero; /* zeroes that -S 0 wants written as data */
+    uint64_t len;    /* at most CHUNK for data */
+    bool known_zero; /* data jobs: zeroes that -S 0 wants written */
+    uint64_t seq;    /* queue order, for in-order writes */
 };
 
 struct convert;
@@ -61,26 +94,50 @@ struct worker {
     pthread_t thread;
     bool started;
     struct source *src; /* this worker's own handles, one per source */
+    struct qimg_image *backing; /* its handle on the new backing file */
     uint8_t *buf;
+    uint8_t *bbuf; /* the new backing file's bytes, when comparing */
 };
 
 struct convert {
     const struct qimg_convert_params *p;
     struct source *src; /* the walk's handles */
+    /* The first source's top layer alone, when the target has a backing. */
+    struct qimg_image *top;
     struct qimg_image *dst;
     uint64_t dst_size;
     uint64_t total;
     uint64_t done;
     /* Zero ranges need no writing: fresh sparse target or asserted. */
     bool zero_init;
+    /* The target has a backing file (-B, -o backing_file). */
+    bool has_backing;
+    /* Target offsets from here on are past its backing file's end. */
+    bool backing_end_known;
+    uint64_t backing_end;
+    /*
+     * The first source's backing file size: its top layer reads as zero
+     * past it (qemu's block status says zero there, not "backing").
+     */
+    bool src_has_backing;
+    uint64_t src_backing_size;
+    /* Compare with the new backing file and skip what equals it. */
+    bool compare;
+    char *backing_path;
+    char *backing_fmt;
+    /* Target cluster size: the unit of compression and comparison. */
+    uint64_t cluster;
 
     /* The queue between the walk and the workers, under lock. */
     pthread_mutex_t lock;
     pthread_mutex_t write_lock;
     pthread_cond_t queued; /* a job was queued, or closing/failed */
     pthread_cond_t room;   /* a job was taken, or failed */
+    pthread_cond_t turn_cond; /* next_write moved, or failed */
     struct job queue[QUEUE_LEN];
     size_t head, count;
+    uint64_t next_seq;   /* given to the next queued job */
+    uint64_t next_write; /* in order: the job whose writes may go now */
     bool closing; /* no more jobs will come */
     bool failed;  /* a worker failed: stop everything */
     int err;      /* the first failure's errno and message */
@@ -92,6 +149,11 @@ struct convert {
 static uint64_t round_up(uint64_t v, uint64_t a)
 {
     return (v + a - 1) / a * a;
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
 }
 
 static bool sector_is_zero(const uint8_t *p, size_t len)
@@ -170,75 +232,63 @@ static size_t next_piece(const uint8_t *buf, size_t len, uint64_t first,
     return used;
 }
 
-static int write_zero_range(struct convert *c, uint64_t off, uint64_t len)
+/*
+ * Writes to the target, all under write_lock (the target handle is not
+ * thread-safe).  A target that is a few padding bytes short keeps its
+ * size: the parts past its end are dropped.  Failures keep the library's
+ * message, which says more than qemu-img's "error while writing at byte".
+ */
+static int dst_write(struct convert *c, const uint8_t *buf, uint64_t off,
+                     size_t len)
 {
-    if (c->zero_init || len == 0) {
-        return 0;
-    }
-    return qimg_pwrite_zeroes(c->dst, off, len, QIMG_ZERO_MAY_UNMAP);
-}
-
-static int write_data(struct convert *c, const uint8_t *buf, uint64_t off,
-                      size_t len)
-{
-    /* A target that is a few padding bytes short keeps its size. */
     if (off >= c->dst_size) {
         return 0;
     }
-    if (len > c->dst_size - off) {
-        len = (size_t)(c->dst_size - off);
-    }
-    /*
-     * Buffered writes to one file serialise on its inode lock anyway; a
-     * waiting worker sleeps here instead of spinning in the kernel, and
-     * its CPU goes to the reads and decompression of the others.
-     */
+    len = (size_t)min_u64(len, c->dst_size - off);
     pthread_mutex_lock(&c->write_lock);
     int ret = qimg_pwrite(c->dst, buf, len, off);
     pthread_mutex_unlock(&c->write_lock);
     return ret;
 }
 
-static int write_zeroes_clamped(struct convert *c, uint64_t off,
-                                uint64_t len)
+static int dst_zero(struct convert *c, uint64_t off, uint64_t len)
+{
+    if (c->zero_init || off >= c->dst_size) {
+        return 0;
+    }
+    len = min_u64(len, c->dst_size - off);
+    if (len == 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&c->write_lock);
+    int ret = qimg_pwrite_zeroes(c->dst, off, len, QIMG_ZERO_MAY_UNMAP);
+    pthread_mutex_unlock(&c->write_lock);
+    return ret;
+}
+
+static int dst_compressed(struct convert *c, const uint8_t *buf,
+                          uint64_t off, size_t len)
 {
     if (off >= c->dst_size) {
         return 0;
     }
-    if (len > c->dst_size - off) {
-        len = c->dst_size - off;
-    }
-    return write_zero_range(c, off, len);
+    len = (size_t)min_u64(len, c->dst_size - off);
+    pthread_mutex_lock(&c->write_lock);
+    int ret = qimg_pwrite_compressed(c->dst, buf, len, off);
+    pthread_mutex_unlock(&c->write_lock);
+    return ret;
 }
 
-/* Read [off, off + len) of a source; bytes past its end read as zero. */
-static int read_source(struct source *s, uint8_t *buf, uint64_t off,
-                       size_t len)
-{
-    size_t avail = 0;
-    if (off < s->size) {
-        avail = s->size - off < len ? (size_t)(s->size - off) : len;
-    }
-    if (avail > 0 && qimg_pread(s->img, buf, avail, off) < 0) {
-        return -1;
-    }
-    memset(buf + avail, 0, len - avail);
-    return 0;
-}
-
-/* Copy one chunk of data read at source offset soff to target offset. */
-static int copy_chunk(struct convert *c, struct source *s, uint8_t *buf,
-                      uint64_t soff, uint64_t doff, size_t len,
-                      bool known_zero)
+/*
+ * Write [doff, doff + len) from buf: everything with -S 0, else data
+ * pieces as data and zero runs of at least -S bytes as zeroes.
+ */
+static int write_pieces(struct convert *c, const uint8_t *buf, uint64_t doff,
+                        size_t len)
 {
     const struct qimg_convert_params *p = c->p;
-    if (known_zero) {
-        memset(buf, 0, len);
-    } else if (read_source(s, buf, soff, len) < 0) {
-        return -1;
-    }
     if (p->sparse_size == 0) {
-        return write_data(c, buf, doff, len);
+        return dst_write(c, buf, doff, len);
     }
     uint64_t min_sectors = p->sparse_size / SECTOR;
     /* Split points aligned to the largest power of two within -S. */
@@ -256,14 +306,186 @@ static int copy_chunk(struct convert *c, struct source *s, uint8_t *buf,
         if (bytes > len - pos) {
             bytes = len - pos;
         }
-        int ret = data ? write_data(c, buf + pos, doff + pos, bytes)
-                       : write_zeroes_clamped(c, doff + pos, bytes);
+        int ret = data ? dst_write(c, buf + pos, doff + pos, bytes)
+                       : dst_zero(c, doff + pos, bytes);
         if (ret < 0) {
             return -1;
         }
         pos += bytes;
     }
     return 0;
+}
+
+/* Read [off, off + len) of one image; bytes past its end read as zero. */
+static int read_image(struct qimg_image *img, uint64_t size, uint8_t *buf,
+                      uint64_t off, size_t len)
+{
+    size_t avail = 0;
+    if (off < size) {
+        avail = (size_t)min_u64(size - off, len);
+    }
+    if (avail > 0 && qimg_pread(img, buf, avail, off) < 0) {
+        return -1;
+    }
+    memset(buf + avail, 0, len - avail);
+    return 0;
+}
+
+/*
+ * Read target bytes [doff, doff + len) from the concatenated sources
+ * (each padded with zeroes to its padded size); a compressed cluster may
+ * straddle two sources.
+ */
+static int read_sources(struct convert *c, struct source *src, uint8_t *buf,
+                        uint64_t doff, size_t len)
+{
+    size_t nb = c->p->nb_sources;
+    size_t i = 0;
+    while (len > 0) {
+        while (i < nb && doff >= src[i].base + src[i].padded) {
+            i++;
+        }
+        if (i == nb) {
+            memset(buf, 0, len);
+            return 0;
+        }
+        struct source *s = &src[i];
+        size_t n = (size_t)min_u64(len, s->base + s->padded - doff);
+        if (read_image(s->img, s->size, buf, doff - s->base, n) < 0) {
+            return -1;
+        }
+        buf += n;
+        doff += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Is [off, off + len) the same in buf and bbuf (offsets into the job)? */
+static bool same(const uint8_t *buf, const uint8_t *bbuf, size_t off,
+                 size_t len)
+{
+    return memcmp(buf + off, bbuf + off, len) == 0;
+}
+
+/*
+ * A data job against the new backing file: runs of target clusters that
+ * differ from it are written as usual, clusters that equal it are left
+ * unallocated so the backing file shows through.
+ */
+static int write_differing(struct convert *c, const struct job *job,
+                           const uint8_t *buf, const uint8_t *bbuf)
+{
+    size_t pos = 0;
+    size_t run = 0;    /* start of the pending run of differing clusters */
+    bool pending = false;
+    while (pos < job->len) {
+        uint64_t next = round_up(job->doff + pos + 1, c->cluster);
+        size_t n = (size_t)min_u64(next - job->doff, job->len) - pos;
+        bool differs = !same(buf, bbuf, pos, n);
+        if (differs && !pending) {
+            run = pos;
+            pending = true;
+        } else if (!differs && pending) {
+            if (write_pieces(c, buf + run, job->doff + run,
+                             pos - run) < 0) {
+                return -1;
+            }
+            pending = false;
+        }
+        pos += n;
+    }
+    if (pending) {
+        return write_pieces(c, buf + run, job->doff + run,
+                            job->len - run);
+    }
+    return 0;
+}
+
+/*
+ * In-order writes: wait until every job queued before this one has
+ * written.  -1 once the copy failed.
+ */
+static int wait_turn(struct convert *c, const struct job *job)
+{
+    if (c->p->out_of_order) {
+        return 0;
+    }
+    pthread_mutex_lock(&c->lock);
+    while (c->next_write != job->seq && !c->failed) {
+        pthread_cond_wait(&c->turn_cond, &c->lock);
+    }
+    bool failed = c->failed;
+    pthread_mutex_unlock(&c->lock);
+    return failed ? -1 : 0;
+}
+
+static void end_turn(struct convert *c, const struct job *job)
+{
+    if (c->p->out_of_order) {
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    c->next_write = job->seq + 1;
+    pthread_cond_broadcast(&c->turn_cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* The writes of one job, in its turn. */
+static int write_job(struct convert *c, struct worker *w,
+                     const struct job *job)
+{
+    const struct qimg_convert_params *p = c->p;
+    if (job->kind == JOB_ZERO) {
+        return dst_zero(c, job->doff, job->len);
+    }
+    size_t len = (size_t)job->len;
+    if (c->compare && same(w->buf, w->bbuf, 0, len)) {
+        return 0;
+    }
+    if (p->compress) {
+        /*
+         * A whole cluster: an all-zero one is not compressed (qemu-img
+         * skips it on a zero-initialised target, else writes zeroes),
+         * except with -S 0, which writes everything as data.
+         */
+        if (p->sparse_size != 0 && buf_is_zero(w->buf, len)) {
+            return dst_zero(c, job->doff, len);
+        }
+        return dst_compressed(c, w->buf, job->doff, len);
+    }
+    if (c->compare) {
+        return write_differing(c, job, w->buf, w->bbuf);
+    }
+    return write_pieces(c, w->buf, job->doff, len);
+}
+
+/* Read a job's bytes (and the new backing file's), then write in turn. */
+static int run_job(struct convert *c, struct worker *w, const struct job *job)
+{
+    if (job->kind == JOB_DATA) {
+        size_t len = (size_t)job->len;
+        if (job->known_zero) {
+            memset(w->buf, 0, len);
+        } else if (read_sources(c, w->src, w->buf, job->doff, len) < 0) {
+            return -1;
+        }
+        if (c->compare) {
+            int64_t bsize = qimg_get_size(w->backing);
+            if (bsize < 0 || read_image(w->backing, (uint64_t)bsize,
+                                        w->bbuf, job->doff, len) < 0) {
+                return -1;
+            }
+        }
+    }
+    if (wait_turn(c, job) < 0) {
+        return -1;
+    }
+    int ret = write_job(c, w, job);
+    if (ret == 0) {
+        end_turn(c, job);
+    }
+    return ret;
 }
 
 /*
@@ -280,6 +502,7 @@ static void copy_fail(struct convert *c)
     }
     pthread_cond_broadcast(&c->queued);
     pthread_cond_broadcast(&c->room);
+    pthread_cond_broadcast(&c->turn_cond);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -301,16 +524,15 @@ static void *worker_main(void *opaque)
         c->count--;
         pthread_cond_signal(&c->room);
         pthread_mutex_unlock(&c->lock);
-        if (copy_chunk(c, &w->src[job.src], w->buf, job.soff, job.doff,
-                       job.len, job.known_zero) < 0) {
+        if (run_job(c, w, &job) < 0) {
             copy_fail(c);
             return NULL;
         }
     }
 }
 
-/* Queue a chunk for the workers; -1 once one of them has failed. */
-static int queue_chunk(struct convert *c, const struct job *job)
+/* Queue a job for the workers; -1 once one of them has failed. */
+static int queue_job(struct convert *c, struct job *job)
 {
     pthread_mutex_lock(&c->lock);
     while (c->count == QUEUE_LEN && !c->failed) {
@@ -318,6 +540,7 @@ static int queue_chunk(struct convert *c, const struct job *job)
     }
     bool failed = c->failed;
     if (!failed) {
+        job->seq = c->next_seq++;
         c->queue[(c->head + c->count) % QUEUE_LEN] = *job;
         c->count++;
         pthread_cond_signal(&c->queued);
@@ -329,27 +552,42 @@ static int queue_chunk(struct convert *c, const struct job *job)
 static int open_source(const struct qimg_convert_params *p, size_t i,
                        struct qimg_image **out);
 
+static size_t worker_count(const struct qimg_convert_params *p)
+{
+    if (p->parallel > 0) {
+        return p->parallel < WORKERS_MAX ? p->parallel : WORKERS_MAX;
+    }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < WORKERS_MIN   ? WORKERS_MIN
+           : cpus > WORKERS_MAX ? WORKERS_MAX
+                                : (size_t)cpus;
+}
+
+static void *alloc_buffer(void)
+{
+    /*
+     * Page-aligned: the kernel copies to and from a buffer that starts
+     * mid-page (as malloc's large blocks do) more slowly.
+     */
+    void *buf = NULL;
+    return posix_memalign(&buf, BUF_ALIGN, CHUNK) == 0 ? buf : NULL;
+}
+
 /* Start the workers, each with its own source handles. */
 static int start_workers(struct convert *c)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    size_t n = cpus < WORKERS_MIN ? WORKERS_MIN
-               : cpus > WORKERS_MAX ? WORKERS_MAX : (size_t)cpus;
+    size_t n = worker_count(c->p);
     const struct qimg_convert_params *p = c->p;
     for (size_t k = 0; k < n; k++) {
         struct worker *w = &c->workers[k];
         w->c = c;
         w->src = calloc(p->nb_sources, sizeof(*w->src));
-        /*
-         * Page-aligned: the kernel copies to and from a buffer that
-         * starts mid-page (as malloc's large blocks do) more slowly.
-         */
-        void *buf = NULL;
-        if (posix_memalign(&buf, BUF_ALIGN, CHUNK) == 0) {
-            w->buf = buf;
+        w->buf = alloc_buffer();
+        if (c->compare) {
+            w->bbuf = alloc_buffer();
         }
         c->nb_workers = k + 1;
-        if (!w->src || !w->buf) {
+        if (!w->src || !w->buf || (c->compare && !w->bbuf)) {
             return error_set(ENOMEM, "Out of memory");
         }
         /* The images were opened once already: no second warning. */
@@ -358,6 +596,14 @@ static int start_workers(struct convert *c)
             w->src[i] = c->src[i];
             if (open_source(p, i, &w->src[i].img) < 0) {
                 w->src[i].img = NULL;
+                warn_mute(muted);
+                return -1;
+            }
+        }
+        if (c->compare) {
+            w->backing = qimg_open(c->backing_path, c->backing_fmt,
+                                   QIMG_OPEN_FORCE_SHARE);
+            if (!w->backing) {
                 warn_mute(muted);
                 return -1;
             }
@@ -393,8 +639,12 @@ static int stop_workers(struct convert *c)
                 qimg_close(w->src[i].img);
             }
         }
+        if (w->backing) {
+            qimg_close(w->backing);
+        }
         free(w->src);
         free(w->buf);
+        free(w->bbuf);
     }
     c->nb_workers = 0;
     if (c->failed) {
@@ -413,78 +663,149 @@ static void report_progress(struct convert *c, uint64_t len)
     }
 }
 
-/* Walk source number idx, whose bytes land at target offset base. */
-static int copy_source(struct convert *c, size_t idx, uint64_t base)
+/*
+ * The status of the run of source s starting at soff (soff < padded):
+ * *status and its length *len (never past the source's padded end).
+ */
+static int source_status(struct convert *c, struct source *s, uint64_t soff,
+                         enum range_status *status, uint64_t *len)
 {
-    struct source *s = &c->src[idx];
-    uint64_t off = 0;
-    while (off < s->padded) {
-        struct qimg_extent ext;
-        bool zero;
-        uint64_t len;
-        if (off < s->size) {
-            uint64_t want = s->size - off;
-            if (want > STATUS_WINDOW) {
-                want = STATUS_WINDOW;
-            }
-            if (qimg_block_status(s->img, off, want, &ext) < 0) {
-                return -1;
-            }
-            zero = (ext.flags & QIMG_EXTENT_ZERO) != 0;
-            len = ext.length;
-            if (len == 0 || len > want) {
-                return error_set(EIO, "%s: block status made no progress",
-                                 qimg_get_filename(s->img));
-            }
-            /*
-             * Work in whole sectors as qemu-img does: a run ending inside
-             * a sector gives that sector to the data next to it, and the
-             * padding after the end goes with the last run.
-             */
-            uint64_t end = off + len;
-            if (end % SECTOR != 0) {
-                if (zero && end / SECTOR * SECTOR > off) {
-                    end = end / SECTOR * SECTOR;
-                } else {
-                    zero = false;
-                    end = round_up(end, SECTOR);
-                }
-            }
-            if (end >= s->size) {
-                end = s->padded;
-            }
-            len = end - off;
+    if (soff >= s->size) {
+        /* The padding after a source's end reads as zero. */
+        *status = RANGE_ZERO;
+        *len = s->padded - soff;
+        return 0;
+    }
+    struct qimg_extent ext;
+    uint64_t want = min_u64(s->size - soff, STATUS_WINDOW);
+    /* With a backing file for the target: the top layer's own runs. */
+    struct qimg_image *img = c->top ? c->top : s->img;
+    if (qimg_block_status(img, soff, want, &ext) < 0) {
+        return -1;
+    }
+    if (ext.length == 0 || ext.length > want) {
+        return error_set(EIO, "%s: block status made no progress",
+                         qimg_get_filename(img));
+    }
+    enum range_status st;
+    if (c->top && !(ext.flags & QIMG_EXTENT_ALLOCATED) &&
+        c->src_has_backing) {
+        /*
+         * [QEMU] With a backing file for the target, only the source's
+         * top layer is copied; what it leaves to its backing file stays
+         * unallocated.  A run that starts past the end of that backing
+         * file reads as zero (the whole run: QEMU decides by its start).
+         */
+        st = soff >= c->src_backing_size ? RANGE_ZERO : RANGE_BACKING;
+    } else if (ext.flags & QIMG_EXTENT_ZERO) {
+        st = RANGE_ZERO;
+    } else {
+        st = RANGE_DATA;
+    }
+    /*
+     * Work in whole sectors as qemu-img does: a run ending inside a
+     * sector gives that sector to the data next to it, and the padding
+     * after the end goes with the last run.
+     */
+    uint64_t end = soff + ext.length;
+    if (end % SECTOR != 0) {
+        if (st != RANGE_DATA && end / SECTOR * SECTOR > soff) {
+            end = end / SECTOR * SECTOR;
         } else {
-            zero = true;
-            len = s->padded - off;
+            st = RANGE_DATA;
+            end = round_up(end, SECTOR);
         }
-        if (zero && c->p->sparse_size != 0) {
-            if (write_zeroes_clamped(c, base + off, len) < 0) {
-                /* Stop the workers too, with this message. */
-                copy_fail(c);
-                return -1;
+    }
+    if (end >= s->size) {
+        end = s->padded;
+    }
+    uint64_t n = end - soff;
+    /*
+     * [QEMU] A run is cut at the source's cluster size (when it is longer
+     * than that), so the next status request starts on a boundary.
+     */
+    uint64_t tail = (soff + n) % s->align;
+    if (n > tail) {
+        n -= tail;
+    }
+    *status = st;
+    *len = n;
+    return 0;
+}
+
+/* Queue the data jobs of [pos, pos + len), each at most unit bytes. */
+static int queue_data(struct convert *c, uint64_t pos, uint64_t len,
+                      uint64_t unit, bool known_zero)
+{
+    uint64_t end = pos + len;
+    while (pos < end) {
+        struct job job = {
+            .kind = JOB_DATA,
+            .doff = pos,
+            .len = min_u64(end - pos, unit),
+            .known_zero = known_zero,
+        };
+        if (queue_job(c, &job) < 0) {
+            return -1;
+        }
+        pos += job.len;
+    }
+    return 0;
+}
+
+/*
+ * Walk the target's range over the concatenated sources, classify each
+ * run and queue its jobs.  A compressed target gets whole clusters: a
+ * run shorter than one is copied as a data cluster.
+ */
+static int walk(struct convert *c)
+{
+    const struct qimg_convert_params *p = c->p;
+    uint64_t unit = p->compress ? c->cluster : CHUNK;
+    uint64_t pos = 0;
+    size_t i = 0;
+    while (pos < c->total) {
+        while (pos >= c->src[i].base + c->src[i].padded) {
+            i++;
+        }
+        struct source *s = &c->src[i];
+        enum range_status st = RANGE_DATA;
+        uint64_t n = 0;
+        if (source_status(c, s, pos - s->base, &st, &n) < 0) {
+            copy_fail(c);
+            return -1;
+        }
+        /* [QEMU] Zeroes past the new backing file's end need no writes. */
+        if (c->backing_end_known) {
+            if (pos >= c->backing_end) {
+                st = st == RANGE_ZERO ? RANGE_BACKING : st;
+            } else if (n > c->backing_end - pos) {
+                n = c->backing_end - pos;
             }
-            report_progress(c, len);
-            off += len;
-            continue;
         }
-        /* Data (or zeroes that -S 0 wants written): bounded chunks. */
-        uint64_t end = off + len;
-        while (off < end) {
-            size_t n = end - off < CHUNK ? (size_t)(end - off) : CHUNK;
-            struct job job = {
-                .src = idx,
-                .soff = off,
-                .doff = base + off,
-                .len = n,
-                .known_zero = zero,
-            };
-            if (queue_chunk(c, &job) < 0) {
-                return -1;
+        if (p->compress) {
+            if (n < c->cluster) {
+                n = min_u64(c->cluster, c->total - pos);
+                st = RANGE_DATA;
+            } else {
+                n = n / c->cluster * c->cluster;
             }
-            report_progress(c, n);
-            off += n;
         }
+        int ret = 0;
+        if (st == RANGE_DATA) {
+            ret = queue_data(c, pos, n, unit, false);
+        } else if (st == RANGE_ZERO && p->sparse_size == 0) {
+            /* -S 0: zeroes are written as data (fully allocated). */
+            ret = queue_data(c, pos, n, unit, true);
+        } else if (st == RANGE_ZERO && !c->zero_init) {
+            struct job job = {.kind = JOB_ZERO, .doff = pos, .len = n};
+            ret = queue_job(c, &job);
+        }
+        if (ret < 0) {
+            return -1;
+        }
+        report_progress(c, n);
+        pos += n;
     }
     return 0;
 }
@@ -514,6 +835,9 @@ static int open_sources(struct convert *c)
         }
         s->size = (uint64_t)size;
         s->padded = round_up(s->size, SECTOR);
+        s->base = c->total;
+        uint64_t cluster = qimg_get_cluster_size(s->img);
+        s->align = cluster > SECTOR ? cluster : SECTOR;
         if (c->total > INT64_MAX - s->padded) {
             return error_set(EFBIG, "The sources are too large together");
         }
@@ -522,50 +846,252 @@ static int open_sources(struct convert *c)
     return 0;
 }
 
-/* Copy the caller's creation options and set the size. */
-static int create_target(struct convert *c)
+/* qemu-img reports option problems without the "FILENAME: " prefix. */
+static void strip_target_prefix(const char *target)
 {
-    const struct qimg_convert_params *p = c->p;
-    struct qimg_opts *opts = qimg_opts_new();
-    if (!opts) {
-        return error_set(ENOMEM, "Out of memory");
-    }
-    int ret = 0;
-    size_t n = p->target_opts ? qimg_opts_count(p->target_opts) : 0;
-    for (size_t i = 0; i < n && ret == 0; i++) {
-        const char *key = qimg_opts_key(p->target_opts, i);
-        ret = qimg_opts_set(opts, key, qimg_opts_get(p->target_opts, key));
-    }
-    char size[32];
-    snprintf(size, sizeof(size), "%llu", (unsigned long long)c->total);
-    if (ret == 0) {
-        ret = qimg_opts_set(opts, "size", size);
-    }
-    if (ret == 0) {
-        ret = qimg_create_prepare(p->target, "raw", opts, 0);
-        if (ret < 0) {
-            /*
-             * qemu-img reports option problems of convert without the
-             * "FILENAME: " prefix that creation adds.
-             */
-            size_t plen = strlen(p->target);
-            const char *msg = qimg_get_error();
-            if (strncmp(msg, p->target, plen) == 0 &&
-                strncmp(msg + plen, ": ", 2) == 0) {
-                char *copy = strdup(msg + plen + 2);
-                int err = qimg_get_errno();
-                if (copy) {
-                    error_set(err ? err : EINVAL, "%s", copy);
-                    free(copy);
-                }
-            }
+    size_t plen = strlen(target);
+    const char *msg = qimg_get_error();
+    if (strncmp(msg, target, plen) == 0 &&
+        strncmp(msg + plen, ": ", 2) == 0) {
+        char *copy = strdup(msg + plen + 2);
+        int err = qimg_get_errno();
+        if (copy) {
+            error_set(err ? err : EINVAL, "%s", copy);
+            free(copy);
         }
     }
-    if (ret == 0) {
-        ret = qimg_create(p->target, "raw", opts);
+}
+
+/* A copy of opts (or an empty list) with key set to value. */
+static struct qimg_opts *opts_copy(const struct qimg_opts *from)
+{
+    struct qimg_opts *opts = qimg_opts_new();
+    if (!opts) {
+        error_set(ENOMEM, "Out of memory");
+        return NULL;
     }
-    qimg_opts_free(opts);
-    return ret < 0 ? -1 : 0;
+    size_t n = from ? qimg_opts_count(from) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *key = qimg_opts_key(from, i);
+        if (qimg_opts_set(opts, key, qimg_opts_get(from, key)) < 0) {
+            qimg_opts_free(opts);
+            error_set(ENOMEM, "Out of memory");
+            return NULL;
+        }
+    }
+    return opts;
+}
+
+/*
+ * The target's creation options: the caller's, the size of the sources,
+ * and -B/-F (which win over -o backing_file/backing_fmt, as in qemu-img).
+ * They are checked as creation will check them, but the backing file is
+ * not opened here: the target's open does that.
+ */
+static int target_options(struct convert *c, const char *fmt,
+                          struct qimg_opts **out)
+{
+    const struct qimg_convert_params *p = c->p;
+    struct qimg_opts *opts = opts_copy(p->target_opts);
+    if (!opts) {
+        return -1;
+    }
+    char size[32];
+    snprintf(size, sizeof(size), "%" PRIu64, c->total);
+    int ret = qimg_opts_set(opts, "size", size);
+    if (ret == 0 && p->backing_file) {
+        ret = qimg_opts_set(opts, "backing_file", p->backing_file);
+    }
+    if (ret == 0 && p->backing_format) {
+        ret = qimg_opts_set(opts, "backing_fmt", p->backing_format);
+    }
+    if (ret < 0) {
+        qimg_opts_free(opts);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    /*
+     * A missing backing format is refused below with qemu-img's
+     * convert message, after the checks it makes first: the check here
+     * gets a stand-in.
+     */
+    struct qimg_opts *check = opts_copy(opts);
+    ret = check ? 0 : -1;
+    if (ret == 0 && qimg_opts_get(check, "backing_file") &&
+        !qimg_opts_get(check, "backing_fmt")) {
+        ret = qimg_opts_set(check, "backing_fmt", "raw");
+    }
+    if (ret == 0) {
+        ret = qimg_create_prepare(p->target, fmt, check,
+                                  QIMG_CREATE_BACKING_UNSAFE);
+        if (ret < 0) {
+            strip_target_prefix(p->target);
+        }
+    }
+    qimg_opts_free(check);
+    if (ret < 0) {
+        qimg_opts_free(opts);
+        return -1;
+    }
+    *out = opts;
+    return 0;
+}
+
+static bool format_can_compress(const char *fmt)
+{
+    const struct qimg_format_ops *drv = format_lookup(fmt);
+    return drv && drv->pwrite_compressed;
+}
+
+/* qemu-img's checks of the combination, in its order. */
+static int check_combination(struct convert *c, const char *fmt,
+                             const struct qimg_opts *opts)
+{
+    const struct qimg_convert_params *p = c->p;
+    const char *backing = opts ? qimg_opts_get(opts, "backing_file")
+                               : p->backing_file;
+    c->has_backing = backing != NULL;
+    if (p->target_is_zero && c->has_backing) {
+        return error_set(EINVAL, "Cannot use --target-is-zero when the "
+                         "destination image has a backing file");
+    }
+    if (p->nb_sources > 1 && c->has_backing) {
+        return error_set(EINVAL, "Having a backing file for the target "
+                         "makes no sense when concatenating multiple input "
+                         "images");
+    }
+    if (opts && backing && !qimg_opts_get(opts, "backing_fmt")) {
+        return error_set(EINVAL, "Use of backing file requires explicit "
+                         "backing format");
+    }
+    if (!p->compress) {
+        return 0;
+    }
+    if (opts && !format_can_compress(fmt)) {
+        return error_set(ENOTSUP,
+                         "Compression not supported for this file format");
+    }
+    const char *encryption = opts ? qimg_opts_get(opts, "encryption") : NULL;
+    if ((encryption && strcmp(encryption, "off") != 0) ||
+        (opts && qimg_opts_get(opts, "encrypt.format"))) {
+        return error_set(ENOTSUP, "Compression and encryption not "
+                         "supported at the same time");
+    }
+    const char *prealloc = opts ? qimg_opts_get(opts, "preallocation")
+                                : NULL;
+    if (prealloc && strcmp(prealloc, "off") != 0) {
+        return error_set(ENOTSUP, "Compression and preallocation not "
+                         "supported at the same time");
+    }
+    return 0;
+}
+
+/* Create the target; messages as qemu-img convert words them. */
+static int create_target(const struct qimg_convert_params *p,
+                         const char *fmt, const struct qimg_opts *opts)
+{
+    if (qimg_create(p->target, fmt, opts) == 0) {
+        return 0;
+    }
+    strip_target_prefix(p->target);
+    char *why = strdup(qimg_get_error());
+    int err = qimg_get_errno() ? qimg_get_errno() : EIO;
+    error_set(err, "%s: error while converting %s: %s", p->target, fmt,
+              why ? why : "Out of memory");
+    free(why);
+    return -1;
+}
+
+/*
+ * The new target's backing file: its size (zeroes past it need no
+ * writes) and, to compare with it, its name and format.  The target's
+ * open has proved that it opens.
+ */
+static int open_new_backing(struct convert *c)
+{
+    struct qimg_image_info *info = qimg_get_info(c->dst);
+    if (!info) {
+        return -1;
+    }
+    int ret = 0;
+    if (info->full_backing_filename) {
+        c->backing_path = strdup(info->full_backing_filename);
+        c->backing_fmt = info->backing_format ? strdup(info->backing_format)
+                                              : NULL;
+        if (!c->backing_path ||
+            (info->backing_format && !c->backing_fmt)) {
+            ret = error_set(ENOMEM, "Out of memory");
+        }
+    }
+    qimg_image_info_free(info);
+    if (ret < 0 || !c->backing_path) {
+        return ret;
+    }
+    bool muted = warn_mute(true);
+    struct qimg_image *b = qimg_open(c->backing_path, c->backing_fmt,
+                                     QIMG_OPEN_FORCE_SHARE);
+    warn_mute(muted);
+    if (!b) {
+        return -1;
+    }
+    int64_t size = qimg_get_size(b);
+    qimg_close(b);
+    if (size < 0) {
+        return -1;
+    }
+    c->backing_end = round_up((uint64_t)size, SECTOR);
+    c->backing_end_known = true;
+    c->compare = c->p->sparse_size != 0;
+    return 0;
+}
+
+/*
+ * Whether the first source has a backing file of its own, and its size
+ * (only asked when the target has a backing file).  A size that cannot
+ * be learnt counts as endless: the top layer's unallocated runs are then
+ * all left to the new backing file.
+ */
+static int source_backing_size(struct convert *c)
+{
+    const struct qimg_convert_params *p = c->p;
+    struct qimg_image_info *info = qimg_get_info(c->src[0].img);
+    if (!info) {
+        return -1;
+    }
+    c->src_has_backing = info->backing_filename != NULL;
+    qimg_image_info_free(info);
+    if (!c->src_has_backing) {
+        return 0;
+    }
+    c->src_backing_size = UINT64_MAX;
+    struct qimg_image_info **chain = NULL;
+    bool muted = warn_mute(true);
+    int n = qimg_get_chain_info(p->sources[0], p->source_format,
+                                p->source_flags | QIMG_OPEN_FORCE_SHARE,
+                                &chain);
+    warn_mute(muted);
+    if (n >= 2) {
+        c->src_backing_size = chain[1]->virtual_size;
+    }
+    for (int i = 0; i < n; i++) {
+        qimg_image_info_free(chain[i]);
+    }
+    free(chain);
+    error_clear();
+    return 0;
+}
+
+/* A handle on the first source's top layer alone, for its status. */
+static int open_top_layer(struct convert *c)
+{
+    const struct qimg_convert_params *p = c->p;
+    unsigned flags = p->source_flags | QIMG_OPEN_NO_BACKING;
+    bool muted = warn_mute(true);
+    c->top = p->source_snapshot
+                 ? qimg_open_snapshot(p->sources[0], p->source_format, flags,
+                                      p->source_snapshot)
+                 : qimg_open(p->sources[0], p->source_format, flags);
+    warn_mute(muted);
+    return c->top ? 0 : -1;
 }
 
 static int check_params(const struct qimg_convert_params *p)
@@ -579,6 +1105,11 @@ static int check_params(const struct qimg_convert_params *p)
                          "%u. Select 0 to disable sparse detection (fully "
                          "allocates output).", SECTOR, MAX_SPARSE);
     }
+    if (p->parallel > PARALLEL_MAX) {
+        return error_set(EINVAL, "Invalid number of coroutines. Allowed "
+                         "number of coroutines is between 1 and %d",
+                         PARALLEL_MAX);
+    }
     if (p->target_is_zero && !p->no_create) {
         return error_set(EINVAL, "--target-is-zero requires use of -n flag");
     }
@@ -589,38 +1120,34 @@ static int check_params(const struct qimg_convert_params *p)
     return 0;
 }
 
-static int check_target_format(const struct qimg_convert_params *p)
-{
-    const char *fmt = p->target_format ? p->target_format : "raw";
-    if (!qimg_format_known(fmt)) {
-        return error_set(EINVAL, "Unknown file format '%s'", fmt);
-    }
-    if (strcmp(fmt, "raw") != 0) {
-        return error_set(ENOTSUP, "Converting to format '%s' is not "
-                         "supported yet (only raw)", fmt);
-    }
-    return 0;
-}
-
 int qimg_convert(const struct qimg_convert_params *params)
 {
     struct convert c = {.p = params};
+    struct qimg_opts *opts = NULL;
     bool created = false;
     int ret = -1;
 
     if (check_params(params) < 0) {
         return -1;
     }
+    const char *fmt = params->target_format ? params->target_format : "raw";
     pthread_mutex_init(&c.lock, NULL);
     pthread_mutex_init(&c.write_lock, NULL);
     pthread_cond_init(&c.queued, NULL);
     pthread_cond_init(&c.room, NULL);
+    pthread_cond_init(&c.turn_cond, NULL);
     c.src = calloc(params->nb_sources, sizeof(*c.src));
     if (!c.src) {
         error_set(ENOMEM, "Out of memory");
         goto out;
     }
-    if (open_sources(&c) < 0 || check_target_format(params) < 0) {
+    if (open_sources(&c) < 0) {
+        goto out;
+    }
+    if (!params->no_create && target_options(&c, fmt, &opts) < 0) {
+        goto out;
+    }
+    if (check_combination(&c, fmt, opts) < 0) {
         goto out;
     }
     if (!params->no_create) {
@@ -631,14 +1158,18 @@ int qimg_convert(const struct qimg_convert_params *params)
          */
         bool removable = lstat(params->target, &st) < 0 ||
                          S_ISREG(st.st_mode);
-        if (create_target(&c) < 0) {
+        if (create_target(params, fmt, opts) < 0) {
             goto out;
         }
         created = removable;
     }
-    c.dst = qimg_open(params->target, "raw",
+    c.dst = qimg_open(params->target, fmt,
                       QIMG_OPEN_RDWR | params->target_flags);
     if (!c.dst) {
+        goto out;
+    }
+    if (params->compress && !format_can_compress(qimg_get_format(c.dst))) {
+        error_set(ENOTSUP, "Compression not supported for this file format");
         goto out;
     }
     int64_t dst_size = qimg_get_size(c.dst);
@@ -650,26 +1181,39 @@ int qimg_convert(const struct qimg_convert_params *params)
         error_set(ENOSPC, "output file is smaller than input file");
         goto out;
     }
+    if (c.has_backing) {
+        if (source_backing_size(&c) < 0 || open_top_layer(&c) < 0) {
+            goto out;
+        }
+        if (!params->no_create && open_new_backing(&c) < 0) {
+            goto out;
+        }
+    }
+    c.cluster = qimg_get_cluster_size(c.dst);
+    if (c.cluster == 0) {
+        c.cluster = SECTOR;
+    }
+    if (params->compress && c.cluster > CHUNK) {
+        error_set(EINVAL, "invalid cluster size");
+        goto out;
+    }
     /*
-     * A freshly created raw file reads as zero, so zero ranges need no
-     * writes, except with -S 0 where the target is fully allocated.
+     * A freshly created target without a backing file reads as zero, so
+     * zero ranges need no writes, except with -S 0 where the target is
+     * fully allocated.
      */
     c.zero_init = params->target_is_zero ||
-                  (!params->no_create && params->sparse_size != 0);
+                  (!params->no_create && params->sparse_size != 0 &&
+                   !c.has_backing);
 
     if (start_workers(&c) < 0) {
         stop_workers(&c);
         goto out;
     }
-    uint64_t base = 0;
-    int walk = 0;
-    for (size_t i = 0; i < params->nb_sources && walk == 0; i++) {
-        walk = copy_source(&c, i, base);
-        base += c.src[i].padded;
-    }
+    int walked = walk(&c);
     /* A walk failure was recorded for the workers; theirs wins as well. */
     int copied = stop_workers(&c);
-    if (walk < 0 || copied < 0) {
+    if (walked < 0 || copied < 0) {
         goto out;
     }
     ret = 0;
@@ -678,6 +1222,9 @@ out:
         if (qimg_close(c.dst) < 0 && ret == 0) {
             ret = -1;
         }
+    }
+    if (c.top) {
+        qimg_close(c.top);
     }
     if (c.src) {
         for (size_t i = 0; i < params->nb_sources; i++) {
@@ -692,8 +1239,12 @@ out:
         unlink(params->target);
         errno = err;
     }
+    qimg_opts_free(opts);
     free(c.src);
     free(c.msg);
+    free(c.backing_path);
+    free(c.backing_fmt);
+    pthread_cond_destroy(&c.turn_cond);
     pthread_cond_destroy(&c.room);
     pthread_cond_destroy(&c.queued);
     pthread_mutex_destroy(&c.write_lock);

@@ -180,7 +180,7 @@ misuse "raw backing" -B x a.raw o
 misuse "unknown -o" -o foo=bar a.raw o
 
 # Unsupported features fail with one line and leave nothing behind.
-for args in "-O qcow2" "--bitmaps" "--salvage" "-C" \
+for args in "--bitmaps" "--salvage" "-C" \
     "--image-opts"; do
     rm -f u.img
     # shellcheck disable=SC2086
