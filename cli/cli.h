@@ -106,6 +106,7 @@ int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 
 void cli_print_help(void);
 
