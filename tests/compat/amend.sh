@@ -85,6 +85,40 @@ io -c 'write -P 0x99 0 8M' base.qcow2
 mk -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
 io -c 'write -z 0 1M' -c 'write -P 0xaa 2M 1M' -c 'write -z 3M 64k' \
     ov.qcow2
+# A v2 image whose snapshot entries carry no extra data (as QEMU before
+# 1.x wrote them): upgrading must rewrite the snapshot table.
+cp v2.qcow2 v2old.qcow2
+python3 - v2old.qcow2 <<'PY' || fail "strip snapshot extra data"
+import struct, sys
+f = open(sys.argv[1], "r+b")
+hdr = f.read(72)
+nb, off = struct.unpack(">IQ", hdr[60:72])
+f.seek(off)
+data = f.read(1 << 20)
+pos, out = 0, b""
+for _ in range(nb):
+    fixed = bytearray(data[pos:pos + 40])
+    id_size, name_size = struct.unpack(">HH", fixed[12:16])
+    extra = struct.unpack(">I", fixed[36:40])[0]
+    body = data[pos + 40 + extra:pos + 40 + extra + id_size + name_size]
+    struct.pack_into(">I", fixed, 36, 0)
+    entry = bytes(fixed) + body
+    entry += b"\0" * (-len(entry) % 8)
+    out += entry
+    size = 40 + extra + id_size + name_size
+    pos += size + (-size % 8)
+f.seek(off)
+f.write(out + b"\0" * (pos - len(out)))
+PY
+# zstd with compressed clusters (qemu-img 7.2 would write a v2 header
+# that no longer says zstd; qimg refuses).
+mk -f qcow2 -o compression_type=zstd zstdc.qcow2 4M
+io -c 'write -c -P 7 0 64k' zstdc.qcow2
+# An overlay whose zero clusters sit in L2 tables shared with a snapshot:
+# the data clusters a downgrade allocates are referenced by both.
+mk -f qcow2 -b base.qcow2 -F qcow2 ovsnap.qcow2
+io -c 'write -z 0 256k' -c 'write -P 0xbb 1M 64k' ovsnap.qcow2
+"$QEMU_IMG" snapshot -c s1 ovsnap.qcow2 || fail "snapshot ovsnap"
 # Other variants.
 mk -f qcow2 -o refcount_bits=8 r8.qcow2 16M
 io -c 'write -P 1 0 1M' r8.qcow2
@@ -158,7 +192,7 @@ same "force" v3.qcow2 --force -o size=32M
 
 # ---- Option changes -------------------------------------------------------
 
-for img in v3 small snap ov r8 lazy zstd; do
+for img in v3 small snap ov ovsnap r8 lazy zstd; do
     same "$img: compat=0.10" $img.qcow2 -o compat=0.10
 done
 same "zstd+compressed: compat=0.10" v3.qcow2 -o compat=0.10 -p -q
@@ -167,6 +201,14 @@ same "data file: compat=0.10" df.qcow2 -o compat=0.10
 same "r8: compat=0.10,refcount_bits=16" r8.qcow2 \
     -o compat=0.10,refcount_bits=16
 same "v2: compat=1.1" v2.qcow2 -o compat=1.1
+same "v2 without snapshot extra data: compat=1.1" v2old.qcow2 -o compat=1.1
+same "v2 without snapshot extra data: refcount_bits=16" v2old.qcow2 \
+    -o refcount_bits=16
+cp zstdc.qcow2 zstdc.got.qcow2
+expect_status "zstd compressed clusters: compat=0.10 refused" 1 \
+    "$QIMG" amend -o compat=0.10 zstdc.qcow2
+expect_same "zstd compressed clusters: image untouched" zstdc.qcow2 \
+    zstdc.got.qcow2
 same "v2: compat=v3,lazy_refcounts=on" v2.qcow2 -o compat=v3,lazy_refcounts=on
 same "v2: lazy_refcounts=on" v2.qcow2 -o lazy_refcounts=on
 same "v2: refcount_bits=8" v2.qcow2 -o refcount_bits=8
