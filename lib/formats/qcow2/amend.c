@@ -551,10 +551,49 @@ struct expand {
     struct extra_ref *refs;
     size_t nb_refs;
     size_t cap_refs;
+    /* Old clusters to drop refcount references from, after the table. */
+    struct extra_ref *olds;
+    size_t nb_olds;
+    size_t cap_olds;
     uint8_t *l2;
     uint8_t *rb_buf;
     bool zstd;
 };
+
+static int add_ref(struct extra_ref **list, size_t *nb, size_t *cap,
+                   uint64_t cluster, uint64_t refcount)
+{
+    if (*nb == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        struct extra_ref *r = realloc(*list, ncap * sizeof(*r));
+        if (!r) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        *list = r;
+        *cap = ncap;
+    }
+    (*list)[*nb].cluster = cluster;
+    (*list)[*nb].refcount = refcount;
+    (*nb)++;
+    return 0;
+}
+
+/*
+ * A new cluster for a zero entry of an L2 table with l2_rc references:
+ * the cluster is referenced as often (the refcount is raised on disk
+ * after the flush, see expand_l2).
+ */
+static int alloc_zero_target(struct qimg_node *node, struct qcow2_state *s,
+                             struct expand *x, uint64_t l2_rc,
+                             uint64_t *host)
+{
+    int ret = qcow2_alloc_clusters(node, s, 1, 0, host, NULL);
+    if (ret == 0 && l2_rc > 1) {
+        ret = add_ref(&x->refs, &x->nb_refs, &x->cap_refs,
+                      *host >> s->cluster_bits, l2_rc);
+    }
+    return ret;
+}
 
 /*
  * Turn the zero entries of the L2 table at l2_off into unallocated or
@@ -610,29 +649,36 @@ static int expand_l2(struct qimg_node *node, struct qcow2_state *s,
             alloc = true;
         }
         if (host == 0) {
-            ret = qcow2_alloc_clusters(node, s, 1, 0, &host, NULL);
+            ret = alloc_zero_target(node, s, x, l2_rc, &host);
             if (ret < 0) {
                 return ret;
-            }
-            if (l2_rc > 1) {
-                if (x->nb_refs == x->cap_refs) {
-                    size_t cap = x->cap_refs ? x->cap_refs * 2 : 64;
-                    struct extra_ref *r =
-                        realloc(x->refs, cap * sizeof(*r));
-                    if (!r) {
-                        return error_set(ENOMEM, "Out of memory");
-                    }
-                    x->refs = r;
-                    x->cap_refs = cap;
-                }
-                x->refs[x->nb_refs].cluster = host >> s->cluster_bits;
-                x->refs[x->nb_refs].refcount = l2_rc;
-                x->nb_refs++;
             }
         } else {
             ret = check_table_offset(node, s, host, "Zero cluster");
+            uint64_t host_rc = 0;
+            if (ret == 0) {
+                ret = qcow2_refcount_get(node, s, host >> s->cluster_bits,
+                                         &host_rc);
+            }
             if (ret < 0) {
                 return ret;
+            }
+            if (host_rc > l2_rc) {
+                /*
+                 * More references than the tables sharing this L2 table
+                 * hold: another table may read the cluster as data, so
+                 * this entry gets a zeroed cluster of its own and drops
+                 * its references to the old one once the table is on
+                 * disk.
+                 */
+                ret = add_ref(&x->olds, &x->nb_olds, &x->cap_olds,
+                              host >> s->cluster_bits, l2_rc);
+                if (ret == 0) {
+                    ret = alloc_zero_target(node, s, x, l2_rc, &host);
+                }
+                if (ret < 0) {
+                    return ret;
+                }
             }
         }
         ret = qcow2_overlap_check(node, s, host, cs);
@@ -678,6 +724,18 @@ static int expand_l2(struct qimg_node *node, struct qcow2_state *s,
             ret = error_set_errno(-ret, "%s: could not write an L2 table",
                                   node->filename);
         }
+    }
+    /* The table on disk no longer names the old clusters. */
+    for (size_t i = 0; ret == 0 && i < x->nb_olds; i++) {
+        for (uint64_t k = 0; ret == 0 && k < x->olds[i].refcount; k++) {
+            ret = qcow2_free_later(node, s,
+                                   x->olds[i].cluster << s->cluster_bits,
+                                   s->cluster_size);
+        }
+    }
+    if (ret == 0 && x->nb_olds > 0) {
+        x->nb_olds = 0;
+        ret = qcow2_write_flush(node, s);
     }
     return ret;
 }
@@ -759,6 +817,7 @@ static int expand_zero_clusters(struct qimg_node *node, struct qcow2_state *s,
         free(l1);
     }
     free(x.refs);
+    free(x.olds);
     free(x.l2);
     free(x.rb_buf);
     return ret;
