@@ -111,6 +111,7 @@ int cmd_compare(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 
 void cli_print_help(void);
 

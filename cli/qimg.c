@@ -19,7 +19,7 @@ static int cmd_not_yet(int argc, char **argv);
 
 /* Every qemu-img 7.2 subcommand, with its synopsis from qemu-img's help. */
 static const struct command commands[] = {
-    {"amend", cmd_not_yet,
+    {"amend", cmd_amend,
      "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] "
      "[-t cache] [--force] -o options filename"},
     {"bench", cmd_not_yet,

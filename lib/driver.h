@@ -215,6 +215,14 @@ struct qimg_format_ops {
     int (*check)(struct qimg_node *node, unsigned flags,
                  qimg_check_message_fn report, void *opaque,
                  struct qimg_check_result *res);
+    /*
+     * qemu-img amend (see qimg_amend): the option table (in the order the
+     * options are applied) and the function; opts holds only options of
+     * that table, with values of their types.  NULL: no amendment.
+     */
+    const struct qimg_opt_desc *amend_opts;
+    int (*amend)(struct qimg_node *node, const struct qimg_opts *opts,
+                 qimg_progress_fn progress, void *opaque, unsigned flags);
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);

@@ -683,6 +683,33 @@ struct qimg_dd_result {
  */
 int qimg_dd(const struct qimg_dd_params *p, struct qimg_dd_result *out);
 
+/* ---- Amending format options (qemu-img amend) ------------------------ */
+
+/*
+ * The options qemu-img amend takes for a format (NULL-name terminated, in
+ * the order the format applies them), or NULL with the error: "Unknown
+ * file format 'F'" or "Format driver 'F' does not support option
+ * amendment".
+ */
+const struct qimg_opt_desc *qimg_amend_options(const char *format);
+
+/* --force: allow amendments QEMU calls unsafe (LUKS key slots). */
+#define QIMG_AMEND_FORCE (1u << 0)
+/*
+ * Change format options of an image opened with QIMG_OPEN_RDWR in place,
+ * as qemu-img amend does (qcow2: compat, refcount_bits, lazy_refcounts,
+ * size, data_file, data_file_raw; backing_file/backing_fmt only when they
+ * equal the image's).  Options are checked first with QEMU's words
+ * ("Invalid parameter 'K'", with a second line "This option is only
+ * supported for image creation" for creation-only options); the changes
+ * are then made in QEMU's order (upgrade, refcount width, header, lazy
+ * refcounts, size, downgrade), so a failure leaves the steps before it
+ * done, as in QEMU.  progress (may be NULL) gets percentages of the long
+ * steps.  Returns 0 or -1.
+ */
+int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts,
+               qimg_progress_fn progress, void *opaque, unsigned flags);
+
 /* ---- Sizes ------------------------------------------------------------- */
 
 /*

@@ -1048,4 +1048,6 @@ const struct qimg_format_ops format_qcow2 = {
     .check = qcow2_check,
     .create_opts = qcow2_create_opts,
     .create = qcow2_create,
+    .amend_opts = qcow2_amend_opts,
+    .amend = qcow2_amend,
 };

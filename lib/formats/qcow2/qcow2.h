@@ -945,4 +945,9 @@ int64_t qcow2_compress(uint8_t type, uint8_t *dst, size_t dst_cap,
 extern const struct qimg_opt_desc qcow2_create_opts[];
 int qcow2_create(const char *filename, const struct qimg_opts *opts);
 
+/* Amendment (amend.c): QEMU's amend option table and the callback. */
+extern const struct qimg_opt_desc qcow2_amend_opts[];
+int qcow2_amend(struct qimg_node *node, const struct qimg_opts *opts,
+                qimg_progress_fn progress, void *opaque, unsigned flags);
+
 #endif
