@@ -27,17 +27,23 @@
 #define QCOW2_MAX_CLUSTER_OFFSET ((1ull << 56) - 1)
 #define QCOW2_L2_BITMAP_ALLOC_MASK 0xffffffffull
 
-/* Fail with EIO: "qcow2: image 'NAME' is corrupt: " and the detail. */
-static int corrupt(const struct qimg_node *node, const char *fmt, ...)
+/*
+ * Fail with EIO: "qcow2: image 'NAME' is corrupt: " and the detail.  A
+ * writable image is also marked corrupt, as QEMU does.
+ */
+static int corrupt(struct qimg_node *node, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-static int corrupt(const struct qimg_node *node, const char *fmt, ...)
+static int corrupt(struct qimg_node *node, const char *fmt, ...)
 {
     char what[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
+    if (node->writable) {
+        return qcow2_signal_corruption(node, node->opaque, "%s", what);
+    }
     return error_set(EIO, "qcow2: image '%s' is corrupt: %s", node->filename,
                      what);
 }
@@ -54,6 +60,86 @@ void qcow2_cluster_free(struct qcow2_state *s)
     s->z_in = NULL;
     s->z_out = NULL;
     s->z_valid = false;
+}
+
+/*
+ * Write a dirty slice back.  Unless refcounts are lazy, the refcount
+ * blocks go first and are synced: the entries in the slice may name
+ * clusters whose new refcounts are only in the cache.
+ */
+static int l2_write_slot(struct qimg_node *node, struct qcow2_state *s,
+                         struct qcow2_l2_slot *sl)
+{
+    int ret = 0;
+    if (!(s->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
+        ret = qcow2_refcount_writeback(node, s);
+        if (ret == 0) {
+            ret = node_sync(node, node->file);
+        }
+        if (ret < 0) {
+            return error_set_errno(-ret, "%s: could not write refcounts",
+                                   node->filename);
+        }
+    }
+    ret = io_pwrite(node->file, sl->data, s->l2_cache.slice_size,
+                    sl->host_off);
+    if (ret < 0) {
+        return error_set_errno(-ret,
+                               "%s: could not write the L2 table at "
+                               "%#" PRIx64,
+                               node->filename, sl->host_off);
+    }
+    sl->dirty = false;
+    return 0;
+}
+
+int qcow2_l2_writeback(struct qimg_node *node, struct qcow2_state *s)
+{
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache.slot[i];
+        if (sl->dirty) {
+            int ret = l2_write_slot(node, s, sl);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+void qcow2_l2_invalidate(struct qcow2_state *s, uint64_t off, uint64_t len)
+{
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache.slot[i];
+        if (sl->host_off != 0 && sl->host_off >= off &&
+            sl->host_off - off < len) {
+            sl->host_off = 0;
+            sl->last_use = 0;
+            sl->dirty = false;
+        }
+    }
+}
+
+static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t slice_off, const uint8_t **out);
+
+int qcow2_l2_slice_rw(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t slice_off, uint8_t **out)
+{
+    const uint8_t *p;
+    int ret = qcow2_l2_slice(node, s, slice_off, &p);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache.slot[i];
+        if (sl->data == p) {
+            sl->dirty = true;
+            *out = sl->data;
+            return 0;
+        }
+    }
+    return error_set(EIO, "qcow2: L2 cache lost a slice");
 }
 
 /*
@@ -80,6 +166,12 @@ static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
             victim = sl;
         }
     }
+    if (victim->dirty) {
+        int ret = l2_write_slot(node, s, victim);
+        if (ret < 0) {
+            return ret;
+        }
+    }
 
     /* [QEMU] its block layer fails reads past QCOW2_MAX_IO_END. */
     if (!qcow2_read_in_range(slice_off, c->slice_size)) {
@@ -97,6 +189,7 @@ static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
     /* The slot is empty until the read succeeds. */
     victim->host_off = 0;
     victim->last_use = 0;
+    victim->dirty = false;
     int ret = io_pread(node->file, victim->data, c->slice_size, slice_off);
     if (ret < 0) {
         return error_set_errno(-ret,
@@ -115,7 +208,7 @@ static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
  * for an allocation bitmap that is invalid.  Without extended L2 entries
  * there is one subcluster and bitmap is 0.
  */
-static int qcow2_classify(const struct qimg_node *node,
+static int qcow2_classify(struct qimg_node *node,
                           const struct qcow2_state *s, uint64_t entry,
                           uint64_t bitmap, unsigned sc, uint64_t l2_off,
                           uint64_t l2_index)
@@ -168,7 +261,7 @@ static int qcow2_classify(const struct qimg_node *node,
  * bits, cluster-aligned, and (being masked to 56 bits) at most
  * QCOW2_MAX_CLUSTER_OFFSET.
  */
-static int qcow2_check_host(const struct qimg_node *node,
+static int qcow2_check_host(struct qimg_node *node,
                             const struct qcow2_state *s, uint64_t entry,
                             uint64_t l2_off, uint64_t l2_index)
 {

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "formats/qcow2/qcow2.h"
 
@@ -89,6 +90,60 @@ int qcow2_decompress(uint8_t type, uint8_t *dst, size_t dst_len,
         return qcow2_unzstd(dst, dst_len, src, src_len);
     default:
         /* qcow2_header_decode() refuses other types. */
+        return -ENOTSUP;
+    }
+}
+
+/*
+ * zlib as QEMU writes it: raw deflate, 4 KiB window (-12), the default
+ * level and memLevel 9, one Z_FINISH call.  Output that does not fit in
+ * dst_cap (the caller passes cluster_size - 1) means "store it plain".
+ */
+static int64_t qcow2_deflate(uint8_t *dst, size_t dst_cap,
+                             const uint8_t *src, size_t src_len)
+{
+    if (dst_cap > UINT32_MAX || src_len > UINT32_MAX) {
+        return -EINVAL;
+    }
+    z_stream z = {0};
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
+        return -ENOMEM;
+    }
+    z.next_in = (Bytef *)(uintptr_t)src;
+    z.avail_in = (uInt)src_len;
+    z.next_out = dst;
+    z.avail_out = (uInt)dst_cap;
+    int ret = deflate(&z, Z_FINISH);
+    int64_t out = ret == Z_STREAM_END ? (int64_t)(dst_cap - z.avail_out)
+                                      : -ENOSPC;
+    deflateEnd(&z);
+    return out;
+}
+
+/* zstd: one frame at the default level (3), as QEMU's single call makes. */
+static int64_t qcow2_zstd(uint8_t *dst, size_t dst_cap, const uint8_t *src,
+                          size_t src_len)
+{
+    size_t n = ZSTD_compress(dst, dst_cap, src, src_len,
+                             ZSTD_CLEVEL_DEFAULT);
+    if (ZSTD_isError(n)) {
+        return ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall
+                   ? -ENOSPC
+                   : -ENOMEM;
+    }
+    return (int64_t)n;
+}
+
+int64_t qcow2_compress(uint8_t type, uint8_t *dst, size_t dst_cap,
+                       const uint8_t *src, size_t src_len)
+{
+    switch (type) {
+    case QCOW2_COMPRESSION_ZLIB:
+        return qcow2_deflate(dst, dst_cap, src, src_len);
+    case QCOW2_COMPRESSION_ZSTD:
+        return qcow2_zstd(dst, dst_cap, src, src_len);
+    default:
         return -ENOTSUP;
     }
 }

@@ -5,7 +5,8 @@
  * value read from the image is validated before it sizes an allocation.
  *
  * Guest reads map through cluster.c (L1/L2 walk, L2 cache, compressed
- * clusters); writes are not implemented yet.
+ * clusters); writes through write.c and refcount.c, resizing through
+ * resize.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -88,7 +89,7 @@ static void state_free(struct qcow2_state *s)
     qcow2_snapshots_free(&s->snapshots);
     qcow2_bitmaps_free(&s->bitmaps);
     free(s->l1_table);
-    free(s->refcount_table);
+    qcow2_write_free(s);
     qcow2_cluster_free(s);
     io_close(s->data_file);
     free(s);
@@ -442,11 +443,6 @@ static void qcow2_close(struct qimg_node *node)
     node->data_io = NULL;
 }
 
-static int not_yet(const char *what)
-{
-    return error_set(ENOTSUP, "qcow2: %s is not implemented yet", what);
-}
-
 /*
  * Guest data can be mapped only after a full open of an unencrypted
  * image: metadata-only opens load no L1 table and leave the data file
@@ -555,34 +551,6 @@ static int qcow2_pread(struct qimg_node *node, void *buf, size_t len,
         len -= n;
     }
     return ret;
-}
-
-static int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
-                        uint64_t off)
-{
-    (void)node;
-    (void)buf;
-    (void)len;
-    (void)off;
-    return not_yet("writing guest data");
-}
-
-static int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off,
-                               uint64_t len, unsigned flags)
-{
-    (void)node;
-    (void)off;
-    (void)len;
-    (void)flags;
-    return not_yet("writing guest data");
-}
-
-static int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
-{
-    (void)node;
-    (void)off;
-    (void)len;
-    return not_yet("discarding guest data");
 }
 
 /* [QEMU] its qcow2 block status answers at most INT_MAX bytes per call. */
@@ -748,14 +716,7 @@ static int qcow2_snapshot_load(struct qimg_node *node,
 
 static int qcow2_flush(struct qimg_node *node)
 {
-    struct qcow2_state *s = node->opaque;
-    if (s->data_file) {
-        int ret = node_sync(node, s->data_file);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    return node_sync(node, node->file);
+    return qcow2_write_flush(node, node->opaque);
 }
 
 /* ---- info ---------------------------------------------------------------- */
@@ -1061,6 +1022,8 @@ const struct qimg_format_ops format_qcow2 = {
     .pwrite = qcow2_pwrite,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
     .pdiscard = qcow2_pdiscard,
+    .pwrite_compressed = qcow2_pwrite_compressed,
+    .truncate = qcow2_truncate,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .get_info = qcow2_get_info,

@@ -340,6 +340,7 @@ struct qcow2_l2_slot {
     uint64_t host_off; /* file offset of the slice; 0 = empty slot */
     uint64_t last_use; /* LRU clock value of the last hit */
     uint8_t *data;     /* slice bytes as stored (big-endian) */
+    bool dirty;        /* changed since it was read or written */
 };
 
 struct qcow2_l2_cache {
@@ -366,6 +367,35 @@ struct qcow2_mapping {
     uint64_t host_off;
     uint64_t l2_entry; /* COMPRESSED: the descriptor */
 };
+
+/* ---- Write path state (refcount.c, write.c) --------------------------- */
+
+/*
+ * Refcount blocks are cached whole (one cluster each, at most 2 MiB), in
+ * this many slots: allocation walks forward, so few are hot at a time.
+ */
+#define QCOW2_RB_CACHE_SLOTS 4u
+
+struct qcow2_rb_slot {
+    uint64_t host_off; /* file offset of the block; 0 = empty slot */
+    uint64_t last_use;
+    uint8_t *data;
+    bool dirty;
+};
+
+/* A host range whose refcounts drop by one at the next flush. */
+struct qcow2_free_range {
+    uint64_t off;   /* cluster-aligned */
+    uint64_t bytes; /* whole clusters */
+};
+
+/*
+ * Frees wait for the flush that writes the L2 and L1 tables no longer
+ * naming them (a freed cluster must not be reused, nor its refcount
+ * drop on disk, while an old table on disk still points at it).  Past
+ * this many ranges a write flushes first, bounding the list.
+ */
+#define QCOW2_MAX_PENDING_FREES 65536u
 
 /* ---- Driver state ----------------------------------------------------- */
 
@@ -430,6 +460,36 @@ struct qcow2_state {
      */
     bool prealloc_checked;
     bool metadata_prealloc;
+
+    /*
+     * Write path (refcount.c, write.c).  Refcounts are loaded by the
+     * first write; until then refcount_table is NULL.  Cached refcount
+     * blocks and L2 slices are written back in the order that keeps the
+     * image consistent at every flush: data, refcount blocks, (sync), L2
+     * slices, (sync), L1 entries, (sync), then the deferred frees.
+     */
+    bool write_ready;
+    /* The corrupt bit was set by this handle: every write fails. */
+    bool corrupt;
+    /* Lazy refcounts: the dirty bit is set on disk (first write). */
+    bool dirty_set;
+    struct qcow2_rb_slot rb_cache[QCOW2_RB_CACHE_SLOTS];
+    uint64_t rb_clock;
+    unsigned rb_bits; /* log2 of refcount entries per block */
+    uint64_t refcount_max;
+    /* Allocation hint: no cluster below it is free. */
+    uint64_t free_cluster_index;
+    /* Where the next compressed cluster may go (0: a new cluster). */
+    uint64_t free_byte_offset;
+    /* Active L1 entries [l1_dirty_lo, l1_dirty_hi) differ from disk. */
+    uint64_t l1_dirty_lo;
+    uint64_t l1_dirty_hi;
+    struct qcow2_free_range *pending_free;
+    size_t nb_pending_free;
+    size_t cap_pending_free;
+    /* Scratch buffers of one cluster (COW, compression). */
+    uint8_t *cow_buf;
+    uint8_t *zbuf;
 };
 
 /* ---- header.c ---------------------------------------------------------- */
@@ -687,6 +747,123 @@ int qcow2_check(struct qimg_node *node, unsigned flags,
  * (qcow2.c; an open for checking leaves it to the check).
  */
 int qcow2_read_snapshot_table(struct qimg_node *node, struct qcow2_state *s);
+
+/* ---- refcount.c ---------------------------------------------------------- */
+
+/*
+ * Load the refcount table for writing (once; s->write_ready after).
+ * Checks every reftable entry's alignment.
+ */
+int qcow2_refcount_init(struct qimg_node *node, struct qcow2_state *s);
+/* Drop the refcount cache and table (after close or a repair). */
+void qcow2_refcount_free(struct qcow2_state *s);
+/* The refcount of the cluster with index cluster (0 past the table). */
+int qcow2_refcount_get(struct qimg_node *node, struct qcow2_state *s,
+                       uint64_t cluster, uint64_t *out);
+/*
+ * Allocate n contiguous free clusters with refcount 1 (exactly n, or
+ * with QCOW2_ALLOC_UPTO between 1 and n, the count in *got).  *off is the
+ * host offset of the first.  The range is checked against the image's
+ * metadata first (a hostile refcount table must not make data overwrite
+ * an L2 table): an overlap marks the image corrupt.
+ */
+#define QCOW2_ALLOC_UPTO (1u << 0)
+int qcow2_alloc_clusters(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t n, unsigned flags, uint64_t *off,
+                         uint64_t *got);
+/*
+ * Room for bytes (<= 2 clusters) of compressed data, packed after the
+ * previous compressed cluster as QEMU packs them: each host cluster the
+ * range touches gains one reference.
+ */
+int qcow2_alloc_bytes(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t bytes, uint64_t *off);
+/* One reference to each cluster of [off, off + bytes) goes at the flush. */
+int qcow2_free_later(struct qimg_node *node, struct qcow2_state *s,
+                     uint64_t off, uint64_t bytes);
+/* Drop the references of a compressed descriptor (at the flush). */
+int qcow2_free_compressed_later(struct qimg_node *node,
+                                struct qcow2_state *s, uint64_t l2_entry);
+/* Write dirty refcount blocks back (no sync). */
+int qcow2_refcount_writeback(struct qimg_node *node, struct qcow2_state *s);
+/* Apply the deferred frees and write the blocks back (no sync). */
+int qcow2_refcount_apply_frees(struct qimg_node *node, struct qcow2_state *s);
+/* The index of the last cluster in use + 1 (the file may end there). */
+int qcow2_refcount_end(struct qimg_node *node, struct qcow2_state *s,
+                       uint64_t *end);
+
+/* ---- overlap.c ---------------------------------------------------------- */
+
+/*
+ * Refuse a write of [off, off + len) in the image file that would land on
+ * metadata the image is known to have (header, L1 tables, refcount table
+ * and blocks, active L2 tables, snapshot table, bitmap directory): the
+ * image is marked corrupt and -EIO returned, as QEMU does.
+ */
+int qcow2_overlap_check(struct qimg_node *node, struct qcow2_state *s,
+                        uint64_t off, uint64_t len);
+/*
+ * Set the corrupt bit (once), warn as QEMU does ("qcow2: Marking image as
+ * corrupt: WHAT; further corruption events will be suppressed"), and
+ * return -EIO with the message set.
+ */
+int qcow2_signal_corruption(struct qimg_node *node, struct qcow2_state *s,
+                            const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- write.c ------------------------------------------------------------- */
+
+int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                 uint64_t off);
+int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
+                        unsigned flags);
+int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len);
+int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
+                            size_t len, uint64_t off);
+/*
+ * Write everything cached back in the safe order and sync (see
+ * qcow2_state); clears the dirty bit of lazy refcounts at the end.
+ */
+int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s);
+/* Prepare for the first write: refcounts, the dirty bit, buffers. */
+int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s);
+/* Free the write path's buffers and caches. */
+void qcow2_write_free(struct qcow2_state *s);
+/* Change header bytes [off, off + len) on disk and sync. */
+int qcow2_header_update(struct qimg_node *node, uint64_t off,
+                        const void *bytes, size_t len);
+/*
+ * The L2 entry (and extended bitmap) of guest cluster index cluster for
+ * writing: allocates or copies the L2 table as needed, *entry points at
+ * the entry in a cached slice that is marked dirty.
+ */
+int qcow2_l2_entry_rw(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t cluster, uint8_t **entry);
+
+/* ---- resize.c ------------------------------------------------------------ */
+
+int qcow2_truncate(struct qimg_node *node, uint64_t size,
+                   const char *prealloc);
+
+/* ---- cluster.c (write side) ---------------------------------------------- */
+
+/* The cached slice at slice_off, marked dirty; *out points at its bytes. */
+int qcow2_l2_slice_rw(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t slice_off, uint8_t **out);
+/* Forget cached slices inside [off, off + len) without writing them. */
+void qcow2_l2_invalidate(struct qcow2_state *s, uint64_t off, uint64_t len);
+/* Write every dirty slice back (no sync). */
+int qcow2_l2_writeback(struct qimg_node *node, struct qcow2_state *s);
+
+/* ---- compress.c (write side) --------------------------------------------- */
+
+/*
+ * Compress src as QEMU does for type (raw deflate with a 4 KiB window at
+ * level 6, or one zstd frame at level 3) into at most dst_cap bytes:
+ * the size, -ENOSPC when it does not fit, or -ENOMEM/-ENOTSUP.
+ */
+int64_t qcow2_compress(uint8_t type, uint8_t *dst, size_t dst_cap,
+                       const uint8_t *src, size_t src_len);
 
 /* Creation (create.c): QEMU's option table and the create function. */
 #include "qimg/qimg.h"

@@ -1,0 +1,1002 @@
+/*
+ * qcow2: guest writes, zero writes, discards and compressed writes
+ * [spec: Cluster mapping, Extended L2 Entries, Compressed Clusters
+ * Descriptor], and the flush that makes them durable in a safe order.
+ *
+ * A cluster is written in place only when its L2 entry says it is ours
+ * alone (COPIED, not compressed); otherwise a new cluster is allocated,
+ * what the write does not cover is copied in from where the guest bytes
+ * came from (the old cluster, the decompressed data, the backing file or
+ * zeros), and the old cluster is freed at the next flush.  With extended
+ * L2 entries this happens per subcluster, so a small write over a
+ * backing file copies one subcluster, not a whole cluster.
+ *
+ * Whole-cluster runs that need new clusters are written with one host
+ * write into contiguous new clusters (the path convert takes).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "driver.h"
+#include "formats/qcow2/qcow2.h"
+#include "util/checked.h"
+#include "util/endian.h"
+
+/* Header field offsets [spec: Header]. */
+#define HDR_INCOMPAT_OFFSET 72
+#define HDR_AUTOCLEAR_OFFSET 88
+/* Extended L2 bitmap halves [spec: Extended L2 Entries]. */
+#define BITMAP_ALLOC_MASK 0xffffffffull
+#define BITMAP_ALL_ZEROES (0xffffffffull << 32)
+/* [spec] host offsets have 56 bits. */
+#define QCOW2_MAX_HOST_OFFSET ((1ull << 56) - 1)
+
+int qcow2_header_update(struct qimg_node *node, uint64_t off,
+                        const void *bytes, size_t len)
+{
+    int ret = io_pwrite(node->file, bytes, len, off);
+    if (ret == 0) {
+        ret = node_sync(node, node->file);
+    }
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: could not update the qcow2 header",
+                               node->filename);
+    }
+    return 0;
+}
+
+static int set_incompat(struct qimg_node *node, struct qcow2_state *s,
+                        uint64_t features)
+{
+    uint8_t be[8];
+    store_be64(be, features);
+    int ret = qcow2_header_update(node, HDR_INCOMPAT_OFFSET, be, 8);
+    if (ret == 0) {
+        s->hdr.incompatible_features = features;
+    }
+    return ret;
+}
+
+static bool lazy_refcounts(const struct qcow2_state *s)
+{
+    return (s->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
+}
+
+int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s)
+{
+    if (s->write_ready) {
+        return 0;
+    }
+    if (s->hdr.crypt_method != QCOW2_CRYPT_NONE) {
+        return error_set(ENOTSUP,
+                         "%s: writing encrypted qcow2 images is not "
+                         "supported yet",
+                         node->filename);
+    }
+    if (s->has_data_file && !s->data_file) {
+        return error_set(EIO, "%s: the external data file is not open",
+                         node->filename);
+    }
+    if (s->open_flags & QIMG_OPEN_NO_IO) {
+        return error_set(EINVAL, "%s: image opened for metadata only",
+                         node->filename);
+    }
+    /*
+     * [spec: autoclear features] a writer that does not maintain a
+     * feature clears its bit: qimg keeps a raw data file raw, but does
+     * not update persistent bitmaps, which QEMU then treats as
+     * inconsistent, as the spec intends.
+     */
+    uint64_t keep = s->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    if (s->hdr.version >= 3 && s->hdr.autoclear_features != keep) {
+        uint8_t be[8];
+        store_be64(be, keep);
+        int ret = qcow2_header_update(node, HDR_AUTOCLEAR_OFFSET, be, 8);
+        if (ret < 0) {
+            return ret;
+        }
+        s->hdr.autoclear_features = keep;
+    }
+    int ret = qcow2_refcount_init(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    s->cow_buf = malloc((size_t)s->cluster_size);
+    s->zbuf = malloc((size_t)s->cluster_size);
+    if (!s->cow_buf || !s->zbuf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    s->write_ready = true;
+    return 0;
+}
+
+void qcow2_write_free(struct qcow2_state *s)
+{
+    qcow2_refcount_free(s);
+    free(s->cow_buf);
+    free(s->zbuf);
+    s->cow_buf = s->zbuf = NULL;
+    s->write_ready = false;
+}
+
+/* Every write starts here. */
+static int write_prepare(struct qimg_node *node, struct qcow2_state *s)
+{
+    if (s->corrupt) {
+        return error_set(EIO, "qcow2: image '%s' is marked corrupt",
+                         node->filename);
+    }
+    int ret = qcow2_write_begin(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    if (s->nb_pending_free >= QCOW2_MAX_PENDING_FREES) {
+        ret = qcow2_write_flush(node, s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    /*
+     * [spec: lazy refcounts] refcounts on disk may be stale while the
+     * dirty bit is set; it is set before the first such write.
+     */
+    if (lazy_refcounts(s) && !s->dirty_set) {
+        ret = set_incompat(node, s,
+                           s->hdr.incompatible_features | QCOW2_INCOMPAT_DIRTY);
+        if (ret < 0) {
+            return ret;
+        }
+        s->dirty_set = true;
+    }
+    return 0;
+}
+
+static int l1_writeback(struct qimg_node *node, struct qcow2_state *s)
+{
+    if (s->l1_dirty_hi <= s->l1_dirty_lo) {
+        return 0;
+    }
+    uint64_t lo = s->l1_dirty_lo, n = s->l1_dirty_hi - lo;
+    uint8_t *buf = malloc((size_t)n * 8);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        store_be64(buf + i * 8, s->l1_table[lo + i]);
+    }
+    int ret = io_pwrite(node->file, buf, (size_t)n * 8,
+                        s->l1_table_offset + lo * 8);
+    free(buf);
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: could not write the L1 table",
+                               node->filename);
+    }
+    s->l1_dirty_lo = s->l1_dirty_hi = 0;
+    return 0;
+}
+
+static int sync_file(struct qimg_node *node, struct qimg_io *io)
+{
+    int ret = node_sync(node, io);
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: flush failed", io->filename);
+    }
+    return 0;
+}
+
+int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s)
+{
+    int ret = 0;
+    if (s->data_file) {
+        ret = sync_file(node, s->data_file);
+    }
+    if (!s->write_ready || s->corrupt) {
+        /* Nothing cached to write, or nothing may be written any more. */
+        return ret < 0 ? ret : sync_file(node, node->file);
+    }
+    /* Data and new refcounts, then the tables naming them. */
+    if (ret == 0) {
+        ret = qcow2_refcount_writeback(node, s);
+    }
+    if (ret == 0) {
+        ret = sync_file(node, node->file);
+    }
+    if (ret == 0) {
+        ret = qcow2_l2_writeback(node, s);
+    }
+    if (ret == 0) {
+        ret = sync_file(node, node->file);
+    }
+    if (ret == 0) {
+        ret = l1_writeback(node, s);
+    }
+    if (ret == 0) {
+        ret = sync_file(node, node->file);
+    }
+    /* No table on disk names the freed clusters any more. */
+    if (ret == 0 && s->nb_pending_free > 0) {
+        ret = qcow2_refcount_apply_frees(node, s);
+        if (ret == 0) {
+            ret = sync_file(node, node->file);
+        }
+    }
+    if (ret == 0 && s->dirty_set) {
+        ret = set_incompat(node, s,
+                           s->hdr.incompatible_features &
+                               ~QCOW2_INCOMPAT_DIRTY);
+        s->dirty_set = false;
+    }
+    return ret;
+}
+
+/* ---- L2 entries for writing ------------------------------------------- */
+
+static void mark_l1_dirty(struct qcow2_state *s, uint64_t i)
+{
+    if (s->l1_dirty_hi <= s->l1_dirty_lo) {
+        s->l1_dirty_lo = i;
+        s->l1_dirty_hi = i + 1;
+    } else {
+        s->l1_dirty_lo = min_u64(s->l1_dirty_lo, i);
+        s->l1_dirty_hi = max_u64(s->l1_dirty_hi, i + 1);
+    }
+}
+
+/*
+ * The L2 table of L1 index i, ours alone: allocated (zeroed on disk)
+ * when there is none, copied when it is shared with a snapshot.
+ */
+static int l2_table_rw(struct qimg_node *node, struct qcow2_state *s,
+                       uint64_t i, uint64_t *l2_off)
+{
+    const uint64_t cs = s->cluster_size;
+    if (i >= s->l1_size || !s->l1_table) {
+        return qcow2_signal_corruption(node, s,
+                                       "L1 index %#" PRIx64 " is past the "
+                                       "L1 table",
+                                       i);
+    }
+    uint64_t e = s->l1_table[i];
+    uint64_t old = e & QCOW2_L1E_OFFSET_MASK;
+    if (old && !is_aligned_u64(old, cs)) {
+        return qcow2_signal_corruption(node, s,
+                                       "L2 table offset %#" PRIx64
+                                       " unaligned (L1 index: %#" PRIx64
+                                       ")",
+                                       old, i);
+    }
+    if (old && (e & QCOW2_OFLAG_COPIED)) {
+        *l2_off = old;
+        return 0;
+    }
+    uint64_t nw = 0;
+    int ret = qcow2_alloc_clusters(node, s, 1, 0, &nw, NULL);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_l2_invalidate(s, nw, cs);
+    if (old == 0) {
+        ret = io_pwrite_zeroes(node->file, nw, cs, false);
+    } else {
+        /* A shared table is never dirty here: it was never written. */
+        ret = qcow2_read_in_range(old, cs)
+                  ? io_pread(node->file, s->cow_buf, (size_t)cs, old)
+                  : -EIO;
+        if (ret == 0) {
+            ret = io_pwrite(node->file, s->cow_buf, (size_t)cs, nw);
+        }
+    }
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: could not write an L2 table",
+                               node->filename);
+    }
+    if (old) {
+        ret = qcow2_free_later(node, s, old, cs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    s->l1_table[i] = nw | QCOW2_OFLAG_COPIED;
+    mark_l1_dirty(s, i);
+    *l2_off = nw;
+    return 0;
+}
+
+int qcow2_l2_entry_rw(struct qimg_node *node, struct qcow2_state *s,
+                      uint64_t cluster, uint8_t **entry)
+{
+    uint64_t l2_off = 0;
+    int ret = l2_table_rw(node, s, cluster >> s->l2_bits, &l2_off);
+    if (ret < 0) {
+        return ret;
+    }
+    const uint64_t esize = s->l2_entry_size;
+    const uint64_t per_slice =
+        min_u64(s->cluster_size, QCOW2_L2_SLICE_MAX) / esize;
+    uint64_t idx = cluster & (s->l2_entries - 1);
+    uint64_t first = idx - idx % per_slice;
+    uint8_t *slice;
+    ret = qcow2_l2_slice_rw(node, s, l2_off + first * esize, &slice);
+    if (ret < 0) {
+        return ret;
+    }
+    *entry = slice + (idx - first) * esize;
+    return 0;
+}
+
+/* ---- The state of one cluster ----------------------------------------- */
+
+/* What a guest cluster is now, decoded and checked from its L2 entry. */
+struct cluster_state {
+    uint64_t entry;
+    uint64_t bitmap;
+    bool compressed;
+    bool has_host;
+    uint64_t host;
+    /* Ours alone: may be written in place. */
+    bool owned;
+};
+
+/* Subcluster kinds for the write path. */
+enum sc_kind { SC_UNALLOC, SC_ZERO, SC_DATA, SC_COMPRESSED };
+
+static int load_cluster(struct qimg_node *node, struct qcow2_state *s,
+                        uint64_t cluster, struct cluster_state *cs_out)
+{
+    uint8_t *p;
+    int ret = qcow2_l2_entry_rw(node, s, cluster, &p);
+    if (ret < 0) {
+        return ret;
+    }
+    struct cluster_state c = {0};
+    c.entry = load_be64(p);
+    c.bitmap = s->l2_entry_size == 16 ? load_be64(p + 8) : 0;
+    c.compressed = (c.entry & QCOW2_OFLAG_COMPRESSED) != 0;
+    if (c.compressed) {
+        if (s->has_data_file || c.bitmap != 0) {
+            return qcow2_signal_corruption(node, s,
+                                           "compressed cluster entry %#" PRIx64
+                                           " is invalid here",
+                                           c.entry);
+        }
+        *cs_out = c;
+        return 0;
+    }
+    c.host = c.entry & QCOW2_L2E_OFFSET_MASK;
+    c.has_host = c.host != 0 ||
+                 (s->has_data_file && (c.entry & QCOW2_OFLAG_COPIED));
+    if (c.entry & QCOW2_L2E_STD_RESERVED_MASK) {
+        return qcow2_signal_corruption(node, s,
+                                       "L2 entry %#" PRIx64 " has reserved "
+                                       "bits set",
+                                       c.entry);
+    }
+    if (c.has_host && !is_aligned_u64(c.host, s->cluster_size)) {
+        return qcow2_signal_corruption(node, s,
+                                       "cluster allocation offset %#" PRIx64
+                                       " unaligned",
+                                       c.host);
+    }
+    if (s->subclusters_per_cluster > 1) {
+        uint64_t alloc = c.bitmap & BITMAP_ALLOC_MASK;
+        if ((alloc & (c.bitmap >> 32)) || (alloc && !c.has_host) ||
+            (c.entry & QCOW2_OFLAG_ZERO)) {
+            return qcow2_signal_corruption(node, s,
+                                           "invalid subcluster bitmap "
+                                           "%#" PRIx64,
+                                           c.bitmap);
+        }
+    } else if (s->hdr.version < 3 && (c.entry & QCOW2_OFLAG_ZERO)) {
+        return qcow2_signal_corruption(node, s,
+                                       "zero cluster entry found in pre-v3 "
+                                       "image");
+    }
+    if (s->has_data_file && c.has_host &&
+        c.host != cluster << s->cluster_bits) {
+        return qcow2_signal_corruption(node, s,
+                                       "data file cluster %#" PRIx64
+                                       " is not at its guest offset",
+                                       c.host);
+    }
+    c.owned = c.has_host && (c.entry & QCOW2_OFLAG_COPIED);
+    *cs_out = c;
+    return 0;
+}
+
+static enum sc_kind sc_kind_of(const struct qcow2_state *s,
+                               const struct cluster_state *c, unsigned j)
+{
+    if (c->compressed) {
+        return SC_COMPRESSED;
+    }
+    if (s->subclusters_per_cluster == 1) {
+        if (c->entry & QCOW2_OFLAG_ZERO) {
+            return SC_ZERO;
+        }
+        return c->has_host ? SC_DATA : SC_UNALLOC;
+    }
+    if (c->bitmap & (1ull << j)) {
+        return SC_DATA;
+    }
+    return (c->bitmap & (1ull << (32 + j))) ? SC_ZERO : SC_UNALLOC;
+}
+
+/* Store a new entry (the slice is fetched again: it may have moved). */
+static int store_cluster(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t cluster, uint64_t entry, uint64_t bitmap)
+{
+    uint8_t *p;
+    int ret = qcow2_l2_entry_rw(node, s, cluster, &p);
+    if (ret < 0) {
+        return ret;
+    }
+    store_be64(p, entry);
+    if (s->l2_entry_size == 16) {
+        store_be64(p + 8, bitmap);
+    }
+    return 0;
+}
+
+/* Drop the reference an entry holds on its host cluster (at the flush). */
+static int release_old(struct qimg_node *node, struct qcow2_state *s,
+                       const struct cluster_state *c)
+{
+    if (s->has_data_file) {
+        return 0;
+    }
+    if (c->compressed) {
+        return qcow2_free_compressed_later(node, s, c->entry);
+    }
+    if (c->has_host) {
+        return qcow2_free_later(node, s, c->host, s->cluster_size);
+    }
+    return 0;
+}
+
+static struct qimg_io *data_io(struct qimg_node *node, struct qcow2_state *s)
+{
+    return s->data_file ? s->data_file : node->file;
+}
+
+static int write_host(struct qimg_node *node, struct qcow2_state *s,
+                      const void *buf, uint64_t len, uint64_t host)
+{
+    int ret = io_pwrite(data_io(node, s), buf, (size_t)len, host);
+    if (ret < 0) {
+        return error_set_errno(-ret,
+                               "%s: could not write guest data at host "
+                               "offset %#" PRIx64,
+                               data_io(node, s)->filename, host);
+    }
+    return 0;
+}
+
+/*
+ * The current guest bytes [lo, lo + n) of cluster (offsets within the
+ * cluster, inside one subcluster) into buf.
+ */
+static int read_old(struct qimg_node *node, struct qcow2_state *s,
+                    uint64_t cluster, const struct cluster_state *c,
+                    enum sc_kind kind, uint8_t *buf, uint64_t lo, uint64_t n)
+{
+    uint64_t guest = (cluster << s->cluster_bits) + lo;
+    int ret = 0;
+    switch (kind) {
+    case SC_UNALLOC:
+        ret = node_read_below(node, buf, (size_t)n, guest);
+        break;
+    case SC_ZERO:
+        memset(buf, 0, (size_t)n);
+        break;
+    case SC_DATA:
+        ret = io_pread(data_io(node, s), buf, (size_t)n, c->host + lo);
+        if (ret < 0) {
+            ret = error_set_errno(-ret, "%s: could not read guest data",
+                                  data_io(node, s)->filename);
+        }
+        break;
+    case SC_COMPRESSED:
+        ret = qcow2_read_compressed(node, s, c->entry);
+        if (ret == 0) {
+            memcpy(buf, s->z_out + lo, (size_t)n);
+        }
+        break;
+    }
+    return ret;
+}
+
+/*
+ * Write buf (NULL: zeros) over [in, in + n) of one guest cluster, the
+ * general case: per subcluster, the bytes the write does not cover are
+ * filled from the old contents when the subcluster gets a new home.
+ */
+static int write_partial(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t cluster, const uint8_t *buf, uint64_t in,
+                         uint64_t n)
+{
+    struct cluster_state c;
+    int ret = load_cluster(node, s, cluster, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    const uint64_t scs = s->subcluster_size;
+    const unsigned spc = s->subclusters_per_cluster;
+    /* With a data file the cluster's home is fixed: its guest offset. */
+    bool in_place = c.owned || s->has_data_file;
+    uint64_t target = s->has_data_file ? cluster << s->cluster_bits : c.host;
+    if (!in_place) {
+        ret = qcow2_alloc_clusters(node, s, 1, 0, &target, NULL);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint8_t *cb = s->cow_buf;
+    uint64_t alloc_bits = 0;
+    /* Byte runs of cb to write, coalesced. */
+    uint64_t run_lo = 0, run_hi = 0;
+    for (unsigned j = 0; j < spc; j++) {
+        uint64_t lo = (uint64_t)j * scs, hi = lo + scs;
+        enum sc_kind k = sc_kind_of(s, &c, j);
+        bool touched = in < hi && lo < in + n;
+        bool needs = touched || (!in_place && (k == SC_DATA ||
+                                               k == SC_COMPRESSED));
+        if (!needs) {
+            if (k == SC_DATA) {
+                alloc_bits |= 1ull << j;
+            }
+            continue;
+        }
+        uint64_t a = lo, b = hi; /* bytes of cb to write for j */
+        if (touched) {
+            uint64_t wlo = max_u64(in, lo), whi = min_u64(in + n, hi);
+            if (in_place && k == SC_DATA) {
+                /* Ours already: only the new bytes go out. */
+                a = wlo;
+                b = whi;
+            } else if (wlo > lo || whi < hi) {
+                ret = read_old(node, s, cluster, &c, k, cb + lo, 0 + lo,
+                               scs);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+            if (buf) {
+                memcpy(cb + wlo, buf + (wlo - in), (size_t)(whi - wlo));
+            } else {
+                memset(cb + wlo, 0, (size_t)(whi - wlo));
+            }
+        } else {
+            ret = read_old(node, s, cluster, &c, k, cb + lo, lo, scs);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        alloc_bits |= 1ull << j;
+        if (run_hi == a && run_hi > run_lo) {
+            run_hi = b;
+            continue;
+        }
+        if (run_hi > run_lo) {
+            if (in_place && !s->has_data_file) {
+                ret = qcow2_overlap_check(node, s, target + run_lo,
+                                          run_hi - run_lo);
+            }
+            if (ret == 0) {
+                ret = write_host(node, s, cb + run_lo, run_hi - run_lo,
+                                 target + run_lo);
+            }
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        run_lo = a;
+        run_hi = b;
+    }
+    if (run_hi > run_lo) {
+        if (in_place && !s->has_data_file) {
+            ret = qcow2_overlap_check(node, s, target + run_lo,
+                                      run_hi - run_lo);
+        }
+        if (ret == 0) {
+            ret = write_host(node, s, cb + run_lo, run_hi - run_lo,
+                             target + run_lo);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint64_t entry = target | QCOW2_OFLAG_COPIED;
+    uint64_t bitmap = 0;
+    if (spc > 1) {
+        uint64_t zero = c.compressed ? 0 : (c.bitmap >> 32);
+        bitmap = alloc_bits | ((zero & ~alloc_bits) << 32);
+    }
+    ret = store_cluster(node, s, cluster, entry, bitmap);
+    if (ret == 0 && !in_place) {
+        ret = release_old(node, s, &c);
+    }
+    if (c.compressed) {
+        s->z_valid = false;
+    }
+    return ret;
+}
+
+/* The whole-cluster mask of an extended L2 bitmap. */
+static uint64_t all_alloc(const struct qcow2_state *s)
+{
+    return s->subclusters_per_cluster > 1 ? BITMAP_ALLOC_MASK : 0;
+}
+
+/*
+ * Whole clusters [cluster, cluster + count) from buf, count > 0, all in
+ * one L2 slice.  Returns the clusters written (a prefix of one kind:
+ * new contiguous clusters, or owned clusters that are contiguous on the
+ * host), or -errno.
+ */
+static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
+                           uint64_t cluster, const uint8_t *buf,
+                           uint64_t count)
+{
+    const uint64_t cs = s->cluster_size;
+    struct cluster_state c;
+    int ret = load_cluster(node, s, cluster, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t n = 1;
+    if (s->has_data_file || c.owned) {
+        /* In place: extend over owned clusters that follow on the host. */
+        uint64_t host = s->has_data_file ? cluster << s->cluster_bits
+                                         : c.host;
+        while (n < count) {
+            struct cluster_state d;
+            ret = load_cluster(node, s, cluster + n, &d);
+            if (ret < 0) {
+                return ret;
+            }
+            if (!s->has_data_file && (!d.owned || d.host != host + n * cs)) {
+                break;
+            }
+            n++;
+        }
+        if (!s->has_data_file) {
+            ret = qcow2_overlap_check(node, s, host, n * cs);
+        }
+        if (ret == 0) {
+            ret = write_host(node, s, buf, n * cs, host);
+        }
+        for (uint64_t i = 0; ret == 0 && i < n; i++) {
+            ret = store_cluster(node, s, cluster + i,
+                                (host + i * cs) | QCOW2_OFLAG_COPIED,
+                                all_alloc(s));
+        }
+        return ret < 0 ? ret : (int64_t)n;
+    }
+    /* New clusters: as many of the following non-owned ones as fit. */
+    while (n < count) {
+        struct cluster_state d;
+        ret = load_cluster(node, s, cluster + n, &d);
+        if (ret < 0) {
+            return ret;
+        }
+        if (d.owned) {
+            break;
+        }
+        n++;
+    }
+    uint64_t host = 0, got = 0;
+    ret = qcow2_alloc_clusters(node, s, n, QCOW2_ALLOC_UPTO, &host, &got);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = write_host(node, s, buf, got * cs, host);
+    for (uint64_t i = 0; ret == 0 && i < got; i++) {
+        struct cluster_state d;
+        ret = load_cluster(node, s, cluster + i, &d);
+        if (ret == 0) {
+            ret = store_cluster(node, s, cluster + i,
+                                (host + i * cs) | QCOW2_OFLAG_COPIED,
+                                all_alloc(s));
+        }
+        if (ret == 0) {
+            ret = release_old(node, s, &d);
+        }
+        if (d.compressed) {
+            s->z_valid = false;
+        }
+    }
+    return ret < 0 ? ret : (int64_t)got;
+}
+
+/* Clusters from cluster to the end of its L2 slice. */
+static uint64_t slice_left(const struct qcow2_state *s, uint64_t cluster)
+{
+    uint64_t per_slice =
+        min_u64(s->cluster_size, QCOW2_L2_SLICE_MAX) / s->l2_entry_size;
+    return per_slice - (cluster & (s->l2_entries - 1)) % per_slice;
+}
+
+int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                 uint64_t off)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret = write_prepare(node, s);
+    const uint8_t *p = buf;
+    const uint64_t cs = s->cluster_size;
+    while (ret == 0 && len > 0) {
+        uint64_t cluster = off >> s->cluster_bits;
+        uint64_t in = off & (cs - 1);
+        if (in == 0 && len >= cs) {
+            uint64_t count = min_u64(len / cs, slice_left(s, cluster));
+            int64_t done = write_whole(node, s, cluster, p, count);
+            if (done < 0) {
+                return (int)done;
+            }
+            p += done * cs;
+            off += done * cs;
+            len -= done * cs;
+            continue;
+        }
+        uint64_t n = min_u64(len, cs - in);
+        ret = write_partial(node, s, cluster, p, in, n);
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return ret;
+}
+
+/* ---- Zero writes and discards ------------------------------------------ */
+
+/* Does [in, in + n) of the cluster already read as zero? */
+static bool reads_zero(const struct qimg_node *node,
+                       const struct qcow2_state *s,
+                       const struct cluster_state *c, uint64_t cluster,
+                       uint64_t in, uint64_t n)
+{
+    unsigned j0 = (unsigned)(in / s->subcluster_size);
+    unsigned j1 = (unsigned)((in + n - 1) / s->subcluster_size);
+    uint64_t guest = cluster << s->cluster_bits;
+    bool below_zero = !node->backing || guest >= node->backing->size;
+    for (unsigned j = j0; j <= j1; j++) {
+        enum sc_kind k = sc_kind_of(s, c, j);
+        if (k == SC_ZERO || (k == SC_UNALLOC && below_zero)) {
+            continue;
+        }
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Make a whole cluster read as zero.  unmap: the host cluster may go.
+ * discard: QEMU's discard rules (v3 marks it zero only when it was
+ * allocated or has a backing file; v2 unallocates it).
+ */
+static int zero_cluster(struct qimg_node *node, struct qcow2_state *s,
+                        uint64_t cluster, bool unmap, bool discard)
+{
+    struct cluster_state c;
+    int ret = load_cluster(node, s, cluster, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    const bool extl2 = s->subclusters_per_cluster > 1;
+    const bool v3 = s->hdr.version >= 3;
+    bool allocated = c.compressed || c.has_host;
+    if (discard) {
+        if (s->has_data_file) {
+            /* The data file keeps its bytes; only the mapping changes. */
+            allocated = false;
+        }
+        uint64_t entry = 0, bitmap = 0;
+        if (v3 && (node->backing || allocated)) {
+            if (extl2) {
+                bitmap = BITMAP_ALL_ZEROES;
+            } else {
+                entry = QCOW2_OFLAG_ZERO;
+            }
+        } else if (!allocated && !(c.entry & QCOW2_OFLAG_ZERO) &&
+                   c.bitmap == 0) {
+            return 0;
+        }
+        if (!v3 && !allocated && !node->backing) {
+            return 0;
+        }
+        ret = store_cluster(node, s, cluster, entry, bitmap);
+        return ret < 0 ? ret : release_old(node, s, &c);
+    }
+    if (!v3) {
+        /* v2 has no zero flag: unallocate when nothing shows through. */
+        bool below_zero = !node->backing ||
+                          (cluster << s->cluster_bits) >= node->backing->size;
+        if (below_zero && (unmap || !allocated) && !s->has_data_file) {
+            ret = store_cluster(node, s, cluster, 0, 0);
+            return ret < 0 ? ret : release_old(node, s, &c);
+        }
+        return write_partial(node, s, cluster, NULL, 0, s->cluster_size);
+    }
+    bool keep = c.owned && (!unmap || s->has_data_file);
+    uint64_t entry, bitmap = 0;
+    if (extl2) {
+        entry = keep ? (c.host | QCOW2_OFLAG_COPIED) : 0;
+        bitmap = BITMAP_ALL_ZEROES;
+    } else {
+        entry = keep ? (c.host | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO)
+                     : QCOW2_OFLAG_ZERO;
+    }
+    if (keep && s->has_data_file &&
+        (s->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+        /* A raw data file must read as the guest does. */
+        ret = io_pwrite_zeroes(s->data_file, cluster << s->cluster_bits,
+                               s->cluster_size, unmap);
+        if (ret < 0) {
+            return error_set_errno(-ret, "%s: could not write zeroes",
+                                   s->data_file->filename);
+        }
+    }
+    ret = store_cluster(node, s, cluster, entry, bitmap);
+    if (ret == 0 && !keep) {
+        ret = release_old(node, s, &c);
+    }
+    if (c.compressed) {
+        s->z_valid = false;
+    }
+    return ret;
+}
+
+/*
+ * Zero whole subclusters [j0, j1] of an extended-L2 cluster in its
+ * bitmap (the host cluster, if any, stays).
+ */
+static int zero_subclusters(struct qimg_node *node, struct qcow2_state *s,
+                            uint64_t cluster, unsigned j0, unsigned j1)
+{
+    struct cluster_state c;
+    int ret = load_cluster(node, s, cluster, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    if (c.compressed || (c.has_host && !c.owned)) {
+        /* Shared or compressed: rewrite the cluster with zeros there. */
+        uint64_t scs = s->subcluster_size;
+        return write_partial(node, s, cluster, NULL, j0 * scs,
+                             (uint64_t)(j1 - j0 + 1) * scs);
+    }
+    uint64_t mask = 0;
+    for (unsigned j = j0; j <= j1; j++) {
+        mask |= 1ull << j;
+    }
+    uint64_t bitmap = (c.bitmap & ~mask) | (mask << 32);
+    return store_cluster(node, s, cluster, c.entry, bitmap);
+}
+
+int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
+                        unsigned flags)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret = write_prepare(node, s);
+    const uint64_t cs = s->cluster_size;
+    const uint64_t scs = s->subcluster_size;
+    bool unmap = (flags & QIMG_ZERO_MAY_UNMAP) != 0;
+    while (ret == 0 && len > 0) {
+        uint64_t cluster = off >> s->cluster_bits;
+        uint64_t in = off & (cs - 1);
+        uint64_t n = min_u64(len, cs - in);
+        /* The image's last cluster may be cut by its end. */
+        bool to_end = off + n >= node->size;
+        if (in == 0 && (n == cs || to_end)) {
+            ret = zero_cluster(node, s, cluster, unmap, false);
+        } else {
+            struct cluster_state c;
+            ret = load_cluster(node, s, cluster, &c);
+            if (ret < 0) {
+                break;
+            }
+            uint64_t a = div_round_up_u64(in, scs) * scs;
+            uint64_t b = to_end ? cs : align_down_u64(in + n, scs);
+            if (reads_zero(node, s, &c, cluster, in, n)) {
+                ret = 0;
+            } else if (s->subclusters_per_cluster > 1 && a < b) {
+                /* Whole subclusters by bitmap, the edges written. */
+                ret = zero_subclusters(node, s, cluster, (unsigned)(a / scs),
+                                       (unsigned)((b - 1) / scs));
+                if (ret == 0 && in < a) {
+                    ret = write_partial(node, s, cluster, NULL, in, a - in);
+                }
+                if (ret == 0 && b < in + n) {
+                    ret = write_partial(node, s, cluster, NULL, b,
+                                        in + n - b);
+                }
+            } else {
+                ret = write_partial(node, s, cluster, NULL, in, n);
+            }
+        }
+        off += n;
+        len -= n;
+    }
+    return ret;
+}
+
+int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret = write_prepare(node, s);
+    const uint64_t cs = s->cluster_size;
+    /* Only whole clusters (or the image's cut last one) are discarded. */
+    uint64_t start = div_round_up_u64(off, cs) * cs;
+    uint64_t end = off + len >= node->size ? node->size
+                                           : align_down_u64(off + len, cs);
+    for (uint64_t o = start; ret == 0 && o < end; o += cs) {
+        ret = zero_cluster(node, s, o >> s->cluster_bits, true, true);
+    }
+    return ret;
+}
+
+/* ---- Compressed writes ------------------------------------------------- */
+
+int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
+                            size_t len, uint64_t off)
+{
+    struct qcow2_state *s = node->opaque;
+    const uint64_t cs = s->cluster_size;
+    if (s->has_data_file) {
+        return error_set(ENOTSUP,
+                         "%s: compressed writes are not supported with an "
+                         "external data file",
+                         node->filename);
+    }
+    if (!is_aligned_u64(off, cs) || len > cs ||
+        (len < cs && off + len != node->size)) {
+        return error_set(EINVAL,
+                         "%s: compressed writes must be whole clusters",
+                         node->filename);
+    }
+    int ret = write_prepare(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    /* The tail cluster is compressed zero-padded, as QEMU does. */
+    memcpy(s->cow_buf, buf, len);
+    memset(s->cow_buf + len, 0, (size_t)(cs - len));
+    int64_t csize = qcow2_compress(s->hdr.compression_type, s->zbuf,
+                                   (size_t)cs - 1, s->cow_buf, (size_t)cs);
+    if (csize == -ENOSPC) {
+        return qcow2_pwrite(node, buf, len, off);
+    }
+    if (csize < 0) {
+        return error_set((int)-csize, "%s: could not compress a cluster",
+                         node->filename);
+    }
+    uint64_t cluster = off >> s->cluster_bits;
+    struct cluster_state c;
+    ret = load_cluster(node, s, cluster, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t host = 0;
+    ret = qcow2_alloc_bytes(node, s, (uint64_t)csize, &host);
+    if (ret < 0) {
+        return ret;
+    }
+    if (host > s->cluster_offset_mask) {
+        return error_set(EFBIG, "%s: compressed data offset too large",
+                         node->filename);
+    }
+    ret = write_host(node, s, s->zbuf, (uint64_t)csize, host);
+    if (ret < 0) {
+        return ret;
+    }
+    /* [spec] the count of 512-byte sectors after the first. */
+    uint64_t extra = ((host + (uint64_t)csize - 1) >> 9) - (host >> 9);
+    uint64_t entry = QCOW2_OFLAG_COMPRESSED | (extra << s->csize_shift) | host;
+    ret = store_cluster(node, s, cluster, entry, 0);
+    if (ret == 0) {
+        ret = release_old(node, s, &c);
+    }
+    s->z_valid = false;
+    return ret;
+}
