@@ -59,3 +59,15 @@ echo "== qimg convert -l before-update -O raw winxp.qcow2 before.raw"
 "$QIMG" compare -q before.raw winxp.raw && status=0 || status=$?
 echo "before-update differs from the current disk: compare exit $status" \
      "(1 = different)"
+
+echo
+echo "== qimg convert -c -O qcow2 winxp.qcow2 winxp-compacted.qcow2"
+"$QIMG" convert -c -O qcow2 winxp.qcow2 winxp-compacted.qcow2
+qemu-img check -q winxp-compacted.qcow2 &&
+    qemu-img compare -q winxp.qcow2 winxp-compacted.qcow2 &&
+    echo "qemu-img check: clean; qemu-img compare: identical" \
+         "($(du -k winxp.qcow2 | cut -f1) KiB -> $(du -k winxp-compacted.qcow2 | cut -f1) KiB)"
+echo
+echo "== qimg resize winxp-compacted.qcow2 +1G"
+"$QIMG" resize winxp-compacted.qcow2 +1G
+"$QIMG" info winxp-compacted.qcow2 | grep 'virtual size'
