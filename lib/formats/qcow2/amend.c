@@ -1006,12 +1006,13 @@ int qcow2_amend(struct qimg_node *node, const struct qimg_opts *opts,
     };
     if (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         /*
-         * QEMU repairs a dirty image when it opens it; qimg cannot
-         * rebuild refcounts from the references yet.
+         * A writable open has repaired it already; an image opened to be
+         * checked is repaired here, as QEMU's open would have.
          */
-        return error_set(ENOTSUP, "%s: the image is dirty (lazy refcounts "
-                         "were in use) and repairing it is not supported "
-                         "yet", node->filename);
+        int ret = qcow2_repair_dirty(node, s);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (s->corrupt) {
         return error_set(EIO, "qcow2: image '%s' is marked corrupt",
