@@ -1009,7 +1009,7 @@ int qcow2_amend(struct qimg_node *node, const struct qimg_opts *opts,
          * A writable open has repaired it already; an image opened to be
          * checked is repaired here, as QEMU's open would have.
          */
-        int ret = qcow2_repair_dirty(node, s);
+        ret = qcow2_repair_dirty(node, s);
         if (ret < 0) {
             return ret;
         }
