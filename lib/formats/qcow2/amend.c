@@ -32,8 +32,6 @@
 #include "util/checked.h"
 #include "util/endian.h"
 
-/* [spec] host offsets have 56 bits. */
-#define AMEND_MAX_HOST_OFFSET ((1ull << 56) - 1)
 /* v3 snapshot entries hold at least vm_state_size_large and disk_size. */
 #define V3_MIN_SNAPSHOT_EXTRA 16
 
@@ -186,7 +184,7 @@ static int check_table_offset(struct qimg_node *node, struct qcow2_state *s,
                               uint64_t off, const char *what)
 {
     if (!is_aligned_u64(off, s->cluster_size) ||
-        off > AMEND_MAX_HOST_OFFSET ||
+        off > QCOW2_MAX_HOST_OFFSET ||
         !qcow2_read_in_range(off, s->cluster_size)) {
         return qcow2_signal_corruption(node, s,
                                        "%s offset %#" PRIx64 " is invalid",
@@ -446,7 +444,7 @@ static int change_refcount_order(struct qimg_node *node,
     }
     if (ret == 0 && (l.table_clusters * cs > QCOW2_MAX_REFTABLE_SIZE ||
                      (l.end << s->cluster_bits) >> s->cluster_bits != l.end ||
-                     (l.end << s->cluster_bits) > AMEND_MAX_HOST_OFFSET)) {
+                     (l.end << s->cluster_bits) > QCOW2_MAX_HOST_OFFSET)) {
         ret = error_set(EFBIG, "%s: the refcount table would be too large",
                         node->filename);
     }

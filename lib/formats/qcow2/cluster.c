@@ -23,8 +23,6 @@
 #include "util/checked.h"
 #include "util/endian.h"
 
-/* [spec] host offsets have 56 bits; QEMU calls this QCOW_MAX_CLUSTER_OFFSET. */
-#define QCOW2_MAX_CLUSTER_OFFSET ((1ull << 56) - 1)
 #define QCOW2_L2_BITMAP_ALLOC_MASK 0xffffffffull
 
 /*
@@ -259,7 +257,7 @@ static int qcow2_classify(struct qimg_node *node,
 /*
  * Check the host cluster of a NORMAL or ZERO_ALLOC entry: no reserved
  * bits, cluster-aligned, and (being masked to 56 bits) at most
- * QCOW2_MAX_CLUSTER_OFFSET.
+ * QCOW2_MAX_HOST_OFFSET.
  */
 static int qcow2_check_host(struct qimg_node *node,
                             const struct qcow2_state *s, uint64_t entry,
@@ -273,7 +271,7 @@ static int qcow2_check_host(struct qimg_node *node,
                        entry, l2_off, l2_index);
     }
     if (!is_aligned_u64(host, s->cluster_size) ||
-        host > QCOW2_MAX_CLUSTER_OFFSET) {
+        host > QCOW2_MAX_HOST_OFFSET) {
         return corrupt(node,
                        "cluster allocation offset %#" PRIx64 " unaligned "
                        "(L2 offset %#" PRIx64 ", L2 index %#" PRIx64 ")",
@@ -422,7 +420,7 @@ int qcow2_read_compressed(struct qimg_node *node, struct qcow2_state *s,
                          node->filename);
     }
     uint64_t coffset = l2_entry & s->cluster_offset_mask;
-    if (coffset > QCOW2_MAX_CLUSTER_OFFSET) {
+    if (coffset > QCOW2_MAX_HOST_OFFSET) {
         return corrupt(node,
                        "compressed cluster offset %#" PRIx64 " out of "
                        "range",

@@ -19,10 +19,6 @@
 #include "driver.h"
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
-#include "util/endian.h"
-
-/* Header field offset of incompatible_features [spec: Header]. */
-#define HDR_INCOMPAT_OFFSET 72
 
 int qcow2_signal_corruption(struct qimg_node *node, struct qcow2_state *s,
                             const char *fmt, ...)
@@ -39,10 +35,9 @@ int qcow2_signal_corruption(struct qimg_node *node, struct qcow2_state *s,
                     what);
         /* v2 headers have no feature bits: the mark stays in memory. */
         if (s->hdr.version >= 3) {
-            uint8_t be[8];
-            s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-            store_be64(be, s->hdr.incompatible_features);
-            (void)qcow2_header_update(node, HDR_INCOMPAT_OFFSET, be, 8);
+            (void)qcow2_set_incompat(node, s,
+                                     s->hdr.incompatible_features |
+                                         QCOW2_INCOMPAT_CORRUPT);
         }
     }
     return error_set(EIO, "qcow2: image '%s' is corrupt: %s", node->filename,

@@ -149,6 +149,10 @@ struct qimg_node;
 #define QCOW2_OFLAG_COMPRESSED (1ull << 62)
 #define QCOW2_OFLAG_ZERO (1ull << 0)
 #define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+/* [spec] host offsets have 56 bits (QEMU's QCOW_MAX_CLUSTER_OFFSET). */
+#define QCOW2_MAX_HOST_OFFSET ((1ull << 56) - 1)
+/* incompatible_features, which the write path updates in place. */
+#define QCOW2_HDR_INCOMPAT_OFFSET 72
 
 /* ---- Snapshot table [spec: Snapshots] -------------------------------- */
 
@@ -904,6 +908,11 @@ int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s);
 int qcow2_repair_dirty(struct qimg_node *node, struct qcow2_state *s);
 /* Free the write path's buffers and caches. */
 void qcow2_write_free(struct qcow2_state *s);
+/* Write incompatible_features (and s->hdr's copy) and sync. */
+int qcow2_set_incompat(struct qimg_node *node, struct qcow2_state *s,
+                       uint64_t features);
+/* Active L1 entry i differs from the table on disk. */
+void qcow2_l1_mark_dirty(struct qcow2_state *s, uint64_t i);
 /* Change header bytes [off, off + len) on disk and sync. */
 int qcow2_header_update(struct qimg_node *node, uint64_t off,
                         const void *bytes, size_t len);

@@ -29,8 +29,6 @@
 
 /* [spec] reftable entries: bits 0-8 reserved. */
 #define REFT_RESERVED_MASK 0x1ffull
-/* Host offsets have 56 bits [spec: Cluster mapping]. */
-#define QCOW2_MAX_HOST_OFFSET ((1ull << 56) - 1)
 /* Header field offsets [spec: Header]. */
 #define HDR_REFTABLE_OFFSET 48 /* u64, then u32 refcount_table_clusters */
 

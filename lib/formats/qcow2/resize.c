@@ -145,13 +145,7 @@ static int drop_tail(struct qimg_node *node, struct qcow2_state *s,
         uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
         if (l2) {
             s->l1_table[i] = 0;
-            if (s->l1_dirty_hi <= s->l1_dirty_lo) {
-                s->l1_dirty_lo = i;
-                s->l1_dirty_hi = i + 1;
-            } else {
-                s->l1_dirty_lo = min_u64(s->l1_dirty_lo, i);
-                s->l1_dirty_hi = max_u64(s->l1_dirty_hi, i + 1);
-            }
+            qcow2_l1_mark_dirty(s, i);
             ret = qcow2_free_later(node, s, l2, s->cluster_size);
         }
     }

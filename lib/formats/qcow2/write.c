@@ -26,13 +26,10 @@
 #include "util/endian.h"
 
 /* Header field offsets [spec: Header]. */
-#define HDR_INCOMPAT_OFFSET 72
 #define HDR_AUTOCLEAR_OFFSET 88
 /* Extended L2 bitmap halves [spec: Extended L2 Entries]. */
 #define BITMAP_ALLOC_MASK 0xffffffffull
 #define BITMAP_ALL_ZEROES (0xffffffffull << 32)
-/* [spec] host offsets have 56 bits. */
-#define QCOW2_MAX_HOST_OFFSET ((1ull << 56) - 1)
 
 int qcow2_header_update(struct qimg_node *node, uint64_t off,
                         const void *bytes, size_t len)
@@ -48,12 +45,12 @@ int qcow2_header_update(struct qimg_node *node, uint64_t off,
     return 0;
 }
 
-static int set_incompat(struct qimg_node *node, struct qcow2_state *s,
-                        uint64_t features)
+int qcow2_set_incompat(struct qimg_node *node, struct qcow2_state *s,
+                       uint64_t features)
 {
     uint8_t be[8];
     store_be64(be, features);
-    int ret = qcow2_header_update(node, HDR_INCOMPAT_OFFSET, be, 8);
+    int ret = qcow2_header_update(node, QCOW2_HDR_INCOMPAT_OFFSET, be, 8);
     if (ret == 0) {
         s->hdr.incompatible_features = features;
     }
@@ -172,7 +169,7 @@ static int write_prepare(struct qimg_node *node, struct qcow2_state *s)
      * dirty bit is set; it is set before the first such write.
      */
     if (lazy_refcounts(s) && !s->dirty_set) {
-        ret = set_incompat(node, s,
+        ret = qcow2_set_incompat(node, s,
                            s->hdr.incompatible_features | QCOW2_INCOMPAT_DIRTY);
         if (ret < 0) {
             return ret;
@@ -252,7 +249,7 @@ int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s)
         }
     }
     if (ret == 0 && s->dirty_set) {
-        ret = set_incompat(node, s,
+        ret = qcow2_set_incompat(node, s,
                            s->hdr.incompatible_features &
                                ~QCOW2_INCOMPAT_DIRTY);
         s->dirty_set = false;
@@ -262,7 +259,7 @@ int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s)
 
 /* ---- L2 entries for writing ------------------------------------------- */
 
-static void mark_l1_dirty(struct qcow2_state *s, uint64_t i)
+void qcow2_l1_mark_dirty(struct qcow2_state *s, uint64_t i)
 {
     if (s->l1_dirty_hi <= s->l1_dirty_lo) {
         s->l1_dirty_lo = i;
@@ -328,7 +325,7 @@ static int l2_table_rw(struct qimg_node *node, struct qcow2_state *s,
         }
     }
     s->l1_table[i] = nw | QCOW2_OFLAG_COPIED;
-    mark_l1_dirty(s, i);
+    qcow2_l1_mark_dirty(s, i);
     *l2_off = nw;
     return 0;
 }
