@@ -275,6 +275,27 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
             return ret;
         }
     }
+    /*
+     * The new area reads as zero before the header shows it, so that a
+     * crash leaves the old size or zeros, never old bytes: the bytes of
+     * the old last cluster past the old end (they may hold data from
+     * before a shrink) and, over a longer backing file, the whole area it
+     * would show through.  The core zero-writes that area again after
+     * the size switch, as QEMU does, which finds it zero.
+     */
+    uint64_t zero_end = min_u64(div_round_up_u64(old, cs) * cs, size);
+    if (node->backing && node->backing->size > old) {
+        zero_end = max_u64(zero_end, min_u64(node->backing->size, size));
+    }
+    if (zero_end > old) {
+        ret = qcow2_pwrite_zeroes(node, old, zero_end - old, 0);
+        if (ret == 0) {
+            ret = qcow2_write_flush(node, s);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
     if (s->data_file &&
         (s->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
         ret = io_truncate(s->data_file, size);
@@ -284,14 +305,6 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
         }
     }
     ret = write_size(node, s, size);
-    /*
-     * Bytes of the old last cluster past the old end may hold data from
-     * before a shrink: without a backing file they must read as zero.
-     */
-    uint64_t tail_end = min_u64(div_round_up_u64(old, cs) * cs, size);
-    if (ret == 0 && !node->backing && tail_end > old) {
-        ret = qcow2_pwrite_zeroes(node, old, tail_end - old, 0);
-    }
     if (ret == 0 && !off) {
         ret = preallocate(node, s, div_round_up_u64(old, cs),
                           div_round_up_u64(size, cs), prealloc);
