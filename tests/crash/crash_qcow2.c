@@ -1,0 +1,1092 @@
+/*
+ * crash_qcow2: crash-safety test of the qcow2 write path over the crash
+ * leaf (lib/io/crash.h, after SQLite's crash VFS).
+ *
+ *   crash_qcow2 -d DIR [-c CONFIG] [-s SEED] [-n SEEDS] [-q N] [-v]
+ *
+ * For each configuration (or the one named CONFIG, a glob) and each seed
+ * SEED .. SEED + SEEDS - 1 (env QIMG_CRASH_SEED, default from the time;
+ * QIMG_CRASH_SEEDS, default 2), an image is created, loaded into a crash
+ * leaf and opened through the internal image API; a random workload from
+ * the operation table (ops[] below) runs on it while a mirror of the
+ * guest disk follows every operation.  Then the image a crash would have
+ * left is built at cut points: a short workload is cut during every
+ * flush, right after every flush and at a random point between two
+ * flushes; a long one at random points.  Each crashed image must:
+ *
+ *   - open read-only and read-write (which repairs a dirty image) and
+ *     pass qimg check with no corruption and no check error.  Leaks are
+ *     allowed only when the cut leaves work unfinished (changes after the
+ *     last completed qimg flush: an interrupted allocation or an
+ *     interrupted flush whose frees were not applied); a cut right after
+ *     a completed flush must show none.  A dirty image (lazy refcounts)
+ *     has stale refcounts by design: its read-only check is not
+ *     meaningful (QEMU's is not either), its repaired read-write open
+ *     must be clean, leaks included.
+ *   - read back every byte as it was at the last completed flush, or, for
+ *     a byte an operation issued since then (up to the cut) covers, as
+ *     that operation left it: unflushed writes may or may not have
+ *     happened, sector by sector, but a byte never reads a value no
+ *     operation gave it.  The guest size is the flushed one or one a
+ *     pending resize set.
+ *   - take more writes after the crash (read-write) and stay clean.
+ *
+ * A sample of crashed images (and of the images after those writes) is
+ * left in DIR as cut-*.qcow2 for qemu-img check (crash_qcow2.sh); -q N
+ * keeps N per run (default 3).
+ *
+ * Adding an operation (snapshot create/delete, commit ...): write a run
+ * function that performs it on S.img and describes what it does to the
+ * guest disk as effects (ranges that now hold given bytes or zeros, and
+ * a new size), and add a row to ops[].  The checker needs nothing else:
+ * a crash may show each effect of an operation issued after the last
+ * flush, or not.  An operation with no guest effect (snapshot create)
+ * adds no effect; what it must keep intact (the snapshot's contents) can
+ * be checked in check_cut() through its own mirror.
+ */
+#include <errno.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/image.h"
+#include "io/crash.h"
+#include "qimg/qimg.h"
+
+/* ---- PRNG ------------------------------------------------------------- */
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rnd(uint64_t n)
+{
+    return n ? rng_next() % n : 0;
+}
+
+static uint64_t rnd_range(uint64_t lo, uint64_t hi)
+{
+    return lo + rnd(hi - lo + 1);
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* ---- Configurations ---------------------------------------------------- */
+
+struct config {
+    const char *name;
+    const char *opts;  /* qcow2 creation options */
+    uint64_t size;     /* initial guest size */
+    uint64_t cluster;
+    uint64_t subcluster;
+    bool backing;      /* over a raw backing file base.raw of size bytes */
+    bool v2;           /* compat=0.10 */
+};
+
+static const struct config configs[] = {
+    {"c512-r16", "cluster_size=512,refcount_bits=16", 256 << 10, 512, 512,
+     false, false},
+    {"c4k-r1", "cluster_size=4096,refcount_bits=1", 1 << 20, 4096, 4096,
+     false, false},
+    {"c64k-r64", "cluster_size=65536,refcount_bits=64", 4 << 20, 65536,
+     65536, false, false},
+    {"c64k-extl2", "cluster_size=65536,extended_l2=on", 4 << 20, 65536,
+     2048, false, false},
+    {"c4k-lazy", "cluster_size=4096,lazy_refcounts=on", 1 << 20, 4096, 4096,
+     false, false},
+    {"c4k-backing", "cluster_size=4096", 1 << 20, 4096, 4096, true, false},
+    {"c32k-extl2-lazy-backing",
+     "cluster_size=32768,extended_l2=on,lazy_refcounts=on", 2 << 20, 32768,
+     1024, true, false},
+    {"v2-c4k-backing", "cluster_size=4096,compat=0.10", 1 << 20, 4096, 4096,
+     true, true},
+    {"v2-c1k-r1", "cluster_size=1024,compat=0.10,refcount_bits=16",
+     512 << 10, 1024, 1024, false, true},
+};
+#define NCONFIGS (sizeof(configs) / sizeof(configs[0]))
+
+/* ---- Operations and their effects -------------------------------------- */
+
+/* One change an operation made to the guest disk. */
+struct effect {
+    uint64_t off, len;
+    uint8_t *data; /* NULL: zeros */
+};
+
+#define MAX_EFFECTS 4
+
+/* One operation of the workload, as run. */
+struct op_rec {
+    int kind;            /* index into ops[] */
+    uint64_t io_start;   /* crash leaf log position before and after it */
+    uint64_t io_end;
+    bool is_flush;       /* a completed flush: everything before is durable */
+    uint64_t size_after; /* guest size after it */
+    int neffects;
+    struct effect fx[MAX_EFFECTS];
+};
+
+struct op_desc {
+    const char *name;
+    unsigned weight;
+    /* May it run now (NULL: always)? */
+    bool (*usable)(void);
+    /* Perform it on S.img and describe its effects in r. */
+    void (*run)(struct op_rec *r);
+};
+
+static struct {
+    const struct config *cfg;
+    char *dir;
+    char *path; /* the image's name (in dir, so base.raw resolves) */
+    uint64_t seed;
+    struct qimg_image *img;
+    struct qimg_io *leaf; /* the crash leaf under img */
+    uint64_t size;        /* current guest size */
+    uint64_t max_size;    /* the mirrors' length */
+    uint8_t *base;        /* backing content (max_size, zeros past it) */
+    uint8_t *mirror;      /* the guest disk now */
+    struct op_rec *recs;
+    size_t nrecs, recs_cap;
+    bool verbose;
+    unsigned keep_samples;
+    /* The crashed image being checked, saved when a check fails. */
+    const uint8_t *cur_buf;
+    size_t cur_len;
+    /* Totals for the summary. */
+    uint64_t cuts, clean_cuts, leaky_cuts, dirty_cuts, pending_changes,
+        torn_changes, bytes_checked, samples;
+} S;
+
+static void write_file(const char *path, const uint8_t *p, size_t len);
+static char *join(const char *a, const char *b);
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    if (S.cur_buf) {
+        const uint8_t *buf = S.cur_buf;
+        S.cur_buf = NULL;
+        char *path = join(S.dir, "failed-crash.qcow2");
+        write_file(path, buf, S.cur_len);
+        fprintf(stderr, "crash_qcow2: the crashed image is in %s\n", path);
+        free(path);
+    }
+    fprintf(stderr, "crash_qcow2: FAIL config=%s seed=%" PRIu64 ": ",
+            S.cfg ? S.cfg->name : "-", S.seed);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fprintf(stderr, "replay: QIMG_CRASH_SEED=%" PRIu64 " QIMG_CRASH_SEEDS=1 "
+            "crash_qcow2 -c %s -d DIR -v\n", S.seed,
+            S.cfg ? S.cfg->name : "'*'");
+    exit(1);
+}
+
+static void die_api(const char *what)
+{
+    die("%s: %s (errno %d)", what, qimg_get_error(), qimg_get_errno());
+}
+
+static uint8_t *xmalloc(size_t n)
+{
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p) {
+        die("out of memory");
+    }
+    return p;
+}
+
+static void add_effect(struct op_rec *r, uint64_t off, uint64_t len,
+                       const uint8_t *data)
+{
+    if (len == 0) {
+        return;
+    }
+    if (r->neffects == MAX_EFFECTS) {
+        die("too many effects");
+    }
+    struct effect *e = &r->fx[r->neffects++];
+    e->off = off;
+    e->len = len;
+    e->data = NULL;
+    if (data) {
+        e->data = xmalloc((size_t)len);
+        memcpy(e->data, data, (size_t)len);
+    }
+}
+
+static void apply_effects(uint8_t *m, const struct op_rec *r)
+{
+    for (int i = 0; i < r->neffects; i++) {
+        const struct effect *e = &r->fx[i];
+        if (e->data) {
+            memcpy(m + e->off, e->data, (size_t)e->len);
+        } else {
+            memset(m + e->off, 0, (size_t)e->len);
+        }
+    }
+}
+
+/* Ranges crowd onto cluster and subcluster edges. */
+static uint64_t pick_offset(void)
+{
+    const struct config *c = S.cfg;
+    uint64_t nclusters = (S.size + c->cluster - 1) / c->cluster;
+    uint64_t base = rnd(nclusters) * c->cluster;
+    uint64_t off;
+    switch (rnd(6)) {
+    case 0:
+    case 1:
+        off = base;
+        break;
+    case 2:
+        off = base + rnd(c->cluster / c->subcluster) * c->subcluster;
+        break;
+    case 3:
+        off = base + rnd(c->cluster / 512) * 512;
+        break;
+    default:
+        off = base + rnd(c->cluster);
+        break;
+    }
+    return off >= S.size ? S.size - 1 : off;
+}
+
+static void pick_range(uint64_t *off, uint64_t *len)
+{
+    const struct config *c = S.cfg;
+    uint64_t l;
+    switch (rnd(5)) {
+    case 0:
+        l = rnd_range(1, 600);
+        break;
+    case 1:
+        l = c->subcluster * rnd_range(1, 3);
+        break;
+    case 2:
+        l = c->cluster * rnd_range(1, 3);
+        break;
+    case 3:
+        l = rnd_range(1, max_u64(8 * c->cluster, 64 << 10));
+        break;
+    default:
+        l = rnd_range(1, 2 * c->cluster);
+        break;
+    }
+    *off = pick_offset();
+    *len = min_u64(l, S.size - *off);
+}
+
+/* Incompressible, repeated-byte or text-like data (never all zero). */
+static void fill(uint8_t *buf, uint64_t len)
+{
+    unsigned kind = (unsigned)rnd(3);
+    if (kind == 0) {
+        for (uint64_t i = 0; i < len; i++) {
+            buf[i] = (uint8_t)rng_next();
+        }
+    } else if (kind == 1) {
+        memset(buf, (int)rnd_range(1, 255), (size_t)len);
+    } else {
+        static const char words[] = "crash qcow2 flush sector torn ";
+        uint64_t shift = rnd(sizeof(words) - 1);
+        for (uint64_t i = 0; i < len; i++) {
+            buf[i] = (uint8_t)words[(i + shift) % (sizeof(words) - 1)];
+        }
+    }
+}
+
+static void op_write(struct op_rec *r)
+{
+    uint64_t off, len;
+    pick_range(&off, &len);
+    uint8_t *buf = xmalloc((size_t)len);
+    fill(buf, len);
+    if (qimg_pwrite(S.img, buf, (size_t)len, off) < 0) {
+        die_api("qimg_pwrite");
+    }
+    add_effect(r, off, len, buf);
+    free(buf);
+}
+
+static void op_zero(struct op_rec *r)
+{
+    uint64_t off, len;
+    pick_range(&off, &len);
+    unsigned flags = rnd(2) ? QIMG_ZERO_MAY_UNMAP : 0;
+    if (qimg_pwrite_zeroes(S.img, off, len, flags) < 0) {
+        die_api("qimg_pwrite_zeroes");
+    }
+    add_effect(r, off, len, NULL);
+}
+
+/*
+ * A discard zeroes the clusters wholly inside it (v3, and v2 without a
+ * backing file; the image's partial last cluster counts as whole when the
+ * range reaches the end); v2 over a backing file refuses to discard.
+ * The rule write_random.c checks against qemu-io.
+ */
+static void op_discard(struct op_rec *r)
+{
+    uint64_t off, len;
+    pick_range(&off, &len);
+    if (qimg_discard(S.img, off, len) < 0) {
+        die_api("qimg_discard");
+    }
+    if (S.cfg->v2 && S.cfg->backing) {
+        return;
+    }
+    uint64_t cs = S.cfg->cluster;
+    uint64_t f = (off + cs - 1) / cs * cs;
+    uint64_t e = (off + len) / cs * cs;
+    if (off + len == S.size) {
+        e = S.size;
+    }
+    f = min_u64(f, S.size);
+    if (e > f) {
+        add_effect(r, f, e - f, NULL);
+    }
+}
+
+static void op_compressed(struct op_rec *r)
+{
+    uint64_t cs = S.cfg->cluster;
+    uint64_t nclusters = (S.size + cs - 1) / cs;
+    uint64_t off = rnd(nclusters) * cs;
+    uint64_t len = min_u64(cs, S.size - off);
+    uint8_t *buf = xmalloc((size_t)len);
+    fill(buf, len);
+    if (qimg_pwrite_compressed(S.img, buf, (size_t)len, off) < 0) {
+        die_api("qimg_pwrite_compressed");
+    }
+    add_effect(r, off, len, buf);
+    free(buf);
+}
+
+/*
+ * Grow or shrink by up to a few clusters, in 512-byte steps (not cluster
+ * aligned, so a shrink leaves a partial last cluster that a later growth
+ * must show as zeros).  The bytes past a shrink read as zero if the disk
+ * grows back: the effect zeroes them.
+ */
+static void op_resize(struct op_rec *r)
+{
+    uint64_t step = 512 * rnd_range(1, 4 * S.cfg->cluster / 512 + 2);
+    uint64_t init = S.cfg->size;
+    uint64_t size;
+    if (rnd(2) && S.size > init / 2 + step) {
+        size = S.size - step;
+    } else {
+        size = min_u64(S.size + step, S.max_size);
+    }
+    if (size == S.size) {
+        return;
+    }
+    if (qimg_resize(S.img, size, NULL,
+                    size < S.size ? QIMG_RESIZE_SHRINK : 0) < 0) {
+        die_api("qimg_resize");
+    }
+    uint64_t lo = min_u64(size, S.size), hi = max_u64(size, S.size);
+    add_effect(r, lo, hi - lo, NULL);
+    S.size = size;
+}
+
+static void op_flush(struct op_rec *r)
+{
+    if (qimg_flush(S.img) < 0) {
+        die_api("qimg_flush");
+    }
+    r->is_flush = true;
+}
+
+/*
+ * The workload's operations.  New ones (snapshot create/delete, commit)
+ * are new rows: see the comment at the top of the file.
+ */
+static const struct op_desc ops[] = {
+    {"write", 30, NULL, op_write},
+    {"zero", 10, NULL, op_zero},
+    {"discard", 8, NULL, op_discard},
+    {"compressed", 6, NULL, op_compressed},
+    {"resize", 3, NULL, op_resize},
+    {"flush", 12, NULL, op_flush},
+};
+#define NOPS (sizeof(ops) / sizeof(ops[0]))
+
+static void run_op(int kind)
+{
+    if (S.nrecs == S.recs_cap) {
+        S.recs_cap = S.recs_cap ? S.recs_cap * 2 : 64;
+        S.recs = realloc(S.recs, S.recs_cap * sizeof(*S.recs));
+        if (!S.recs) {
+            die("out of memory");
+        }
+    }
+    struct op_rec *r = &S.recs[S.nrecs];
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+    r->io_start = io_crash_position(S.leaf);
+    ops[kind].run(r);
+    r->io_end = io_crash_position(S.leaf);
+    r->size_after = S.size;
+    apply_effects(S.mirror, r);
+    if (S.verbose) {
+        fprintf(stderr, "  op#%zu %s io=[%" PRIu64 ",%" PRIu64 ")",
+                S.nrecs, ops[kind].name, r->io_start, r->io_end);
+        for (int i = 0; i < r->neffects; i++) {
+            fprintf(stderr, " %s@%" PRIu64 "+%" PRIu64,
+                    r->fx[i].data ? "data" : "zero", r->fx[i].off,
+                    r->fx[i].len);
+        }
+        fprintf(stderr, " size=%" PRIu64 "\n", S.size);
+    }
+    S.nrecs++;
+}
+
+static int pick_op(void)
+{
+    unsigned total = 0;
+    for (size_t i = 0; i < NOPS; i++) {
+        if (!ops[i].usable || ops[i].usable()) {
+            total += ops[i].weight;
+        }
+    }
+    unsigned x = (unsigned)rnd(total);
+    for (size_t i = 0; i < NOPS; i++) {
+        if (!ops[i].usable || ops[i].usable()) {
+            if (x < ops[i].weight) {
+                return (int)i;
+            }
+            x -= ops[i].weight;
+        }
+    }
+    return 0;
+}
+
+/* ---- Setup -------------------------------------------------------------- */
+
+static char *join(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *p = (char *)xmalloc(n);
+    snprintf(p, n, "%s/%s", a, b);
+    return p;
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        die("open %s: %s", path, strerror(errno));
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = xmalloc((size_t)n);
+    if (n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        die("read %s", path);
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+static void write_file(const char *path, const uint8_t *p, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || (len && fwrite(p, 1, len, f) != len) || fclose(f) != 0) {
+        die("write %s: %s", path, strerror(errno));
+    }
+}
+
+/* The backing file: random sectors, repeated bytes and holes. */
+static void make_base(const char *path)
+{
+    uint64_t n = S.cfg->size;
+    for (uint64_t off = 0; off < n; off += 512) {
+        switch (rnd(3)) {
+        case 0:
+            memset(S.base + off, 0, 512);
+            break;
+        case 1:
+            memset(S.base + off, (int)rnd_range(1, 255), 512);
+            break;
+        default:
+            for (int i = 0; i < 512; i++) {
+                S.base[off + i] = (uint8_t)rng_next();
+            }
+            break;
+        }
+    }
+    write_file(path, S.base, (size_t)n);
+}
+
+/* Create the image on disk and open it over a crash leaf. */
+static void setup(void)
+{
+    const struct config *c = S.cfg;
+    S.size = c->size;
+    S.max_size = c->size + c->size / 2;
+    S.base = calloc(1, (size_t)S.max_size);
+    S.mirror = xmalloc((size_t)S.max_size);
+    if (!S.base) {
+        die("out of memory");
+    }
+    char name[64];
+    snprintf(name, sizeof(name), "img-%s.qcow2", c->name);
+    S.path = join(S.dir, name);
+    struct qimg_opts *opts = qimg_opts_new();
+    char size[32];
+    snprintf(size, sizeof(size), "%" PRIu64, c->size);
+    if (!opts || qimg_opts_parse(opts, c->opts) < 0 ||
+        qimg_opts_set(opts, "size", size) < 0) {
+        die_api("options");
+    }
+    if (c->backing) {
+        char *base = join(S.dir, "base.raw");
+        make_base(base);
+        free(base);
+        if (qimg_opts_set(opts, "backing_file", "base.raw") < 0 ||
+            qimg_opts_set(opts, "backing_fmt", "raw") < 0) {
+            die_api("options");
+        }
+    }
+    if (qimg_create_prepare(S.path, "qcow2", opts, 0) < 0 ||
+        qimg_create(S.path, "qcow2", opts) < 0) {
+        die_api("qimg_create");
+    }
+    qimg_opts_free(opts);
+    memcpy(S.mirror, S.base, (size_t)S.max_size);
+    size_t len;
+    /* The file stays: opening a backing chain looks at the image's. */
+    uint8_t *data = read_file(S.path, &len);
+    if (io_crash_open(S.path, data, len, IO_RDWR, &S.leaf) < 0) {
+        die_api("io_crash_open");
+    }
+    free(data);
+    if (image_open_leaf(S.leaf, "qcow2", QIMG_OPEN_RDWR, &S.img) < 0) {
+        die_api("image_open_leaf");
+    }
+}
+
+static void teardown(void)
+{
+    if (S.img) {
+        qimg_close(S.img);
+        S.img = NULL;
+    }
+    for (size_t i = 0; i < S.nrecs; i++) {
+        for (int j = 0; j < S.recs[i].neffects; j++) {
+            free(S.recs[i].fx[j].data);
+        }
+    }
+    free(S.recs);
+    S.recs = NULL;
+    S.nrecs = S.recs_cap = 0;
+    free(S.base);
+    free(S.mirror);
+    free(S.path);
+    S.base = S.mirror = NULL;
+    S.path = NULL;
+    S.leaf = NULL;
+}
+
+/* ---- Checking a cut ------------------------------------------------------ */
+
+/* The flushed state the cuts are checked against, replayed in order. */
+static struct {
+    uint8_t *m;     /* the guest disk after recs[0, n) */
+    size_t n;
+    uint64_t size;
+} R;
+
+static void replay_to(size_t n)
+{
+    if (n < R.n) {
+        memcpy(R.m, S.base, (size_t)S.max_size);
+        R.n = 0;
+        R.size = S.cfg->size;
+    }
+    for (; R.n < n; R.n++) {
+        apply_effects(R.m, &S.recs[R.n]);
+        R.size = S.recs[R.n].size_after;
+    }
+}
+
+struct cut_view {
+    uint64_t cut;
+    size_t flushed;     /* recs[0, flushed) are durable */
+    size_t first_pending, end_pending; /* recs issued, maybe not durable */
+    bool clean;         /* nothing was issued after the last flush */
+};
+
+static void view_of(uint64_t cut, struct cut_view *v)
+{
+    v->cut = cut;
+    v->flushed = 0;
+    for (size_t i = 0; i < S.nrecs; i++) {
+        if (S.recs[i].is_flush && S.recs[i].io_end <= cut) {
+            v->flushed = i + 1;
+        }
+    }
+    v->first_pending = v->flushed;
+    v->end_pending = v->first_pending;
+    while (v->end_pending < S.nrecs &&
+           S.recs[v->end_pending].io_start < cut) {
+        v->end_pending++;
+    }
+    uint64_t durable_end = v->flushed ? S.recs[v->flushed - 1].io_end : 0;
+    v->clean = durable_end == cut;
+}
+
+/* May guest byte b read x at this cut? */
+static bool byte_allowed(const struct cut_view *v, uint64_t b, uint8_t x)
+{
+    if (R.m[b] == x) {
+        return true;
+    }
+    for (size_t i = v->first_pending; i < v->end_pending; i++) {
+        const struct op_rec *r = &S.recs[i];
+        for (int j = 0; j < r->neffects; j++) {
+            const struct effect *e = &r->fx[j];
+            if (b >= e->off && b - e->off < e->len &&
+                (e->data ? e->data[b - e->off] : 0) == x) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static void check_size(const struct cut_view *v, uint64_t size)
+{
+    if (size == R.size) {
+        return;
+    }
+    for (size_t i = v->first_pending; i < v->end_pending; i++) {
+        if (S.recs[i].size_after == size) {
+            return;
+        }
+    }
+    die("cut %" PRIu64 ": guest size %" PRIu64 ", flushed %" PRIu64
+        " and no pending resize to it", v->cut, size, R.size);
+}
+
+static void check_data(struct qimg_image *img, const struct cut_view *v,
+                       const char *what)
+{
+    uint64_t size = (uint64_t)qimg_get_size(img);
+    check_size(v, size);
+    uint8_t *buf = xmalloc((size_t)size);
+    if (qimg_pread(img, buf, (size_t)size, 0) < 0) {
+        die("cut %" PRIu64 " (%s): read: %s", v->cut, what,
+            qimg_get_error());
+    }
+    for (uint64_t b = 0; b < size; b++) {
+        /* Most of the disk reads as flushed: skip equal pieces fast. */
+        if (b % 4096 == 0 && size - b >= 4096 &&
+            memcmp(buf + b, R.m + b, 4096) == 0) {
+            b += 4095;
+            continue;
+        }
+        if (!byte_allowed(v, b, buf[b])) {
+            die("cut %" PRIu64 " (%s): guest byte %" PRIu64 " (cluster %"
+                PRIu64 " + %" PRIu64 ") reads 0x%02x: flushed 0x%02x, and "
+                "no operation since wrote it (ops %zu..%zu pending)",
+                v->cut, what, b, b / S.cfg->cluster, b % S.cfg->cluster,
+                buf[b], R.m[b], v->first_pending, v->end_pending);
+        }
+    }
+    S.bytes_checked += size;
+    free(buf);
+}
+
+/* What the check lines said, for the leak rule. */
+struct check_lines {
+    const char *what;
+    uint64_t leak_floor;  /* leaked clusters below this are not allowed */
+    uint64_t bad_leaks;   /* leaked clusters below the floor */
+    uint64_t first_bad;
+};
+
+static void check_line(const char *line, unsigned kind, void *opaque)
+{
+    (void)kind;
+    struct check_lines *cl = opaque;
+    unsigned long long c;
+    if (S.verbose) {
+        fprintf(stderr, "    check (%s): %s\n", cl->what, line);
+    }
+    if (sscanf(line, "Leaked cluster %llu", &c) == 1 &&
+        (uint64_t)c < cl->leak_floor) {
+        if (cl->bad_leaks++ == 0) {
+            cl->first_bad = c;
+        }
+    }
+}
+
+/*
+ * The leak rules (leak_floor: leaked clusters at or past it are allowed):
+ * LEAKS_ANY when the cut interrupted an allocation or a flush, LEAKS_NONE
+ * for a cut right after a completed flush, and the crashed file's end in
+ * clusters after a dirty image was repaired.  The repair (as QEMU's)
+ * only sees clusters inside the file, so a refcount a lazy-refcount
+ * image set for a cluster whose data never reached the file stays; it
+ * shows as a leak once the file grows over it.
+ */
+#define LEAKS_ANY 0
+#define LEAKS_NONE UINT64_MAX
+
+/* qimg check: no corruption, no check error, leaks only as allowed. */
+static int64_t check_image(struct qimg_image *img, const struct cut_view *v,
+                           const char *what, uint64_t leak_floor)
+{
+    struct qimg_check_result res;
+    struct check_lines cl = {what, leak_floor, 0, 0};
+    memset(&res, 0, sizeof(res));
+    if (qimg_check(img, 0, check_line, &cl, &res) < 0) {
+        die("cut %" PRIu64 " (%s): check failed: %s", v->cut, what,
+            qimg_get_error());
+    }
+    if (res.corruptions || res.check_errors || cl.bad_leaks) {
+        die("cut %" PRIu64 " (%s): check: %" PRId64 " corruptions, %" PRId64
+            " leaks (%" PRIu64 " not allowed, the first cluster %" PRIu64
+            "), %" PRId64 " check errors (run with -v for the lines)",
+            v->cut, what, res.corruptions, res.leaks, cl.bad_leaks,
+            cl.first_bad, res.check_errors);
+    }
+    return res.leaks;
+}
+
+static struct qimg_image *open_crashed(const uint8_t *buf, size_t len,
+                                       unsigned flags, const char *what,
+                                       uint64_t cut)
+{
+    struct qimg_io *io;
+    if (io_mem_open(S.path, buf, len, flags & QIMG_OPEN_RDWR ? IO_RDWR : 0,
+                    &io) < 0) {
+        die_api("io_mem_open");
+    }
+    struct qimg_image *img;
+    if (image_open_leaf(io, "qcow2", flags, &img) < 0) {
+        die("cut %" PRIu64 ": open (%s): %s", cut, what, qimg_get_error());
+    }
+    return img;
+}
+
+static bool image_dirty(struct qimg_image *img)
+{
+    struct qimg_image_info *info = qimg_get_info(img);
+    if (!info) {
+        die_api("qimg_get_info");
+    }
+    bool dirty = info->dirty_flag;
+    qimg_image_info_free(info);
+    return dirty;
+}
+
+/* A few writes after the crash: the repaired image must stay sound. */
+static void write_after(struct qimg_image *img, const struct cut_view *v)
+{
+    uint64_t size = (uint64_t)qimg_get_size(img);
+    for (int i = 0; i < 4; i++) {
+        uint64_t len = rnd_range(1, 2 * S.cfg->cluster);
+        uint64_t off = rnd(size);
+        len = min_u64(len, size - off);
+        uint8_t *buf = xmalloc((size_t)len);
+        uint8_t *back = xmalloc((size_t)len);
+        fill(buf, len);
+        if (S.verbose) {
+            fprintf(stderr, "    write after the crash: %" PRIu64 "+%" PRIu64
+                    "\n", off, len);
+        }
+        if (qimg_pwrite(img, buf, (size_t)len, off) < 0 ||
+            qimg_flush(img) < 0 || qimg_pread(img, back, len, off) < 0) {
+            die("cut %" PRIu64 ": writing after the crash: %s", v->cut,
+                qimg_get_error());
+        }
+        if (memcmp(buf, back, (size_t)len) != 0) {
+            die("cut %" PRIu64 ": a write after the crash reads back "
+                "different data", v->cut);
+        }
+        free(buf);
+        free(back);
+    }
+}
+
+static void save_sample(const char *kind, uint64_t cut, const uint8_t *buf,
+                        size_t len)
+{
+    char name[128];
+    snprintf(name, sizeof(name), "cut-%s-%" PRIu64 "-%" PRIu64 "-%s.qcow2",
+             S.cfg->name, S.seed, cut, kind);
+    char *path = join(S.dir, name);
+    write_file(path, buf, len);
+    free(path);
+}
+
+static void check_cut(uint64_t cut, enum io_crash_fate fate, bool sample)
+{
+    struct cut_view v;
+    view_of(cut, &v);
+    replay_to(v.flushed);
+    uint8_t *buf;
+    size_t len;
+    struct io_crash_stats st;
+    uint64_t fate_seed = S.seed * 1000003 + cut;
+    if (io_crash_build(S.leaf, cut, fate, fate_seed, &buf, &len, &st) < 0) {
+        die_api("io_crash_build");
+    }
+    S.cur_buf = buf;
+    S.cur_len = len;
+    S.cuts++;
+    S.clean_cuts += v.clean;
+    S.pending_changes += st.pending;
+    S.torn_changes += st.torn;
+    if (S.verbose) {
+        fprintf(stderr, "  cut %" PRIu64 " fate=%d: ops %zu flushed, %zu.."
+                "%zu pending; %" PRIu64 " changes pending (%" PRIu64
+                " applied, %" PRIu64 " dropped, %" PRIu64 " torn)%s\n", cut,
+                (int)fate, v.flushed, v.first_pending, v.end_pending,
+                st.pending, st.applied, st.dropped, st.torn,
+                v.clean ? " clean" : "");
+    }
+
+    /* Read-only, as the crash left it. */
+    struct qimg_image *img = open_crashed(buf, len, 0, "read-only", cut);
+    bool dirty = image_dirty(img);
+    int64_t leaks = 0;
+    if (dirty) {
+        /* Lazy refcounts: stale by design until repaired. */
+        S.dirty_cuts++;
+        if (v.clean) {
+            die("cut %" PRIu64 ": dirty after a completed flush", cut);
+        }
+    } else {
+        leaks = check_image(img, &v, "read-only",
+                            v.clean ? LEAKS_NONE : LEAKS_ANY);
+    }
+    check_data(img, &v, "read-only");
+    qimg_close(img);
+    if (sample && !dirty) {
+        save_sample("crashed", cut, buf, len);
+    }
+
+    /* Read-write: a dirty image is repaired at open, leaks and all. */
+    img = open_crashed(buf, len, QIMG_OPEN_RDWR, "read-write", cut);
+    if (image_dirty(img)) {
+        die("cut %" PRIu64 ": still dirty after a read-write open", cut);
+    }
+    uint64_t floor = v.clean  ? LEAKS_NONE
+                     : dirty  ? (len + S.cfg->cluster - 1) / S.cfg->cluster
+                              : LEAKS_ANY;
+    int64_t rw_leaks = check_image(img, &v, "read-write", floor);
+    if (!dirty && rw_leaks != leaks) {
+        die("cut %" PRIu64 ": %" PRId64 " leaks read-only, %" PRId64
+            " read-write", cut, leaks, rw_leaks);
+    }
+    S.leaky_cuts += (dirty ? rw_leaks : leaks) > 0;
+    check_data(img, &v, "read-write");
+    write_after(img, &v);
+    check_image(img, &v, "after writes", floor);
+    if (qimg_flush(img) < 0) {
+        die_api("qimg_flush");
+    }
+    if (sample) {
+        size_t n;
+        const uint8_t *after = io_mem_buffer(img->top->file, &n);
+        save_sample("after", cut, after, n);
+        S.samples++;
+    }
+    if (qimg_close(img) < 0) {
+        die_api("qimg_close");
+    }
+    S.cur_buf = NULL;
+    free(buf);
+}
+
+/* ---- Runs ------------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void run_one(const struct config *c, uint64_t seed, bool longrun)
+{
+    S.cfg = c;
+    S.seed = seed;
+    rng_state = seed ^ (longrun ? 0x5bd1e995ull : 0);
+    uint64_t cuts0 = S.cuts, leaky0 = S.leaky_cuts, dirty0 = S.dirty_cuts;
+    setup();
+    size_t nops = longrun ? 160 : 24;
+    if (S.verbose) {
+        fprintf(stderr, "config=%s seed=%" PRIu64 " %s workload\n", c->name,
+                seed, longrun ? "long" : "short");
+    }
+    for (size_t i = 0; i < nops; i++) {
+        run_op(pick_op());
+    }
+    /* The last operations are cut too, before a final flush. */
+    uint64_t end = io_crash_position(S.leaf);
+
+    /* Cut points, in increasing order (the replays advance). */
+    uint64_t nflush = io_crash_flushes(S.leaf);
+    size_t cap = (size_t)(3 * nflush + 64), n = 0;
+    uint64_t *cuts = (uint64_t *)xmalloc(cap * sizeof(uint64_t));
+    if (!longrun) {
+        uint64_t prev = 0;
+        for (uint64_t f = 0; f < nflush; f++) {
+            uint64_t p = (uint64_t)io_crash_flush_position(S.leaf, f);
+            cuts[n++] = p;     /* during the flush */
+            cuts[n++] = p + 1; /* right after it */
+            if (p > prev + 1) {
+                cuts[n++] = rnd_range(prev + 1, p - 1);
+            }
+            prev = p + 1;
+        }
+        cuts[n++] = end;
+    } else {
+        for (int i = 0; i < 24; i++) {
+            cuts[n++] = rnd_range(1, end);
+        }
+        for (int i = 0; i < 8 && nflush; i++) {
+            cuts[n++] =
+                (uint64_t)io_crash_flush_position(S.leaf, rnd(nflush));
+        }
+    }
+    qsort(cuts, n, sizeof(uint64_t), cmp_u64);
+    R.m = xmalloc((size_t)S.max_size);
+    memcpy(R.m, S.base, (size_t)S.max_size);
+    R.n = 0;
+    R.size = c->size;
+    unsigned samples = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && cuts[i] == cuts[i - 1]) {
+            continue;
+        }
+        enum io_crash_fate fate = IO_CRASH_RANDOM;
+        if (i % 7 == 3) {
+            fate = IO_CRASH_DROP_ALL;
+        } else if (i % 7 == 5) {
+            fate = IO_CRASH_APPLY_ALL;
+        }
+        bool sample = samples < S.keep_samples && rnd(n) < 2 * S.keep_samples;
+        samples += sample;
+        check_cut(cuts[i], fate, sample);
+    }
+    free(cuts);
+    free(R.m);
+    R.m = NULL;
+    printf("config=%s seed=%" PRIu64 " %s: %zu ops, %" PRIu64 " flushes, "
+           "%" PRIu64 " io changes, %" PRIu64 " cuts (%" PRIu64
+           " with leaks, %" PRIu64 " dirty)\n", c->name, seed,
+           longrun ? "long" : "short", nops, nflush, end, S.cuts - cuts0,
+           S.leaky_cuts - leaky0, S.dirty_cuts - dirty0);
+    fflush(stdout);
+    teardown();
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: crash_qcow2 -d DIR [-c CONFIG] [-s SEED] "
+            "[-n SEEDS] [-q SAMPLES] [-v]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *only = NULL, *env;
+    uint64_t seed = 0, nseeds = 2;
+    bool have_seed = false;
+    S.keep_samples = 3;
+    if ((env = getenv("QIMG_CRASH_SEED")) && *env) {
+        seed = strtoull(env, NULL, 10);
+        have_seed = true;
+    }
+    if ((env = getenv("QIMG_CRASH_SEEDS")) && *env) {
+        nseeds = strtoull(env, NULL, 10);
+    }
+    int opt;
+    while ((opt = getopt(argc, argv, "d:c:s:n:q:v")) != -1) {
+        switch (opt) {
+        case 'd':
+            S.dir = optarg;
+            break;
+        case 'c':
+            only = optarg;
+            break;
+        case 's':
+            seed = strtoull(optarg, NULL, 10);
+            have_seed = true;
+            break;
+        case 'n':
+            nseeds = strtoull(optarg, NULL, 10);
+            break;
+        case 'q':
+            S.keep_samples = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 'v':
+            S.verbose = true;
+            break;
+        default:
+            usage();
+        }
+    }
+    if (!S.dir || optind != argc) {
+        usage();
+    }
+    if (!have_seed) {
+        seed = (uint64_t)time(NULL) % 1000000 * 1000 + (uint64_t)getpid() %
+                                                            1000;
+    }
+    printf("seed=%" PRIu64 " seeds=%" PRIu64 "\n", seed, nseeds);
+    fflush(stdout);
+    unsigned matched = 0;
+    for (size_t i = 0; i < NCONFIGS; i++) {
+        if (only && fnmatch(only, configs[i].name, 0) != 0) {
+            continue;
+        }
+        matched++;
+        for (uint64_t k = 0; k < nseeds; k++) {
+            run_one(&configs[i], seed + k, false);
+            run_one(&configs[i], seed + k, true);
+        }
+    }
+    if (!matched) {
+        fprintf(stderr, "crash_qcow2: no configuration matches '%s'\n",
+                only);
+        return 2;
+    }
+    printf("crash_qcow2: %" PRIu64 " cuts (%" PRIu64 " clean, %" PRIu64
+           " with leaks, %" PRIu64 " dirty), %" PRIu64 " pending changes "
+           "(%" PRIu64 " torn), %" PRIu64 " bytes checked, %" PRIu64
+           " samples\n", S.cuts, S.clean_cuts, S.leaky_cuts, S.dirty_cuts,
+           S.pending_changes, S.torn_changes, S.bytes_checked, S.samples);
+    return 0;
+}
