@@ -49,33 +49,44 @@ static int fail_int(int ret)
 }
 
 /*
- * QEMU's bdrv_is_allocated_above(top, overlay, include_base): 1 when some
- * layer from top down to the overlay allocates the run at off, with *pnum
- * its length; 0 with *pnum the unallocated run.  A layer shorter than the
- * run only cuts it for the top layer or inside its own length.
+ * QEMU 7.2's bdrv_is_allocated_above(top, overlay, include_base): 1 when
+ * some layer from top down to the overlay allocates the run at off (the
+ * bytes past the end of a shorter layer count as allocated there: they
+ * read as its zeros), with *pnum its length; 0 with *pnum the
+ * unallocated run.
  */
 static int allocated_above(struct commit_job *j, uint64_t off, uint64_t len,
                            uint64_t *pnum)
 {
-    uint64_t n = len;
-    for (struct qimg_node *l = j->top; l; l = l->backing) {
-        struct chain_status st;
-        int ret = layer_block_status(l, off, len, &st);
+    struct chain_status st;
+    int ret = layer_block_status(j->top, off, len, &st);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t bytes = st.pnum > 0 ? st.pnum : len;
+    if (st.pnum == 0 || (st.flags & BS_ALLOCATED) || j->top == j->overlay) {
+        *pnum = bytes;
+        return (st.flags & BS_ALLOCATED) ? 1 : 0;
+    }
+    for (struct qimg_node *l = j->top->backing; l; l = l->backing) {
+        ret = layer_block_status(l, off, bytes, &st);
         if (ret < 0) {
             return ret;
         }
-        if (st.pnum > 0 && (st.flags & BS_ALLOCATED)) {
+        if (st.pnum == 0) {
+            *pnum = bytes;
+            return 1;
+        }
+        if (st.flags & BS_ALLOCATED) {
             *pnum = st.pnum;
             return 1;
         }
-        if (n > st.pnum && (l == j->top || off + st.pnum < l->size)) {
-            n = st.pnum;
-        }
+        bytes = st.pnum;
         if (l == j->overlay) {
             break;
         }
     }
-    *pnum = n > 0 ? n : len;
+    *pnum = bytes;
     return 0;
 }
 
