@@ -61,6 +61,10 @@ same() {
     local f
     for f in $(cd want && find . -type f | sort); do
         checks=$((checks + 1))
+        # The same bytes as qemu-img's: nothing more to compare.
+        if cmp -s "want/$f" "got/$f"; then
+            continue
+        fi
         if ! "$QEMU_IMG" compare -U "want/$f" "got/$f" >cmp.out 2>&1; then
             fail "$name: $f contents" "$(cat cmp.out)"
         fi
