@@ -34,7 +34,7 @@ static const struct command commands[] = {
     {"check", cmd_check,
      "check [--object objectdef] [--image-opts] [-q] [-f fmt] "
      "[--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename"},
-    {"commit", cmd_not_yet,
+    {"commit", cmd_commit,
      "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] "
      "[-b base] [-r rate_limit] [-d] [-p] filename"},
     {"compare", cmd_compare,
@@ -67,7 +67,7 @@ static const struct command commands[] = {
     {"snapshot", cmd_not_yet,
      "snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | "
      "-a snapshot | -c snapshot | -d snapshot] filename"},
-    {"rebase", cmd_not_yet,
+    {"rebase", cmd_rebase,
      "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] "
      "[-t cache] [-T src_cache] [-p] [-u] -b backing_file "
      "[-F backing_fmt] filename"},

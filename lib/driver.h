@@ -226,6 +226,23 @@ struct qimg_format_ops {
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);
+    /*
+     * qemu-img rebase: store name (NULL: no backing file) and format
+     * (NULL: none) in the image's header, after flushing what was
+     * written, as QEMU's bdrv_change_backing_file does.  -EINVAL for a
+     * name the format cannot hold, -ENOSPC when the header would not fit
+     * its space (qcow2: the first cluster); the image is unchanged then.
+     * node->backing_name/format are updated by the caller.  NULL: the
+     * format has no backing files (ENOTSUP).
+     */
+    int (*change_backing)(struct qimg_node *node, const char *name,
+                          const char *format);
+    /*
+     * qemu-img commit: make every guest range unallocated in this layer
+     * (reading through to the backing file), as QEMU's bdrv_make_empty.
+     * Flushes.  NULL: not supported (commit then leaves the image).
+     */
+    int (*make_empty)(struct qimg_node *node);
 };
 
 /* One layer of an image: a format over a file, maybe with a backing node. */

@@ -710,6 +710,84 @@ const struct qimg_opt_desc *qimg_amend_options(const char *format);
 int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts,
                qimg_progress_fn progress, void *opaque, unsigned flags);
 
+/* ---- Committing and rebasing (qemu-img commit, rebase) -------------- */
+
+struct qimg_commit_params {
+    const char *filename;
+    const char *format; /* NULL: probe */
+    /* Extra QIMG_OPEN_* flags (QIMG_OPEN_CACHE_UNSAFE/_DIRECT, -t). */
+    unsigned flags;
+    /*
+     * -b: the image of the backing chain to commit into, matched as
+     * qemu-img matches it (resolved against each layer's folder and
+     * compared as canonical paths); NULL: the immediate backing file.
+     */
+    const char *base;
+    /*
+     * -d: leave the image as it is.  qemu-img sets it with -b, since
+     * the layers between the image and a deeper base no longer read as
+     * they did.
+     */
+    bool drop;
+    qimg_progress_fn progress; /* or NULL */
+    void *opaque;
+};
+
+/*
+ * qemu-img 7.2's commit.  The image is opened read-write ("Could not
+ * open ..."), the base found ("Did not find 'BASE' in the backing chain
+ * of 'FILENAME'", "Image does not have a backing file") and reopened
+ * read-write.  A base shorter than the image grows to its size.  Every
+ * range that some layer above the base allocates (whole chunks of the
+ * base's cluster size, at least 4 KiB, or 64 KiB for raw) is written
+ * into the base as the chain reads it: zero runs as zero writes (that
+ * may unmap), the rest as data.  Unless drop, the image is then emptied
+ * (qcow2: every cluster unallocated, reading through to the base; the
+ * backing file name stays).  Backing file names are never changed.
+ * Returns 0 or -1.
+ */
+int qimg_commit(const struct qimg_commit_params *p);
+
+struct qimg_rebase_params {
+    const char *filename;
+    const char *format; /* NULL: probe */
+    /* Extra QIMG_OPEN_* flags for the image (cache mode, -t). */
+    unsigned flags;
+    /*
+     * Extra QIMG_OPEN_* flags for the new backing file
+     * (QIMG_OPEN_FORCE_SHARE for -U, QIMG_OPEN_CACHE_DIRECT for -T).
+     */
+    unsigned backing_flags;
+    /*
+     * -b: the new backing file name, stored as given and resolved
+     * against the image's folder; "" (or NULL) removes the backing file.
+     */
+    const char *backing_file;
+    /* -F: its format (qemu-img 7.2 requires one for a backing file). */
+    const char *backing_format;
+    /* -u: change the header only; the old backing file is not opened. */
+    bool unsafe;
+    qimg_progress_fn progress; /* or NULL */
+    void *opaque;
+};
+
+/*
+ * qemu-img 7.2's rebase.  The image is opened read-write (without its
+ * backing chain when unsafe), backing_format checked ("Invalid format
+ * name: 'F'").  Safe mode opens the new backing file ("Could not open
+ * new backing file 'B': why") and, for every range the image does not
+ * allocate, writes into the image the 512-byte sectors where the old and
+ * new backing files read differently (zero writes past the end of the
+ * old one), so the image reads as before.  Then the header names the new
+ * file and format ("Could not change the backing file to 'B': why", with
+ * "backing format must be specified" without a format, "No space left in
+ * the file header" when the name does not fit the header cluster,
+ * "Operation not supported" for formats without backing files).  The
+ * copied data stays when only that last step fails, as in qemu-img.
+ * Returns 0 or -1.
+ */
+int qimg_rebase(const struct qimg_rebase_params *p);
+
 /* ---- Sizes ------------------------------------------------------------- */
 
 /*

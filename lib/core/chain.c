@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <sys/stat.h>
 
 #include "core/error.h"
@@ -286,4 +288,57 @@ int chain_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
     ext->host_offset = (st.flags & BS_OFFSET_VALID) ? st.map : 0;
     ext->filename = st.file ? st.file->filename : st.node->filename;
     return 0;
+}
+
+/*
+ * The canonical path of name resolved against the image rel_to, in buf
+ * (PATH_MAX bytes): 1, 0 when it does not resolve, or -ENOMEM.
+ */
+static int chain_real_path(const char *rel_to, const char *name, char *buf)
+{
+    char *path = path_combine(rel_to, name);
+    if (!path) {
+        return -ENOMEM;
+    }
+    bool ok = realpath(path, buf) != NULL;
+    free(path);
+    return ok ? 1 : 0;
+}
+
+int chain_find_backing(struct qimg_node *top, const char *name,
+                       struct qimg_node **out)
+{
+    char *want = malloc(PATH_MAX);
+    char *have = malloc(PATH_MAX);
+    int ret = want && have ? -ENOENT : -ENOMEM;
+    for (struct qimg_node *cur = top; ret == -ENOENT && cur->backing;
+         cur = cur->backing) {
+        const char *stored = cur->backing_name;
+        if (path_is_protocol(name) || path_is_protocol(stored)) {
+            /* Protocol names are compared as they are, then resolved. */
+            char *full = path_combine(cur->filename, stored);
+            if (!full) {
+                ret = -ENOMEM;
+                break;
+            }
+            if (strcmp(name, stored) == 0 || strcmp(name, full) == 0) {
+                *out = cur->backing;
+                ret = 0;
+            }
+            free(full);
+            continue;
+        }
+        /* Both resolved against this layer's folder, then canonical. */
+        int a = chain_real_path(cur->filename, name, want);
+        int b = a > 0 ? chain_real_path(cur->filename, stored, have) : a;
+        if (a < 0 || b < 0) {
+            ret = -ENOMEM;
+        } else if (a > 0 && b > 0 && strcmp(want, have) == 0) {
+            *out = cur->backing;
+            ret = 0;
+        }
+    }
+    free(want);
+    free(have);
+    return ret == -ENOMEM ? error_set(ENOMEM, "Out of memory") : ret;
 }

@@ -99,4 +99,15 @@ int layer_block_status(struct qimg_node *node, uint64_t off, uint64_t bytes,
 int chain_status_above(struct qimg_node *node, uint64_t off, uint64_t bytes,
                        struct chain_status *st, int *depth);
 
+/*
+ * The layer of top's backing chain (below top) that name designates, as
+ * QEMU's bdrv_find_backing_image matches it (qemu-img commit -b): for
+ * each layer with a backing file, name and the stored backing name are
+ * both resolved against that layer's folder and compared as canonical
+ * paths (realpath), protocol names as they are.  0 and *out, -ENOENT
+ * (no message) when nothing matches, or -ENOMEM.
+ */
+int chain_find_backing(struct qimg_node *top, const char *name,
+                       struct qimg_node **out);
+
 #endif

@@ -1050,4 +1050,6 @@ const struct qimg_format_ops format_qcow2 = {
     .create = qcow2_create,
     .amend_opts = qcow2_amend_opts,
     .amend = qcow2_amend,
+    .change_backing = qcow2_change_backing,
+    .make_empty = qcow2_make_empty,
 };

@@ -924,6 +924,20 @@ int qcow2_header_update(struct qimg_node *node, uint64_t off,
 int qcow2_l2_entry_rw(struct qimg_node *node, struct qcow2_state *s,
                       uint64_t cluster, uint8_t **entry);
 
+/*
+ * QEMU's full discard of every guest cluster (make_empty's fallback):
+ * each L2 entry becomes 0 (unallocated, reading from the backing file)
+ * and its host cluster loses a reference; L2 tables stay.  Flushes.
+ */
+int qcow2_discard_all(struct qimg_node *node, struct qcow2_state *s);
+
+/* ---- backing.c ----------------------------------------------------------- */
+
+/* The change_backing and make_empty callbacks (see driver.h). */
+int qcow2_change_backing(struct qimg_node *node, const char *name,
+                         const char *format);
+int qcow2_make_empty(struct qimg_node *node);
+
 /* ---- resize.c ------------------------------------------------------------ */
 
 int qcow2_truncate(struct qimg_node *node, uint64_t size,

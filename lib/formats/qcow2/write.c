@@ -1006,6 +1006,36 @@ int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
     return ret;
 }
 
+int qcow2_discard_all(struct qimg_node *node, struct qcow2_state *s)
+{
+    int ret = write_prepare(node, s);
+    const uint64_t nb_clusters =
+        div_round_up_u64(node->size, s->cluster_size);
+    for (uint64_t i = 0; ret == 0 && i < s->l1_size; i++) {
+        /* No L2 table: nothing is allocated there, nothing to copy. */
+        if ((s->l1_table[i] & QCOW2_L1E_OFFSET_MASK) == 0) {
+            continue;
+        }
+        uint64_t first = i << s->l2_bits;
+        uint64_t end = min_u64(first + s->l2_entries, nb_clusters);
+        for (uint64_t cl = first; ret == 0 && cl < end; cl++) {
+            struct cluster_state c;
+            ret = load_cluster(node, s, cl, &c);
+            if (ret < 0 || (c.entry == 0 && c.bitmap == 0)) {
+                continue;
+            }
+            ret = store_cluster(node, s, cl, 0, 0);
+            if (ret == 0) {
+                ret = release_old(node, s, &c);
+            }
+            if (c.compressed) {
+                s->z_valid = false;
+            }
+        }
+    }
+    return ret < 0 ? ret : qcow2_write_flush(node, s);
+}
+
 /* ---- Compressed writes ------------------------------------------------- */
 
 int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
