@@ -112,6 +112,7 @@ int cmd_measure(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 
 void cli_print_help(void);
 

@@ -1050,4 +1050,7 @@ const struct qimg_format_ops format_qcow2 = {
     .create = qcow2_create,
     .amend_opts = qcow2_amend_opts,
     .amend = qcow2_amend,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
 };

@@ -755,3 +755,24 @@ int qcow2_refcount_end(struct qimg_node *node, struct qcow2_state *s,
     }
     return 0;
 }
+
+int qcow2_refcount_add_one(struct qimg_node *node, struct qcow2_state *s,
+                           uint64_t cluster)
+{
+    uint64_t rc;
+    int ret = qcow2_refcount_get(node, s, cluster, &rc);
+    if (ret < 0) {
+        return ret;
+    }
+    /*
+     * [QEMU] a count that would pass refcount_max, or a referenced
+     * cluster counted 0, fails the update with EINVAL.
+     */
+    if (rc == 0 || rc >= s->refcount_max) {
+        return error_set(EINVAL,
+                         "%s: cannot add a reference to cluster %" PRIu64
+                         " (refcount %" PRIu64 ")",
+                         node->filename, cluster, rc);
+    }
+    return refcount_set(node, s, cluster, rc + 1);
+}
