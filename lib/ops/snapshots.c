@@ -64,6 +64,13 @@ int qimg_snapshot_apply(struct qimg_image *img,
     error_clear();
     struct qimg_node *node = img->top;
     if (!node->drv->snapshot_apply) {
+        /*
+         * [QEMU] falls back to the file below, closing the format node
+         * and opening it again: a probed raw image warns a second time.
+         */
+        if (node->protect_block0) {
+            node_warn_probed_raw(node->filename);
+        }
         return finish(
             error_set(ENOTSUP, "Block driver does not support snapshots"));
     }

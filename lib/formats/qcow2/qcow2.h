@@ -872,6 +872,13 @@ int qcow2_refcount_end(struct qimg_node *node, struct qcow2_state *s,
  */
 int qcow2_refcount_add_one(struct qimg_node *node, struct qcow2_state *s,
                            uint64_t cluster);
+/*
+ * One reference less, now (EINVAL when it has none): only for a cluster
+ * that no table on disk names more often than its new count says.  A
+ * cluster reaching 0 is free at once (and discarded).
+ */
+int qcow2_refcount_drop_one(struct qimg_node *node, struct qcow2_state *s,
+                            uint64_t cluster);
 
 /* ---- snapshot_write.c ---------------------------------------------------- */
 

@@ -221,6 +221,14 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
     if (size & 511) {
         return error_set(EINVAL, "The new size must be a multiple of 512");
     }
+    /*
+     * [QEMU] a v2 snapshot need not record its disk size, so applying
+     * one to a resized image could not restore the size.
+     */
+    if (s->snapshots.nb > 0 && s->hdr.version < 3) {
+        return error_set(ENOTSUP,
+                         "Can't resize a v2 image which has snapshots");
+    }
     bool off = strcmp(prealloc, "off") == 0;
     if (!off && strcmp(prealloc, "metadata") && strcmp(prealloc, "falloc") &&
         strcmp(prealloc, "full")) {

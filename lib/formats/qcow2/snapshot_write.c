@@ -128,30 +128,35 @@ static int write_l1(struct qimg_node *node, uint64_t off, const uint64_t *l1,
 /* ---- The reference walk ------------------------------------------------ */
 
 /*
- * One walk over the clusters an L1 table reaches, in a fixed order (for
- * each L2 table: its data clusters in entry order, then the table), so
- * that a walk stopped after `limit` updates can be undone exactly.
+ * QEMU's qcow2_update_snapshot_refcount: one walk over the clusters an L1
+ * table reaches, in a fixed order (for each L2 table: its data clusters
+ * in entry order, then the table), adding addend to each refcount, and
+ * setting COPIED exactly where a refcount is then 1 (never on compressed
+ * or unallocated entries).  A walk stopped after `limit` updates can be
+ * undone exactly.  Refcounts change at once: a caller dropping
+ * references has made sure no table on disk still needs them.
  */
 struct walk {
-    int addend;     /* +1: add a reference now; -1: drop one at the flush */
+    int addend;     /* +1, -1, or 0 for the COPIED flags alone */
     uint64_t limit; /* stop after this many updates */
     uint64_t done;  /* updates made */
 };
 
-/* One reference to each cluster of [off, off + bytes); 1 = stopped. */
+/* One update of each cluster of [off, off + bytes); 1 = stopped. */
 static int ref_range(struct qimg_node *node, struct qcow2_state *s,
                      struct walk *w, uint64_t off, uint64_t bytes)
 {
+    if (w->addend == 0) {
+        return 0;
+    }
     uint64_t c0 = off >> s->cluster_bits;
     uint64_t c1 = (off + bytes - 1) >> s->cluster_bits;
     for (uint64_t c = c0; c <= c1; c++) {
         if (w->done == w->limit) {
             return 1;
         }
-        int ret = w->addend > 0
-                      ? qcow2_refcount_add_one(node, s, c)
-                      : qcow2_free_later(node, s, c << s->cluster_bits,
-                                         s->cluster_size);
+        int ret = w->addend > 0 ? qcow2_refcount_add_one(node, s, c)
+                                : qcow2_refcount_drop_one(node, s, c);
         if (ret < 0) {
             return ret;
         }
@@ -214,128 +219,128 @@ static int entry_range(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
-/* Walk the n entries of l1 (host order); buf: one cluster of scratch. */
-static int walk_l1(struct qimg_node *node, struct qcow2_state *s,
-                   const uint64_t *l1, uint64_t n, struct walk *w,
-                   uint8_t *buf)
+/* The entry with COPIED as the refcount of what it names says. */
+static int copied_entry(struct qimg_node *node, struct qcow2_state *s,
+                        uint64_t entry, uint64_t off, uint64_t bytes,
+                        uint64_t *out)
 {
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t l2 = 0;
-        int ret = l2_of(node, s, l1[i], i, &l2);
+    uint64_t rc = 0;
+    if (bytes > 0 && !(entry & QCOW2_OFLAG_COMPRESSED)) {
+        int ret = qcow2_refcount_get(node, s, off >> s->cluster_bits, &rc);
         if (ret < 0) {
             return ret;
         }
-        if (l2 == 0) {
+    }
+    *out = rc == 1 ? entry | QCOW2_OFLAG_COPIED : entry & ~QCOW2_OFLAG_COPIED;
+    return 0;
+}
+
+/*
+ * Walk the n entries of l1 (host order, COPIED flags updated in place);
+ * L2 tables whose flags change are rewritten unless they were freed, and
+ * l1 is written at l1_off when it changed (l1_off 0: not written).  buf:
+ * one cluster of scratch.  Ends with the refcounts and tables synced.
+ */
+static int walk_l1(struct qimg_node *node, struct qcow2_state *s,
+                   uint64_t *l1, uint64_t n, uint64_t l1_off, struct walk *w,
+                   uint8_t *buf)
+{
+    bool l1_changed = false;
+    int ret = 0;
+    for (uint64_t i = 0; ret == 0 && i < n; i++) {
+        uint64_t l2 = 0;
+        ret = l2_of(node, s, l1[i], i, &l2);
+        if (ret < 0 || l2 == 0) {
             continue;
         }
         ret = read_cluster(node, s, l2, buf);
+        bool changed = false;
         for (uint64_t j = 0; ret == 0 && j < s->l2_entries; j++) {
-            uint64_t off, bytes;
-            ret = entry_range(node, s, load_be64(buf + j * s->l2_entry_size),
-                              &off, &bytes);
+            uint8_t *p = buf + j * s->l2_entry_size;
+            uint64_t entry = load_be64(p), off = 0, bytes = 0, want;
+            ret = entry_range(node, s, entry, &off, &bytes);
             if (ret == 0 && bytes > 0) {
                 ret = ref_range(node, s, w, off, bytes);
+            }
+            if (ret == 0) {
+                ret = copied_entry(node, s, entry, off, bytes, &want);
+            }
+            if (ret == 0 && want != entry) {
+                store_be64(p, want);
+                changed = true;
+            }
+        }
+        uint64_t rc = 0;
+        if (ret == 0) {
+            ret = qcow2_refcount_get(node, s, l2 >> s->cluster_bits, &rc);
+        }
+        /* [QEMU] a table freed by this walk is dropped, not written. */
+        if (ret == 0 && changed && !(w->addend < 0 && rc == 1)) {
+            ret = qcow2_refcount_writeback(node, s);
+            if (ret == 0) {
+                ret = write_l2(node, s, l2, buf);
             }
         }
         if (ret == 0) {
             ret = ref_range(node, s, w, l2, s->cluster_size);
         }
-        if (ret != 0) {
-            return ret;
+        if (ret == 0) {
+            ret = copied_entry(node, s, l1[i], l2, s->cluster_size, &rc);
         }
-    }
-    return 0;
-}
-
-/*
- * One more reference to everything l1 reaches; on failure the references
- * already added are taken back, so the image is as before.
- */
-static int add_refs(struct qimg_node *node, struct qcow2_state *s,
-                    const uint64_t *l1, uint64_t n, uint8_t *buf)
-{
-    struct walk w = {.addend = 1, .limit = UINT64_MAX};
-    int ret = walk_l1(node, s, l1, n, &w, buf);
-    if (ret >= 0) {
-        return 0;
-    }
-    struct walk undo = {.addend = -1, .limit = w.done};
-    if (w.done > 0 && walk_l1(node, s, l1, n, &undo, buf) >= 0) {
-        /* Nothing names the clusters less than before: drop them now. */
-        (void)qcow2_refcount_apply_frees(node, s);
-    }
-    return ret;
-}
-
-/* One reference less to everything l1 reaches, at the next flush. */
-static int drop_refs(struct qimg_node *node, struct qcow2_state *s,
-                     const uint64_t *l1, uint64_t n, uint8_t *buf)
-{
-    struct walk w = {.addend = -1, .limit = UINT64_MAX};
-    int ret = walk_l1(node, s, l1, n, &w, buf);
-    return ret < 0 ? ret : 0;
-}
-
-/*
- * COPIED set exactly where the refcount is 1 in the active L1 table and
- * its L2 tables (never on compressed or unallocated entries).
- */
-static int fix_copied(struct qimg_node *node, struct qcow2_state *s,
-                      uint8_t *buf)
-{
-    bool l1_changed = false, l2_written = false;
-    int ret = 0;
-    for (uint64_t i = 0; ret == 0 && i < s->l1_size; i++) {
-        uint64_t e = s->l1_table[i], l2 = 0;
-        ret = l2_of(node, s, e, i, &l2);
-        if (ret < 0) {
-            break;
-        }
-        uint64_t rc = 0;
-        if (l2 != 0) {
-            ret = read_cluster(node, s, l2, buf);
-            bool changed = false;
-            for (uint64_t j = 0; ret == 0 && j < s->l2_entries; j++) {
-                uint8_t *p = buf + j * s->l2_entry_size;
-                uint64_t entry = load_be64(p), off, bytes, erc = 0;
-                ret = entry_range(node, s, entry, &off, &bytes);
-                if (ret == 0 && bytes > 0 &&
-                    !(entry & QCOW2_OFLAG_COMPRESSED)) {
-                    ret = qcow2_refcount_get(node, s, off >> s->cluster_bits,
-                                             &erc);
-                }
-                uint64_t want = erc == 1 ? entry | QCOW2_OFLAG_COPIED
-                                         : entry & ~QCOW2_OFLAG_COPIED;
-                if (ret == 0 && want != entry) {
-                    store_be64(p, want);
-                    changed = true;
-                }
-            }
-            if (ret == 0 && changed) {
-                ret = write_l2(node, s, l2, buf);
-                l2_written = true;
-            }
-            if (ret == 0) {
-                ret = qcow2_refcount_get(node, s, l2 >> s->cluster_bits, &rc);
-            }
-        }
-        uint64_t want = rc == 1 ? e | QCOW2_OFLAG_COPIED
-                                : e & ~QCOW2_OFLAG_COPIED;
-        if (ret == 0 && want != e) {
-            s->l1_table[i] = want;
+        if (ret == 0 && rc != l1[i]) {
+            l1[i] = rc;
             l1_changed = true;
         }
     }
-    if (ret == 0 && l2_written) {
-        ret = sync_image(node);
+    if (ret != 0) {
+        return ret;
     }
-    if (ret == 0 && l1_changed) {
-        ret = write_l1(node, s->l1_table_offset, s->l1_table, s->l1_size);
+    ret = commit_refcounts(node, s);
+    if (ret == 0 && l1_changed && l1_off != 0) {
+        ret = write_l1(node, l1_off, l1, n);
         if (ret == 0) {
             ret = sync_image(node);
         }
     }
     return ret;
+}
+
+/* walk_l1 with addend for every reference (no limit). */
+static int walk_all(struct qimg_node *node, struct qcow2_state *s,
+                    uint64_t *l1, uint64_t n, uint64_t l1_off, int addend,
+                    uint8_t *buf)
+{
+    struct walk w = {.addend = addend, .limit = UINT64_MAX};
+    int ret = walk_l1(node, s, l1, n, l1_off, &w, buf);
+    return ret < 0 ? ret : 0;
+}
+
+/*
+ * One more reference to everything l1 reaches; on failure the references
+ * already added are taken back (QEMU leaves them), so the image is as
+ * before but for COPIED flags, which the caller's final walk sets.
+ */
+static int add_refs(struct qimg_node *node, struct qcow2_state *s,
+                    uint64_t *l1, uint64_t n, uint64_t l1_off, uint8_t *buf)
+{
+    struct walk w = {.addend = 1, .limit = UINT64_MAX};
+    int ret = walk_l1(node, s, l1, n, l1_off, &w, buf);
+    if (ret >= 0) {
+        return 0;
+    }
+    struct walk undo = {.addend = -1, .limit = w.done};
+    if (w.done > 0) {
+        (void)walk_l1(node, s, l1, n, 0, &undo, buf);
+    }
+    return ret;
+}
+
+/* The COPIED flags of the active tables, from the refcounts. */
+static int fix_copied(struct qimg_node *node, struct qcow2_state *s,
+                      uint8_t *buf)
+{
+    return walk_all(node, s, s->l1_table, s->l1_size, s->l1_table_offset, 0,
+                    buf);
 }
 
 /* ---- The snapshot table ------------------------------------------------ */
@@ -368,7 +373,8 @@ static int write_table(struct qimg_node *node, struct qcow2_state *s,
             ret = qcow2_alloc_clusters(node, s, clusters, 0, &off, NULL);
         }
         if (ret == 0) {
-            ret = io_pwrite(node->file, buf, (size_t)(clusters * cs), off);
+            /* [QEMU] only the table's bytes: the file grows no more. */
+            ret = io_pwrite(node->file, buf, (size_t)size, off);
             if (ret < 0) {
                 ret = error_set_errno(-ret, "%s: could not write the "
                                       "snapshot table",
@@ -527,15 +533,13 @@ int qcow2_snapshot_create(struct qimg_node *node, const char *name,
         goto out;
     }
 
-    ret = add_refs(node, s, s->l1_table, s->l1_size, buf);
-    if (ret == 0) {
-        ret = commit_refcounts(node, s);
-    }
-    if (ret == 0) {
-        ret = fix_copied(node, s, buf);
-    }
-    /* The copy of the active L1, without COPIED flags now. */
-    if (ret == 0 && s->l1_size > 0) {
+    /*
+     * [QEMU] the snapshot's L1 is the active one as it was, COPIED
+     * flags included (they mean nothing in an inactive table, and
+     * applying it rebuilds them), written before the references are
+     * counted; nothing names it until the table does.
+     */
+    if (s->l1_size > 0) {
         uint64_t bytes = (uint64_t)s->l1_size * 8;
         ret = qcow2_alloc_clusters(node, s, div_round_up_u64(bytes, cs), 0,
                                    &sn->l1_table_offset, NULL);
@@ -545,6 +549,19 @@ int qcow2_snapshot_create(struct qimg_node *node, const char *name,
         }
         if (ret == 0) {
             ret = commit_refcounts(node, s);
+        }
+    }
+    if (ret == 0) {
+        ret = add_refs(node, s, s->l1_table, s->l1_size, s->l1_table_offset,
+                       buf);
+        if (ret < 0) {
+            /* Taken back: the copy goes too, the flags come back. */
+            if (s->l1_size > 0) {
+                (void)qcow2_free_later(node, s, sn->l1_table_offset,
+                                       (uint64_t)s->l1_size * 8);
+                (void)qcow2_write_flush(node, s);
+            }
+            (void)fix_copied(node, s, buf);
         }
     }
     if (ret == 0) {
@@ -606,17 +623,11 @@ int qcow2_snapshot_apply(struct qimg_node *node,
         return error_set(ENOMEM, "Out of memory");
     }
     ret = read_snapshot_l1(node, s, &sn, s->l1_size, &nl1);
+    /* [QEMU] the snapshot's L1 on disk gets its flags updated too. */
     if (ret == 0) {
-        ret = add_refs(node, s, nl1, sn.l1_size, buf);
+        ret = add_refs(node, s, nl1, sn.l1_size, sn.l1_table_offset, buf);
     }
     if (ret == 0) {
-        ret = commit_refcounts(node, s);
-    }
-    if (ret == 0) {
-        /* Shared now: COPIED comes back below where it holds. */
-        for (uint64_t i = 0; i < s->l1_size; i++) {
-            nl1[i] &= ~QCOW2_OFLAG_COPIED;
-        }
         ret = write_l1(node, s->l1_table_offset, nl1, s->l1_size);
         if (ret == 0) {
             ret = sync_image(node);
@@ -627,10 +638,8 @@ int qcow2_snapshot_apply(struct qimg_node *node,
         uint64_t *old = s->l1_table;
         s->l1_table = nl1;
         nl1 = NULL;
-        ret = drop_refs(node, s, old, s->l1_size, buf);
+        ret = walk_all(node, s, old, s->l1_size, 0, -1, buf);
         free(old);
-        int fret = qcow2_write_flush(node, s);
-        ret = ret < 0 ? ret : fret;
     }
     if (ret == 0) {
         ret = fix_copied(node, s, buf);
@@ -681,13 +690,15 @@ int qcow2_snapshot_delete(struct qimg_node *node,
     s->snapshots = t;
     arr = NULL;
 
-    ret = drop_refs(node, s, l1, sn.l1_size, buf);
+    /* Nothing on disk names the snapshot now: its references go. */
+    ret = walk_all(node, s, l1, sn.l1_size, sn.l1_table_offset, -1, buf);
     if (ret == 0 && sn.l1_size > 0) {
         ret = qcow2_free_later(node, s, sn.l1_table_offset,
                                (uint64_t)sn.l1_size * 8);
+        if (ret == 0) {
+            ret = qcow2_write_flush(node, s);
+        }
     }
-    int fret = qcow2_write_flush(node, s);
-    ret = ret < 0 ? ret : fret;
     if (ret == 0) {
         ret = fix_copied(node, s, buf);
     }
