@@ -12,15 +12,18 @@
  * caches flushed and the L2 cache emptied first, and orders its writes
  * so that every flushed state is a consistent image (at worst one that
  * leaks clusters):
- *  - create: refcounts up, COPIED flags cleared, the snapshot's L1
- *    copy, the new snapshot table, then the header naming it;
+ *  - create: the snapshot's L1 copy (the active table as it is, COPIED
+ *    flags included, as QEMU copies it), refcounts up with COPIED flags
+ *    cleared, the new snapshot table, then the header naming it;
  *  - apply: refcounts of the snapshot's clusters up, the active L1
  *    overwritten, then the old active clusters' refcounts down;
  *  - delete: the table without the entry and the header first, then the
  *    refcounts down.
  * After each, COPIED flags of the active tables are set again where a
  * cluster's refcount is 1 (QEMU's qcow2_update_snapshot_refcount with
- * addend 0), so qemu-img check finds nothing.
+ * addend 0), so qemu-img check finds nothing.  Allocation order and
+ * every table write follow QEMU's, so the files are byte-identical to
+ * qemu-img's but for the dates (tests/compat/snapshot.sh checks it).
  */
 #include <errno.h>
 #include <inttypes.h>
