@@ -114,6 +114,7 @@ int cmd_resize(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 
 void cli_print_help(void);
 

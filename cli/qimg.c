@@ -64,7 +64,7 @@ static const struct command commands[] = {
      "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | "
      "[--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] "
      "filename]"},
-    {"snapshot", cmd_not_yet,
+    {"snapshot", cmd_snapshot,
      "snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | "
      "-a snapshot | -c snapshot | -d snapshot] filename"},
     {"rebase", cmd_rebase,

@@ -243,6 +243,25 @@ struct qimg_format_ops {
      * Flushes.  NULL: not supported (commit then leaves the image).
      */
     int (*make_empty)(struct qimg_node *node);
+    /*
+     * Internal snapshots of a writable node (qemu-img snapshot -c/-a/-d;
+     * the list is get_info's).  NULL: the format has none.  Each returns
+     * 0 or -errno with the message set, and leaves the image consistent
+     * on disk after every step (at worst leaking clusters).
+     * snapshot_create: a new snapshot of the current state named name
+     * (any bytes but NUL, at most 65535), taken at date_sec/date_nsec;
+     * the format picks its id.  -ENOTSUP when this image cannot hold
+     * one.  snapshot_apply: the state becomes the snapshot's (its guest
+     * size too); -ENOENT when sel matches none.  snapshot_delete: the
+     * first snapshot sel matches is removed and its space freed;
+     * -ENOENT when none.  sel as for qimg_open_snapshot().
+     */
+    int (*snapshot_create)(struct qimg_node *node, const char *name,
+                           uint32_t date_sec, uint32_t date_nsec);
+    int (*snapshot_apply)(struct qimg_node *node,
+                          const struct qimg_snapshot_select *sel);
+    int (*snapshot_delete)(struct qimg_node *node,
+                           const struct qimg_snapshot_select *sel);
 };
 
 /* One layer of an image: a format over a file, maybe with a backing node. */

@@ -302,6 +302,31 @@ struct qimg_image_info {
     struct qimg_value *format_specific;
 };
 
+/*
+ * Internal snapshots (qemu-img snapshot) of an image opened with
+ * QIMG_OPEN_RDWR; the list is qimg_get_info()'s snapshots.  Each returns
+ * 0, or -1 with qimg_get_errno() and qimg_get_error() set:
+ *  - qimg_snapshot_create: a snapshot of the current guest state named
+ *    name (NUL-terminated, at most 65535 bytes; names need not be
+ *    unique), dated now; the format picks the id (qcow2: the largest
+ *    numeric id + 1).  ENOTSUP when the format or the image cannot hold
+ *    internal snapshots (raw; qcow2 with an external data file).
+ *  - qimg_snapshot_apply: the guest state (contents and virtual size)
+ *    becomes the first snapshot sel selects; ENOENT ("Failed to load
+ *    snapshot: No such file or directory") when none does, ENOTSUP
+ *    ("Block driver does not support snapshots") for formats without.
+ *  - qimg_snapshot_delete: the first snapshot sel selects is removed
+ *    and the space only it used becomes free; ENOENT ("snapshot not
+ *    found") when none does, for formats without snapshots too.
+ * sel as for qimg_open_snapshot(); qemu-img applies by id_or_name and
+ * deletes by name.  Every step leaves a consistent image on disk.
+ */
+int qimg_snapshot_create(struct qimg_image *img, const char *name);
+int qimg_snapshot_apply(struct qimg_image *img,
+                        const struct qimg_snapshot_select *sel);
+int qimg_snapshot_delete(struct qimg_image *img,
+                         const struct qimg_snapshot_select *sel);
+
 struct qimg_image_info *qimg_get_info(struct qimg_image *img);
 void qimg_image_info_free(struct qimg_image_info *info);
 /* The same information shaped as QEMU's ImageInfo object. */

@@ -62,6 +62,17 @@ const struct qimg_format_ops *format_probe_buffer(const uint8_t *buf,
     return best;
 }
 
+void node_warn_probed_raw(const char *filename)
+{
+    warn_report("WARNING: Image format was not specified for '%s' "
+                "and probing guessed raw.\n"
+                "         Automatically detecting the format is "
+                "dangerous for raw images, write operations on "
+                "block 0 will be restricted.\n"
+                "         Specify the 'raw' format explicitly to "
+                "remove the restrictions.", filename);
+}
+
 static int probe_file(struct qimg_io *file, const char *filename,
                       const struct qimg_format_ops **out)
 {
@@ -162,13 +173,7 @@ static int node_open_leaf(struct qimg_io *file, const char *filename,
         }
         if (drv == &format_raw && node->writable) {
             node->protect_block0 = true;
-            warn_report("WARNING: Image format was not specified for '%s' "
-                        "and probing guessed raw.\n"
-                        "         Automatically detecting the format is "
-                        "dangerous for raw images, write operations on "
-                        "block 0 will be restricted.\n"
-                        "         Specify the 'raw' format explicitly to "
-                        "remove the restrictions.", filename);
+            node_warn_probed_raw(filename);
         }
     }
     node->drv = drv;
@@ -331,7 +336,8 @@ struct qimg_image *qimg_open(const char *filename, const char *format,
     }
     if ((flags & QIMG_OPEN_FORCE_SHARE) && (flags & QIMG_OPEN_RDWR)) {
         return fail_null(error_set(EINVAL, "Could not open '%s': force-share"
-                                   " is only allowed for read-only use",
+                                   "=on can only be used with read-only "
+                                   "images",
                                    filename));
     }
     struct qimg_image *img = calloc(1, sizeof(*img));

@@ -46,6 +46,11 @@ int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out);
 /* Close a node and everything below it.  Does not flush. */
 void node_close(struct qimg_node *node);
+/*
+ * QEMU's warning for a writable image probed as raw (its raw driver
+ * prints it at every open of such a node).
+ */
+void node_warn_probed_raw(const char *filename);
 /* Flush a node's driver, then its file. */
 int node_flush(struct qimg_node *node);
 

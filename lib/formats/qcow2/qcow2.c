@@ -1052,4 +1052,7 @@ const struct qimg_format_ops format_qcow2 = {
     .amend = qcow2_amend,
     .change_backing = qcow2_change_backing,
     .make_empty = qcow2_make_empty,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
 };

@@ -865,6 +865,29 @@ int qcow2_refcount_apply_frees(struct qimg_node *node, struct qcow2_state *s);
 /* The index of the last cluster in use + 1 (the file may end there). */
 int qcow2_refcount_end(struct qimg_node *node, struct qcow2_state *s,
                        uint64_t *end);
+/*
+ * One more reference to a cluster in use (cached, written back by the
+ * next refcount write-back): EINVAL when it is unused or at
+ * refcount_max, as QEMU refuses it.
+ */
+int qcow2_refcount_add_one(struct qimg_node *node, struct qcow2_state *s,
+                           uint64_t cluster);
+/*
+ * One reference less, now (EINVAL when it has none): only for a cluster
+ * that no table on disk names more often than its new count says.  A
+ * cluster reaching 0 is free at once (and discarded).
+ */
+int qcow2_refcount_drop_one(struct qimg_node *node, struct qcow2_state *s,
+                            uint64_t cluster);
+
+/* ---- snapshot_write.c ---------------------------------------------------- */
+
+int qcow2_snapshot_create(struct qimg_node *node, const char *name,
+                          uint32_t date_sec, uint32_t date_nsec);
+int qcow2_snapshot_apply(struct qimg_node *node,
+                         const struct qimg_snapshot_select *sel);
+int qcow2_snapshot_delete(struct qimg_node *node,
+                          const struct qimg_snapshot_select *sel);
 
 /* ---- overlap.c ---------------------------------------------------------- */
 
@@ -942,6 +965,12 @@ int qcow2_make_empty(struct qimg_node *node);
 
 int qcow2_truncate(struct qimg_node *node, uint64_t size,
                    const char *prealloc);
+/*
+ * A new active L1 table of new_size entries (more than now), written and
+ * switched to with everything flushed; the old one is freed.
+ */
+int qcow2_grow_l1(struct qimg_node *node, struct qcow2_state *s,
+                  uint64_t new_size);
 
 /* ---- cluster.c (write side) ---------------------------------------------- */
 

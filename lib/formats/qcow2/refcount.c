@@ -692,6 +692,22 @@ int qcow2_free_compressed_later(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
+/* Cluster c's refcount has just dropped to 0. */
+static void cluster_freed(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t c)
+{
+    uint64_t off = c << s->cluster_bits;
+    s->free_cluster_index = min_u64(s->free_cluster_index, c);
+    qcow2_l2_invalidate(s, off, s->cluster_size);
+    if (s->free_byte_offset >> s->cluster_bits == c) {
+        s->free_byte_offset = 0;
+    }
+    /* Give the space back to the host (advisory). */
+    if (node->file->ops->discard) {
+        (void)node->file->ops->discard(node->file, off, s->cluster_size);
+    }
+}
+
 int qcow2_refcount_apply_frees(struct qimg_node *node, struct qcow2_state *s)
 {
     int ret = 0;
@@ -708,17 +724,7 @@ int qcow2_refcount_apply_frees(struct qimg_node *node, struct qcow2_state *s)
             }
             ret = refcount_set(node, s, c, rc - 1);
             if (ret == 0 && rc == 1) {
-                uint64_t off = c << s->cluster_bits;
-                s->free_cluster_index = min_u64(s->free_cluster_index, c);
-                qcow2_l2_invalidate(s, off, s->cluster_size);
-                if (s->free_byte_offset >> s->cluster_bits == c) {
-                    s->free_byte_offset = 0;
-                }
-                /* Give the space back to the host (advisory). */
-                if (node->file->ops->discard) {
-                    (void)node->file->ops->discard(node->file, off,
-                                                   s->cluster_size);
-                }
+                cluster_freed(node, s, c);
             }
         }
     }
@@ -754,4 +760,46 @@ int qcow2_refcount_end(struct qimg_node *node, struct qcow2_state *s,
         }
     }
     return 0;
+}
+
+int qcow2_refcount_add_one(struct qimg_node *node, struct qcow2_state *s,
+                           uint64_t cluster)
+{
+    uint64_t rc;
+    int ret = qcow2_refcount_get(node, s, cluster, &rc);
+    if (ret < 0) {
+        return ret;
+    }
+    /*
+     * [QEMU] a count that would pass refcount_max, or a referenced
+     * cluster counted 0, fails the update with EINVAL.
+     */
+    if (rc == 0 || rc >= s->refcount_max) {
+        return error_set(EINVAL,
+                         "%s: cannot add a reference to cluster %" PRIu64
+                         " (refcount %" PRIu64 ")",
+                         node->filename, cluster, rc);
+    }
+    return refcount_set(node, s, cluster, rc + 1);
+}
+
+int qcow2_refcount_drop_one(struct qimg_node *node, struct qcow2_state *s,
+                            uint64_t cluster)
+{
+    uint64_t rc;
+    int ret = qcow2_refcount_get(node, s, cluster, &rc);
+    if (ret < 0) {
+        return ret;
+    }
+    if (rc == 0) {
+        return error_set(EINVAL,
+                         "%s: cannot drop a reference to free cluster "
+                         "%" PRIu64,
+                         node->filename, cluster);
+    }
+    ret = refcount_set(node, s, cluster, rc - 1);
+    if (ret == 0 && rc == 1) {
+        cluster_freed(node, s, cluster);
+    }
+    return ret;
 }

@@ -39,8 +39,7 @@ static int write_size(struct qimg_node *node, struct qcow2_state *s,
     return ret;
 }
 
-/* A new active L1 table of new_size entries (more than now). */
-static int grow_l1(struct qimg_node *node, struct qcow2_state *s,
+int qcow2_grow_l1(struct qimg_node *node, struct qcow2_state *s,
                    uint64_t new_size)
 {
     const uint64_t cs = s->cluster_size;
@@ -222,6 +221,14 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
     if (size & 511) {
         return error_set(EINVAL, "The new size must be a multiple of 512");
     }
+    /*
+     * [QEMU] a v2 snapshot need not record its disk size, so applying
+     * one to a resized image could not restore the size.
+     */
+    if (s->snapshots.nb > 0 && s->hdr.version < 3) {
+        return error_set(ENOTSUP,
+                         "Can't resize a v2 image which has snapshots");
+    }
     bool off = strcmp(prealloc, "off") == 0;
     if (!off && strcmp(prealloc, "metadata") && strcmp(prealloc, "falloc") &&
         strcmp(prealloc, "full")) {
@@ -270,7 +277,7 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
         return ret;
     }
     if (new_l1 > s->l1_size) {
-        ret = grow_l1(node, s, new_l1);
+        ret = qcow2_grow_l1(node, s, new_l1);
         if (ret < 0) {
             return ret;
         }
