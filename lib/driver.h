@@ -163,11 +163,29 @@ struct qimg_format_ops {
     int (*pdiscard)(struct qimg_node *node, uint64_t off, uint64_t len);
     /*
      * One cluster compressed (see qimg_pwrite_compressed); off is
-     * cluster-aligned, len the cluster size or the image's tail.  NULL:
-     * the format has no compressed clusters.
+     * cluster-aligned, len the cluster size or the image's tail.  len 0
+     * (with buf NULL) ends a run of compressed writes: pad the file as the
+     * format's QEMU driver does.  NULL: the format has no compressed
+     * clusters.
      */
     int (*pwrite_compressed)(struct qimg_node *node, const void *buf,
                              size_t len, uint64_t off);
+    /*
+     * pwrite_compressed in two halves, so that callers can compress on
+     * several threads.  compress_cluster compresses the cluster at off
+     * (same rules for off/len) into out; it reads only what open set up,
+     * so any number of threads may call it at once beside one thread
+     * making other calls on the node.  Returns the compressed size, 0
+     * when the data does not shrink enough to be stored compressed (or
+     * would not fit in cap), or -errno.  pwrite_precompressed stores such
+     * a result (csize > 0) as pwrite_compressed would have.  Both NULL
+     * when pwrite_compressed is.
+     */
+    int64_t (*compress_cluster)(struct qimg_node *node, const void *buf,
+                                size_t len, uint64_t off, void *out,
+                                size_t cap);
+    int (*pwrite_precompressed)(struct qimg_node *node, const void *data,
+                                size_t csize, size_t len, uint64_t off);
     /*
      * Set the guest size to size (node->size is updated by the driver).
      * prealloc: "off", "metadata", "falloc" or "full" for the new area

@@ -231,10 +231,30 @@ int qimg_flush(struct qimg_image *img);
  * multiple of the cluster size and len is the cluster size, or what is
  * left of the image for its last cluster (written zero-padded).  Data
  * that does not shrink is stored uncompressed.  Formats without
- * compressed clusters fail with ENOTSUP.
+ * compressed clusters fail with ENOTSUP.  A call with len 0 ends a run of
+ * compressed writes (qemu-img convert -c does it last): the file is
+ * padded to a whole number of 512-byte sectors, as QEMU pads it.
  */
 int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
                            size_t len, uint64_t offset);
+
+/*
+ * qimg_pwrite_compressed in two steps, for callers that compress on
+ * several threads and write on one.  qimg_compress_cluster compresses the
+ * cluster at offset (the same offset and len rules) into out, which holds
+ * cap bytes (the cluster size is always enough); it changes nothing and
+ * only reads settings fixed at open, so it may run on any number of
+ * threads at once, also while one other thread makes calls on img.  It
+ * returns the compressed size, 0 when the data does not shrink enough to
+ * be stored compressed (write it with qimg_pwrite instead), or -1.
+ * qimg_pwrite_compressed_data stores a result of n > 0 bytes for the
+ * cluster at offset of len guest bytes, as qimg_pwrite_compressed does.
+ */
+int64_t qimg_compress_cluster(struct qimg_image *img, const void *buf,
+                              size_t len, uint64_t offset, void *out,
+                              size_t cap);
+int qimg_pwrite_compressed_data(struct qimg_image *img, const void *data,
+                                size_t n, size_t len, uint64_t offset);
 
 /*
  * Change the guest size (qemu-img resize).  prealloc is NULL or "off",

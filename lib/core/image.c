@@ -512,18 +512,57 @@ int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len)
     return ret < 0 ? fail_int(ret) : 0;
 }
 
-int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
-                           size_t len, uint64_t offset)
+/* A compressed write request: the checks every entry point makes. */
+static int check_compressed(struct qimg_node *node, uint64_t offset,
+                            size_t len)
 {
-    struct qimg_node *node = img->top;
     int ret = check_request(node, offset, len, true);
     if (ret == 0 && !node->drv->pwrite_compressed) {
         ret = error_set(ENOTSUP, "%s: the %s format has no compressed "
                         "clusters", node->filename, node->drv->name);
     }
-    if (ret == 0 && len > 0) {
+    return ret;
+}
+
+int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
+                           size_t len, uint64_t offset)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_compressed(node, offset, len);
+    if (ret == 0) {
         ret = driver_result(
             node->drv->pwrite_compressed(node, buf, len, offset));
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
+int64_t qimg_compress_cluster(struct qimg_image *img, const void *buf,
+                              size_t len, uint64_t offset, void *out,
+                              size_t cap)
+{
+    struct qimg_node *node = img->top;
+    int64_t ret = check_compressed(node, offset, len);
+    if (ret == 0 && len > 0) {
+        ret = node->drv->compress_cluster(node, buf, len, offset, out, cap);
+        if (ret < 0) {
+            ret = driver_result((int)ret);
+        }
+    }
+    return ret < 0 ? fail_int((int)ret) : ret;
+}
+
+int qimg_pwrite_compressed_data(struct qimg_image *img, const void *data,
+                                size_t n, size_t len, uint64_t offset)
+{
+    struct qimg_node *node = img->top;
+    int ret = check_compressed(node, offset, len);
+    if (ret == 0 && (n == 0 || len == 0)) {
+        ret = error_set(EINVAL, "%s: empty compressed write",
+                        node->filename);
+    }
+    if (ret == 0) {
+        ret = driver_result(
+            node->drv->pwrite_precompressed(node, data, n, len, offset));
     }
     return ret < 0 ? fail_int(ret) : 0;
 }

@@ -89,6 +89,25 @@ struct job {
 
 struct convert;
 
+/*
+ * What a job writes, worked out before its turn (the scans for zero runs,
+ * the comparison with the new backing file and compression run on every
+ * worker at once); only these writes wait for the turn.
+ */
+enum write_kind {
+    WRITE_DATA,       /* buf[pos, pos + len) at doff */
+    WRITE_ZERO,       /* zeroes over [doff, doff + len) */
+    WRITE_COMPRESSED, /* zbuf[0, csize) for the cluster at doff */
+};
+
+struct write_op {
+    enum write_kind kind;
+    size_t pos;
+    uint64_t doff;
+    size_t len;
+    size_t csize;
+};
+
 struct worker {
     struct convert *c;
     pthread_t thread;
@@ -97,6 +116,10 @@ struct worker {
     struct qimg_image *backing; /* its handle on the new backing file */
     uint8_t *buf;
     uint8_t *bbuf; /* the new backing file's bytes, when comparing */
+    uint8_t *zbuf; /* a compressed cluster */
+    /* The current job's writes, in order. */
+    struct write_op *ops;
+    size_t nb_ops, cap_ops;
 };
 
 struct convert {
@@ -232,6 +255,60 @@ static size_t next_piece(const uint8_t *buf, size_t len, uint64_t first,
     return used;
 }
 
+/* Append one write to the worker's plan. */
+static int plan(struct worker *w, enum write_kind kind, size_t pos,
+                uint64_t doff, size_t len, size_t csize)
+{
+    if (w->nb_ops == w->cap_ops) {
+        size_t cap = w->cap_ops ? w->cap_ops * 2 : 64;
+        struct write_op *ops = realloc(w->ops, cap * sizeof(*ops));
+        if (!ops) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        w->ops = ops;
+        w->cap_ops = cap;
+    }
+    w->ops[w->nb_ops++] = (struct write_op){
+        .kind = kind, .pos = pos, .doff = doff, .len = len, .csize = csize};
+    return 0;
+}
+
+/*
+ * Plan the writes of buf[pos, pos + len) at doff: everything with -S 0,
+ * else data pieces as data and zero runs of at least -S bytes as zeroes.
+ */
+static int plan_pieces(struct convert *c, struct worker *w, size_t pos,
+                       uint64_t doff, size_t len)
+{
+    const struct qimg_convert_params *p = c->p;
+    if (p->sparse_size == 0) {
+        return plan(w, WRITE_DATA, pos, doff, len, 0);
+    }
+    uint64_t min_sectors = p->sparse_size / SECTOR;
+    /* Split points aligned to the largest power of two within -S. */
+    uint64_t align = 1;
+    while (align * 2 <= min_sectors) {
+        align *= 2;
+    }
+    size_t done = 0;
+    while (done < len) {
+        bool data;
+        size_t n = next_piece(w->buf + pos + done, len - done,
+                              (doff + done) / SECTOR, min_sectors, align,
+                              &data);
+        size_t bytes = n * SECTOR;
+        if (bytes > len - done) {
+            bytes = len - done;
+        }
+        if (plan(w, data ? WRITE_DATA : WRITE_ZERO, pos + done, doff + done,
+                 bytes, 0) < 0) {
+            return -1;
+        }
+        done += bytes;
+    }
+    return 0;
+}
+
 /*
  * Writes to the target, all under write_lock (the target handle is not
  * thread-safe).  A target that is a few padding bytes short keeps its
@@ -266,52 +343,29 @@ static int dst_zero(struct convert *c, uint64_t off, uint64_t len)
     return ret;
 }
 
-static int dst_compressed(struct convert *c, const uint8_t *buf,
-                          uint64_t off, size_t len)
+/* Make the planned writes of a job, in its turn. */
+static int write_planned(struct convert *c, struct worker *w)
 {
-    if (off >= c->dst_size) {
-        return 0;
-    }
-    len = (size_t)min_u64(len, c->dst_size - off);
-    pthread_mutex_lock(&c->write_lock);
-    int ret = qimg_pwrite_compressed(c->dst, buf, len, off);
-    pthread_mutex_unlock(&c->write_lock);
-    return ret;
-}
-
-/*
- * Write [doff, doff + len) from buf: everything with -S 0, else data
- * pieces as data and zero runs of at least -S bytes as zeroes.
- */
-static int write_pieces(struct convert *c, const uint8_t *buf, uint64_t doff,
-                        size_t len)
-{
-    const struct qimg_convert_params *p = c->p;
-    if (p->sparse_size == 0) {
-        return dst_write(c, buf, doff, len);
-    }
-    uint64_t min_sectors = p->sparse_size / SECTOR;
-    /* Split points aligned to the largest power of two within -S. */
-    uint64_t align = 1;
-    while (align * 2 <= min_sectors) {
-        align *= 2;
-    }
-    size_t pos = 0;
-    while (pos < len) {
-        bool data;
-        size_t n = next_piece(buf + pos, len - pos,
-                              (doff + pos) / SECTOR, min_sectors, align,
-                              &data);
-        size_t bytes = n * SECTOR;
-        if (bytes > len - pos) {
-            bytes = len - pos;
+    for (size_t k = 0; k < w->nb_ops; k++) {
+        const struct write_op *op = &w->ops[k];
+        int ret = 0;
+        switch (op->kind) {
+        case WRITE_DATA:
+            ret = dst_write(c, w->buf + op->pos, op->doff, op->len);
+            break;
+        case WRITE_ZERO:
+            ret = dst_zero(c, op->doff, op->len);
+            break;
+        case WRITE_COMPRESSED:
+            pthread_mutex_lock(&c->write_lock);
+            ret = qimg_pwrite_compressed_data(c->dst, w->zbuf, op->csize,
+                                              op->len, op->doff);
+            pthread_mutex_unlock(&c->write_lock);
+            break;
         }
-        int ret = data ? dst_write(c, buf + pos, doff + pos, bytes)
-                       : dst_zero(c, doff + pos, bytes);
         if (ret < 0) {
             return -1;
         }
-        pos += bytes;
     }
     return 0;
 }
@@ -373,8 +427,8 @@ static bool same(const uint8_t *buf, const uint8_t *bbuf, size_t off,
  * differ from it are written as usual, clusters that equal it are left
  * unallocated so the backing file shows through.
  */
-static int write_differing(struct convert *c, const struct job *job,
-                           const uint8_t *buf, const uint8_t *bbuf)
+static int plan_differing(struct convert *c, struct worker *w,
+                          const struct job *job)
 {
     size_t pos = 0;
     size_t run = 0;    /* start of the pending run of differing clusters */
@@ -382,13 +436,12 @@ static int write_differing(struct convert *c, const struct job *job,
     while (pos < job->len) {
         uint64_t next = round_up(job->doff + pos + 1, c->cluster);
         size_t n = (size_t)min_u64(next - job->doff, job->len) - pos;
-        bool differs = !same(buf, bbuf, pos, n);
+        bool differs = !same(w->buf, w->bbuf, pos, n);
         if (differs && !pending) {
             run = pos;
             pending = true;
         } else if (!differs && pending) {
-            if (write_pieces(c, buf + run, job->doff + run,
-                             pos - run) < 0) {
+            if (plan_pieces(c, w, run, job->doff + run, pos - run) < 0) {
                 return -1;
             }
             pending = false;
@@ -396,8 +449,7 @@ static int write_differing(struct convert *c, const struct job *job,
         pos += n;
     }
     if (pending) {
-        return write_pieces(c, buf + run, job->doff + run,
-                            job->len - run);
+        return plan_pieces(c, w, run, job->doff + run, job->len - run);
     }
     return 0;
 }
@@ -431,36 +483,60 @@ static void end_turn(struct convert *c, const struct job *job)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* The writes of one job, in its turn. */
-static int write_job(struct convert *c, struct worker *w,
-                     const struct job *job)
+/*
+ * Plan a compressed cluster: an all-zero one is not compressed (qemu-img
+ * skips it on a zero-initialised target, else writes zeroes), except
+ * with -S 0, which writes everything as data; one that does not shrink
+ * is written plain.  The part past a target a few padding bytes short
+ * is dropped before compressing.
+ */
+static int plan_compressed(struct convert *c, struct worker *w,
+                           const struct job *job)
 {
-    const struct qimg_convert_params *p = c->p;
+    size_t len = (size_t)job->len;
+    if (c->p->sparse_size != 0 && buf_is_zero(w->buf, len)) {
+        return plan(w, WRITE_ZERO, 0, job->doff, len, 0);
+    }
+    if (job->doff >= c->dst_size) {
+        return 0;
+    }
+    len = (size_t)min_u64(len, c->dst_size - job->doff);
+    int64_t csize = qimg_compress_cluster(c->dst, w->buf, len, job->doff,
+                                          w->zbuf, (size_t)c->cluster);
+    if (csize < 0) {
+        return -1;
+    }
+    if (csize == 0) {
+        return plan(w, WRITE_DATA, 0, job->doff, len, 0);
+    }
+    return plan(w, WRITE_COMPRESSED, 0, job->doff, len, (size_t)csize);
+}
+
+/* Work out the writes of one job (on any worker, before its turn). */
+static int plan_job(struct convert *c, struct worker *w,
+                    const struct job *job)
+{
+    w->nb_ops = 0;
     if (job->kind == JOB_ZERO) {
-        return dst_zero(c, job->doff, job->len);
+        return plan(w, WRITE_ZERO, 0, job->doff, (size_t)job->len, 0);
     }
     size_t len = (size_t)job->len;
     if (c->compare && same(w->buf, w->bbuf, 0, len)) {
         return 0;
     }
-    if (p->compress) {
-        /*
-         * A whole cluster: an all-zero one is not compressed (qemu-img
-         * skips it on a zero-initialised target, else writes zeroes),
-         * except with -S 0, which writes everything as data.
-         */
-        if (p->sparse_size != 0 && buf_is_zero(w->buf, len)) {
-            return dst_zero(c, job->doff, len);
-        }
-        return dst_compressed(c, w->buf, job->doff, len);
+    if (c->p->compress) {
+        return plan_compressed(c, w, job);
     }
     if (c->compare) {
-        return write_differing(c, job, w->buf, w->bbuf);
+        return plan_differing(c, w, job);
     }
-    return write_pieces(c, w->buf, job->doff, len);
+    return plan_pieces(c, w, 0, job->doff, len);
 }
 
-/* Read a job's bytes (and the new backing file's), then write in turn. */
+/*
+ * Read a job's bytes (and the new backing file's), plan its writes, then
+ * write in turn.
+ */
 static int run_job(struct convert *c, struct worker *w, const struct job *job)
 {
     if (job->kind == JOB_DATA) {
@@ -478,10 +554,10 @@ static int run_job(struct convert *c, struct worker *w, const struct job *job)
             }
         }
     }
-    if (wait_turn(c, job) < 0) {
+    if (plan_job(c, w, job) < 0 || wait_turn(c, job) < 0) {
         return -1;
     }
-    int ret = write_job(c, w, job);
+    int ret = write_planned(c, w);
     if (ret == 0) {
         end_turn(c, job);
     }
@@ -586,8 +662,12 @@ static int start_workers(struct convert *c)
         if (c->compare) {
             w->bbuf = alloc_buffer();
         }
+        if (p->compress) {
+            w->zbuf = malloc((size_t)c->cluster);
+        }
         c->nb_workers = k + 1;
-        if (!w->src || !w->buf || (c->compare && !w->bbuf)) {
+        if (!w->src || !w->buf || (c->compare && !w->bbuf) ||
+            (p->compress && !w->zbuf)) {
             return error_set(ENOMEM, "Out of memory");
         }
         /* The images were opened once already: no second warning. */
@@ -645,6 +725,8 @@ static int stop_workers(struct convert *c)
         free(w->src);
         free(w->buf);
         free(w->bbuf);
+        free(w->zbuf);
+        free(w->ops);
     }
     c->nb_workers = 0;
     if (c->failed) {
@@ -1214,6 +1296,10 @@ int qimg_convert(const struct qimg_convert_params *params)
     /* A walk failure was recorded for the workers; theirs wins as well. */
     int copied = stop_workers(&c);
     if (walked < 0 || copied < 0) {
+        goto out;
+    }
+    /* The end of the compressed writes: QEMU pads the file to a sector. */
+    if (params->compress && qimg_pwrite_compressed(c.dst, NULL, 0, 0) < 0) {
         goto out;
     }
     ret = 0;

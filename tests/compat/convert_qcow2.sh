@@ -207,6 +207,22 @@ for src in plain comp ext; do
 done
 conv "mixed -c 2M" -f raw -O qcow2 -c -o cluster_size=2M mixed.raw
 
+# Compression runs on every worker at once, but the clusters are stored
+# in guest order: the file is qemu-img's, byte for byte, whatever the
+# number of threads.
+for o in compression_type=zlib compression_type=zstd cluster_size=4k \
+    cluster_size=2M,compression_type=zstd; do
+    rm -f want.qcow2
+    "$QEMU_IMG" convert -c -f raw -O qcow2 -o "$o" mixed.raw want.qcow2
+    for m in 1 2 3 8; do
+        rm -f got.qcow2
+        "$QIMG" convert -c -m "$m" -f raw -O qcow2 -o "$o" mixed.raw \
+            got.qcow2 || fail "-c -o $o -m $m: status $?"
+        expect_same "-c -o $o -m $m: the bytes of qemu-img's file" \
+            want.qcow2 got.qcow2
+    done
+done
+
 # -B: the top layer over the new backing file.  Over the chain's own
 # backing file the result is qemu-img's; the layout differs where the
 # copied data equals the new backing file (qimg leaves it unallocated).

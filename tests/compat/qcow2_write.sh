@@ -68,6 +68,17 @@ verify() {
     map_layout "$q" >"$T/q.map"
     map_layout "$a" >"$T/a.map"
     expect_same "$name: allocation map" "$T/q.map" "$T/a.map"
+    # Compressed clusters stay compressed (the map does not show it).
+    local f
+    for f in "$q" "$a"; do
+        "$QEMU_IMG" check --output=json "$f" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+print(c.get("allocated-clusters", 0), c.get("compressed-clusters", 0))
+' >"$f.counts"
+    done
+    expect_same "$name: allocated and compressed clusters" "$q.counts" \
+        "$a.counts"
 }
 
 # run_case NAME CREATE_ARGS -- OPS...: both tools on copies of one image.
@@ -113,6 +124,13 @@ for opts in "" cluster_size=512 cluster_size=1024,refcount_bits=2 \
     lazy_refcounts=on extended_l2=on,cluster_size=16k \
     compression_type=zstd extended_l2=on,cluster_size=2M; do
     run_case "fresh ${opts:-default}" ${opts:+-o "$opts"} -- "${OPS[@]}"
+done
+
+# A compressed write as the very first write of a fresh image (the write
+# buffers are set up by the first write of any kind).
+for opts in "" compression_type=zstd; do
+    run_case "compressed first ${opts:-default}" ${opts:+-o "$opts"} -- \
+        c:0:$((2 * M)):7 w:$((3 * M)):4096:8
 done
 
 # Over backing files: copy-on-write of partial clusters and subclusters.

@@ -433,6 +433,31 @@ static void whole_clusters(uint64_t off, uint64_t len, uint64_t *first,
     *end = e > f ? e : f;
 }
 
+
+/*
+ * A compressed cluster write, through qimg_pwrite_compressed or, every
+ * other time, its two halves (qimg_compress_cluster, then
+ * qimg_pwrite_compressed_data or a plain write when it does not shrink).
+ */
+static int write_compressed(uint64_t off, uint64_t len)
+{
+    if (rnd(2)) {
+        return qimg_pwrite_compressed(S.img, S.buf, (size_t)len, off);
+    }
+    uint8_t *z = malloc((size_t)S.cluster);
+    if (!z) {
+        die("out of memory");
+    }
+    int64_t n = qimg_compress_cluster(S.img, S.buf, (size_t)len, off, z,
+                                      (size_t)S.cluster);
+    int ret = n < 0    ? -1
+              : n == 0 ? qimg_pwrite(S.img, S.buf, (size_t)len, off)
+                       : qimg_pwrite_compressed_data(S.img, z, (size_t)n,
+                                                     (size_t)len, off);
+    free(z);
+    return ret;
+}
+
 static void do_op(enum op_kind kind)
 {
     uint64_t off = 0, len = 0;
@@ -490,7 +515,7 @@ static void do_op(enum op_kind kind)
         pattern = patterns[rnd(6)];
         record(kind, off, len, pattern);
         fill(S.buf, len, pattern);
-        int ret = qimg_pwrite_compressed(S.img, S.buf, (size_t)len, off);
+        int ret = write_compressed(off, len);
         if (!S.has_compress) {
             if (ret == 0 || qimg_get_errno() != ENOTSUP) {
                 die("qimg_pwrite_compressed on %s: want ENOTSUP, got %d "

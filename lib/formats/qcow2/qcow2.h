@@ -917,6 +917,11 @@ int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
 int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len);
 int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
                             size_t len, uint64_t off);
+int64_t qcow2_compress_cluster(struct qimg_node *node, const void *buf,
+                               size_t len, uint64_t off, void *out,
+                               size_t cap);
+int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
+                               size_t csize, size_t len, uint64_t off);
 /*
  * Write everything cached back in the safe order and sync (see
  * qcow2_state); clears the dirty bit of lazy refcounts at the end.

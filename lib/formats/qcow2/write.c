@@ -1038,10 +1038,11 @@ int qcow2_discard_all(struct qimg_node *node, struct qcow2_state *s)
 
 /* ---- Compressed writes ------------------------------------------------- */
 
-int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
-                            size_t len, uint64_t off)
+/* The checks every compressed write makes first. */
+static int compressed_request_ok(struct qimg_node *node,
+                                 const struct qcow2_state *s, size_t len,
+                                 uint64_t off)
 {
-    struct qcow2_state *s = node->opaque;
     const uint64_t cs = s->cluster_size;
     if (s->has_data_file) {
         return error_set(ENOTSUP,
@@ -1055,21 +1056,64 @@ int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
                          "%s: compressed writes must be whole clusters",
                          node->filename);
     }
-    int ret = write_prepare(node, s);
+    return 0;
+}
+
+/*
+ * Compress into out with a cap of at most cluster_size - 1 bytes (data
+ * that does not shrink below that is stored plain, as QEMU stores it).
+ * The tail cluster is compressed zero-padded, as QEMU does; padding
+ * needs a copy, made on the heap because this runs on any thread.
+ */
+int64_t qcow2_compress_cluster(struct qimg_node *node, const void *buf,
+                               size_t len, uint64_t off, void *out,
+                               size_t cap)
+{
+    const struct qcow2_state *s = node->opaque;
+    const size_t cs = (size_t)s->cluster_size;
+    int ret = compressed_request_ok(node, s, len, off);
     if (ret < 0) {
         return ret;
     }
-    /* The tail cluster is compressed zero-padded, as QEMU does. */
-    memcpy(s->cow_buf, buf, len);
-    memset(s->cow_buf + len, 0, (size_t)(cs - len));
-    int64_t csize = qcow2_compress(s->hdr.compression_type, s->zbuf,
-                                   (size_t)cs - 1, s->cow_buf, (size_t)cs);
+    const void *src = buf;
+    uint8_t *padded = NULL;
+    if (len < cs) {
+        padded = malloc(cs);
+        if (!padded) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        memcpy(padded, buf, len);
+        memset(padded + len, 0, cs - len);
+        src = padded;
+    }
+    int64_t csize = qcow2_compress(s->hdr.compression_type, out,
+                                   cap < cs - 1 ? cap : cs - 1, src, cs);
+    free(padded);
     if (csize == -ENOSPC) {
-        return qcow2_pwrite(node, buf, len, off);
+        return 0;
     }
     if (csize < 0) {
         return error_set((int)-csize, "%s: could not compress a cluster",
                          node->filename);
+    }
+    return csize;
+}
+
+int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
+                               size_t csize, size_t len, uint64_t off)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret = compressed_request_ok(node, s, len, off);
+    if (ret < 0) {
+        return ret;
+    }
+    if (csize == 0 || csize >= s->cluster_size) {
+        return error_set(EINVAL, "%s: bad compressed cluster size %zu",
+                         node->filename, csize);
+    }
+    ret = write_prepare(node, s);
+    if (ret < 0) {
+        return ret;
     }
     uint64_t cluster = off >> s->cluster_bits;
     struct cluster_state c;
@@ -1086,7 +1130,7 @@ int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
         return error_set(EFBIG, "%s: compressed data offset too large",
                          node->filename);
     }
-    ret = write_host(node, s, s->zbuf, (uint64_t)csize, host);
+    ret = write_host(node, s, data, (uint64_t)csize, host);
     if (ret < 0) {
         return ret;
     }
@@ -1099,4 +1143,39 @@ int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
     }
     s->z_valid = false;
     return ret;
+}
+
+int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
+                            size_t len, uint64_t off)
+{
+    struct qcow2_state *s = node->opaque;
+    if (len == 0) {
+        /*
+         * [QEMU] the end of the compressed writes: the file grows to a
+         * whole sector, so that sector-based readers see all of the last
+         * compressed cluster.
+         */
+        int64_t size = io_get_size(node->file);
+        if (size < 0) {
+            return (int)size;
+        }
+        uint64_t padded = ((uint64_t)size + 511) / 512 * 512;
+        return padded == (uint64_t)size ? 0
+                                        : io_truncate(node->file, padded);
+    }
+    /* The first write allocates zbuf. */
+    int ret = write_prepare(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t csize = qcow2_compress_cluster(node, buf, len, off, s->zbuf,
+                                           (size_t)s->cluster_size - 1);
+    if (csize < 0) {
+        return (int)csize;
+    }
+    if (csize == 0) {
+        return qcow2_pwrite(node, buf, len, off);
+    }
+    return qcow2_pwrite_precompressed(node, s->zbuf, (size_t)csize, len,
+                                      off);
 }
