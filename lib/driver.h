@@ -310,5 +310,6 @@ extern uint64_t check_max_table_entries;
 extern const struct qimg_format_ops format_raw;
 extern const struct qimg_format_ops format_qcow2;
 extern const struct qimg_format_ops format_vdi;
+extern const struct qimg_format_ops format_qcow;
 
 #endif /* QIMG_DRIVER_H */
