@@ -29,16 +29,11 @@ masked() {
         status=none
 }
 
-# A raw file with a pattern, zero runs and unaligned pieces.
-python3 -c '
-import sys
-d = bytearray(5 * 1048576 + 4096)
-for i in range(0, 65536):
-    d[i] = (i * 7 + 3) & 0xff
-d[1048576 + 4096:1048576 + 8192] = b"\xab" * 4096
-d[3 * 1048576 - 512:3 * 1048576 + 512] = b"\x5c" * 1024
-d[-100:] = b"\x01" * 100
-sys.stdout.buffer.write(d)' >pattern.raw
+# A raw file with patterns, zero runs and unaligned pieces.
+truncate -s $((5 * MiB + 4096)) pattern.raw
+io -f raw -c 'write -P 0x17 0 4k' -c 'write -P 0x93 4k 60k' \
+    -c 'write -P 0xab 1052672 4k' -c 'write -P 0x5c 3145216 1k' \
+    -c 'write -P 0x01 5246464 512' pattern.raw
 
 # same_raw NAME IMAGE: qimg and qemu-img read the same guest bytes.
 same_raw() {
@@ -144,9 +139,9 @@ for kind in off on; do
         fail "qimg convert static=$kind: compare"
     pass
     qemu_ok "qimg convert static=$kind" ic-$kind.vdi
-    map_layout ic-$kind.vdi >got.map
-    map_layout qc-$kind.vdi >want.map
-    expect_same "qimg convert static=$kind: layout" want.map got.map
+    "$QEMU_IMG" map --output=json ic-$kind.vdi >got.map
+    "$QEMU_IMG" map --output=json qc-$kind.vdi >want.map
+    expect_same "qimg convert static=$kind: map" want.map got.map
 done
 # Sequential conversion allocates in guest order, as qemu-img's does.
 masked ic-off.vdi ic.masked
@@ -232,9 +227,9 @@ expect_status "write to empty" 1 "$W" full.vdi vdi w:0:512:1
     fail "vdi to qcow2: compare"
 pass
 qemu_ok "vdi to qcow2" winxp.qcow2
-map_layout want.qcow2 >want.map
-map_layout winxp.qcow2 >got.map
-expect_same "vdi to qcow2: layout" want.map got.map
+"$QEMU_IMG" map --output=json want.qcow2 >want.map
+"$QEMU_IMG" map --output=json winxp.qcow2 >got.map
+expect_same "vdi to qcow2: map" want.map got.map
 same_out "vdi to qcow2: info" info --output=json winxp.qcow2
 
 echo "$checks checks"
