@@ -208,6 +208,11 @@ int cmd_check(int argc, char **argv)
     if (status != 0) {
         return status;
     }
+    if (ret < 0 && err == ENOTSUP) {
+        /* A format that checks but cannot repair (vdi), as qemu-img. */
+        cli_error("This image format does not support checks");
+        return CHECK_EXIT_UNSUPPORTED;
+    }
     if (ret < 0 || res.check_errors) {
         /* qemu-img names only the errno; the detail is in the library's. */
         if (ret < 0) {

@@ -18,6 +18,8 @@
 static const struct qimg_format_ops *const formats[] = {
     &format_qcow2,
     &format_raw,
+    &format_vdi,
+    &format_qcow,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 
