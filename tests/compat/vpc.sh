@@ -204,7 +204,7 @@ same_bytes "qcow2->vpc bytes" want.vhd got.vhd
 # ---- creator applications and the virtual size ----------------------------
 "$QEMU_IMG" create -q -f vpc base.vhd 10M
 "$QEMU_IMG" create -q -f vpc -o force_size=on maxgeo.vhd 10M
-for app in 7670632020 7673202020 71656d75 71656d32 77696e20 64327620 \
+for app in 76706320 76732020 71656d75 71656d32 77696e20 64327620 \
     43545853 74617000 77610000 74617020 00000000; do
     for img in base maxgeo; do
         cp $img.vhd a.vhd
@@ -268,5 +268,17 @@ same_output "tiny file" info -f vpc tiny.vhd
 printf conectix >tiny.vhd
 same_output "tiny cookie" info tiny.vhd
 same_output "vpc has no check" check -f vpc base.vhd
+
+# ---- what vpc does not do, in qemu-img's words ----------------------------
+cp base.vhd r.vhd
+same_output "no resize" resize -f vpc r.vhd 20M
+same_output "no amend" amend -f vpc -o force_size=on r.vhd
+same_output "no measure" measure -O vpc --size 10M
+rm -f bb.vhd
+same_output "no backing file" create -f vpc -b base.vhd -F vpc bb.vhd
+same_output "measure from vpc" measure -O qcow2 dyn.vhd
+"$QEMU_IMG" convert -O raw dyn.vhd dyn.raw
+same_output "compare -s" compare -s dyn.vhd dyn.raw
+same_output "compare" compare dyn.vhd dyn.raw
 
 finish
