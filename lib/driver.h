@@ -365,5 +365,6 @@ extern const struct qimg_format_ops format_raw;
 extern const struct qimg_format_ops format_qcow2;
 extern const struct qimg_format_ops format_vdi;
 extern const struct qimg_format_ops format_qcow;
+extern const struct qimg_format_ops format_vpc;
 
 #endif /* QIMG_DRIVER_H */

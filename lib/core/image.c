@@ -20,6 +20,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_raw,
     &format_vdi,
     &format_qcow,
+    &format_vpc,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

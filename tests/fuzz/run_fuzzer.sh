@@ -17,7 +17,12 @@ seconds=${FUZZ_SECONDS:-60}
 
 rm -rf "$work/seeds"
 mkdir -p "$work/corpus" "$work/artifacts" "$work/seeds"
-bash "$src/make_corpus.sh" "$work/seeds" || {
+# A target's own seed maker if it has one (make_corpus_TARGET.sh).
+maker=$src/make_corpus.sh
+if [ -f "$src/make_corpus_$target.sh" ]; then
+    maker=$src/make_corpus_$target.sh
+fi
+bash "$maker" "$work/seeds" || {
     echo "run_fuzzer.sh: could not make the seed corpus" >&2
     exit 1
 }
