@@ -170,6 +170,12 @@ int cmd_check(int argc, char **argv)
     struct qimg_check_result res;
     int ret = qimg_check(img, fix, print_problem, NULL, &res);
     int err = ret < 0 ? qimg_get_errno() : 0;
+    if (ret < 0 && err == ENOTSUP) {
+        /* qemu-img's words for any check that says ENOTSUP (vmdk -r). */
+        cli_error("This image format does not support checks");
+        qimg_close(img);
+        return CHECK_EXIT_UNSUPPORTED;
+    }
     if (ret == 0 && (res.corruptions_fixed || res.leaks_fixed)) {
         /* qemu-img checks again and reports that, with what was fixed. */
         int64_t corruptions_fixed = res.corruptions_fixed;

@@ -366,5 +366,6 @@ extern const struct qimg_format_ops format_qcow2;
 extern const struct qimg_format_ops format_vdi;
 extern const struct qimg_format_ops format_qcow;
 extern const struct qimg_format_ops format_vpc;
+extern const struct qimg_format_ops format_vmdk;
 
 #endif /* QIMG_DRIVER_H */

@@ -320,6 +320,12 @@ struct qimg_image_info {
     struct qimg_snapshot_info *snapshots;
     /* {"type": FMT, "data": {...}} or NULL. */
     struct qimg_value *format_specific;
+    /*
+     * The format could not describe the disk as one (QEMU's get_info
+     * failed: vmdk extents of different kinds): no cluster size and no
+     * dirty-flag in the output.
+     */
+    bool no_disk_info;
 };
 
 /*

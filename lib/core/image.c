@@ -21,6 +21,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_vdi,
     &format_qcow,
     &format_vpc,
+    &format_vmdk,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

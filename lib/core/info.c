@@ -243,7 +243,8 @@ struct qimg_value *qimg_image_info_to_value(
     /* QAPI ImageInfo in schema order; the dict reorders as QEMU's does. */
     bool ok = put(d, "filename", qimg_value_new_string(info->filename)) &&
               put(d, "format", qimg_value_new_string(info->format)) &&
-              put(d, "dirty-flag", qimg_value_new_bool(info->dirty_flag));
+              (info->no_disk_info ||
+               put(d, "dirty-flag", qimg_value_new_bool(info->dirty_flag)));
     if (ok && info->actual_size >= 0) {
         ok = put(d, "actual-size", qimg_value_new_int(info->actual_size));
     }
