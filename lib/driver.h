@@ -309,5 +309,6 @@ extern uint64_t check_max_table_entries;
 /* Drivers. */
 extern const struct qimg_format_ops format_raw;
 extern const struct qimg_format_ops format_qcow2;
+extern const struct qimg_format_ops format_vhdx;
 
 #endif /* QIMG_DRIVER_H */

@@ -18,6 +18,7 @@
 static const struct qimg_format_ops *const formats[] = {
     &format_qcow2,
     &format_raw,
+    &format_vhdx,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 
