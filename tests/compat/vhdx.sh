@@ -14,7 +14,7 @@ PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
 mk() { "$QEMU_IMG" create -q "$@" >/dev/null || fail "qemu-img create $*"; }
-io() { "$QEMU_IO" "$@" >/dev/null || fail "qemu-io $*"; }
+io() { "$QEMU_IO" -t unsafe "$@" >/dev/null || fail "qemu-io $*"; }
 tool() { "$PY" "$TOOL" "$@" || fail "vhdx_tool $*"; }
 
 # Run a command of both tools on FILE: stdout, stderr (program name
@@ -68,9 +68,7 @@ same_view() {
     same_cmd "$name-info" "$file" info
     same_cmd "$name-info-json" "$file" info --output=json
     same_cmd "$name-map" "$file" map --output=json
-    same_cmd "$name-map-human" "$file" map
     same_cmd "$name-check" "$file" check
-    same_cmd "$name-check-json" "$file" check --output=json
 }
 
 # A raw file with a distinct pattern in each 64 KiB, and zero runs.
@@ -92,6 +90,9 @@ mk -f vhdx dyn8m.vhdx 24M
 io -c 'write -P 0xab 0 64k' -c 'write -P 0xcd 8M 4k' \
     -c 'write -P 0xef 16777000 1000' -c 'write -z 4M 1M' dyn8m.vhdx
 same_view dyn8m dyn8m.vhdx
+# The human map (refused: no host offsets) and check as JSON, once.
+same_cmd dyn8m-map-human dyn8m.vhdx map
+same_cmd dyn8m-check-json dyn8m.vhdx check --output=json
 
 for bs in 1M 2M 32M; do
     mk -f vhdx -o block_size=$bs dyn-$bs.vhdx 5M
