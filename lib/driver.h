@@ -367,5 +367,6 @@ extern const struct qimg_format_ops format_vdi;
 extern const struct qimg_format_ops format_qcow;
 extern const struct qimg_format_ops format_vpc;
 extern const struct qimg_format_ops format_vmdk;
+extern const struct qimg_format_ops format_vhdx;
 
 #endif /* QIMG_DRIVER_H */

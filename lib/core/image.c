@@ -22,6 +22,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_qcow,
     &format_vpc,
     &format_vmdk,
+    &format_vhdx,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 
