@@ -85,11 +85,10 @@ struct create_params {
     /* Metadata preallocation (asked for, or implied by data_file_raw). */
     bool metadata;
     /*
-     * preallocation=falloc/full: the metadata layout, with the data
-     * clusters' bytes reserved in the file (falloc) or written (full).
-     * [QEMU] lays such images out differently (its preallocating
-     * truncate moves the refcount table); qimg's are equivalent, not
-     * byte-identical.
+     * preallocation=falloc/full: "falloc" or "full", NULL otherwise.  In
+     * the image it is QEMU's preallocating truncate (prealloc_truncate);
+     * with an external data file, metadata preallocation plus the data
+     * file's bytes reserved (falloc) or written (full).
      */
     const char *reserve;
     unsigned refcount_order;
