@@ -157,29 +157,36 @@ run_both "no such directory" -f qcow2 nodir/a.img 1M
 run_both "data file in no such directory" -f qcow2 -o data_file=nodir/d.raw \
     a.img 1M
 
-# preallocation=falloc and full: qimg keeps the metadata layout and
-# reserves or writes the data clusters (QEMU's layout moves the refcount
-# table, so the bytes differ): the file is as long as QEMU's, allocated,
-# clean, and maps the same way.
+# preallocation=falloc and full: QEMU's preallocating truncate (a
+# refcount area after the L1 table: new blocks, then a new refcount
+# table; the data after it; the L2 tables into the freed old table and
+# after the data), byte for byte.  Several new blocks (512-byte
+# clusters), several new table clusters (64-bit refcounts), one-bit
+# refcounts, subclusters, v2, an external data file.
 for p in falloc full; do
-    for o in "" ",extended_l2=on" ",cluster_size=4096"; do
-        rm -f q.img m.img
-        "$QEMU_IMG" create -q -f qcow2 -o preallocation=$p$o q.img 100M
-        "$QIMG" create -q -f qcow2 -o preallocation=$p$o m.img 100M ||
-            fail "preallocation=$p$o: create"
-        expect_status "preallocation=$p$o: qemu-img check" 0 \
-            "$QEMU_IMG" check -q m.img
-        checks=$((checks + 1))
-        [ "$(stat -c %s q.img)" = "$(stat -c %s m.img)" ] ||
-            fail "preallocation=$p$o: file size" \
-                "$(stat -c %s q.img) vs $(stat -c %s m.img)"
-        checks=$((checks + 1))
-        [ "$(stat -c %b m.img)" -ge $((100 * 1024 * 2)) ] ||
-            fail "preallocation=$p$o: data not reserved"
-        map_layout q.img >q.map
-        map_layout m.img >m.map
-        expect_same "preallocation=$p$o: map" q.map m.map
+    for s in 0 512 66048 3M; do
+        run_both "$p $s" -f qcow2 -o preallocation=$p a.img $s
     done
+    for o in cluster_size=512 cluster_size=512,refcount_bits=64 \
+        refcount_bits=1,cluster_size=1k extended_l2=on compat=0.10 \
+        lazy_refcounts=on,refcount_bits=8 cluster_size=2M; do
+        run_both "$p $o" -f qcow2 -o preallocation=$p,$o a.img 3M
+    done
+    run_both "$p data file" -f qcow2 -o preallocation=$p,data_file=d.raw \
+        a.img 1M
+    run_both "$p data file raw" -f qcow2 \
+        -o preallocation=$p,data_file=d.raw,data_file_raw=on a.img 66048
 done
+# Metadata that outgrows the one-cluster refcount table: QEMU moves to a
+# table with room for half as many blocks again, in an area at the next
+# group boundary, and leaves the clusters it had counted free.
+run_both "metadata two table moves" -f qcow2 \
+    -o preallocation=metadata,cluster_size=512 a.img 17M
+run_both "metadata table moves 64-bit" -f qcow2 \
+    -o preallocation=metadata,cluster_size=512,refcount_bits=64 a.img 3M
+run_both "metadata table moves 64-bit 1k" -f qcow2 \
+    -o preallocation=metadata,cluster_size=1k,refcount_bits=64 a.img 9M
+run_both "L1 outgrows the refcount table" -f qcow2 \
+    -o cluster_size=512,refcount_bits=64 a.img 9G
 
 finish

@@ -85,11 +85,10 @@ struct create_params {
     /* Metadata preallocation (asked for, or implied by data_file_raw). */
     bool metadata;
     /*
-     * preallocation=falloc/full: the metadata layout, with the data
-     * clusters' bytes reserved in the file (falloc) or written (full).
-     * [QEMU] lays such images out differently (its preallocating
-     * truncate moves the refcount table); qimg's are equivalent, not
-     * byte-identical.
+     * preallocation=falloc/full: "falloc" or "full", NULL otherwise.  In
+     * the image it is QEMU's preallocating truncate (prealloc_truncate);
+     * with an external data file, metadata preallocation plus the data
+     * file's bytes reserved (falloc) or written (full).
      */
     const char *reserve;
     unsigned refcount_order;
@@ -333,54 +332,246 @@ static int build_header(const struct create_params *p, uint64_t l1_size,
 }
 
 /*
- * QEMU's allocator on a fresh image, replayed: clusters are handed out in
- * order from the first free one, and a cluster whose refcount block does
- * not exist yet gets one allocated at the next free cluster (whose own
- * refcount may need yet another block first).  Every cluster below next
- * ends with refcount 1.
+ * QEMU's cluster allocator on a fresh image, replayed (the rules were
+ * measured against qemu-img 7.2):
+ * - a search for n clusters starts at free_index and takes the first n
+ *   consecutive clusters whose refcount is 0; free_index moves past them,
+ *   and freeing a cluster pulls free_index back down to it;
+ * - the refcounts are then set cluster by cluster.  A cluster whose
+ *   refcount block is missing gets one from a one-cluster search: it
+ *   counts itself when it lies in its own group, else it is counted
+ *   first like any allocation.  The request's partial counts are undone
+ *   and its search restarts from its start;
+ * - a cluster beyond what the refcount table can hold moves the table:
+ *   a refcount area at the start of that cluster's group (the missing
+ *   blocks, then a table with room for half as many blocks again), the
+ *   old table freed (its bytes stay in the file) and the request
+ *   restarted, which leaves the undone clusters free for good;
+ * - preallocation=falloc/full is a truncate: an exact refcount area at
+ *   the end of the file, the data clusters after it, and the L2 tables
+ *   from the allocator (the first into the freed table).
+ * Every allocated cluster has refcount 1: a bitmap is the refcounts.
  */
 struct layout {
+    uint64_t cs;
     uint64_t rb_entries;   /* refcounts per block */
-    uint64_t reft_entries; /* entries in the one-cluster refcount table */
-    uint64_t *reft;        /* block index -> cluster, 0 if none */
-    uint64_t next;         /* first free cluster */
+    uint64_t *reft;        /* group -> refcount block cluster, 0 if none */
+    uint64_t reft_entries; /* entries the current table holds */
+    uint64_t reft_cluster, reft_clusters;
+    uint64_t *used;        /* bit c: cluster c has refcount 1 */
+    uint64_t used_words;
+    uint64_t free_index;   /* where the next search starts */
+    uint64_t end;          /* one past the last cluster ever counted */
     uint64_t last_data;    /* the last data cluster allocated */
+    struct qimg_io *io;    /* where a replaced table's bytes go */
 };
 
-static int layout_ref(struct layout *lo, uint64_t cluster)
+/* The request must be searched for again (not an error). */
+#define LAYOUT_AGAIN 1
+
+static bool layout_used(const struct layout *lo, uint64_t c)
 {
-    uint64_t idx = cluster / lo->rb_entries;
-    if (idx >= lo->reft_entries) {
-        /* QEMU moves to a bigger refcount table here; not reproduced. */
-        return error_set(ENOTSUP, "qcow2 images whose metadata needs more "
-                         "than one refcount table cluster are not "
-                         "implemented yet");
+    return c / 64 < lo->used_words && (lo->used[c / 64] >> (c % 64)) & 1;
+}
+
+static int layout_mark(struct layout *lo, uint64_t c)
+{
+    if (c > QCOW2_MAX_HOST_OFFSET / lo->cs) {
+        return error_set(EFBIG, "The image size is too large for file "
+                         "format 'qcow2'");
     }
-    if (lo->reft[idx]) {
-        return 0;
+    if (c / 64 >= lo->used_words) {
+        uint64_t words = lo->used_words ? lo->used_words : 1024;
+        while (words <= c / 64) {
+            words *= 2;
+        }
+        uint64_t *n = realloc(lo->used, words * sizeof(uint64_t));
+        if (!n) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        memset(n + lo->used_words, 0,
+               (words - lo->used_words) * sizeof(uint64_t));
+        lo->used = n;
+        lo->used_words = words;
     }
-    uint64_t block = lo->next++;
-    if (block / lo->rb_entries != idx) {
-        int ret = layout_ref(lo, block);
+    lo->used[c / 64] |= 1ull << (c % 64);
+    if (c + 1 > lo->end) {
+        lo->end = c + 1;
+    }
+    return 0;
+}
+
+static void layout_unmark(struct layout *lo, uint64_t first, uint64_t end)
+{
+    for (uint64_t c = first; c < end; c++) {
+        if (c / 64 < lo->used_words) {
+            lo->used[c / 64] &= ~(1ull << (c % 64));
+        }
+    }
+}
+
+/* The first n free clusters in a row from free_index (no refcounts). */
+static uint64_t layout_search(struct layout *lo, uint64_t n)
+{
+    uint64_t c = lo->free_index, run = 0;
+    while (run < n) {
+        if (run == 0 && c % 64 == 0 && c / 64 < lo->used_words &&
+            lo->used[c / 64] == UINT64_MAX) {
+            c += 64;
+            continue;
+        }
+        run = layout_used(lo, c) ? 0 : run + 1;
+        c++;
+    }
+    lo->free_index = c;
+    return c - n;
+}
+
+/*
+ * Refcount blocks (all of them, from cluster 0) needed to count clusters
+ * clusters plus the blocks and a table for them; generous tables have
+ * room for half as many blocks again.
+ */
+static uint64_t layout_blocks_for(const struct layout *lo, uint64_t clusters,
+                                  bool generous)
+{
+    uint64_t per_table = lo->cs / 8, blocks = 0, table = 0;
+    for (;;) {
+        uint64_t b = (clusters + blocks + table + lo->rb_entries - 1) /
+                     lo->rb_entries;
+        uint64_t entries = generous ? b + (b + 1) / 2 : b;
+        uint64_t t = (entries + per_table - 1) / per_table;
+        if (b == blocks && t == table) {
+            return blocks;
+        }
+        blocks = b;
+        table = t;
+    }
+}
+
+/* Write a refcount table's entries at its place in the file. */
+static int layout_write_table(struct layout *lo)
+{
+    size_t len = (size_t)(lo->reft_clusters * lo->cs);
+    uint8_t *buf = calloc(1, len);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    for (uint64_t i = 0; i < lo->reft_entries; i++) {
+        store_be64(buf + i * 8, lo->reft[i] * lo->cs);
+    }
+    int ret = io_pwrite(lo->io, buf, len, lo->reft_cluster * lo->cs);
+    free(buf);
+    return ret;
+}
+
+/*
+ * A refcount area at cluster start: blocks for every missing group from
+ * start's on, as many as counting clusters + the area needs, then a new
+ * table, which replaces the old one (with entry index set to block if it
+ * is in range).  *area_end is the cluster after it.
+ */
+static int layout_area(struct layout *lo, uint64_t start, uint64_t clusters,
+                       bool generous, uint64_t index, uint64_t block,
+                       uint64_t *area_end)
+{
+    uint64_t per_table = lo->cs / 8;
+    uint64_t total = layout_blocks_for(lo, clusters, generous);
+    uint64_t entries = generous ? total + (total + 1) / 2 : total;
+    entries = (entries + per_table - 1) / per_table * per_table;
+    if (entries > QCOW2_MAX_REFTABLE_SIZE / 8) {
+        return error_set(EFBIG, "The image size is too large for file "
+                         "format 'qcow2' (try using a larger cluster "
+                         "size)");
+    }
+    uint64_t *table = calloc(entries, sizeof(uint64_t));
+    if (!table) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    memcpy(table, lo->reft, (size_t)((entries < lo->reft_entries
+                                      ? entries : lo->reft_entries) * 8));
+    if (index < entries) {
+        table[index] = block;
+    }
+    uint64_t next = start;
+    for (uint64_t i = start / lo->rb_entries; i < total; i++) {
+        if (!table[i]) {
+            table[i] = next++;
+        }
+    }
+    uint64_t table_cluster = next;
+    next += entries / per_table;
+    int ret = 0;
+    for (uint64_t c = start; ret == 0 && c < next; c++) {
+        ret = layout_mark(lo, c);
+    }
+    /* The old table's bytes stay where they were. */
+    if (ret == 0) {
+        ret = layout_write_table(lo);
+    }
+    if (ret < 0) {
+        free(table);
+        return ret;
+    }
+    layout_unmark(lo, lo->reft_cluster, lo->reft_cluster + lo->reft_clusters);
+    if (lo->reft_cluster < lo->free_index) {
+        lo->free_index = lo->reft_cluster;
+    }
+    free(lo->reft);
+    lo->reft = table;
+    lo->reft_entries = entries;
+    lo->reft_cluster = table_cluster;
+    lo->reft_clusters = entries / per_table;
+    *area_end = next;
+    return 0;
+}
+
+/* Count clusters [first, first + n): 0, LAYOUT_AGAIN or -errno. */
+static int layout_count(struct layout *lo, uint64_t first, uint64_t n)
+{
+    for (uint64_t c = first; c < first + n; c++) {
+        uint64_t g = c / lo->rb_entries;
+        if (g < lo->reft_entries && lo->reft[g]) {
+            int ret = layout_mark(lo, c);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        /* A new block, counted by itself or like any allocation. */
+        uint64_t block = layout_search(lo, 1);
+        int ret = block / lo->rb_entries == g ? layout_mark(lo, block)
+                                               : layout_count(lo, block, 1);
+        if (ret == 0 && g < lo->reft_entries) {
+            lo->reft[g] = block;
+        } else if (ret == 0) {
+            /* The area starts at the first group after both. */
+            uint64_t top = (c > block ? c : block) + 1;
+            uint64_t meta = (top + lo->rb_entries - 1) / lo->rb_entries *
+                            lo->rb_entries;
+            uint64_t unused;
+            ret = layout_area(lo, meta, meta, true, g, block, &unused);
+        }
         if (ret < 0) {
             return ret;
         }
+        layout_unmark(lo, first, c);
+        if (first < lo->free_index) {
+            lo->free_index = first;
+        }
+        return LAYOUT_AGAIN;
     }
-    lo->reft[idx] = block;
     return 0;
 }
 
 static int layout_alloc(struct layout *lo, uint64_t n, uint64_t *first)
 {
-    *first = lo->next;
-    lo->next += n;
-    for (uint64_t c = *first; c < *first + n; c++) {
-        int ret = layout_ref(lo, c);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    return 0;
+    int ret;
+    do {
+        *first = layout_search(lo, n);
+        ret = layout_count(lo, *first, n);
+    } while (ret == LAYOUT_AGAIN);
+    return ret;
 }
 
 /* Set refcount entry i of a refcount block to 1. */
@@ -401,6 +592,9 @@ static void refcount_set_one(uint8_t *block, uint64_t i, unsigned order)
 static int reserve_range(struct qimg_io *io, const char *mode, uint64_t off,
                          uint64_t len)
 {
+    if (len == 0) {
+        return 0;
+    }
     if (strcmp(mode, "falloc") == 0) {
         return io_allocate(io, off, len);
     }
@@ -447,9 +641,6 @@ static int prealloc_l2(struct qimg_io *io, const struct create_params *p,
             }
             ret = layout_alloc(lo, n, &first);
             lo->last_data = first + n - 1;
-            if (ret == 0 && p->reserve) {
-                ret = reserve_range(io, p->reserve, first * cs, n * cs);
-            }
         }
         for (uint64_t k = 0; ret == 0 && k < n; k++) {
             store_be64(l2 + (i + k) * entry,
@@ -461,6 +652,79 @@ static int prealloc_l2(struct qimg_io *io, const struct create_params *p,
         ret = io_pwrite(io, l2, cs, *l2_cluster * cs);
     }
     return ret;
+}
+
+/*
+ * preallocation=falloc/full in the image: QEMU's preallocating truncate
+ * from 0.  An exact refcount area at the end of the file covers the data
+ * clusters and one L2 table more than they need (a range need not start
+ * on a table boundary); the data follows it, reserved or written, and
+ * the L2 tables come from the allocator, table by table.
+ */
+static int prealloc_truncate(struct qimg_io *io,
+                             const struct create_params *p,
+                             struct layout *lo, uint8_t *l2, uint8_t *l1,
+                             uint64_t l1_size)
+{
+    uint64_t cs = p->cluster_size;
+    unsigned entry = p->extended_l2 ? 16 : 8;
+    uint64_t per_table = cs / entry;
+    uint64_t clusters = (p->size + cs - 1) / cs;
+    uint64_t tables = (clusters + per_table - 1) / per_table + 1;
+    uint64_t start = lo->end, data;
+    int ret = layout_area(lo, start, start + clusters + tables, false,
+                          UINT64_MAX, 0, &data);
+    for (uint64_t c = data; ret == 0 && c < data + clusters; c++) {
+        uint64_t g = c / lo->rb_entries;
+        if (g >= lo->reft_entries || !lo->reft[g]) {
+            /* The area was sized to make this impossible. */
+            return error_set(EIO, "qcow2 preallocation: data cluster "
+                             "%#llx not covered", (unsigned long long)c);
+        }
+        ret = layout_mark(lo, c);
+    }
+    if (ret == 0) {
+        ret = reserve_range(io, p->reserve, data * cs, clusters * cs);
+    }
+    for (uint64_t t = 0; ret == 0 && t < l1_size; t++) {
+        uint64_t l2_cluster;
+        ret = layout_alloc(lo, 1, &l2_cluster);
+        memset(l2, 0, cs);
+        for (uint64_t i = 0; i < per_table && t * per_table + i < clusters;
+             i++) {
+            store_be64(l2 + i * entry,
+                       ((data + t * per_table + i) * cs) |
+                           QCOW2_OFLAG_COPIED);
+        }
+        if (ret == 0) {
+            ret = io_pwrite(io, l2, cs, l2_cluster * cs);
+        }
+        store_be64(l1 + t * 8, l2_cluster * cs | QCOW2_OFLAG_COPIED);
+    }
+    return ret;
+}
+
+/* Every refcount block, from the bitmap. */
+static int write_refblocks(struct qimg_io *io, const struct create_params *p,
+                           struct layout *lo, uint8_t *block)
+{
+    uint64_t cs = p->cluster_size;
+    for (uint64_t b = 0; b < lo->reft_entries; b++) {
+        if (!lo->reft[b]) {
+            continue;
+        }
+        memset(block, 0, cs);
+        for (uint64_t i = 0; i < lo->rb_entries; i++) {
+            if (layout_used(lo, b * lo->rb_entries + i)) {
+                refcount_set_one(block, i, p->refcount_order);
+            }
+        }
+        int ret = io_pwrite(io, block, cs, lo->reft[b] * cs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
 }
 
 static int write_image(struct qimg_io *io, const struct create_params *p)
@@ -475,11 +739,16 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     uint64_t l1_bytes = l1_size * 8;
     uint64_t l1_clusters = (l1_bytes + cs - 1) / cs;
     struct layout lo = {
+        .cs = cs,
         .rb_entries = cs * 8 >> p->refcount_order,
         .reft_entries = cs / 8,
+        .reft_cluster = 1,
+        .reft_clusters = 1,
+        .io = io,
     };
+    bool truncate_path = p->reserve && !p->data_file;
     uint64_t l1_first = 0, first;
-    uint8_t *buf = calloc(3, cs);
+    uint8_t *buf = calloc(1, cs);
     uint8_t *l1 = calloc(l1_size ? l1_size : 1, 8);
     lo.reft = calloc(lo.reft_entries, sizeof(uint64_t));
     int ret = 0;
@@ -487,65 +756,48 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
         ret = error_set(ENOMEM, "Out of memory");
         goto out;
     }
+    /* Header, refcount table and its first block, counted. */
     lo.reft[0] = 2;
     ret = layout_alloc(&lo, 3, &first);
     if (ret == 0 && l1_size) {
         ret = layout_alloc(&lo, l1_clusters, &l1_first);
     }
-    for (uint64_t t = 0; ret == 0 && p->metadata && t < l1_size; t++) {
+    if (ret == 0 && truncate_path) {
+        ret = prealloc_truncate(io, p, &lo, buf, l1, l1_size);
+    }
+    for (uint64_t t = 0; ret == 0 && !truncate_path && p->metadata &&
+                         t < l1_size; t++) {
         ret = prealloc_l2(io, p, &lo, buf, t, &first);
         store_be64(l1 + t * 8, first * cs | QCOW2_OFLAG_COPIED);
     }
-    memset(buf, 0, 3 * cs);
-    if (ret < 0) {
-        goto out;
-    }
-    ret = build_header(p, l1_size, l1_first * cs, buf);
-    if (ret < 0) {
-        goto out;
-    }
-    for (uint64_t i = 0; i < lo.reft_entries; i++) {
-        store_be64(buf + cs + i * 8, lo.reft[i] * cs);
-    }
-    /* Refcount blocks, all clusters below lo.next in use. */
-    for (uint64_t b = 0; ret == 0 && b < lo.reft_entries; b++) {
-        if (!lo.reft[b]) {
-            continue;
-        }
-        uint8_t *block = b == 0 ? buf + 2 * cs : malloc(cs);
-        if (!block) {
-            ret = error_set(ENOMEM, "Out of memory");
-            break;
-        }
-        if (b != 0) {
-            memset(block, 0, cs);
-        }
-        for (uint64_t i = 0; i < lo.rb_entries; i++) {
-            if (b * lo.rb_entries + i >= lo.next) {
-                break;
-            }
-            refcount_set_one(block, i, p->refcount_order);
-        }
-        if (b != 0) {
-            ret = io_pwrite(io, block, cs, lo.reft[b] * cs);
-            free(block);
-        }
+    if (ret == 0) {
+        memset(buf, 0, cs);
+        ret = build_header(p, l1_size, l1_first * cs, buf);
     }
     if (ret == 0) {
-        ret = io_pwrite(io, buf, 3 * cs, 0);
+        store_be64(buf + 48, lo.reft_cluster * cs);
+        store_be32(buf + 56, (uint32_t)lo.reft_clusters);
+        ret = io_pwrite(io, buf, cs, 0);
+    }
+    if (ret == 0) {
+        ret = layout_write_table(&lo);
+    }
+    if (ret == 0) {
+        ret = write_refblocks(io, p, &lo, buf);
     }
     if (ret == 0 && l1_size) {
         ret = io_pwrite(io, l1, l1_bytes, l1_first * cs);
     }
-    if (ret == 0 && p->metadata && !p->data_file && p->size) {
+    if (ret == 0 && p->metadata && !truncate_path && !p->data_file &&
+        p->size) {
         /*
          * The file ends with the last allocation; when that is the last
          * data cluster, only up to the (sub)cluster holding the guest end.
          */
         uint64_t unit = p->extended_l2 ? cs / 32 : cs;
         uint64_t tail = p->size - (p->size - 1) / cs * cs;
-        uint64_t end = lo.next * cs;
-        if (lo.last_data == lo.next - 1) {
+        uint64_t end = lo.end * cs;
+        if (lo.last_data == lo.end - 1) {
             end = lo.last_data * cs + (tail + unit - 1) / unit * unit;
         }
         ret = io_truncate(io, end);
@@ -557,6 +809,7 @@ out:
     free(buf);
     free(l1);
     free(lo.reft);
+    free(lo.used);
     return ret;
 }
 
