@@ -110,6 +110,24 @@ rm -f want/winxp.qcow2 got/winxp.qcow2
     -c 'write -P 0x44 20M 4k' -c 'discard 8M 1M' \
     winxp.qcow2 >/dev/null || fail "qemu-io winxp"
 
+# 3a. Freeze a clean state, break something, roll back.
+cp winxp.qcow2 before.qcow2
+"$QIMG" snapshot -c before-update winxp.qcow2 >snap.out 2>&1 ||
+    fail "snapshot -c" "$(cat snap.out)"
+"$QIMG" snapshot -l winxp.qcow2 >list.out 2>&1 ||
+    fail "snapshot -l" "$(cat list.out)"
+"$QEMU_IMG" snapshot -l winxp.qcow2 >list-want.out 2>&1
+expect_same "snapshot -l: qemu-img's listing" list-want.out list.out
+checks=$((checks + 1))
+grep -q ' before-update ' list.out || fail "snapshot -l: no before-update" \
+    "$(cat list.out)"
+"$QEMU_IO" -c 'write -P 0x99 0 2M' -c 'write -z 40M 1M' winxp.qcow2 \
+    >/dev/null || fail "qemu-io: the bad update"
+"$QIMG" snapshot -a before-update winxp.qcow2 >apply.out 2>&1 ||
+    fail "snapshot -a" "$(cat apply.out)"
+same_content "snapshot -a reverts" before.qcow2 winxp.qcow2
+clean "snapshot -a" winxp.qcow2
+
 # 4. Compact it: a smaller file that reads the same.
 for tool in "$QEMU_IMG" "$QIMG"; do
     rm -f compacted.qcow2
@@ -120,6 +138,10 @@ for tool in "$QEMU_IMG" "$QIMG"; do
 done
 clean "compact" compacted.qcow2
 same_content "compact" winxp.qcow2 compacted.qcow2
+# Like qemu-img's, the copy has no snapshots.
+"$QIMG" snapshot -l compacted.qcow2 >list.out 2>&1
+checks=$((checks + 1))
+[ -s list.out ] && fail "compact: snapshots kept" "$(cat list.out)"
 checks=$((checks + 1))
 if [ "$(stat -c %s compacted.qcow2)" -ge "$(stat -c %s winxp.qcow2)" ] ||
     [ "$(stat -c %s compacted.qcow2)" != \
@@ -157,6 +179,27 @@ grep -q '^backing file: base.img (actual path: got/base.img)$' info.out ||
 checks=$((checks + 1))
 grep -q 'Pattern verification failed' read.out &&
     fail "overlay reads" "$(cat read.out)"
+
+# 6a. Merge the overlay's changes into the base.
+(cd got && "$QIMG" commit overlay.qcow2 >../commit.out 2>&1) ||
+    fail "commit" "$(cat commit.out)"
+checks=$((checks + 1))
+grep -qx 'Image committed.' commit.out || fail "commit: output" \
+    "$(cat commit.out)"
+"$QEMU_IO" -f raw -c 'read -P 0x55 0 1M' -c 'read -P 0x66 1M 64k' \
+    got/base.img >read.out 2>&1
+checks=$((checks + 1))
+grep -q 'Pattern verification failed' read.out &&
+    fail "commit: base reads" "$(cat read.out)"
+clean "commit" got/overlay.qcow2
+
+# 6b. From VirtualBox: convert -f vdi -O qcow2 source.vdi winxp.qcow2.
+rm -f source.vdi winxp.qcow2
+"$QEMU_IMG" convert -f raw -O vdi base.img source.vdi
+"$QIMG" convert -f vdi -O qcow2 source.vdi winxp.qcow2 >conv.out 2>&1 ||
+    fail "convert -f vdi" "$(cat conv.out)"
+clean "convert -f vdi" winxp.qcow2
+same_content "convert -f vdi" base.img winxp.qcow2
 
 # 7. A command miscopied from a guide: a clear error, status 1, and no
 #    file left behind.
