@@ -415,6 +415,87 @@ static void op_resize(struct op_rec *r)
     S.size = size;
 }
 
+/*
+ * Internal snapshots: created, applied and deleted among the writes, so
+ * cuts land inside their refcount, L1-copy, table and header steps.  Each
+ * is remembered with the guest disk it saved, which applying it brings
+ * back (all of it or, cut before the flush, none of it).
+ */
+#define MAX_SNAPSHOTS 3
+
+static struct {
+    char name[16];
+    uint8_t *disk;
+    uint64_t size;
+} snaps[MAX_SNAPSHOTS];
+static int nb_snaps;
+static unsigned snap_counter;
+
+static bool have_snapshot(void)
+{
+    return nb_snaps > 0;
+}
+
+static bool room_for_snapshot(void)
+{
+    return nb_snaps < MAX_SNAPSHOTS;
+}
+
+/* A resize with snapshots is refused on v2 and for shrinking: none then. */
+static bool no_snapshot(void)
+{
+    return nb_snaps == 0;
+}
+
+static void op_snapshot_create(struct op_rec *r)
+{
+    (void)r;
+    int k = nb_snaps;
+    snprintf(snaps[k].name, sizeof(snaps[k].name), "s%u", snap_counter++);
+    if (qimg_snapshot_create(S.img, snaps[k].name) < 0) {
+        die_api("qimg_snapshot_create");
+    }
+    snaps[k].disk = xmalloc((size_t)S.size);
+    memcpy(snaps[k].disk, S.mirror, (size_t)S.size);
+    snaps[k].size = S.size;
+    nb_snaps++;
+}
+
+static void op_snapshot_apply(struct op_rec *r)
+{
+    int k = (int)rnd((uint64_t)nb_snaps);
+    struct qimg_snapshot_select sel = {.name = snaps[k].name};
+    if (qimg_snapshot_apply(S.img, &sel) < 0) {
+        die_api("qimg_snapshot_apply");
+    }
+    add_effect(r, 0, snaps[k].size, snaps[k].disk);
+    if (S.size > snaps[k].size) {
+        add_effect(r, snaps[k].size, S.size - snaps[k].size, NULL);
+    }
+    S.size = snaps[k].size;
+}
+
+static void op_snapshot_delete(struct op_rec *r)
+{
+    (void)r;
+    int k = (int)rnd((uint64_t)nb_snaps);
+    struct qimg_snapshot_select sel = {.name = snaps[k].name};
+    if (qimg_snapshot_delete(S.img, &sel) < 0) {
+        die_api("qimg_snapshot_delete");
+    }
+    free(snaps[k].disk);
+    snaps[k] = snaps[nb_snaps - 1];
+    nb_snaps--;
+}
+
+static void forget_snapshots(void)
+{
+    for (int k = 0; k < nb_snaps; k++) {
+        free(snaps[k].disk);
+    }
+    nb_snaps = 0;
+}
+
 static void op_flush(struct op_rec *r)
 {
     if (qimg_flush(S.img) < 0) {
@@ -432,7 +513,10 @@ static const struct op_desc ops[] = {
     {"zero", 10, NULL, op_zero},
     {"discard", 8, NULL, op_discard},
     {"compressed", 6, NULL, op_compressed},
-    {"resize", 3, NULL, op_resize},
+    {"resize", 3, no_snapshot, op_resize},
+    {"snapshot-create", 2, room_for_snapshot, op_snapshot_create},
+    {"snapshot-apply", 1, have_snapshot, op_snapshot_apply},
+    {"snapshot-delete", 1, have_snapshot, op_snapshot_delete},
     {"flush", 12, NULL, op_flush},
 };
 #define NOPS (sizeof(ops) / sizeof(ops[0]))
@@ -607,6 +691,7 @@ static void teardown(void)
     free(S.recs);
     S.recs = NULL;
     S.nrecs = S.recs_cap = 0;
+    forget_snapshots();
     free(S.base);
     free(S.mirror);
     free(S.path);
