@@ -35,7 +35,13 @@
  * left in DIR as cut-*.qcow2 for qemu-img check (crash_qcow2.sh); -q N
  * keeps N per run (default 3).
  *
- * Adding an operation (snapshot create/delete, commit ...): write a run
+ * Internal snapshots are created, applied and deleted among the other
+ * operations.  A cut inside one of them may leave refcounts and COPIED
+ * flags disagreeing (they are separate writes, as in QEMU); only those
+ * mismatches and leaks are allowed then, and qimg check -r all must
+ * leave the image clean.
+ *
+ * Adding an operation (commit ...): write a run
  * function that performs it on S.img and describes what it does to the
  * guest disk as effects (ranges that now hold given bytes or zeros, and
  * a new size), and add a row to ops[].  The checker needs nothing else:
@@ -415,6 +421,89 @@ static void op_resize(struct op_rec *r)
     S.size = size;
 }
 
+/*
+ * Internal snapshots: created, applied and deleted among the writes, so
+ * cuts land inside their refcount, L1-copy, table and header steps.  Each
+ * is remembered with the guest disk it saved, which applying it brings
+ * back (all of it or, cut before the flush, none of it).
+ */
+#define MAX_SNAPSHOTS 3
+
+static struct {
+    char name[16];
+    uint8_t *disk;
+    uint64_t size;
+} snaps[MAX_SNAPSHOTS];
+static int nb_snaps;
+static unsigned snap_counter;
+
+static bool have_snapshot(void)
+{
+    return nb_snaps > 0;
+}
+
+/* 1-bit refcounts cannot count a cluster shared with a snapshot. */
+static bool room_for_snapshot(void)
+{
+    const char *rb = strstr(S.cfg->opts, "refcount_bits=");
+    return nb_snaps < MAX_SNAPSHOTS && !(rb && atoi(rb + 14) == 1);
+}
+
+/* A resize with snapshots is refused on v2 and for shrinking: none then. */
+static bool no_snapshot(void)
+{
+    return nb_snaps == 0;
+}
+
+static void op_snapshot_create(struct op_rec *r)
+{
+    (void)r;
+    int k = nb_snaps;
+    snprintf(snaps[k].name, sizeof(snaps[k].name), "s%u", snap_counter++);
+    if (qimg_snapshot_create(S.img, snaps[k].name) < 0) {
+        die_api("qimg_snapshot_create");
+    }
+    snaps[k].disk = xmalloc((size_t)S.size);
+    memcpy(snaps[k].disk, S.mirror, (size_t)S.size);
+    snaps[k].size = S.size;
+    nb_snaps++;
+}
+
+static void op_snapshot_apply(struct op_rec *r)
+{
+    int k = (int)rnd((uint64_t)nb_snaps);
+    struct qimg_snapshot_select sel = {.name = snaps[k].name};
+    if (qimg_snapshot_apply(S.img, &sel) < 0) {
+        die_api("qimg_snapshot_apply");
+    }
+    add_effect(r, 0, snaps[k].size, snaps[k].disk);
+    if (S.size > snaps[k].size) {
+        add_effect(r, snaps[k].size, S.size - snaps[k].size, NULL);
+    }
+    S.size = snaps[k].size;
+}
+
+static void op_snapshot_delete(struct op_rec *r)
+{
+    (void)r;
+    int k = (int)rnd((uint64_t)nb_snaps);
+    struct qimg_snapshot_select sel = {.name = snaps[k].name};
+    if (qimg_snapshot_delete(S.img, &sel) < 0) {
+        die_api("qimg_snapshot_delete");
+    }
+    free(snaps[k].disk);
+    snaps[k] = snaps[nb_snaps - 1];
+    nb_snaps--;
+}
+
+static void forget_snapshots(void)
+{
+    for (int k = 0; k < nb_snaps; k++) {
+        free(snaps[k].disk);
+    }
+    nb_snaps = 0;
+}
+
 static void op_flush(struct op_rec *r)
 {
     if (qimg_flush(S.img) < 0) {
@@ -432,7 +521,10 @@ static const struct op_desc ops[] = {
     {"zero", 10, NULL, op_zero},
     {"discard", 8, NULL, op_discard},
     {"compressed", 6, NULL, op_compressed},
-    {"resize", 3, NULL, op_resize},
+    {"resize", 3, no_snapshot, op_resize},
+    {"snapshot-create", 2, room_for_snapshot, op_snapshot_create},
+    {"snapshot-apply", 1, have_snapshot, op_snapshot_apply},
+    {"snapshot-delete", 1, have_snapshot, op_snapshot_delete},
     {"flush", 12, NULL, op_flush},
 };
 #define NOPS (sizeof(ops) / sizeof(ops[0]))
@@ -607,6 +699,7 @@ static void teardown(void)
     free(S.recs);
     S.recs = NULL;
     S.nrecs = S.recs_cap = 0;
+    forget_snapshots();
     free(S.base);
     free(S.mirror);
     free(S.path);
@@ -731,6 +824,7 @@ struct check_lines {
     uint64_t leak_floor;  /* leaked clusters below this are not allowed */
     uint64_t bad_leaks;   /* leaked clusters below the floor */
     uint64_t first_bad;
+    uint64_t copied_errors; /* OFLAG_COPIED mismatches */
 };
 
 static void check_line(const char *line, unsigned kind, void *opaque)
@@ -740,6 +834,9 @@ static void check_line(const char *line, unsigned kind, void *opaque)
     unsigned long long c;
     if (S.verbose) {
         fprintf(stderr, "    check (%s): %s\n", cl->what, line);
+    }
+    if (strncmp(line, "ERROR OFLAG_COPIED ", 19) == 0) {
+        cl->copied_errors++;
     }
     if (sscanf(line, "Leaked cluster %llu", &c) == 1 &&
         (uint64_t)c < cl->leak_floor) {
@@ -761,18 +858,29 @@ static void check_line(const char *line, unsigned kind, void *opaque)
 #define LEAKS_ANY 0
 #define LEAKS_NONE UINT64_MAX
 
-/* qimg check: no corruption, no check error, leaks only as allowed. */
+/*
+ * qimg check: no corruption, no check error, leaks only as allowed.
+ * copied_ok: the cut interrupted a snapshot operation, whose refcount
+ * and COPIED-flag updates (one table or block at a time, as QEMU makes
+ * them) cannot change together: mismatches between the two are allowed
+ * then, and nothing else.  They are harmless in the direction the
+ * operations order them (a flag cleared early only costs a copy; a
+ * refcount raised early only leaks while no snapshot names the cluster)
+ * and qemu-img check -r all clears them.
+ */
 static int64_t check_image(struct qimg_image *img, const struct cut_view *v,
-                           const char *what, uint64_t leak_floor)
+                           const char *what, uint64_t leak_floor,
+                           bool copied_ok)
 {
     struct qimg_check_result res;
-    struct check_lines cl = {what, leak_floor, 0, 0};
+    struct check_lines cl = {what, leak_floor, 0, 0, 0};
     memset(&res, 0, sizeof(res));
     if (qimg_check(img, 0, check_line, &cl, &res) < 0) {
         die("cut %" PRIu64 " (%s): check failed: %s", v->cut, what,
             qimg_get_error());
     }
-    if (res.corruptions || res.check_errors || cl.bad_leaks) {
+    int64_t allowed = copied_ok ? (int64_t)cl.copied_errors : 0;
+    if (res.corruptions != allowed || res.check_errors || cl.bad_leaks) {
         die("cut %" PRIu64 " (%s): check: %" PRId64 " corruptions, %" PRId64
             " leaks (%" PRIu64 " not allowed, the first cluster %" PRIu64
             "), %" PRId64 " check errors (run with -v for the lines)",
@@ -849,6 +957,19 @@ static void save_sample(const char *kind, uint64_t cut, const uint8_t *buf,
     free(path);
 }
 
+/* Did the cut interrupt a snapshot operation? */
+static bool inside_snapshot_op(uint64_t cut)
+{
+    for (size_t i = 0; i < S.nrecs; i++) {
+        const struct op_rec *r = &S.recs[i];
+        if (strncmp(ops[r->kind].name, "snapshot-", 9) == 0 &&
+            r->io_start <= cut && cut < r->io_end) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void check_cut(uint64_t cut, enum io_crash_fate fate, bool sample)
 {
     struct cut_view v;
@@ -879,6 +1000,7 @@ static void check_cut(uint64_t cut, enum io_crash_fate fate, bool sample)
     /* Read-only, as the crash left it. */
     struct qimg_image *img = open_crashed(buf, len, 0, "read-only", cut);
     bool dirty = image_dirty(img);
+    bool in_snapshot = inside_snapshot_op(cut);
     int64_t leaks = 0;
     if (dirty) {
         /* Lazy refcounts: stale by design until repaired. */
@@ -888,11 +1010,11 @@ static void check_cut(uint64_t cut, enum io_crash_fate fate, bool sample)
         }
     } else {
         leaks = check_image(img, &v, "read-only",
-                            v.clean ? LEAKS_NONE : LEAKS_ANY);
+                            v.clean ? LEAKS_NONE : LEAKS_ANY, in_snapshot);
     }
     check_data(img, &v, "read-only");
     qimg_close(img);
-    if (sample && !dirty) {
+    if (sample && !dirty && !in_snapshot) {
         save_sample("crashed", cut, buf, len);
     }
 
@@ -904,7 +1026,33 @@ static void check_cut(uint64_t cut, enum io_crash_fate fate, bool sample)
     uint64_t floor = v.clean  ? LEAKS_NONE
                      : dirty  ? (len + S.cfg->cluster - 1) / S.cfg->cluster
                               : LEAKS_ANY;
-    int64_t rw_leaks = check_image(img, &v, "read-write", floor);
+    int64_t rw_leaks = check_image(img, &v, "read-write", floor,
+                                   in_snapshot);
+    if (in_snapshot) {
+        /* What a user does after such a crash: qemu-img check -r all. */
+        struct qimg_check_result res;
+        memset(&res, 0, sizeof(res));
+        if (qimg_check(img, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
+                       NULL, NULL, &res) < 0) {
+            die("cut %" PRIu64 ": check -r all failed: %s", cut,
+                qimg_get_error());
+        }
+        check_image(img, &v, "repaired", LEAKS_NONE, false);
+        rw_leaks = leaks;
+        /* Then, as after qemu-img check -r, a new open takes the writes. */
+        if (qimg_flush(img) < 0) {
+            die_api("qimg_flush");
+        }
+        size_t n;
+        const uint8_t *fixed = io_mem_buffer(img->top->file, &n);
+        uint8_t *copy = xmalloc(n);
+        memcpy(copy, fixed, n);
+        if (qimg_close(img) < 0) {
+            die_api("qimg_close");
+        }
+        img = open_crashed(copy, n, QIMG_OPEN_RDWR, "repaired", cut);
+        free(copy);
+    }
     if (!dirty && rw_leaks != leaks) {
         die("cut %" PRIu64 ": %" PRId64 " leaks read-only, %" PRId64
             " read-write", cut, leaks, rw_leaks);
@@ -912,7 +1060,8 @@ static void check_cut(uint64_t cut, enum io_crash_fate fate, bool sample)
     S.leaky_cuts += (dirty ? rw_leaks : leaks) > 0;
     check_data(img, &v, "read-write");
     write_after(img, &v);
-    check_image(img, &v, "after writes", floor);
+    check_image(img, &v, "after writes", floor,
+                false);
     if (qimg_flush(img) < 0) {
         die_api("qimg_flush");
     }
