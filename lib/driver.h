@@ -163,10 +163,8 @@ struct qimg_format_ops {
     int (*pdiscard)(struct qimg_node *node, uint64_t off, uint64_t len);
     /*
      * One cluster compressed (see qimg_pwrite_compressed); off is
-     * cluster-aligned, len the cluster size or the image's tail.  len 0
-     * (with buf NULL) ends a run of compressed writes: pad the file as the
-     * format's QEMU driver does.  NULL: the format has no compressed
-     * clusters.
+     * cluster-aligned, len the cluster size or the image's tail.  NULL:
+     * the format has no compressed clusters.
      */
     int (*pwrite_compressed)(struct qimg_node *node, const void *buf,
                              size_t len, uint64_t off);
@@ -179,13 +177,19 @@ struct qimg_format_ops {
      * when the data does not shrink enough to be stored compressed (or
      * would not fit in cap), or -errno.  pwrite_precompressed stores such
      * a result (csize > 0) as pwrite_compressed would have.  Both NULL
-     * when pwrite_compressed is.
+     * when the format compresses only inside pwrite_compressed.
      */
     int64_t (*compress_cluster)(struct qimg_node *node, const void *buf,
                                 size_t len, uint64_t off, void *out,
                                 size_t cap);
     int (*pwrite_precompressed)(struct qimg_node *node, const void *data,
                                 size_t csize, size_t len, uint64_t off);
+    /*
+     * The end of a run of compressed writes (qemu-img convert -c): finish
+     * the file as the format's QEMU driver does (qcow2 pads it to a whole
+     * sector).  NULL: nothing to do.
+     */
+    int (*compressed_end)(struct qimg_node *node);
     /*
      * Set the guest size to size (node->size is updated by the driver).
      * prealloc: "off", "metadata", "falloc" or "full" for the new area

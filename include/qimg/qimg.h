@@ -246,7 +246,9 @@ int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
  * only reads settings fixed at open, so it may run on any number of
  * threads at once, also while one other thread makes calls on img.  It
  * returns the compressed size, 0 when the data does not shrink enough to
- * be stored compressed (write it with qimg_pwrite instead), or -1.
+ * be stored compressed (write it with qimg_pwrite instead), or -1
+ * (ENOTSUP for formats that compress only inside qimg_pwrite_compressed,
+ * or that have no compressed clusters).
  * qimg_pwrite_compressed_data stores a result of n > 0 bytes for the
  * cluster at offset of len guest bytes, as qimg_pwrite_compressed does.
  */

@@ -534,7 +534,11 @@ int qimg_pwrite_compressed(struct qimg_image *img, const void *buf,
 {
     struct qimg_node *node = img->top;
     int ret = check_compressed(node, offset, len);
-    if (ret == 0) {
+    if (ret == 0 && len == 0) {
+        ret = node->drv->compressed_end
+                  ? driver_result(node->drv->compressed_end(node))
+                  : 0;
+    } else if (ret == 0) {
         ret = driver_result(
             node->drv->pwrite_compressed(node, buf, len, offset));
     }
@@ -547,6 +551,10 @@ int64_t qimg_compress_cluster(struct qimg_image *img, const void *buf,
 {
     struct qimg_node *node = img->top;
     int64_t ret = check_compressed(node, offset, len);
+    if (ret == 0 && !node->drv->compress_cluster) {
+        ret = error_set(ENOTSUP, "%s: the %s format compresses only in "
+                        "whole writes", node->filename, node->drv->name);
+    }
     if (ret == 0 && len > 0) {
         ret = node->drv->compress_cluster(node, buf, len, offset, out, cap);
         if (ret < 0) {

@@ -98,6 +98,9 @@ enum write_kind {
     WRITE_DATA,       /* buf[pos, pos + len) at doff */
     WRITE_ZERO,       /* zeroes over [doff, doff + len) */
     WRITE_COMPRESSED, /* zbuf[0, csize) for the cluster at doff */
+    /* buf[pos, pos + len) compressed in the turn (formats that cannot
+       compress apart from writing) */
+    WRITE_COMPRESS,
 };
 
 struct write_op {
@@ -362,6 +365,12 @@ static int write_planned(struct convert *c, struct worker *w)
                                               op->len, op->doff);
             pthread_mutex_unlock(&c->write_lock);
             break;
+        case WRITE_COMPRESS:
+            pthread_mutex_lock(&c->write_lock);
+            ret = qimg_pwrite_compressed(c->dst, w->buf + op->pos, op->len,
+                                         op->doff);
+            pthread_mutex_unlock(&c->write_lock);
+            break;
         }
         if (ret < 0) {
             return -1;
@@ -503,6 +512,10 @@ static int plan_compressed(struct convert *c, struct worker *w,
     len = (size_t)min_u64(len, c->dst_size - job->doff);
     int64_t csize = qimg_compress_cluster(c->dst, w->buf, len, job->doff,
                                           w->zbuf, (size_t)c->cluster);
+    if (csize < 0 && qimg_get_errno() == ENOTSUP) {
+        /* Compressed in the turn, by the write itself. */
+        return plan(w, WRITE_COMPRESS, 0, job->doff, len, 0);
+    }
     if (csize < 0) {
         return -1;
     }

@@ -922,6 +922,7 @@ int64_t qcow2_compress_cluster(struct qimg_node *node, const void *buf,
                                size_t cap);
 int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
                                size_t csize, size_t len, uint64_t off);
+int qcow2_compressed_end(struct qimg_node *node);
 /*
  * Write everything cached back in the safe order and sync (see
  * qcow2_state); clears the dirty bit of lazy refcounts at the end.

@@ -1145,24 +1145,25 @@ int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
     return ret;
 }
 
+/*
+ * [QEMU] the end of the compressed writes: the file grows to a whole
+ * sector, so that sector-based readers see all of the last compressed
+ * cluster.
+ */
+int qcow2_compressed_end(struct qimg_node *node)
+{
+    int64_t size = io_get_size(node->file);
+    if (size < 0) {
+        return (int)size;
+    }
+    uint64_t padded = ((uint64_t)size + 511) / 512 * 512;
+    return padded == (uint64_t)size ? 0 : io_truncate(node->file, padded);
+}
+
 int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
                             size_t len, uint64_t off)
 {
     struct qcow2_state *s = node->opaque;
-    if (len == 0) {
-        /*
-         * [QEMU] the end of the compressed writes: the file grows to a
-         * whole sector, so that sector-based readers see all of the last
-         * compressed cluster.
-         */
-        int64_t size = io_get_size(node->file);
-        if (size < 0) {
-            return (int)size;
-        }
-        uint64_t padded = ((uint64_t)size + 511) / 512 * 512;
-        return padded == (uint64_t)size ? 0
-                                        : io_truncate(node->file, padded);
-    }
     /* The first write allocates zbuf. */
     int ret = write_prepare(node, s);
     if (ret < 0) {
