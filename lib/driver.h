@@ -284,6 +284,12 @@ struct qimg_format_ops {
                           const struct qimg_snapshot_select *sel);
     int (*snapshot_delete)(struct qimg_node *node,
                            const struct qimg_snapshot_select *sel);
+    /*
+     * True when every guest write must be a compressed one (vmdk
+     * streamOptimized; QEMU's needs_compressed_writes): qemu-img convert
+     * then writes compressed without -c.  NULL: never.
+     */
+    bool (*needs_compressed_writes)(struct qimg_node *node);
 };
 
 /* One layer of an image: a format over a file, maybe with a backing node. */

@@ -38,6 +38,7 @@
 
 #include "qimg/qimg.h"
 #include "core/error.h"
+#include "core/image.h"
 #include "driver.h"
 #include "util/zero.h"
 
@@ -1262,6 +1263,18 @@ int qimg_convert(const struct qimg_convert_params *params)
                       QIMG_OPEN_RDWR | params->target_flags);
     if (!c.dst) {
         goto out;
+    }
+    /*
+     * A target that takes compressed writes only (vmdk streamOptimized)
+     * gets them without -c, as qemu-img does (needs_compressed_writes).
+     */
+    struct qimg_convert_params forced;
+    if (!params->compress && c.dst->top->drv->needs_compressed_writes &&
+        c.dst->top->drv->needs_compressed_writes(c.dst->top)) {
+        forced = *params;
+        forced.compress = true;
+        params = &forced;
+        c.p = params;
     }
     if (params->compress && !format_can_compress(qimg_get_format(c.dst))) {
         error_set(ENOTSUP, "Compression not supported for this file format");

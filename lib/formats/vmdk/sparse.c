@@ -654,3 +654,107 @@ int vmdk_set_zeroed(struct vmdk_extent *e, uint64_t off)
     }
     return set_gte(e, off, VMDK_GTE_ZEROED);
 }
+
+/* ---- compressed grains (streamOptimized) ------------------------------ */
+
+int vmdk_check_compressed(struct vmdk_extent *e, uint64_t off, size_t len)
+{
+    uint64_t cluster = e->cluster_sectors * VMDK_SECTOR;
+    uint64_t rel = off - (e->end_sector - e->sectors) * VMDK_SECTOR;
+    /*
+     * QEMU's rule: a whole grain, or the extent's partial last one; a
+     * stream extent without markers cannot say where a grain ends.
+     */
+    if (rel % cluster != 0 || len == 0 || len > cluster ||
+        (len < cluster && rel + len != e->sectors * VMDK_SECTOR) ||
+        !e->has_marker) {
+        return error_set(EINVAL,
+                         "%s: a streamOptimized image takes writes of "
+                         "whole grains only",
+                         e->filename);
+    }
+    return 0;
+}
+
+int64_t vmdk_compress_grain(struct vmdk_extent *e, const void *buf, size_t len,
+                            void *out, size_t cap)
+{
+    (void)e;
+    /*
+     * zlib's compress(): the zlib format at the default level, window
+     * and memory, as QEMU's vmdk driver writes grains.  The grain is
+     * compressed at its length (a partial last grain is not padded).
+     */
+    uLongf n = (uLongf)cap;
+    int zr = compress2(out, &n, buf, (uLong)len, Z_DEFAULT_COMPRESSION);
+    if (zr == Z_BUF_ERROR) {
+        return 0;
+    }
+    if (zr != Z_OK) {
+        return error_set(zr == Z_MEM_ERROR ? ENOMEM : EIO,
+                         "%s: could not compress a grain", e->filename);
+    }
+    return (int64_t)n;
+}
+
+int vmdk_write_compressed(struct vmdk_extent *e, uint64_t off, const void *data,
+                          size_t csize)
+{
+    uint64_t sector = off / VMDK_SECTOR - (e->end_sector - e->sectors);
+    uint64_t l1_index = sector / e->l1_entry_sectors;
+    if (l1_index >= e->l1_size || l1_index >= e->l1_loaded ||
+        !e->l1[l1_index]) {
+        return error_set(EINVAL,
+                         "%s: no grain table for guest sector "
+                         "%llu",
+                         e->filename, (unsigned long long)sector);
+    }
+    uint64_t host = 0;
+    int kind = vmdk_cluster_lookup(e, off, &host);
+    if (kind < 0) {
+        return kind;
+    }
+    if (kind == VMDK_OK) {
+        /* Grains are appended; one cannot be replaced (QEMU's words). */
+        return error_set(EIO, "Could not write to allocated cluster for "
+                              "streamOptimized");
+    }
+    uint64_t at = e->next_cluster_sector;
+    if (csize > UINT32_MAX - 12 || at > UINT32_MAX ||
+        at * VMDK_SECTOR + 12 + csize >
+            ((uint64_t)UINT32_MAX + 1) * VMDK_SECTOR) {
+        return error_set(EFBIG,
+                         "%s: the extent file is full (grain "
+                         "offsets are 32-bit sectors)",
+                         e->filename);
+    }
+    /* The grain marker: guest sector (LE64) and data size (LE32). */
+    uint8_t *m = malloc(12 + csize);
+    if (!m) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    store_le64(m, sector);
+    store_le32(m + 8, (uint32_t)csize);
+    memcpy(m + 12, data, csize);
+    int ret = io_pwrite(e->io, m, 12 + csize, at * VMDK_SECTOR);
+    free(m);
+    /*
+     * QEMU allocates a whole grain's room before writing the compressed
+     * one into it: the file reaches at least the end of that room (a
+     * hole), which is how its images end.
+     */
+    int64_t fsize = ret < 0 ? 0 : io_get_size(e->io);
+    uint64_t room = (at + e->cluster_sectors) * VMDK_SECTOR;
+    if (fsize < 0) {
+        ret = (int)fsize;
+    } else if (ret == 0 && (uint64_t)fsize < room) {
+        ret = io_truncate(e->io, room);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    /* The next grain starts at the next sector: no padding is written. */
+    e->next_cluster_sector =
+        div_round_up_u64(at * VMDK_SECTOR + 12 + csize, VMDK_SECTOR);
+    return set_gte(e, off, (uint32_t)at);
+}

@@ -1,8 +1,13 @@
 /*
  * The vmdk format driver: open (a text descriptor naming extents, or a
  * hosted sparse file by itself), guest reads, block status, info and
- * check.  Extents are in sparse.c, the descriptor grammar in
+ * check, writes.  Extents are in sparse.c, the descriptor grammar in
  * descriptor.c.
+ *
+ * A streamOptimized extent is written as QEMU 7.2 writes it: every write
+ * is a whole grain, deflated behind its grain marker after the last one,
+ * into the tables create preallocated (no footer: the header keeps the
+ * directory's place); a grain is written once.
  *
  * Extent files are named in the descriptor.  Like QEMU 7.2 with the
  * CVE-2024-4467 fix, a name is a plain file name, resolved against the
@@ -15,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <zlib.h>
 
 #include "core/error.h"
 #include "formats/vmdk/vmdk.h"
@@ -530,6 +536,33 @@ static int write_chunk(struct qimg_node *node, struct vmdk_extent *e,
     return ret;
 }
 
+/* Compress and append one grain of a stream extent (zeros when NULL). */
+static int write_compressed_chunk(struct vmdk_extent *e, const void *buf,
+                                  size_t n, uint64_t off)
+{
+    int ret = vmdk_check_compressed(e, off, n);
+    if (ret < 0) {
+        return ret;
+    }
+    size_t cap = (size_t)compressBound((uLong)n);
+    uint8_t *z = malloc(cap);
+    uint8_t *zeros = buf ? NULL : calloc(1, n);
+    if (!z || (!buf && !zeros)) {
+        free(z);
+        free(zeros);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int64_t csize = vmdk_compress_grain(e, buf ? buf : zeros, n, z, cap);
+    if (csize == 0) {
+        csize = error_set(EIO, "%s: could not compress a grain", e->filename);
+    }
+    ret = csize < 0 ? (int)csize
+                    : vmdk_write_compressed(e, off, z, (size_t)csize);
+    free(z);
+    free(zeros);
+    return ret;
+}
+
 static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
                     uint64_t off, bool zero)
 {
@@ -542,14 +575,19 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
             ret = -EIO;
             break;
         }
-        if (e->compressed) {
-            ret = error_set(ENOTSUP,
-                            "%s: a streamOptimized image takes "
-                            "compressed writes only",
-                            node->filename);
-            break;
-        }
         uint64_t host = 0, in_cluster, left;
+        if (e->compressed) {
+            /* Every write to a stream extent is a compressed one (QEMU). */
+            extent_position(e, off, &in_cluster, &left);
+            size_t n = left < len ? (size_t)left : (size_t)len;
+            ret = write_compressed_chunk(e, zero ? NULL : buf, n, off);
+            if (!zero) {
+                buf += n;
+            }
+            off += n;
+            len -= n;
+            continue;
+        }
         int kind = vmdk_cluster_lookup(e, off, &host);
         if (kind < 0) {
             ret = kind;
@@ -586,6 +624,112 @@ static int vmdk_pwrite_zeroes(struct qimg_node *node, uint64_t off,
 {
     (void)flags;
     return do_write(node, NULL, len, off, true);
+}
+
+/* The stream extent holding a compressed request, checked. */
+static int compressed_extent(struct qimg_node *node, size_t len, uint64_t off,
+                             struct vmdk_extent **out)
+{
+    struct vmdk_extent *e = extent_at(node, off);
+    if (!e) {
+        return -EIO;
+    }
+    int ret = e->compressed ? vmdk_check_compressed(e, off, len) : 0;
+    if (ret == 0) {
+        *out = e;
+    }
+    return ret;
+}
+
+/*
+ * The end of a run of compressed writes: each extent file is padded to
+ * a whole sector (the last grain ends mid-sector), as QEMU does.
+ */
+static int end_compressed(struct qimg_node *node)
+{
+    struct vmdk_state *s = node->opaque;
+    for (size_t i = 0; i < s->nb_extents; i++) {
+        int64_t n = io_get_size(s->extents[i].io);
+        if (n < 0) {
+            return (int)n;
+        }
+        uint64_t end = div_round_up_u64((uint64_t)n, VMDK_SECTOR) * VMDK_SECTOR;
+        if (end != (uint64_t)n) {
+            int ret = io_truncate(s->extents[i].io, end);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+static int vmdk_pwrite_compressed(struct qimg_node *node, const void *buf,
+                                  size_t len, uint64_t off)
+{
+    if (len == 0) {
+        return end_compressed(node);
+    }
+    struct vmdk_extent *e = NULL;
+    int ret = compressed_extent(node, len, off, &e);
+    if (ret == 0 && !e->compressed) {
+        /* QEMU writes the grains of other extents plain. */
+        return do_write(node, buf, len, off, false);
+    }
+    if (ret == 0) {
+        ret = update_cid(node, node->opaque);
+    }
+    if (ret == 0) {
+        ret = write_compressed_chunk(e, buf, len, off);
+    }
+    return ret;
+}
+
+static int64_t vmdk_compress_cluster(struct qimg_node *node, const void *buf,
+                                     size_t len, uint64_t off, void *out,
+                                     size_t cap)
+{
+    struct vmdk_extent *e = NULL;
+    int ret = compressed_extent(node, len, off, &e);
+    if (ret < 0) {
+        return ret;
+    }
+    /*
+     * Other extents store grains plain (0: a plain write).  A stream
+     * grain that does not fit cap comes back as a plain write too, which
+     * compresses it in turn (a stream grain is never stored plain).
+     */
+    if (!e->compressed) {
+        return 0;
+    }
+    return vmdk_compress_grain(e, buf, len, out, cap);
+}
+
+static int vmdk_pwrite_precompressed(struct qimg_node *node, const void *data,
+                                     size_t csize, size_t len, uint64_t off)
+{
+    struct vmdk_extent *e = NULL;
+    int ret = compressed_extent(node, len, off, &e);
+    if (ret == 0 && !e->compressed) {
+        ret = error_set(EINVAL,
+                        "%s: compressed data for a grain stored "
+                        "plain",
+                        node->filename);
+    }
+    if (ret == 0) {
+        ret = update_cid(node, node->opaque);
+    }
+    if (ret == 0) {
+        ret = vmdk_write_compressed(e, off, data, csize);
+    }
+    return ret;
+}
+
+/* A streamOptimized image: every extent compressed (QEMU's test). */
+static bool vmdk_needs_compressed_writes(struct qimg_node *node)
+{
+    const struct vmdk_state *s = node->opaque;
+    return s->nb_extents > 0 && s->extents[0].compressed;
 }
 
 static int vmdk_flush(struct qimg_node *node)
@@ -803,6 +947,10 @@ const struct qimg_format_ops format_vmdk = {
     .pread = vmdk_pread,
     .pwrite = vmdk_pwrite,
     .pwrite_zeroes = vmdk_pwrite_zeroes,
+    .pwrite_compressed = vmdk_pwrite_compressed,
+    .compress_cluster = vmdk_compress_cluster,
+    .pwrite_precompressed = vmdk_pwrite_precompressed,
+    .needs_compressed_writes = vmdk_needs_compressed_writes,
     .flush = vmdk_flush,
     .block_status = vmdk_block_status,
     .get_info = vmdk_get_info,

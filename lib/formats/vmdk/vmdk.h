@@ -203,6 +203,21 @@ int vmdk_alloc_grain(struct vmdk_extent *e, uint64_t off, const void *grain);
 /* Mark the grain holding off as reading zero (zeroed-grain extents). */
 int vmdk_set_zeroed(struct vmdk_extent *e, uint64_t off);
 
+/*
+ * Compressed grains of a stream extent (QEMU's streamOptimized writes).
+ * vmdk_check_compressed: off/len must be a whole grain of e (or its
+ * partial last one), else -EINVAL.  vmdk_compress_grain: len bytes of
+ * buf deflated (zlib format) into out; the size, 0 when it does not fit
+ * cap, or -errno; any thread.  vmdk_write_compressed: append the grain
+ * marker and csize bytes of data after the last grain and point the
+ * tables at it; -EIO for a grain already written.
+ */
+int vmdk_check_compressed(struct vmdk_extent *e, uint64_t off, size_t len);
+int64_t vmdk_compress_grain(struct vmdk_extent *e, const void *buf, size_t len,
+                            void *out, size_t cap);
+int vmdk_write_compressed(struct vmdk_extent *e, uint64_t off, const void *data,
+                          size_t csize);
+
 /* ---- create.c -------------------------------------------------------- */
 
 extern const struct qimg_opt_desc vmdk_create_opts[];
