@@ -667,9 +667,6 @@ static int end_compressed(struct qimg_node *node)
 static int vmdk_pwrite_compressed(struct qimg_node *node, const void *buf,
                                   size_t len, uint64_t off)
 {
-    if (len == 0) {
-        return end_compressed(node);
-    }
     struct vmdk_extent *e = NULL;
     int ret = compressed_extent(node, len, off, &e);
     if (ret == 0 && !e->compressed) {
@@ -950,6 +947,7 @@ const struct qimg_format_ops format_vmdk = {
     .pwrite_compressed = vmdk_pwrite_compressed,
     .compress_cluster = vmdk_compress_cluster,
     .pwrite_precompressed = vmdk_pwrite_precompressed,
+    .compressed_end = end_compressed,
     .needs_compressed_writes = vmdk_needs_compressed_writes,
     .flush = vmdk_flush,
     .block_status = vmdk_block_status,
