@@ -1,0 +1,581 @@
+/*
+ * qed: the QEMU Enhanced Disk format, read and create (writes to come).
+ *
+ * Layout (all little-endian): a 64-byte header at offset 0 in a header
+ * area of header_size clusters (which also holds the backing file name),
+ * an L1 table of table_size clusters at l1_table_offset, and L2 tables of
+ * the same size.  Both tables hold 64-bit host offsets: 0 is unallocated
+ * (the backing file shows through), 1 (L2 only) is a zero cluster, any
+ * other value a cluster-aligned offset past the header area and inside
+ * the file.  QEMU's open-time limits and messages are kept.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "driver.h"
+#include "util/checked.h"
+#include "util/endian.h"
+
+#define QED_MAGIC 0x00444551u /* "QED\0" */
+#define QED_HEADER_BYTES 64u
+#define QED_MIN_CLUSTER_SIZE (4u << 10)
+#define QED_MAX_CLUSTER_SIZE (64u << 20)
+#define QED_DEFAULT_CLUSTER_SIZE (64u << 10)
+#define QED_MIN_TABLE_SIZE 1u
+#define QED_MAX_TABLE_SIZE 16u
+#define QED_DEFAULT_TABLE_SIZE 4u
+/* Features: a backing file; opened unclean; the backing file is raw. */
+#define QED_F_BACKING_FILE (1ull << 0)
+#define QED_F_NEED_CHECK (1ull << 1)
+#define QED_F_BACKING_FORMAT_NO_PROBE (1ull << 2)
+#define QED_FEATURE_MASK \
+    (QED_F_BACKING_FILE | QED_F_NEED_CHECK | QED_F_BACKING_FORMAT_NO_PROBE)
+/* An L2 entry that reads as zero. */
+#define QED_ZERO_CLUSTER 1u
+/* QEMU's buffer for the backing file name holds fewer bytes than this. */
+#define QED_MAX_BACKING_NAME 4096u
+
+/* Header field offsets. */
+#define QED_OFF_MAGIC 0
+#define QED_OFF_CLUSTER_SIZE 4
+#define QED_OFF_TABLE_SIZE 8
+#define QED_OFF_HEADER_SIZE 12
+#define QED_OFF_FEATURES 16
+#define QED_OFF_COMPAT 24
+#define QED_OFF_AUTOCLEAR 32
+#define QED_OFF_L1 40
+#define QED_OFF_IMAGE_SIZE 48
+#define QED_OFF_BACKING_OFFSET 56
+#define QED_OFF_BACKING_SIZE 60
+
+struct qed_header {
+    uint32_t magic;
+    uint32_t cluster_size;
+    uint32_t table_size;
+    uint32_t header_size;
+    uint64_t features;
+    uint64_t compat_features;
+    uint64_t autoclear_features;
+    uint64_t l1_table_offset;
+    uint64_t image_size;
+    uint32_t backing_filename_offset;
+    uint32_t backing_filename_size;
+};
+
+struct qed_state {
+    struct qed_header h;
+    /* The file size rounded down to a cluster: offsets must lie below. */
+    uint64_t file_size;
+    uint64_t header_bytes; /* header_size * cluster_size */
+    uint64_t table_bytes;  /* table_size * cluster_size */
+    uint64_t entries;      /* entries per table */
+    uint64_t l2_span;      /* guest bytes one L2 table maps */
+    uint64_t *l1;
+    /* One cached L2 table (host order) and its offset (0: none). */
+    uint64_t *l2;
+    uint64_t l2_offset;
+};
+
+static void qed_header_decode(const uint8_t *b, struct qed_header *h)
+{
+    h->magic = load_le32(b + QED_OFF_MAGIC);
+    h->cluster_size = load_le32(b + QED_OFF_CLUSTER_SIZE);
+    h->table_size = load_le32(b + QED_OFF_TABLE_SIZE);
+    h->header_size = load_le32(b + QED_OFF_HEADER_SIZE);
+    h->features = load_le64(b + QED_OFF_FEATURES);
+    h->compat_features = load_le64(b + QED_OFF_COMPAT);
+    h->autoclear_features = load_le64(b + QED_OFF_AUTOCLEAR);
+    h->l1_table_offset = load_le64(b + QED_OFF_L1);
+    h->image_size = load_le64(b + QED_OFF_IMAGE_SIZE);
+    h->backing_filename_offset = load_le32(b + QED_OFF_BACKING_OFFSET);
+    h->backing_filename_size = load_le32(b + QED_OFF_BACKING_SIZE);
+}
+
+static void qed_header_encode(const struct qed_header *h, uint8_t *b)
+{
+    memset(b, 0, QED_HEADER_BYTES);
+    store_le32(b + QED_OFF_MAGIC, h->magic);
+    store_le32(b + QED_OFF_CLUSTER_SIZE, h->cluster_size);
+    store_le32(b + QED_OFF_TABLE_SIZE, h->table_size);
+    store_le32(b + QED_OFF_HEADER_SIZE, h->header_size);
+    store_le64(b + QED_OFF_FEATURES, h->features);
+    store_le64(b + QED_OFF_COMPAT, h->compat_features);
+    store_le64(b + QED_OFF_AUTOCLEAR, h->autoclear_features);
+    store_le64(b + QED_OFF_L1, h->l1_table_offset);
+    store_le64(b + QED_OFF_IMAGE_SIZE, h->image_size);
+    store_le32(b + QED_OFF_BACKING_OFFSET, h->backing_filename_offset);
+    store_le32(b + QED_OFF_BACKING_SIZE, h->backing_filename_size);
+}
+
+static int qed_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len < 4) {
+        return 0;
+    }
+    return load_le32(buf) == QED_MAGIC ? 100 : 0;
+}
+
+static bool is_pow2_u64(uint64_t v)
+{
+    return v != 0 && (v & (v - 1)) == 0;
+}
+
+static bool qed_cluster_size_valid(uint64_t cs)
+{
+    return is_pow2_u64(cs) && cs >= QED_MIN_CLUSTER_SIZE &&
+           cs <= QED_MAX_CLUSTER_SIZE;
+}
+
+static bool qed_table_size_valid(uint64_t ts)
+{
+    return is_pow2_u64(ts) && ts >= QED_MIN_TABLE_SIZE &&
+           ts <= QED_MAX_TABLE_SIZE;
+}
+
+/*
+ * The largest guest size two levels of tables map, capped at INT64_MAX
+ * (the block layer's limit); cluster and table size valid.
+ */
+static uint64_t qed_max_image_size(uint64_t cs, uint64_t ts)
+{
+    uint64_t entries = ts * cs / 8; /* <= 2^27 */
+    uint64_t span, max;
+    if (mul_overflow_u64(entries, cs, &span) ||
+        mul_overflow_u64(span, entries, &max) || max > INT64_MAX) {
+        return INT64_MAX;
+    }
+    return max;
+}
+
+static bool qed_image_size_valid(uint64_t size, uint64_t cs, uint64_t ts)
+{
+    return size % 512 == 0 && size <= qed_max_image_size(cs, ts);
+}
+
+/*
+ * A table or cluster offset QEMU accepts: cluster-aligned, past the
+ * header area and below the file size (rounded down to a cluster).
+ */
+static bool qed_offset_valid(const struct qed_state *s, uint64_t off)
+{
+    return off % s->h.cluster_size == 0 && off >= s->header_bytes &&
+           off < s->file_size;
+}
+
+/*
+ * A table's first and last clusters must be valid, and QEMU requires the
+ * last to lie past the first: one-cluster tables (table_size 1) never
+ * open in QEMU, whatever their offset, and neither do they here.
+ */
+static bool qed_table_offset_valid(const struct qed_state *s, uint64_t off)
+{
+    uint64_t last;
+    return qed_offset_valid(s, off) &&
+           !add_overflow_u64(off, s->table_bytes - s->h.cluster_size,
+                             &last) &&
+           last > off && qed_offset_valid(s, last);
+}
+
+static void qed_close(struct qimg_node *node)
+{
+    struct qed_state *s = node->opaque;
+    if (s) {
+        free(s->l1);
+        free(s->l2);
+        free(s);
+    }
+    node->opaque = NULL;
+}
+
+/* Read a table of s->entries entries at off (valid) into t, host order. */
+static int qed_read_table(struct qimg_node *node, struct qed_state *s,
+                          uint64_t off, uint64_t *t)
+{
+    int ret = io_pread(node->file, t, (size_t)s->table_bytes, off);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint64_t i = 0; i < s->entries; i++) {
+        t[i] = load_le64(&t[i]);
+    }
+    return 0;
+}
+
+static int qed_read_backing_name(struct qimg_node *node,
+                                 struct qed_state *s)
+{
+    uint64_t off = s->h.backing_filename_offset;
+    uint64_t len = s->h.backing_filename_size;
+    if (off + len > s->header_bytes) {
+        return error_set(EINVAL, "QED backing filename offset is invalid");
+    }
+    if (len >= QED_MAX_BACKING_NAME) {
+        return error_set(EINVAL, "Failed to read backing filename");
+    }
+    char *name = calloc(1, (size_t)len + 1);
+    if (!name) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = len ? io_pread(node->file, name, (size_t)len, off) : 0;
+    if (ret < 0) {
+        free(name);
+        return error_prefix(-ret, "Failed to read backing filename");
+    }
+    if (name[0] == '\0') {
+        free(name); /* an empty name is no backing file */
+        return 0;
+    }
+    node->backing_name = name;
+    if (s->h.features & QED_F_BACKING_FORMAT_NO_PROBE) {
+        node->backing_format = strdup("raw");
+        if (!node->backing_format) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+    }
+    return 0;
+}
+
+/* QEMU's open-time checks, in its order and with its words. */
+static int qed_validate(struct qimg_node *node, struct qed_state *s)
+{
+    const struct qed_header *h = &s->h;
+    if (h->magic != QED_MAGIC) {
+        return error_set(EINVAL, "Image not in QED format");
+    }
+    if (h->features & ~QED_FEATURE_MASK) {
+        return error_set(ENOTSUP, "Unsupported QED features: %llx",
+                         (unsigned long long)(h->features &
+                                              ~QED_FEATURE_MASK));
+    }
+    if (!qed_cluster_size_valid(h->cluster_size)) {
+        return error_set(EINVAL, "QED cluster size is invalid");
+    }
+    int64_t fsize = io_get_size(node->file);
+    if (fsize < 0) {
+        return (int)fsize;
+    }
+    s->file_size = align_down_u64((uint64_t)fsize, h->cluster_size);
+    if (!qed_table_size_valid(h->table_size)) {
+        return error_set(EINVAL, "QED table size is invalid");
+    }
+    if (!qed_image_size_valid(h->image_size, h->cluster_size,
+                              h->table_size)) {
+        return error_set(EINVAL, "QED image size is invalid");
+    }
+    /* Both < 2^32 * 2^26: no overflow. */
+    s->header_bytes = (uint64_t)h->header_size * h->cluster_size;
+    s->table_bytes = (uint64_t)h->table_size * h->cluster_size;
+    s->entries = s->table_bytes / 8;
+    s->l2_span = s->entries * h->cluster_size; /* <= 2^53 */
+    if (!qed_table_offset_valid(s, h->l1_table_offset)) {
+        return error_set(EINVAL, "QED table offset is invalid");
+    }
+    return 0;
+}
+
+static int qed_open(struct qimg_node *node, unsigned flags)
+{
+    (void)flags;
+    struct qed_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    node->opaque = s;
+    uint8_t buf[QED_HEADER_BYTES];
+    int ret = io_pread(node->file, buf, sizeof(buf), 0);
+    if (ret < 0) {
+        ret = error_prefix(-ret, "Could not read the QED header");
+        goto fail;
+    }
+    qed_header_decode(buf, &s->h);
+    ret = qed_validate(node, s);
+    if (ret == 0 && (s->h.features & QED_F_BACKING_FILE)) {
+        ret = qed_read_backing_name(node, s);
+    }
+    if (ret < 0) {
+        goto fail;
+    }
+    /*
+     * The tables lie inside the file (checked above and for each L2
+     * table before it is read), so their size is bounded by the file's.
+     */
+    s->l1 = malloc((size_t)s->table_bytes);
+    s->l2 = malloc((size_t)s->table_bytes);
+    if (!s->l1 || !s->l2) {
+        ret = error_set(ENOMEM, "Could not allocate the QED tables");
+        goto fail;
+    }
+    ret = qed_read_table(node, s, s->h.l1_table_offset, s->l1);
+    if (ret < 0) {
+        ret = error_prefix(-ret, "Could not read the QED L1 table");
+        goto fail;
+    }
+    node->size = s->h.image_size;
+    return 0;
+fail:
+    qed_close(node);
+    return ret;
+}
+
+/*
+ * The L2 entry for guest offset off: 0 when no L2 table maps it.  A table
+ * or cluster offset outside the file is an error, as in QEMU.
+ */
+static int qed_lookup(struct qimg_node *node, struct qed_state *s,
+                      uint64_t off, uint64_t *entry)
+{
+    uint64_t l1_index = off / s->l2_span;
+    uint64_t l2_index = off % s->l2_span / s->h.cluster_size;
+    /* off < image_size <= entries * l2_span. */
+    uint64_t l2_off = s->l1[l1_index];
+    *entry = 0;
+    if (l2_off == 0) {
+        return 0;
+    }
+    if (!qed_table_offset_valid(s, l2_off)) {
+        return error_set(EINVAL, "%s: QED L2 table offset 0x%llx is "
+                         "invalid", node->filename,
+                         (unsigned long long)l2_off);
+    }
+    if (s->l2_offset != l2_off) {
+        s->l2_offset = 0;
+        int ret = qed_read_table(node, s, l2_off, s->l2);
+        if (ret < 0) {
+            return ret;
+        }
+        s->l2_offset = l2_off;
+    }
+    uint64_t e = s->l2[l2_index];
+    if (e > QED_ZERO_CLUSTER && !qed_offset_valid(s, e)) {
+        return error_set(EINVAL, "%s: QED cluster offset 0x%llx is "
+                         "invalid", node->filename, (unsigned long long)e);
+    }
+    *entry = e;
+    return 0;
+}
+
+static int qed_pread(struct qimg_node *node, void *buf, size_t len,
+                     uint64_t off)
+{
+    struct qed_state *s = node->opaque;
+    uint8_t *p = buf;
+    while (len > 0) {
+        uint64_t in_cluster = off % s->h.cluster_size;
+        size_t n = (size_t)min_u64(len, s->h.cluster_size - in_cluster);
+        uint64_t entry;
+        int ret = qed_lookup(node, s, off, &entry);
+        if (ret == 0) {
+            if (entry == 0) {
+                ret = node_read_below(node, p, n, off);
+            } else if (entry == QED_ZERO_CLUSTER) {
+                memset(p, 0, n);
+            } else {
+                ret = io_pread(node->file, p, n, entry + in_cluster);
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/*
+ * QEMU's runs: clusters of one L2 table of the same kind (unallocated,
+ * zero, or data at consecutive host offsets).
+ */
+static int qed_block_status(struct qimg_node *node, uint64_t off,
+                            uint64_t len, uint64_t *pnum, uint64_t *host_off)
+{
+    struct qed_state *s = node->opaque;
+    uint64_t cs = s->h.cluster_size;
+    uint64_t in_cluster = off % cs;
+    uint64_t table_end = align_down_u64(off, s->l2_span);
+    uint64_t limit = min_u64(len, s->l2_span - (off - table_end));
+    uint64_t first;
+    int ret = qed_lookup(node, s, off, &first);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t done = min_u64(limit, cs - in_cluster);
+    while (done < limit) {
+        uint64_t e;
+        ret = qed_lookup(node, s, off + done, &e);
+        if (ret < 0) {
+            return ret;
+        }
+        /* off + done starts cluster k of the run: done + in_cluster = k cs */
+        bool same = first > QED_ZERO_CLUSTER
+                        ? e == first + done + in_cluster
+                        : e == first;
+        if (!same) {
+            break;
+        }
+        done = min_u64(limit, done + cs);
+    }
+    *pnum = done;
+    if (first == 0) {
+        return 0;
+    }
+    if (first == QED_ZERO_CLUSTER) {
+        return BS_ZERO;
+    }
+    *host_off = first + in_cluster;
+    return BS_DATA | BS_OFFSET_VALID;
+}
+
+static int qed_get_info(struct qimg_node *node, struct qimg_image_info *info)
+{
+    struct qed_state *s = node->opaque;
+    info->cluster_size = s->h.cluster_size;
+    return 0;
+}
+
+static const struct qimg_opt_desc qed_create_opts[] = {
+    {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
+    {"backing_file", QIMG_OPT_STRING, "File name of a base image", NULL},
+    {"backing_fmt", QIMG_OPT_STRING, "Image format of the base image",
+     NULL},
+    {"cluster_size", QIMG_OPT_SIZE, "Cluster size (in bytes)", "65536"},
+    {"table_size", QIMG_OPT_SIZE, "L1/L2 table size (in clusters)", NULL},
+    {NULL, 0, NULL, NULL},
+};
+
+static int qed_opt_size(const struct qimg_opts *opts, const char *name,
+                        uint64_t def, uint64_t *out)
+{
+    const char *text = qimg_opts_get(opts, name);
+    *out = def;
+    if (text && qimg_parse_size(text, 'B', out) < 0) {
+        return error_set(EINVAL, "Parameter '%s' expects a non-negative "
+                         "number below 2^64", name);
+    }
+    return 0;
+}
+
+/*
+ * As QEMU creates: the header (and backing file name) in a one-cluster
+ * header area, then an all-zero L1 table written out in full.
+ */
+static int qed_create(const char *filename, const struct qimg_opts *opts)
+{
+    uint64_t size, cs, ts;
+    int ret = qed_opt_size(opts, "size", 0, &size);
+    if (ret == 0) {
+        ret = qed_opt_size(opts, "cluster_size", QED_DEFAULT_CLUSTER_SIZE,
+                           &cs);
+    }
+    if (ret == 0) {
+        ret = qed_opt_size(opts, "table_size", QED_DEFAULT_TABLE_SIZE, &ts);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    /*
+     * The block layer rounds the size up to whole sectors first; one too
+     * large to round fails the size check below anyway.
+     */
+    if (size <= (uint64_t)INT64_MAX - 511) {
+        size = (size + 511) & ~(uint64_t)511;
+    }
+    if (!qed_cluster_size_valid(cs)) {
+        return error_set(EINVAL, "QED cluster size must be within range "
+                         "[%u, %u] and power of 2", QED_MIN_CLUSTER_SIZE,
+                         QED_MAX_CLUSTER_SIZE);
+    }
+    if (!qed_table_size_valid(ts)) {
+        return error_set(EINVAL, "QED table size must be within range "
+                         "[%u, %u] and power of 2", QED_MIN_TABLE_SIZE,
+                         QED_MAX_TABLE_SIZE);
+    }
+    if (!qed_image_size_valid(size, cs, ts)) {
+        return error_set(EINVAL, "QED image size must be a non-zero "
+                         "multiple of cluster size and less than %llu bytes",
+                         (unsigned long long)qed_max_image_size(cs, ts));
+    }
+    const char *backing = qimg_opts_get(opts, "backing_file");
+    const char *backing_fmt = qimg_opts_get(opts, "backing_fmt");
+    /*
+     * QEMU writes a name of any length; one longer than the header area
+     * is then partly overwritten by the L1 table and the image does not
+     * open ("QED backing filename offset is invalid").  Same here.
+     */
+    size_t name_len = backing ? strlen(backing) : 0;
+    if (name_len > UINT32_MAX) {
+        return error_set(EINVAL, "Backing file name too long");
+    }
+    struct qed_header h = {
+        .magic = QED_MAGIC,
+        .cluster_size = (uint32_t)cs,
+        .table_size = (uint32_t)ts,
+        .header_size = 1,
+        .l1_table_offset = cs,
+        .image_size = size,
+    };
+    if (backing) {
+        h.features |= QED_F_BACKING_FILE;
+        h.backing_filename_offset = QED_HEADER_BYTES;
+        h.backing_filename_size = (uint32_t)name_len;
+        if (backing_fmt && strcmp(backing_fmt, "raw") == 0) {
+            h.features |= QED_F_BACKING_FORMAT_NO_PROBE;
+        }
+    }
+    /* cs * ts <= 1 GiB. */
+    size_t table_bytes = (size_t)(cs * ts);
+    uint8_t *buf = calloc(1, table_bytes);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    uint8_t head[QED_HEADER_BYTES];
+    qed_header_encode(&h, head);
+
+    struct qimg_opts *file_opts = qimg_opts_new();
+    const char *nocow = qimg_opts_get(opts, "nocow");
+    if (!file_opts || (nocow && qimg_opts_set(file_opts, "nocow", nocow))) {
+        qimg_opts_free(file_opts);
+        free(buf);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    struct qimg_io *io;
+    ret = create_file(filename, file_opts, &io);
+    qimg_opts_free(file_opts);
+    if (ret < 0) {
+        free(buf);
+        return ret;
+    }
+    ret = io_pwrite(io, head, sizeof(head), 0);
+    if (ret == 0 && name_len) {
+        ret = io_pwrite(io, backing, name_len, QED_HEADER_BYTES);
+    }
+    if (ret == 0) {
+        ret = io_pwrite(io, buf, table_bytes, cs);
+    }
+    free(buf);
+    if (ret == 0) {
+        ret = io_flush(io);
+    }
+    io_close(io);
+    if (ret < 0) {
+        return error_prefix(-ret, "Could not write the QED image");
+    }
+    return 0;
+}
+
+const struct qimg_format_ops format_qed = {
+    .name = "qed",
+    .probe = qed_probe,
+    .open = qed_open,
+    .close = qed_close,
+    .pread = qed_pread,
+    .block_status = qed_block_status,
+    .get_info = qed_get_info,
+    .create_opts = qed_create_opts,
+    .create = qed_create,
+};

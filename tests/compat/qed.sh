@@ -1,0 +1,156 @@
+#!/bin/bash
+# QED against qemu-img 7.2: images qemu-img and qemu-io write (data, zero
+# clusters, a backing file, convert -O qed) are read by qimg byte for
+# byte; images qimg creates are qemu-img's byte for byte and pass
+# qemu-img check; info and map output, exit codes and the messages for
+# damaged headers are qemu-img's.
+. "$QIMG_SRCDIR/tests/functions.sh"
+cd "$T"
+MiB=1048576
+
+io() { "$QEMU_IO" "$@" >/dev/null || fail "qemu-io $*"; }
+
+# patch FILE OFFSET WIDTH VALUE: overwrite a little-endian field of WIDTH
+# bytes (4 or 8).
+patch() {
+    local v=$(($4)) i bytes=
+    for ((i = 0; i < $3; i++)); do
+        bytes+=$(printf '\\x%02x' $(((v >> (8 * i)) & 0xff)))
+    done
+    printf "$bytes" | dd of="$1" bs=1 seek=$(($2)) conv=notrunc status=none
+}
+
+# A raw file with patterns, zero runs and unaligned pieces.
+truncate -s $((3 * MiB + 4096)) pattern.raw
+io -f raw -c 'write -P 0x17 0 4k' -c 'write -P 0x93 4k 60k' \
+    -c 'write -P 0xab 1052672 4k' -c 'write -P 0x5c 2097664 1k' \
+    -c 'write -P 0x01 3146240 512' pattern.raw
+
+# same_raw NAME IMAGE: qimg and qemu-img read the same guest bytes.
+same_raw() {
+    rm -f got.raw want.raw
+    "$QIMG" convert -O raw "$2" got.raw 2>got.err ||
+        { fail "$1: qimg convert" "$(cat got.err)"; return; }
+    "$QEMU_IMG" convert -O raw "$2" want.raw ||
+        { fail "$1: qemu-img convert"; return; }
+    expect_same "$1: contents" want.raw got.raw
+}
+
+# same_out NAME CMD-ARGS...: stdout, stderr and exit status equal.
+same_out() {
+    local name=$1
+    shift
+    "$QEMU_IMG" "$@" >want.out 2>want.err
+    echo "exit $?" >>want.out
+    "$QIMG" "$@" >got.out 2>got.err
+    echo "exit $?" >>got.out
+    sed -i 's/^qimg: /qemu-img: /' got.err
+    expect_same "$name: stdout" want.out got.out
+    expect_same "$name: stderr" want.err got.err
+}
+
+# same_meta NAME IMAGE: info (human, json) and map (json, human) as
+# qemu-img.
+same_meta() {
+    same_out "$1: info" info "$2"
+    same_out "$1: info json" info --output=json "$2"
+    same_out "$1: map json" map --output=json "$2"
+    same_out "$1: map" map "$2"
+}
+
+# 1. qemu-img writes, qimg reads: data, zero writes, partial clusters,
+# several L2 tables (4 KiB clusters, two-cluster tables: 4 MiB each);
+# one-cluster tables never open in QEMU (nor in qimg).
+"$QEMU_IMG" create -q -f qed -o cluster_size=4k,table_size=2 small.qed 5M
+io -f qed -c 'write -P 0x11 0 64k' -c 'write -P 0x22 3M 4k' \
+    -c 'write -z 2M 1M' -c 'write -P 0x33 4095k 2k' \
+    -c 'write -z 8k 4k' small.qed
+same_raw "qemu 4k" small.qed
+same_meta "qemu 4k" small.qed
+"$QEMU_IMG" create -q -f qed -o cluster_size=4k,table_size=1 one.qed 1M
+same_out "one-cluster tables" info one.qed
+"$QEMU_IMG" create -q -f qed big.qed 8M
+io -f qed -c 'write -P 0x44 100k 300k' -c 'write -z 1M 2M' \
+    -c 'write -P 0x55 7M 1k' big.qed
+same_raw "qemu 64k" big.qed
+same_meta "qemu 64k" big.qed
+
+# 2. A backing file read through, raw (the no-probe feature) and qcow2
+# (probed), with zero clusters hiding it.
+"$QEMU_IMG" convert -q -f raw -O qcow2 pattern.raw base.qcow2
+"$QEMU_IMG" create -q -f qed -b pattern.raw -F raw over-raw.qed
+io -f qed -c 'write -P 0x66 32k 8k' -c 'write -z 1M 64k' over-raw.qed
+same_raw "backing raw" over-raw.qed
+same_meta "backing raw" over-raw.qed
+"$QEMU_IMG" create -q -f qed -b base.qcow2 -F qcow2 over-qcow2.qed 4M
+io -f qed -c 'write -P 0x77 3M 128k' over-qcow2.qed
+same_raw "backing qcow2" over-qcow2.qed
+same_meta "backing qcow2" over-qcow2.qed
+same_out "backing chain" info --backing-chain over-qcow2.qed
+
+# 3. convert -O qed by qemu-img, read by qimg.
+"$QEMU_IMG" convert -q -f raw -O qed pattern.raw conv.qed
+same_raw "qemu convert" conv.qed
+same_meta "qemu convert" conv.qed
+
+# 4. qimg create: the same line and the same bytes as qemu-img.
+create_same() {
+    local name=$1
+    shift
+    rm -f want.qed got.qed
+    "$QEMU_IMG" create -f qed "$@" want.qed >want.out 2>want.err
+    echo "exit $?" >>want.out
+    "$QIMG" create -f qed "$@" got.qed >got.out 2>got.err
+    echo "exit $?" >>got.out
+    sed -i 's/got\.qed/want.qed/; s/^qimg: /qemu-img: /' got.out got.err
+    expect_same "create $name: stdout" want.out got.out
+    expect_same "create $name: stderr" want.err got.err
+    if [ -s want.qed ]; then
+        expect_same "create $name: bytes" want.qed got.qed
+    fi
+}
+create_same "1M" -o size=1M
+create_same "unaligned" -o size=1000
+create_same "4k clusters" -o cluster_size=4k,table_size=16 -o size=3M
+create_same "1M clusters" -o cluster_size=1M,table_size=2 -o size=5M
+create_same "raw backing" -b pattern.raw -F raw
+create_same "qcow2 backing" -b base.qcow2 -F qcow2 -o size=2M
+create_same "empty" -o size=0
+create_same "largest" -o size=64T
+create_same "too large" -o size=70368744177665
+create_same "bad cluster" -o cluster_size=3k -o size=1M
+create_same "small cluster" -o cluster_size=2k -o size=1M
+create_same "bad table" -o table_size=3 -o size=1M
+create_same "large table" -o table_size=32 -o size=1M
+"$QEMU_IMG" create -f qed -o help x >want.out
+"$QIMG" create -f qed -o help x >got.out
+expect_same "create help" want.out got.out
+"$QIMG" create -q -f qed -b pattern.raw -F raw made.qed || fail "create"
+out=$("$QEMU_IMG" check made.qed 2>&1) || fail "qemu-img check" "$out"
+pass
+same_meta "qimg created" made.qed
+
+# 5. Damaged headers: qemu-img's messages (probed and with -f qed).
+"$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
+for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
+    "8 4 17" "8 4 3" "12 4 0x10000000" "16 8 8" "16 8 0x100" \
+    "40 8 0x1000" "40 8 0x50000" "40 8 0" "48 8 1000" \
+    "48 8 0x800000000000" "56 4 0xfffe" "56 4 0x10000" "60 4 0x10000" \
+    "16 8 3" "24 8 1" "32 8 1"; do
+    cp ok.qed bad.qed
+    # shellcheck disable=SC2086
+    patch bad.qed $damage
+    same_out "header $damage" info -f qed bad.qed
+done
+same_out "header probed" info bad.qed
+# Tables outside the file: an error, no crash.
+cp big.qed bad.qed
+patch bad.qed 0x10000 8 0x9000000
+expect_status "L2 past the end" 1 "$QIMG" convert -O raw bad.qed bad.raw
+grep -q 'QED L2 table offset 0x9000000 is invalid' "$T/.err" ||
+    fail "L2 past the end: message" "$(cat "$T/.err")"
+head -c 100 ok.qed >short.qed
+same_out "short" info short.qed
+
+echo "$checks checks"
+finish
