@@ -1,5 +1,5 @@
 /*
- * qed: the QEMU Enhanced Disk format, read and create (writes to come).
+ * qed: the QEMU Enhanced Disk format: read, write and create.
  *
  * Layout (all little-endian): a 64-byte header at offset 0 in a header
  * area of header_size clusters (which also holds the backing file name),
@@ -8,6 +8,12 @@
  * (the backing file shows through), 1 (L2 only) is a zero cluster, any
  * other value a cluster-aligned offset past the header area and inside
  * the file.  QEMU's open-time limits and messages are kept.
+ *
+ * Writes, as QEMU's: new data clusters and then new L2 tables go at the
+ * end of the file; the data is written before the L2 entry naming it and
+ * a new L2 table before the L1 entry, so that a crash leaks clusters at
+ * worst.  Before the first allocation the header's need-check feature is
+ * set (and synced); flush clears it again once everything is durable.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -77,6 +83,9 @@ struct qed_state {
     /* One cached L2 table (host order) and its offset (0: none). */
     uint64_t *l2;
     uint64_t l2_offset;
+    /* This open set need-check (so its flush clears it). */
+    bool set_need_check;
+    uint8_t *cluster_buf; /* cluster_size bytes, for partial clusters */
 };
 
 static void qed_header_decode(const uint8_t *b, struct qed_header *h)
@@ -186,6 +195,7 @@ static void qed_close(struct qimg_node *node)
     if (s) {
         free(s->l1);
         free(s->l2);
+        free(s->cluster_buf);
         free(s);
     }
     node->opaque = NULL;
@@ -277,6 +287,14 @@ static int qed_validate(struct qimg_node *node, struct qed_state *s)
     return 0;
 }
 
+/* Write the 64-byte header (the backing file name stays as it is). */
+static int qed_write_header(struct qimg_node *node, struct qed_state *s)
+{
+    uint8_t buf[QED_HEADER_BYTES];
+    qed_header_encode(&s->h, buf);
+    return io_pwrite(node->file, buf, sizeof(buf), 0);
+}
+
 static int qed_open(struct qimg_node *node, unsigned flags)
 {
     (void)flags;
@@ -315,6 +333,19 @@ static int qed_open(struct qimg_node *node, unsigned flags)
         goto fail;
     }
     node->size = s->h.image_size;
+    /*
+     * A writable open clears autoclear features it does not know (all
+     * of them), as QEMU does.  An image left with need-check set is
+     * opened as it is (QEMU would check and repair it first): its flag
+     * stays set, so QEMU still checks it next time.
+     */
+    if (node->writable && s->h.autoclear_features) {
+        s->h.autoclear_features = 0;
+        ret = qed_write_header(node, s);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
     return 0;
 fail:
     qed_close(node);
@@ -429,6 +460,213 @@ static int qed_block_status(struct qimg_node *node, uint64_t off,
     }
     *host_off = first + in_cluster;
     return BS_DATA | BS_OFFSET_VALID;
+}
+
+/* Before the first allocation since the last flush: set need-check. */
+static int qed_mark_need_check(struct qimg_node *node, struct qed_state *s)
+{
+    if (s->h.features & QED_F_NEED_CHECK) {
+        return 0;
+    }
+    s->h.features |= QED_F_NEED_CHECK;
+    s->set_need_check = true;
+    int ret = qed_write_header(node, s);
+    if (ret == 0) {
+        ret = node_sync(node, node->file);
+    }
+    return ret;
+}
+
+/* n new clusters at the end of the file: their host offset. */
+static int qed_alloc(struct qed_state *s, uint64_t n, uint64_t *out)
+{
+    uint64_t bytes, end;
+    if (mul_overflow_u64(n, s->h.cluster_size, &bytes) ||
+        add_overflow_u64(s->file_size, bytes, &end) || end > INT64_MAX) {
+        return error_set(EFBIG, "QED image file too large");
+    }
+    *out = s->file_size;
+    s->file_size = end;
+    return 0;
+}
+
+/*
+ * Store value as the L2 entry of the cluster at guest offset off (whose
+ * L2 table qed_lookup has just loaded if there is one), allocating the
+ * L2 table (after the data, as QEMU) and updating the L1 entry if none.
+ */
+static int qed_set_entry(struct qimg_node *node, struct qed_state *s,
+                         uint64_t off, uint64_t value)
+{
+    uint64_t l1_index = off / s->l2_span;
+    uint64_t l2_index = off % s->l2_span / s->h.cluster_size;
+    uint8_t le[8];
+    int ret;
+    if (s->l1[l1_index] != 0) {
+        /* qed_lookup loaded this table. */
+        s->l2[l2_index] = value;
+        store_le64(le, value);
+        return io_pwrite(node->file, le, 8, s->l2_offset + l2_index * 8);
+    }
+    uint64_t table = 0;
+    ret = qed_alloc(s, s->h.table_size, &table);
+    if (ret < 0) {
+        return ret;
+    }
+    s->l2_offset = 0;
+    /* One non-zero entry: the table is its own on-disk form but it. */
+    memset(s->l2, 0, (size_t)s->table_bytes);
+    store_le64((uint8_t *)&s->l2[l2_index], value);
+    ret = io_pwrite(node->file, s->l2, (size_t)s->table_bytes, table);
+    s->l2[l2_index] = value; /* back to host order */
+    if (ret < 0) {
+        return ret;
+    }
+    s->l2_offset = table;
+    s->l1[l1_index] = table;
+    store_le64(le, table);
+    return io_pwrite(node->file, le, 8, s->h.l1_table_offset + l1_index * 8);
+}
+
+/*
+ * Write n bytes at in_cluster into the unallocated or zero cluster at
+ * guest offset base (entry its L2 entry): a new cluster holds them, the
+ * rest of it what read there before (the backing file, or zeros).
+ */
+static int qed_write_new(struct qimg_node *node, struct qed_state *s,
+                         uint64_t base, uint64_t entry, uint64_t in_cluster,
+                         const void *buf, size_t n)
+{
+    uint64_t cs = s->h.cluster_size;
+    int ret = qed_mark_need_check(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    const void *data = buf;
+    if (n < cs) {
+        if (!s->cluster_buf) {
+            s->cluster_buf = malloc(cs);
+            if (!s->cluster_buf) {
+                return error_set(ENOMEM, "Out of memory");
+            }
+        }
+        memset(s->cluster_buf, 0, cs);
+        /* base < size; the part of the cluster past it stays zero. */
+        uint64_t avail = min_u64(cs, node->size - base);
+        if (entry == 0) {
+            ret = node_read_below(node, s->cluster_buf, (size_t)avail, base);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        memcpy(s->cluster_buf + in_cluster, buf, n);
+        data = s->cluster_buf;
+    }
+    uint64_t host = 0;
+    ret = qed_alloc(s, 1, &host);
+    if (ret == 0) {
+        ret = io_pwrite(node->file, data, cs, host);
+    }
+    if (ret == 0) {
+        ret = qed_set_entry(node, s, base, host);
+    }
+    return ret;
+}
+
+static int qed_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                      uint64_t off)
+{
+    struct qed_state *s = node->opaque;
+    const uint8_t *p = buf;
+    while (len > 0) {
+        uint64_t in_cluster = off % s->h.cluster_size;
+        size_t n = (size_t)min_u64(len, s->h.cluster_size - in_cluster);
+        uint64_t entry;
+        int ret = qed_lookup(node, s, off, &entry);
+        if (ret == 0) {
+            if (entry > QED_ZERO_CLUSTER) {
+                ret = io_pwrite(node->file, p, n, entry + in_cluster);
+            } else {
+                ret = qed_write_new(node, s, off - in_cluster, entry,
+                                    in_cluster, p, n);
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Write zeros into [off, off + len), within one cluster, as data. */
+static int qed_write_zero_data(struct qimg_node *node, uint64_t off,
+                               uint64_t len)
+{
+    uint8_t *zeros = calloc(1, (size_t)len);
+    if (!zeros) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = qed_pwrite(node, zeros, (size_t)len, off);
+    free(zeros);
+    return ret;
+}
+
+/*
+ * As QEMU: whole clusters become zero clusters (an allocated one is
+ * zeroed in place and stays allocated); the unaligned head and tail are
+ * written as zero data.
+ */
+static int qed_pwrite_zeroes(struct qimg_node *node, uint64_t off,
+                             uint64_t len, unsigned flags)
+{
+    (void)flags;
+    struct qed_state *s = node->opaque;
+    uint64_t cs = s->h.cluster_size;
+    while (len > 0) {
+        uint64_t in_cluster = off % cs;
+        uint64_t n = min_u64(len, cs - in_cluster);
+        int ret;
+        if (n < cs) {
+            ret = qed_write_zero_data(node, off, n);
+        } else {
+            uint64_t entry;
+            ret = qed_lookup(node, s, off, &entry);
+            if (ret == 0 && entry > QED_ZERO_CLUSTER) {
+                ret = io_pwrite_zeroes(node->file, entry, cs, false);
+            } else if (ret == 0 && entry == 0) {
+                ret = qed_mark_need_check(node, s);
+                if (ret == 0) {
+                    ret = qed_set_entry(node, s, off, QED_ZERO_CLUSTER);
+                }
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Sync, then clear need-check if this open set it, and sync again. */
+static int qed_flush(struct qimg_node *node)
+{
+    struct qed_state *s = node->opaque;
+    int ret = node_sync(node, node->file);
+    if (ret < 0 || !s->set_need_check) {
+        return ret;
+    }
+    s->h.features &= ~QED_F_NEED_CHECK;
+    s->set_need_check = false;
+    ret = qed_write_header(node, s);
+    if (ret == 0) {
+        ret = node_sync(node, node->file);
+    }
+    return ret;
 }
 
 static int qed_get_info(struct qimg_node *node, struct qimg_image_info *info)
@@ -574,6 +812,9 @@ const struct qimg_format_ops format_qed = {
     .open = qed_open,
     .close = qed_close,
     .pread = qed_pread,
+    .pwrite = qed_pwrite,
+    .pwrite_zeroes = qed_pwrite_zeroes,
+    .flush = qed_flush,
     .block_status = qed_block_status,
     .get_info = qed_get_info,
     .create_opts = qed_create_opts,
