@@ -491,84 +491,160 @@ static int qed_alloc(struct qed_state *s, uint64_t n, uint64_t *out)
 }
 
 /*
- * Store value as the L2 entry of the cluster at guest offset off (whose
- * L2 table qed_lookup has just loaded if there is one), allocating the
- * L2 table (after the data, as QEMU) and updating the L1 entry if none.
+ * Store count entries, values first, first + step, ..., (step 0: all
+ * first) for the clusters from guest offset off on, all in one L2
+ * table, whose table qed_lookup has just loaded if there is one; else
+ * allocate that table (after the data, as QEMU) and update the L1 entry.
  */
-static int qed_set_entry(struct qimg_node *node, struct qed_state *s,
-                         uint64_t off, uint64_t value)
+static int qed_set_entries(struct qimg_node *node, struct qed_state *s,
+                           uint64_t off, uint64_t count, uint64_t first,
+                           uint64_t step)
 {
     uint64_t l1_index = off / s->l2_span;
     uint64_t l2_index = off % s->l2_span / s->h.cluster_size;
-    uint8_t le[8];
+    bool new_table = s->l1[l1_index] == 0;
+    uint64_t table = s->l2_offset;
     int ret;
-    if (s->l1[l1_index] != 0) {
-        /* qed_lookup loaded this table. */
-        s->l2[l2_index] = value;
-        store_le64(le, value);
-        return io_pwrite(node->file, le, 8, s->l2_offset + l2_index * 8);
+    if (new_table) {
+        ret = qed_alloc(s, s->h.table_size, &table);
+        if (ret < 0) {
+            return ret;
+        }
+        s->l2_offset = 0;
+        memset(s->l2, 0, (size_t)s->table_bytes);
     }
-    uint64_t table = 0;
-    ret = qed_alloc(s, s->h.table_size, &table);
-    if (ret < 0) {
-        return ret;
+    for (uint64_t i = 0; i < count; i++) {
+        store_le64((uint8_t *)&s->l2[l2_index + i], first + i * step);
     }
-    s->l2_offset = 0;
-    /* One non-zero entry: the table is its own on-disk form but it. */
-    memset(s->l2, 0, (size_t)s->table_bytes);
-    store_le64((uint8_t *)&s->l2[l2_index], value);
-    ret = io_pwrite(node->file, s->l2, (size_t)s->table_bytes, table);
-    s->l2[l2_index] = value; /* back to host order */
-    if (ret < 0) {
+    if (new_table) {
+        ret = io_pwrite(node->file, s->l2, (size_t)s->table_bytes, table);
+    } else {
+        ret = io_pwrite(node->file, &s->l2[l2_index], (size_t)count * 8,
+                        table + l2_index * 8);
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        s->l2[l2_index + i] = first + i * step; /* back to host order */
+    }
+    if (ret < 0 || !new_table) {
         return ret;
     }
     s->l2_offset = table;
     s->l1[l1_index] = table;
+    uint8_t le[8];
     store_le64(le, table);
     return io_pwrite(node->file, le, 8, s->h.l1_table_offset + l1_index * 8);
 }
 
 /*
- * Write n bytes at in_cluster into the unallocated or zero cluster at
- * guest offset base (entry its L2 entry): a new cluster holds them, the
- * rest of it what read there before (the backing file, or zeros).
+ * The clusters after the one at off (entry e, its L2 table loaded) that
+ * continue its run in the same L2 table, as QEMU counts them: the same
+ * entry for unallocated and zero clusters, consecutive host offsets for
+ * data.  Returns the run's length in clusters (>= 1), at most max.
  */
-static int qed_write_new(struct qimg_node *node, struct qed_state *s,
-                         uint64_t base, uint64_t entry, uint64_t in_cluster,
-                         const void *buf, size_t n)
+static uint64_t qed_run(const struct qed_state *s, uint64_t off, uint64_t e,
+                        uint64_t max)
+{
+    uint64_t l2_index = off % s->l2_span / s->h.cluster_size;
+    uint64_t n = 1;
+    if (s->l1[off / s->l2_span] == 0) {
+        /* No table: the whole rest of its span is unallocated. */
+        return min_u64(max, s->entries - l2_index);
+    }
+    while (n < max && l2_index + n < s->entries) {
+        uint64_t next = s->l2[l2_index + n];
+        bool same = e > QED_ZERO_CLUSTER
+                        ? next == e + n * s->h.cluster_size
+                        : next == e;
+        if (!same) {
+            break;
+        }
+        n++;
+    }
+    return n;
+}
+
+/*
+ * Fill a partial cluster's buffer: what the cluster at guest offset base
+ * read before (the backing file for unallocated, zeros for zero
+ * clusters), then n bytes of buf at in_cluster.
+ */
+static int qed_fill_partial(struct qimg_node *node, struct qed_state *s,
+                            uint64_t base, uint64_t entry,
+                            uint64_t in_cluster, const uint8_t *buf,
+                            size_t n)
 {
     uint64_t cs = s->h.cluster_size;
-    int ret = qed_mark_need_check(node, s);
-    if (ret < 0) {
-        return ret;
-    }
-    const void *data = buf;
-    if (n < cs) {
+    if (!s->cluster_buf) {
+        s->cluster_buf = malloc(cs);
         if (!s->cluster_buf) {
-            s->cluster_buf = malloc(cs);
-            if (!s->cluster_buf) {
-                return error_set(ENOMEM, "Out of memory");
-            }
+            return error_set(ENOMEM, "Out of memory");
         }
-        memset(s->cluster_buf, 0, cs);
+    }
+    memset(s->cluster_buf, 0, cs);
+    if (entry == 0) {
         /* base < size; the part of the cluster past it stays zero. */
         uint64_t avail = min_u64(cs, node->size - base);
-        if (entry == 0) {
-            ret = node_read_below(node, s->cluster_buf, (size_t)avail, base);
-            if (ret < 0) {
-                return ret;
-            }
+        int ret = node_read_below(node, s->cluster_buf, (size_t)avail,
+                                  base);
+        if (ret < 0) {
+            return ret;
         }
-        memcpy(s->cluster_buf + in_cluster, buf, n);
-        data = s->cluster_buf;
     }
+    memcpy(s->cluster_buf + in_cluster, buf, n);
+    return 0;
+}
+
+/*
+ * Write len bytes at guest offset off (in_cluster into its cluster) into
+ * k new clusters replacing a run of unallocated or zero clusters (entry):
+ * allocated together at the end of the file, the data written, then the
+ * L2 entries, as QEMU's allocating write.
+ */
+static int qed_write_alloc(struct qimg_node *node, struct qed_state *s,
+                           uint64_t off, uint64_t entry, uint64_t k,
+                           const uint8_t *buf, size_t len)
+{
+    uint64_t cs = s->h.cluster_size;
+    uint64_t in_cluster = off % cs;
+    uint64_t base = off - in_cluster;
+    int ret = qed_mark_need_check(node, s);
     uint64_t host = 0;
-    ret = qed_alloc(s, 1, &host);
     if (ret == 0) {
-        ret = io_pwrite(node->file, data, cs, host);
+        ret = qed_alloc(s, k, &host);
+    }
+    /* The first cluster, whole or partial. */
+    size_t n = (size_t)min_u64(len, cs - in_cluster);
+    if (ret == 0 && n < cs) {
+        ret = qed_fill_partial(node, s, base, entry, in_cluster, buf, n);
+        if (ret == 0) {
+            ret = io_pwrite(node->file, s->cluster_buf, cs, host);
+        }
+    } else if (ret == 0) {
+        /* Whole clusters up to the last partial one go out at once. */
+        n = (size_t)align_down_u64(len, cs);
+        ret = io_pwrite(node->file, buf, n, host);
+    }
+    size_t done = n;
+    if (ret == 0 && done < len) {
+        uint64_t mid = align_down_u64(len - done, cs);
+        if (mid > 0) {
+            ret = io_pwrite(node->file, buf + done, (size_t)mid,
+                            host + in_cluster + done);
+            done += (size_t)mid;
+        }
+    }
+    if (ret == 0 && done < len) {
+        /* The last cluster, partial. */
+        uint64_t g = off + done;
+        ret = qed_fill_partial(node, s, g, entry, 0, buf + done,
+                               len - done);
+        if (ret == 0) {
+            ret = io_pwrite(node->file, s->cluster_buf, cs,
+                            host + (g - base));
+        }
     }
     if (ret == 0) {
-        ret = qed_set_entry(node, s, base, host);
+        ret = qed_set_entries(node, s, base, k, host, cs);
     }
     return ret;
 }
@@ -577,19 +653,22 @@ static int qed_pwrite(struct qimg_node *node, const void *buf, size_t len,
                       uint64_t off)
 {
     struct qed_state *s = node->opaque;
+    uint64_t cs = s->h.cluster_size;
     const uint8_t *p = buf;
     while (len > 0) {
-        uint64_t in_cluster = off % s->h.cluster_size;
-        size_t n = (size_t)min_u64(len, s->h.cluster_size - in_cluster);
+        uint64_t in_cluster = off % cs;
         uint64_t entry;
         int ret = qed_lookup(node, s, off, &entry);
-        if (ret == 0) {
-            if (entry > QED_ZERO_CLUSTER) {
-                ret = io_pwrite(node->file, p, n, entry + in_cluster);
-            } else {
-                ret = qed_write_new(node, s, off - in_cluster, entry,
-                                    in_cluster, p, n);
-            }
+        if (ret < 0) {
+            return ret;
+        }
+        uint64_t clusters = div_round_up_u64(in_cluster + len, cs);
+        uint64_t k = qed_run(s, off, entry, clusters);
+        size_t n = (size_t)min_u64(len, k * cs - in_cluster);
+        if (entry > QED_ZERO_CLUSTER) {
+            ret = io_pwrite(node->file, p, n, entry + in_cluster);
+        } else {
+            ret = qed_write_alloc(node, s, off, entry, k, p, n);
         }
         if (ret < 0) {
             return ret;
@@ -639,7 +718,8 @@ static int qed_pwrite_zeroes(struct qimg_node *node, uint64_t off,
             } else if (ret == 0 && entry == 0) {
                 ret = qed_mark_need_check(node, s);
                 if (ret == 0) {
-                    ret = qed_set_entry(node, s, off, QED_ZERO_CLUSTER);
+                    ret = qed_set_entries(node, s, off, 1, QED_ZERO_CLUSTER,
+                                          0);
                 }
             }
         }

@@ -1,9 +1,9 @@
 #!/bin/bash
 # QED against qemu-img 7.2: images qemu-img and qemu-io write (data, zero
 # clusters, a backing file, convert -O qed) are read by qimg byte for
-# byte; images qimg creates are qemu-img's byte for byte and pass
-# qemu-img check; info and map output, exit codes and the messages for
-# damaged headers are qemu-img's.
+# byte; images qimg creates, writes and converts are qemu-img's byte for
+# byte and pass qemu-img check; info and map output, exit codes and the
+# messages for damaged headers are qemu-img's.
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 MiB=1048576
@@ -130,7 +130,68 @@ out=$("$QEMU_IMG" check made.qed 2>&1) || fail "qemu-img check" "$out"
 pass
 same_meta "qimg created" made.qed
 
-# 5. Damaged headers: qemu-img's messages (probed and with -f qed).
+# 5. qimg writes, qemu-img reads: the same operations through qemu-io
+# and qimg on copies (with a raw backing file, both cluster sizes) give
+# the same bytes, and qemu-img check finds them clean.
+W=${QIMG_WRITE_IMAGE:?}
+ops=(w:0:65536:17 w:3145728:4096:34 z:2097152:1048576 w:4193280:2048:51
+     w:1049088:1024:68 o w:512:512:85 z:1048576:65536 z:4096:1000
+     w:5000:20000:99 f)
+qops=('write -P 17 0 65536' 'write -P 34 3145728 4096'
+      'write -z 2097152 1048576' 'write -P 51 4193280 2048'
+      'write -P 68 1049088 1024' 'write -P 85 512 512'
+      'write -z 1048576 65536' 'write -z 4096 1000' 'write -P 99 5000 20000')
+args=()
+for c in "${qops[@]}"; do
+    args+=(-c "$c")
+done
+for cs in 64k 4k; do
+    "$QIMG" create -q -f qed -o cluster_size=$cs -b pattern.raw -F raw \
+        w-i.qed 5M || fail "create for writes"
+    cp w-i.qed w-q.qed
+    if ! "$W" w-i.qed qed "${ops[@]}" 2>w.err; then
+        fail "write_image $cs" "$(cat w.err)"
+        continue
+    fi
+    io -f qed "${args[@]}" w-q.qed
+    "$QEMU_IMG" compare w-q.qed w-i.qed >/dev/null ||
+        fail "writes $cs: compare"
+    pass
+    out=$("$QEMU_IMG" check w-i.qed 2>&1) || fail "writes $cs: check" "$out"
+    pass
+    expect_same "writes $cs: bytes" w-q.qed w-i.qed
+    same_meta "writes $cs" w-i.qed
+    same_raw "writes $cs" w-i.qed
+done
+# A write leaves need-check set until the flush clears it.
+"$QIMG" create -q -f qed nc.qed 1M || fail "create nc"
+"$W" nc.qed qed w:0:512:1 || fail "write nc"
+[ "$(od -An -tx1 -j16 -N1 nc.qed)" = " 00" ] || fail "need-check left set"
+pass
+
+# 6. convert -O qed: qemu-img's bytes, clean, the same contents.
+for o in "" "-o cluster_size=4k,table_size=2"; do
+    rm -f want.qed got.qed
+    # shellcheck disable=SC2086
+    "$QEMU_IMG" convert -f raw -O qed $o pattern.raw want.qed
+    # shellcheck disable=SC2086
+    "$QIMG" convert -f raw -O qed $o pattern.raw got.qed ||
+        fail "convert -O qed $o"
+    expect_same "convert $o: bytes" want.qed got.qed
+    out=$("$QEMU_IMG" check got.qed 2>&1) || fail "convert $o: check" "$out"
+    pass
+    "$QEMU_IMG" compare pattern.raw got.qed >/dev/null ||
+        fail "convert $o: compare"
+    pass
+done
+"$QEMU_IMG" convert -O qed over-raw.qed want.qed
+"$QIMG" convert -O qed over-raw.qed got.qed || fail "convert qed to qed"
+"$QEMU_IMG" compare over-raw.qed got.qed >/dev/null ||
+    fail "convert qed to qed: compare"
+pass
+expect_same "convert qed to qed: bytes" want.qed got.qed
+
+# 7. Damaged headers: qemu-img's messages (probed and with -f qed).
 "$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
 for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
     "8 4 17" "8 4 3" "12 4 0x10000000" "16 8 8" "16 8 0x100" \
