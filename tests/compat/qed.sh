@@ -2,8 +2,9 @@
 # QED against qemu-img 7.2: images qemu-img and qemu-io write (data, zero
 # clusters, a backing file, convert -O qed) are read by qimg byte for
 # byte; images qimg creates, writes and converts are qemu-img's byte for
-# byte and pass qemu-img check; info and map output, exit codes and the
-# messages for damaged headers are qemu-img's.
+# byte and pass qemu-img check; info, map and check output (and check's
+# repairs), exit codes and the messages for damaged headers are
+# qemu-img's.
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 MiB=1048576
@@ -191,7 +192,58 @@ done
 pass
 expect_same "convert qed to qed: bytes" want.qed got.qed
 
-# 7. Damaged headers: qemu-img's messages (probed and with -f qed).
+# 7. check: counts, statistics, exit codes and repairs as qemu-img's, on
+# copies (the repaired files compared byte for byte).  m.qed: 4 KiB
+# clusters, two-cluster tables; its first L2 table at 0x13000 maps data
+# clusters from 0x3000 on.
+"$QEMU_IMG" create -q -f qed -o cluster_size=4k,table_size=2 m.qed 9M
+io -f qed -c 'write -P 1 0 64k' -c 'write -P 2 5M 12k' -c 'write -z 1M 8k' \
+    -c 'write -P 3 4M 4k' -c 'write -P 4 8k 4k' m.qed
+l1=$(od -An -tu8 -j4096 -N8 m.qed | tr -d ' ')
+[ "$l1" = $((0x13000)) ] || fail "m.qed layout: L1[0] is $l1"
+check_same() {
+    local name=$1 a
+    for a in "check" "check --output=json" "check -r leaks" "check -r all" \
+        "check -r all --output=json"; do
+        cp x.qed want-x.qed
+        cp x.qed got-x.qed
+        # shellcheck disable=SC2086
+        "$QEMU_IMG" $a want-x.qed >want.out 2>&1
+        echo "exit $?" >>want.out
+        # shellcheck disable=SC2086
+        "$QIMG" $a got-x.qed >got.out 2>&1
+        echo "exit $?" >>got.out
+        sed -i 's/got-x\.qed/want-x.qed/g; s/^qimg: /qemu-img: /' got.out
+        expect_same "$name: $a" want.out got.out
+        expect_same "$name: $a: file" want-x.qed got-x.qed
+    done
+}
+cp m.qed x.qed
+check_same "clean"
+truncate -s +12288 x.qed
+check_same "leaks"
+cp m.qed x.qed
+patch x.qed 16 8 2
+check_same "need-check"
+cp m.qed x.qed
+patch x.qed $((0x13000 + 8)) 8 0x900000
+patch x.qed $((0x13000 + 16)) 8 0x3001
+check_same "bad clusters"
+cp m.qed x.qed
+patch x.qed $((0x13000 + 8)) 8 0x3000
+check_same "cluster used twice"
+cp m.qed x.qed
+patch x.qed $((0x1000 + 8)) 8 0x13000
+check_same "L2 table used twice"
+cp m.qed x.qed
+patch x.qed $((0x1000 + 8)) 8 0x990000
+patch x.qed 16 8 2
+truncate -s +8192 x.qed
+check_same "bad L2 table, leaks, need-check"
+cp w-i.qed x.qed
+check_same "qimg writes"
+
+# 8. Damaged headers: qemu-img's messages (probed and with -f qed).
 "$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
 for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
     "8 4 17" "8 4 3" "12 4 0x10000000" "16 8 8" "16 8 0x100" \
