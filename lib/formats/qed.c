@@ -14,6 +14,8 @@
  * a new L2 table before the L1 entry, so that a crash leaks clusters at
  * worst.  Before the first allocation the header's need-check feature is
  * set (and synced); flush clears it again once everything is durable.
+ * An image found with the flag set by a writable open is checked and
+ * repaired first (QEMU's check, below, with repairs).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -295,9 +297,203 @@ static int qed_write_header(struct qimg_node *node, struct qed_state *s)
     return io_pwrite(node->file, buf, sizeof(buf), 0);
 }
 
+/* The used-cluster bitmap of a check, over the file's whole clusters. */
+struct qed_check {
+    struct qed_state *s;
+    struct qimg_check_result *res;
+    uint64_t nclusters;
+    uint8_t *used;
+    bool fix;
+};
+
+/*
+ * Mark n clusters from host offset off used (all inside the file); each
+ * one used already is a corruption.  Returns whether none was.
+ */
+static bool qed_check_use(struct qed_check *c, uint64_t off, uint64_t n)
+{
+    uint64_t cluster = off / c->s->h.cluster_size;
+    int64_t dups = 0;
+    for (uint64_t i = cluster; i < cluster + n && i < c->nclusters; i++) {
+        uint8_t bit = (uint8_t)(1u << (i % 8));
+        if (c->used[i / 8] & bit) {
+            dups++;
+        }
+        c->used[i / 8] |= bit;
+    }
+    c->res->corruptions += dups;
+    return dups == 0;
+}
+
+/*
+ * One L2 table (loaded into s->l2): its invalid entries (dropped when
+ * fixing), statistics as QEMU counts them.  Returns the invalid count.
+ */
+static uint64_t qed_check_l2(struct qed_check *c)
+{
+    struct qed_state *s = c->s;
+    uint64_t invalid = 0, last = 0;
+    for (uint64_t i = 0; i < s->entries; i++) {
+        uint64_t e = s->l2[i];
+        if (e <= QED_ZERO_CLUSTER) {
+            continue;
+        }
+        c->res->allocated_clusters++;
+        if (last && e - last != s->h.cluster_size) {
+            c->res->fragmented_clusters++;
+        }
+        last = e;
+        if (!qed_offset_valid(s, e)) {
+            if (c->fix) {
+                s->l2[i] = 0;
+                c->res->corruptions_fixed++;
+            } else {
+                c->res->corruptions++;
+            }
+            invalid++;
+            continue;
+        }
+        qed_check_use(c, e, 1);
+    }
+    return invalid;
+}
+
+/* Write the whole cached L2 table (host order) back at off. */
+static int qed_write_l2_table(struct qimg_node *node, struct qed_state *s,
+                              uint64_t off)
+{
+    uint64_t *t = malloc((size_t)s->table_bytes);
+    if (!t) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    for (uint64_t i = 0; i < s->entries; i++) {
+        store_le64((uint8_t *)&t[i], s->l2[i]);
+    }
+    int ret = io_pwrite(node->file, t, (size_t)s->table_bytes, off);
+    free(t);
+    return ret;
+}
+
+static int qed_write_l1_table(struct qimg_node *node, struct qed_state *s)
+{
+    uint64_t *t = malloc((size_t)s->table_bytes);
+    if (!t) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    for (uint64_t i = 0; i < s->entries; i++) {
+        store_le64((uint8_t *)&t[i], s->l1[i]);
+    }
+    int ret = io_pwrite(node->file, t, (size_t)s->table_bytes,
+                        s->h.l1_table_offset);
+    free(t);
+    return ret;
+}
+
+/*
+ * QEMU's qed check: L2 table offsets and cluster offsets must be valid
+ * and every cluster referenced once; clusters past the header that
+ * nothing references are leaks.  It prints no lines.  Any repair flag
+ * drops the invalid entries (leaks stay) and, when nothing is left
+ * broken, clears need-check.
+ */
+static int qed_check(struct qimg_node *node, unsigned flags,
+                     qimg_check_message_fn report, void *opaque,
+                     struct qimg_check_result *res)
+{
+    (void)report;
+    (void)opaque;
+    struct qed_state *s = node->opaque;
+    struct qed_check c = {
+        .s = s,
+        .res = res,
+        .nclusters = s->file_size / s->h.cluster_size,
+        .fix = (flags & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS)) != 0,
+    };
+    /* nclusters <= file size / 4 KiB: bounded by the file. */
+    c.used = calloc(1, (size_t)(c.nclusters / 8 + 1));
+    if (!c.used) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    res->total_clusters = (int64_t)div_round_up_u64(s->h.image_size,
+                                                    s->h.cluster_size);
+    qed_check_use(&c, s->h.l1_table_offset, s->h.table_size);
+    uint64_t invalid_l2 = 0;
+    int last_error = 0;
+    for (uint64_t i = 0; i < s->entries; i++) {
+        uint64_t off = s->l1[i];
+        if (off == 0) {
+            continue;
+        }
+        if (!qed_table_offset_valid(s, off)) {
+            if (c.fix) {
+                s->l1[i] = 0;
+                res->corruptions_fixed++;
+            } else {
+                res->corruptions++;
+            }
+            invalid_l2++;
+            continue;
+        }
+        if (!qed_check_use(&c, off, s->h.table_size)) {
+            continue;
+        }
+        s->l2_offset = 0;
+        int ret = qed_read_table(node, s, off, s->l2);
+        if (ret < 0) {
+            res->check_errors++;
+            last_error = ret;
+            continue;
+        }
+        s->l2_offset = off;
+        if (qed_check_l2(&c) > 0 && c.fix) {
+            ret = qed_write_l2_table(node, s, off);
+            if (ret < 0) {
+                res->check_errors++;
+                last_error = ret;
+            }
+        }
+    }
+    if (invalid_l2 > 0 && c.fix) {
+        int ret = qed_write_l1_table(node, s);
+        if (ret < 0) {
+            res->check_errors++;
+            last_error = ret;
+        }
+    }
+    if (last_error == 0) {
+        for (uint64_t i = s->h.header_size; i < c.nclusters; i++) {
+            if (!(c.used[i / 8] & (1u << (i % 8)))) {
+                res->leaks++;
+            }
+        }
+        if (c.fix && res->corruptions == 0 && res->check_errors == 0 &&
+            (s->h.features & QED_F_NEED_CHECK)) {
+            int ret = node_sync(node, node->file);
+            s->h.features &= ~QED_F_NEED_CHECK;
+            s->set_need_check = false;
+            if (ret == 0) {
+                ret = qed_write_header(node, s);
+            }
+            if (ret < 0) {
+                last_error = ret;
+            }
+        }
+    }
+    free(c.used);
+    /* QEMU's check fails on an I/O error after counting it. */
+    return last_error;
+}
+
+/* The repair at open reports nothing. */
+static void qed_no_report(const char *line, unsigned kind, void *opaque)
+{
+    (void)line;
+    (void)kind;
+    (void)opaque;
+}
+
 static int qed_open(struct qimg_node *node, unsigned flags)
 {
-    (void)flags;
     struct qed_state *s = calloc(1, sizeof(*s));
     if (!s) {
         return error_set(ENOMEM, "Out of memory");
@@ -335,14 +531,24 @@ static int qed_open(struct qimg_node *node, unsigned flags)
     node->size = s->h.image_size;
     /*
      * A writable open clears autoclear features it does not know (all
-     * of them), as QEMU does.  An image left with need-check set is
-     * opened as it is (QEMU would check and repair it first): its flag
-     * stays set, so QEMU still checks it next time.
+     * of them), then repairs an image left with need-check set (unless
+     * it is opened for qemu-img check), as QEMU does.
      */
     if (node->writable && s->h.autoclear_features) {
         s->h.autoclear_features = 0;
         ret = qed_write_header(node, s);
         if (ret < 0) {
+            goto fail;
+        }
+    }
+    if (node->writable && (s->h.features & QED_F_NEED_CHECK) &&
+        !(flags & QIMG_OPEN_CHECK)) {
+        struct qimg_check_result res;
+        memset(&res, 0, sizeof(res));
+        ret = qed_check(node, QIMG_CHECK_FIX_ERRORS, qed_no_report, NULL,
+                        &res);
+        if (ret < 0) {
+            ret = error_prefix(-ret, "Image corrupted");
             goto fail;
         }
     }
@@ -747,193 +953,6 @@ static int qed_flush(struct qimg_node *node)
         ret = node_sync(node, node->file);
     }
     return ret;
-}
-
-/* The used-cluster bitmap of a check, over the file's whole clusters. */
-struct qed_check {
-    struct qed_state *s;
-    struct qimg_check_result *res;
-    uint64_t nclusters;
-    uint8_t *used;
-    bool fix;
-};
-
-/*
- * Mark n clusters from host offset off used (all inside the file); each
- * one used already is a corruption.  Returns whether none was.
- */
-static bool qed_check_use(struct qed_check *c, uint64_t off, uint64_t n)
-{
-    uint64_t cluster = off / c->s->h.cluster_size;
-    int64_t dups = 0;
-    for (uint64_t i = cluster; i < cluster + n && i < c->nclusters; i++) {
-        uint8_t bit = (uint8_t)(1u << (i % 8));
-        if (c->used[i / 8] & bit) {
-            dups++;
-        }
-        c->used[i / 8] |= bit;
-    }
-    c->res->corruptions += dups;
-    return dups == 0;
-}
-
-/*
- * One L2 table (loaded into s->l2): its invalid entries (dropped when
- * fixing), statistics as QEMU counts them.  Returns the invalid count.
- */
-static uint64_t qed_check_l2(struct qed_check *c)
-{
-    struct qed_state *s = c->s;
-    uint64_t invalid = 0, last = 0;
-    for (uint64_t i = 0; i < s->entries; i++) {
-        uint64_t e = s->l2[i];
-        if (e <= QED_ZERO_CLUSTER) {
-            continue;
-        }
-        c->res->allocated_clusters++;
-        if (last && e - last != s->h.cluster_size) {
-            c->res->fragmented_clusters++;
-        }
-        last = e;
-        if (!qed_offset_valid(s, e)) {
-            if (c->fix) {
-                s->l2[i] = 0;
-                c->res->corruptions_fixed++;
-            } else {
-                c->res->corruptions++;
-            }
-            invalid++;
-            continue;
-        }
-        qed_check_use(c, e, 1);
-    }
-    return invalid;
-}
-
-/* Write the whole cached L2 table (host order) back at off. */
-static int qed_write_l2_table(struct qimg_node *node, struct qed_state *s,
-                              uint64_t off)
-{
-    uint64_t *t = malloc((size_t)s->table_bytes);
-    if (!t) {
-        return error_set(ENOMEM, "Out of memory");
-    }
-    for (uint64_t i = 0; i < s->entries; i++) {
-        store_le64((uint8_t *)&t[i], s->l2[i]);
-    }
-    int ret = io_pwrite(node->file, t, (size_t)s->table_bytes, off);
-    free(t);
-    return ret;
-}
-
-static int qed_write_l1_table(struct qimg_node *node, struct qed_state *s)
-{
-    uint64_t *t = malloc((size_t)s->table_bytes);
-    if (!t) {
-        return error_set(ENOMEM, "Out of memory");
-    }
-    for (uint64_t i = 0; i < s->entries; i++) {
-        store_le64((uint8_t *)&t[i], s->l1[i]);
-    }
-    int ret = io_pwrite(node->file, t, (size_t)s->table_bytes,
-                        s->h.l1_table_offset);
-    free(t);
-    return ret;
-}
-
-/*
- * QEMU's qed check: L2 table offsets and cluster offsets must be valid
- * and every cluster referenced once; clusters past the header that
- * nothing references are leaks.  It prints no lines.  Any repair flag
- * drops the invalid entries (leaks stay) and, when nothing is left
- * broken, clears need-check.
- */
-static int qed_check(struct qimg_node *node, unsigned flags,
-                     qimg_check_message_fn report, void *opaque,
-                     struct qimg_check_result *res)
-{
-    (void)report;
-    (void)opaque;
-    struct qed_state *s = node->opaque;
-    struct qed_check c = {
-        .s = s,
-        .res = res,
-        .nclusters = s->file_size / s->h.cluster_size,
-        .fix = (flags & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS)) != 0,
-    };
-    /* nclusters <= file size / 4 KiB: bounded by the file. */
-    c.used = calloc(1, (size_t)(c.nclusters / 8 + 1));
-    if (!c.used) {
-        return error_set(ENOMEM, "Out of memory");
-    }
-    res->total_clusters = (int64_t)div_round_up_u64(s->h.image_size,
-                                                    s->h.cluster_size);
-    qed_check_use(&c, s->h.l1_table_offset, s->h.table_size);
-    uint64_t invalid_l2 = 0;
-    int last_error = 0;
-    for (uint64_t i = 0; i < s->entries; i++) {
-        uint64_t off = s->l1[i];
-        if (off == 0) {
-            continue;
-        }
-        if (!qed_table_offset_valid(s, off)) {
-            if (c.fix) {
-                s->l1[i] = 0;
-                res->corruptions_fixed++;
-            } else {
-                res->corruptions++;
-            }
-            invalid_l2++;
-            continue;
-        }
-        if (!qed_check_use(&c, off, s->h.table_size)) {
-            continue;
-        }
-        s->l2_offset = 0;
-        int ret = qed_read_table(node, s, off, s->l2);
-        if (ret < 0) {
-            res->check_errors++;
-            last_error = ret;
-            continue;
-        }
-        s->l2_offset = off;
-        if (qed_check_l2(&c) > 0 && c.fix) {
-            ret = qed_write_l2_table(node, s, off);
-            if (ret < 0) {
-                res->check_errors++;
-                last_error = ret;
-            }
-        }
-    }
-    if (invalid_l2 > 0 && c.fix) {
-        int ret = qed_write_l1_table(node, s);
-        if (ret < 0) {
-            res->check_errors++;
-            last_error = ret;
-        }
-    }
-    if (last_error == 0) {
-        for (uint64_t i = s->h.header_size; i < c.nclusters; i++) {
-            if (!(c.used[i / 8] & (1u << (i % 8)))) {
-                res->leaks++;
-            }
-        }
-        if (c.fix && res->corruptions == 0 && res->check_errors == 0 &&
-            (s->h.features & QED_F_NEED_CHECK)) {
-            int ret = node_sync(node, node->file);
-            s->h.features &= ~QED_F_NEED_CHECK;
-            s->set_need_check = false;
-            if (ret == 0) {
-                ret = qed_write_header(node, s);
-            }
-            if (ret < 0) {
-                last_error = ret;
-            }
-        }
-    }
-    free(c.used);
-    /* QEMU's check fails on an I/O error after counting it. */
-    return last_error;
 }
 
 static int qed_get_info(struct qimg_node *node, struct qimg_image_info *info)

@@ -243,6 +243,19 @@ check_same "bad L2 table, leaks, need-check"
 cp w-i.qed x.qed
 check_same "qimg writes"
 
+# A writable open repairs an image left with need-check set (and clears
+# unknown autoclear features) before writing, as QEMU's.
+cp m.qed nc-q.qed
+patch nc-q.qed $((0x13000 + 8)) 8 0x900000
+patch nc-q.qed $((0x1000 + 8)) 8 0x990000
+patch nc-q.qed 16 8 2
+patch nc-q.qed 32 8 0x10
+truncate -s +8192 nc-q.qed
+cp nc-q.qed nc-i.qed
+io -f qed -c 'write -P 9 7M 4k' nc-q.qed
+"$W" nc-i.qed qed w:7340032:4096:9 f || fail "write needing a check"
+expect_same "repair at open: bytes" nc-q.qed nc-i.qed
+
 # 8. Damaged headers: qemu-img's messages (probed and with -f qed).
 "$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
 for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
