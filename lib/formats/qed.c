@@ -955,6 +955,46 @@ static int qed_flush(struct qimg_node *node)
     return ret;
 }
 
+/*
+ * Growing only, without preallocation, to a size the tables can map:
+ * QEMU's checks in its order and words; the header takes the new size.
+ */
+static int qed_truncate(struct qimg_node *node, uint64_t size,
+                        const char *prealloc)
+{
+    struct qed_state *s = node->opaque;
+    /*
+     * Growing with a backing file longer than the image: it would show
+     * through the new area unless that is zeroed, which QEMU's qed cannot
+     * do as part of a resize, so it refuses.
+     */
+    if (size > node->size && node->backing &&
+        node->backing->size > node->size) {
+        return error_set(ENOTSUP, "Block driver does not support requested "
+                         "flags");
+    }
+    if (strcmp(prealloc, "off") != 0) {
+        return error_set(ENOTSUP, "Unsupported preallocation mode '%s'",
+                         prealloc);
+    }
+    if (!qed_image_size_valid(size, s->h.cluster_size, s->h.table_size)) {
+        return error_set(EINVAL, "Invalid image size specified");
+    }
+    if (size < s->h.image_size) {
+        return error_set(ENOTSUP, "Shrinking images is currently not "
+                         "supported");
+    }
+    uint64_t old = s->h.image_size;
+    s->h.image_size = size;
+    int ret = qed_write_header(node, s);
+    if (ret < 0) {
+        s->h.image_size = old;
+        return ret;
+    }
+    node->size = size;
+    return 0;
+}
+
 static int qed_get_info(struct qimg_node *node, struct qimg_image_info *info)
 {
     struct qed_state *s = node->opaque;
@@ -1101,6 +1141,7 @@ const struct qimg_format_ops format_qed = {
     .pwrite = qed_pwrite,
     .pwrite_zeroes = qed_pwrite_zeroes,
     .flush = qed_flush,
+    .truncate = qed_truncate,
     .block_status = qed_block_status,
     .get_info = qed_get_info,
     .check = qed_check,

@@ -256,7 +256,30 @@ io -f qed -c 'write -P 9 7M 4k' nc-q.qed
 "$W" nc-i.qed qed w:7340032:4096:9 f || fail "write needing a check"
 expect_same "repair at open: bytes" nc-q.qed nc-i.qed
 
-# 8. Damaged headers: qemu-img's messages (probed and with -f qed).
+# 8. resize: growing only, without preallocation, within the tables'
+# reach, refused when a longer backing file would show through; the
+# same output, exit status and bytes as qemu-img's.
+truncate -s 512k half.raw
+for b in "" "-b pattern.raw -F raw" "-b half.raw -F raw"; do
+    # shellcheck disable=SC2086
+    "$QEMU_IMG" create -q -f qed r.qed 1M $b
+    for a in "2M" "--shrink 512k" "1M" "2000001" "100T" "64T" "+1000" \
+        "--preallocation=full 3M" "--preallocation=off 3M"; do
+        cp r.qed want-r.qed
+        cp r.qed got-r.qed
+        # shellcheck disable=SC2086
+        "$QEMU_IMG" resize want-r.qed $a >want.out 2>&1
+        echo "exit $?" >>want.out
+        # shellcheck disable=SC2086
+        "$QIMG" resize got-r.qed $a >got.out 2>&1
+        echo "exit $?" >>got.out
+        sed -i 's/got-r\.qed/want-r.qed/g; s/^qimg: /qemu-img: /' got.out
+        expect_same "resize [$b] $a" want.out got.out
+        expect_same "resize [$b] $a: bytes" want-r.qed got-r.qed
+    done
+done
+
+# 9. Damaged headers: qemu-img's messages (probed and with -f qed).
 "$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
 for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
     "8 4 17" "8 4 3" "12 4 0x10000000" "16 8 8" "16 8 0x100" \
