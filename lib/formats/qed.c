@@ -995,6 +995,54 @@ static int qed_truncate(struct qimg_node *node, uint64_t size,
     return 0;
 }
 
+/*
+ * As QEMU's: the header rewritten with the name right after it (the old
+ * name's bytes past the new one stay), the backing features set or
+ * cleared (raw: no probing); -ENOSPC when it does not fit the header
+ * area.
+ */
+static int qed_change_backing(struct qimg_node *node, const char *name,
+                              const char *format)
+{
+    struct qed_state *s = node->opaque;
+    if (name && s->h.compat_features) {
+        return error_set(ENOTSUP, "Unknown QED compat features: %llx",
+                         (unsigned long long)s->h.compat_features);
+    }
+    size_t len = name ? strlen(name) : 0;
+    if (len > s->header_bytes || QED_HEADER_BYTES + len > s->header_bytes) {
+        return -ENOSPC; /* the caller words it */
+    }
+    int ret = qed_flush(node);
+    if (ret < 0) {
+        return ret;
+    }
+    struct qed_header h = s->h;
+    h.features &= ~(QED_F_BACKING_FILE | QED_F_BACKING_FORMAT_NO_PROBE);
+    /* QEMU keeps the offset even without a name. */
+    h.backing_filename_offset = QED_HEADER_BYTES;
+    h.backing_filename_size = (uint32_t)len;
+    if (name) {
+        h.features |= QED_F_BACKING_FILE;
+        if (format && strcmp(format, "raw") == 0) {
+            h.features |= QED_F_BACKING_FORMAT_NO_PROBE;
+        }
+    }
+    uint8_t *buf = malloc(QED_HEADER_BYTES + len);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    qed_header_encode(&h, buf);
+    memcpy(buf + QED_HEADER_BYTES, name ? name : "", len);
+    ret = io_pwrite(node->file, buf, QED_HEADER_BYTES + len, 0);
+    free(buf);
+    if (ret < 0) {
+        return ret;
+    }
+    s->h = h;
+    return node_sync(node, node->file);
+}
+
 static int qed_get_info(struct qimg_node *node, struct qimg_image_info *info)
 {
     struct qed_state *s = node->opaque;
@@ -1142,6 +1190,7 @@ const struct qimg_format_ops format_qed = {
     .pwrite_zeroes = qed_pwrite_zeroes,
     .flush = qed_flush,
     .truncate = qed_truncate,
+    .change_backing = qed_change_backing,
     .block_status = qed_block_status,
     .get_info = qed_get_info,
     .check = qed_check,

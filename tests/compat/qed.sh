@@ -279,7 +279,33 @@ for b in "" "-b pattern.raw -F raw" "-b half.raw -F raw"; do
     done
 done
 
-# 9. Damaged headers: qemu-img's messages (probed and with -f qed).
+# 9. rebase: the header rewritten as QEMU's (safe and unsafe, new raw
+# and probed backing files, none); a name too long for the header area
+# is refused with the file unchanged.
+"$QEMU_IMG" convert -q -f raw -O qcow2 half.raw half.qcow2
+long=$(printf 'z%.0s' {1..65500})
+for a in "-u -b half.qcow2 -F qcow2" "-u -b half.raw -F raw" "-u -b ''" \
+    "-b half.qcow2 -F qcow2" "-b ''" "-u -b $long -F raw"; do
+    "$QEMU_IMG" create -q -f qed rb.qed 3M -b pattern.raw -F raw
+    io -f qed -c 'write -P 3 0 64k' rb.qed
+    cp rb.qed want-rb.qed
+    cp rb.qed got-rb.qed
+    eval "\"\$QEMU_IMG\" rebase $a want-rb.qed" >want.out 2>&1
+    echo "exit $?" >>want.out
+    eval "\"\$QIMG\" rebase $a got-rb.qed" >got.out 2>&1
+    echo "exit $?" >>got.out
+    sed -i 's/got-rb\.qed/want-rb.qed/g; s/^qimg: /qemu-img: /' got.out
+    if [ "${#a}" -lt 100 ]; then
+        expect_same "rebase $a" want.out got.out
+    else
+        # qimg cuts a message this long short: the status only.
+        expect_same "rebase long name: status" <(tail -1 want.out) \
+            <(tail -1 got.out)
+    fi
+    expect_same "rebase ${a:0:40}: bytes" want-rb.qed got-rb.qed
+done
+
+# 10. Damaged headers: qemu-img's messages (probed and with -f qed).
 "$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
 for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
     "8 4 17" "8 4 3" "12 4 0x10000000" "16 8 8" "16 8 0x100" \
