@@ -305,6 +305,22 @@ for a in "-u -b half.qcow2 -F qcow2" "-u -b half.raw -F raw" "-u -b ''" \
     expect_same "rebase ${a:0:40}: bytes" want-rb.qed got-rb.qed
 done
 
+# commit into a raw backing file: the same output and files (QEMU's qed
+# cannot empty the top image, so it stays as it was).
+for d in want got; do
+    mkdir -p "cm-$d"
+    cp pattern.raw "cm-$d/base.raw"
+    "$QEMU_IMG" create -q -f qed -b base.raw -F raw "cm-$d/top.qed"
+    io -f qed -c 'write -P 7 4k 64k' -c 'write -z 1M 64k' "cm-$d/top.qed"
+done
+"$QEMU_IMG" commit cm-want/top.qed >want.out 2>&1
+echo "exit $?" >>want.out
+"$QIMG" commit cm-got/top.qed >got.out 2>&1
+echo "exit $?" >>got.out
+expect_same "commit: output" want.out got.out
+expect_same "commit: base" cm-want/base.raw cm-got/base.raw
+expect_same "commit: top" cm-want/top.qed cm-got/top.qed
+
 # 10. Damaged headers: qemu-img's messages (probed and with -f qed).
 "$QEMU_IMG" create -q -f qed -b pattern.raw -F raw ok.qed
 for damage in "0 4 0x12345678" "4 4 0x800" "4 4 0x30000" "8 4 0" \
