@@ -917,14 +917,19 @@ static int qed_pwrite_zeroes(struct qimg_node *node, uint64_t off,
         if (n < cs) {
             ret = qed_write_zero_data(node, off, n);
         } else {
-            uint64_t entry;
+            /* A run of whole clusters of one kind in one L2 table. */
+            uint64_t entry, k = 0;
             ret = qed_lookup(node, s, off, &entry);
+            if (ret == 0) {
+                k = qed_run(s, off, entry, len / cs);
+                n = k * cs;
+            }
             if (ret == 0 && entry > QED_ZERO_CLUSTER) {
-                ret = io_pwrite_zeroes(node->file, entry, cs, false);
+                ret = io_pwrite_zeroes(node->file, entry, n, false);
             } else if (ret == 0 && entry == 0) {
                 ret = qed_mark_need_check(node, s);
                 if (ret == 0) {
-                    ret = qed_set_entries(node, s, off, 1, QED_ZERO_CLUSTER,
+                    ret = qed_set_entries(node, s, off, k, QED_ZERO_CLUSTER,
                                           0);
                 }
             }

@@ -164,6 +164,14 @@ for cs in 64k 4k; do
     same_meta "writes $cs" w-i.qed
     same_raw "writes $cs" w-i.qed
 done
+# Long zero writes over several L2 tables, on data and unallocated space.
+"$QEMU_IMG" create -q -f qed -o cluster_size=4k z-q.qed 64M
+io -f qed -c 'write -P 1 1M 3M' z-q.qed
+cp z-q.qed z-i.qed
+io -f qed -c 'write -z 512 40M' -c 'write -z 50M 14M' z-q.qed
+"$W" z-i.qed qed z:512:41943040 z:52428800:14680064 f ||
+    fail "long zero writes"
+expect_same "long zero writes: bytes" z-q.qed z-i.qed
 # A write leaves need-check set until the flush clears it.
 "$QIMG" create -q -f qed nc.qed 1M || fail "create nc"
 "$W" nc.qed qed w:0:512:1 || fail "write nc"
