@@ -368,5 +368,6 @@ extern const struct qimg_format_ops format_qcow;
 extern const struct qimg_format_ops format_vpc;
 extern const struct qimg_format_ops format_vmdk;
 extern const struct qimg_format_ops format_vhdx;
+extern const struct qimg_format_ops format_bochs;
 
 #endif /* QIMG_DRIVER_H */

@@ -23,6 +23,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_vpc,
     &format_vmdk,
     &format_vhdx,
+    &format_bochs,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

@@ -1,0 +1,119 @@
+#!/bin/bash
+# Read-only formats against qemu-img 7.2: bochs images (built here by
+# roformats_tool.py, as qemu-img cannot create them) read by qimg as
+# qemu-img reads them (convert -O raw, info human and json, map json),
+# damaged headers give qemu-img's messages and exit codes, and writes are
+# refused as qemu-img refuses them.
+. "$QIMG_SRCDIR/tests/functions.sh"
+cd "$T"
+TOOL="python3 $QIMG_SRCDIR/tests/compat/roformats_tool.py"
+MiB=1048576
+
+io() { "$QEMU_IO" "$@" >/dev/null || fail "qemu-io $*"; }
+
+# patch FILE OFFSET WIDTH VALUE: overwrite a little-endian field of WIDTH
+# bytes (1, 4 or 8).
+patch() {
+    local v=$(($4)) i bytes=
+    for ((i = 0; i < $3; i++)); do
+        bytes+=$(printf '\\x%02x' $(((v >> (8 * i)) & 0xff)))
+    done
+    printf "$bytes" | dd of="$1" bs=1 seek=$(($2)) conv=notrunc status=none
+}
+
+# same_out NAME CMD-ARGS...: stdout, stderr and exit status equal.
+same_out() {
+    local name=$1
+    shift
+    "$QEMU_IMG" "$@" >want.out 2>want.err
+    echo "exit $?" >>want.out
+    "$QIMG" "$@" >got.out 2>got.err
+    echo "exit $?" >>got.out
+    sed -i 's/^qimg: /qemu-img: /' got.err
+    expect_same "$name: stdout" want.out got.out
+    expect_same "$name: stderr" want.err got.err
+}
+
+# same_raw NAME IMAGE: qimg and qemu-img read the same guest bytes.
+same_raw() {
+    rm -f got.raw want.raw
+    "$QIMG" convert -O raw "$2" got.raw 2>got.err ||
+        { fail "$1: qimg convert" "$(cat got.err)"; return; }
+    "$QEMU_IMG" convert -O raw "$2" want.raw ||
+        { fail "$1: qemu-img convert"; return; }
+    expect_same "$1: contents" want.raw got.raw
+}
+
+# same_read NAME IMAGE: contents, info (human, json) and map json.
+same_read() {
+    same_raw "$1" "$2"
+    same_out "$1: info" info "$2"
+    same_out "$1: info json" info --output=json "$2"
+    same_out "$1: map json" map --output=json "$2"
+}
+
+# A raw file with patterns, zero runs and unaligned pieces.
+truncate -s $((3 * MiB + 512)) pattern.raw
+io -f raw -c 'write -P 0x17 0 4k' -c 'write -P 0x93 8k 60k' \
+    -c 'write -P 0xab 1052672 1k' -c 'write -P 0x5c 3145216 1k' \
+    -c 'write -P 0x01 3145728 512' pattern.raw
+
+# ---- bochs ----------------------------------------------------------------
+
+$TOOL bochs b2.bochs pattern.raw || fail "make b2.bochs"
+$TOOL bochs b1.bochs pattern.raw --version 1 --extent 65536 ||
+    fail "make b1.bochs"
+# A larger bitmap than the extent needs, and spare catalog entries.
+$TOOL bochs bbig.bochs pattern.raw --extent 8192 --bitmap 1000 \
+    --catalog 1000 || fail "make bbig.bochs"
+for img in b2 b1 bbig; do
+    same_read "bochs $img" $img.bochs
+    cmp -s want.raw pattern.raw || fail "bochs $img: not the pattern"
+done
+same_out "bochs as bochs" info -f bochs b2.bochs
+same_out "bochs human map" map b2.bochs
+same_out "bochs check" check b2.bochs
+same_out "bochs resize" resize b2.bochs 4M
+same_out "bochs create" create -f bochs x.bochs 1M
+same_out "bochs convert to" convert -O bochs pattern.raw x.bochs
+same_out "bochs amend" amend -o size=1M b2.bochs
+same_out "bochs snapshot -c" snapshot -c s b2.bochs
+same_out "bochs commit" commit b2.bochs
+
+# Damaged headers: qemu-img's messages.  (Offsets: magic 0, type 32,
+# subtype 48, version 64, header size 68, catalog 72, bitmap 76, extent
+# 80, disk size 88.)
+for damage in "0 1 0x62" "21 1 0x41" "32 1 0x72" "55 1 0x21" \
+    "64 4 0x30000" "72 4 0x20000000" "72 4 0x1fffffff" "72 4 1" \
+    "80 4 256" "80 4 0" "80 4 6144" "80 4 0x1000000" "80 4 0x80000000" \
+    "76 4 0" "76 4 0xffffffff" "88 8 0xffffffffffffffff" "88 8 0" \
+    "68 4 0xfffffe00" "512 4 0xfffffffe" "512 4 0x7fffffff"; do
+    cp b2.bochs bad.bochs
+    # shellcheck disable=SC2086
+    patch bad.bochs $damage
+    same_out "bochs header $damage" info -f bochs bad.bochs
+    same_out "bochs header $damage: probed" info bad.bochs
+    # Reads: the same bytes, or both fail.
+    rm -f want.raw got.raw
+    if "$QEMU_IMG" convert -f bochs -O raw bad.bochs want.raw 2>/dev/null
+    then
+        "$QIMG" convert -f bochs -O raw bad.bochs got.raw ||
+            fail "bochs header $damage: qimg convert"
+        expect_same "bochs header $damage: bytes" want.raw got.raw
+    else
+        expect_status "bochs header $damage: convert" 1 "$QIMG" convert \
+            -f bochs -O raw bad.bochs got.raw
+    fi
+done
+# The largest catalog (4 MiB) described by a tiny file: read as zeros
+# past the end of the file, as QEMU does.
+head -c 512 b2.bochs >huge.bochs
+patch huge.bochs 72 4 0x100000
+same_read "bochs huge catalog" huge.bochs
+# A header cut short reads as zeros past the end of the file.
+head -c 100 b2.bochs >short.bochs
+same_out "bochs short" info short.bochs
+same_out "bochs short as bochs" info -f bochs short.bochs
+
+echo "$checks checks"
+finish
