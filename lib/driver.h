@@ -369,5 +369,6 @@ extern const struct qimg_format_ops format_vpc;
 extern const struct qimg_format_ops format_vmdk;
 extern const struct qimg_format_ops format_vhdx;
 extern const struct qimg_format_ops format_bochs;
+extern const struct qimg_format_ops format_cloop;
 
 #endif /* QIMG_DRIVER_H */

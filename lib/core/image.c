@@ -24,6 +24,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_vmdk,
     &format_vhdx,
     &format_bochs,
+    &format_cloop,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Read-only formats against qemu-img 7.2: bochs images (built here by
-# roformats_tool.py, as qemu-img cannot create them) read by qimg as
+# Read-only formats against qemu-img 7.2: bochs and cloop images (built by
+# roformats_tool.py here, as qemu-img cannot create them) read by qimg as
 # qemu-img reads them (convert -O raw, info human and json, map json),
 # damaged headers give qemu-img's messages and exit codes, and writes are
 # refused as qemu-img refuses them.
@@ -16,6 +16,15 @@ io() { "$QEMU_IO" "$@" >/dev/null || fail "qemu-io $*"; }
 patch() {
     local v=$(($4)) i bytes=
     for ((i = 0; i < $3; i++)); do
+        bytes+=$(printf '\\x%02x' $(((v >> (8 * i)) & 0xff)))
+    done
+    printf "$bytes" | dd of="$1" bs=1 seek=$(($2)) conv=notrunc status=none
+}
+
+# patch_be FILE OFFSET WIDTH VALUE: the same, big-endian.
+patch_be() {
+    local v=$(($4)) i bytes=
+    for ((i = $3 - 1; i >= 0; i--)); do
         bytes+=$(printf '\\x%02x' $(((v >> (8 * i)) & 0xff)))
     done
     printf "$bytes" | dd of="$1" bs=1 seek=$(($2)) conv=notrunc status=none
@@ -114,6 +123,69 @@ same_read "bochs huge catalog" huge.bochs
 head -c 100 b2.bochs >short.bochs
 same_out "bochs short" info short.bochs
 same_out "bochs short as bochs" info -f bochs short.bochs
+
+# ---- cloop ----------------------------------------------------------------
+
+$TOOL cloop c1.cloop pattern.raw || fail "make c1.cloop"
+# Stored (level 0) blocks of 64 KiB, the last one padded.
+$TOOL cloop c2.cloop pattern.raw --block 65536 --level 0 ||
+    fail "make c2.cloop"
+for img in c1 c2; do
+    same_read "cloop $img" $img.cloop
+    cmp -s -n $((3 * MiB + 512)) want.raw pattern.raw ||
+        fail "cloop $img: not the pattern"
+done
+same_out "cloop as cloop" info -f cloop c1.cloop
+same_out "cloop human map" map c1.cloop
+same_out "cloop check" check c1.cloop
+same_out "cloop resize" resize c1.cloop 4M
+same_out "cloop create" create -f cloop x.cloop 1M
+same_out "cloop convert to" convert -O cloop pattern.raw x.cloop
+
+# Damaged headers and tables: qemu-img's messages.  (Offsets: block size
+# 128, block count 132, offsets from 136; c1 has 769 blocks.)
+last=$((136 + 8 * 769))
+for damage in "0 1 0x23" "128 4 0" "128 4 1000" "128 4 0x4000200" \
+    "128 4 0x80000000" "132 4 0x20000000" "132 4 0x1fffffff" \
+    "132 4 0x4000000" "132 4 1000" "132 4 0" "132 4 32768" \
+    "144 8 0" "$last 8 0x8000000" "$last 8 0xffffffffffff" \
+    "$((last - 8)) 8 0x10" "6200 1 0x55"; do
+    cp c1.cloop bad.cloop
+    # shellcheck disable=SC2086
+    patch_be bad.cloop $damage
+    same_out "cloop header $damage" info -f cloop bad.cloop
+    same_out "cloop header $damage: probed" info bad.cloop
+    rm -f want.raw got.raw
+    if "$QEMU_IMG" convert -f cloop -O raw bad.cloop want.raw 2>/dev/null
+    then
+        "$QIMG" convert -f cloop -O raw bad.cloop got.raw ||
+            fail "cloop header $damage: qimg convert"
+        expect_same "cloop header $damage: bytes" want.raw got.raw
+    else
+        expect_status "cloop header $damage: convert" 1 "$QIMG" convert \
+            -f cloop -O raw bad.cloop got.raw
+    fi
+done
+# 64 MiB blocks, 32768 of them: QEMU's 32-bit sector count wraps to 0.
+cp c1.cloop wrap.cloop
+patch_be wrap.cloop 128 4 0x4000000
+patch_be wrap.cloop 132 4 32768
+same_out "cloop wrapped size" info wrap.cloop
+# The largest offset table (512 MiB) in a tiny file: qimg refuses (no
+# 512 MiB allocation; QEMU reads zeros past the end of the file).
+head -c 136 c1.cloop >huge.cloop
+patch_be huge.cloop 132 4 0x3ffffff
+expect_status "cloop huge table refused" 1 "$QIMG" info huge.cloop
+# Cut short: the blocks past the end do not inflate.
+head -c 8000 c1.cloop >cut.cloop
+same_out "cloop cut: info" info cut.cloop
+expect_status "cloop cut: qemu-img convert" 1 "$QEMU_IMG" convert \
+    -O raw cut.cloop want.raw
+expect_status "cloop cut: convert" 1 "$QIMG" convert -O raw cut.cloop \
+    got.raw
+head -c 130 c1.cloop >short.cloop
+same_out "cloop short" info short.cloop
+same_out "cloop short as cloop" info -f cloop short.cloop
 
 echo "$checks checks"
 finish

@@ -8,9 +8,16 @@ bochs OUT RAW [--version 1|2] [--extent N] [--catalog N] [--bitmap N]
     sectors.  Extents that are all zero stay unallocated; zero sectors of
     an allocated extent have their bitmap bit clear.
 
+cloop OUT RAW [--block N] [--level N]
+    A cloop V2.0 image: the shell preamble (128 bytes), block size and
+    block count (big-endian 32 bits) at 128, n_blocks + 1 big-endian
+    64-bit offsets, then each block as a zlib stream.  The raw file is
+    padded with zeros to whole blocks.
+
 Only test input: the fields are written from the published layout.
 """
 import struct
+import zlib
 import sys
 
 SECTOR = 512
@@ -58,6 +65,27 @@ def bochs(out, raw, version=2, extent=4096, catalog=None, bitmap=None):
         f.write(hdr + catalog_bytes + body)
 
 
+CLOOP_MAGIC = (b'#!/bin/sh\n#V2.0 Format\n'
+               b'modprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n')
+
+
+def cloop(out, raw, block=4096, level=6):
+    data = open(raw, 'rb').read()
+    n = -(-len(data) // block)
+    data = data.ljust(n * block, b'\0')
+    blocks = [zlib.compress(data[i * block:(i + 1) * block], level)
+              for i in range(n)]
+    offsets = [136 + 8 * (n + 1)]
+    for b in blocks:
+        offsets.append(offsets[-1] + len(b))
+    with open(out, 'wb') as f:
+        f.write(CLOOP_MAGIC.ljust(128, b'\0'))
+        f.write(struct.pack('>II', block, n))
+        f.write(struct.pack('>%dQ' % (n + 1), *offsets))
+        for b in blocks:
+            f.write(b)
+
+
 def main(argv):
     kind, out, raw = argv[1:4]
     opts = {}
@@ -66,6 +94,8 @@ def main(argv):
         opts[k.lstrip('-')] = int(v, 0)
     if kind == 'bochs':
         bochs(out, raw, **opts)
+    elif kind == 'cloop':
+        cloop(out, raw, **opts)
     else:
         sys.exit('unknown kind ' + kind)
 
