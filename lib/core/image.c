@@ -25,6 +25,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_vhdx,
     &format_bochs,
     &format_cloop,
+    &format_parallels,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

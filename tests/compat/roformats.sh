@@ -1,9 +1,10 @@
 #!/bin/bash
 # Read-only formats against qemu-img 7.2: bochs and cloop images (built by
-# roformats_tool.py here, as qemu-img cannot create them) read by qimg as
-# qemu-img reads them (convert -O raw, info human and json, map json),
+# roformats_tool.py here, as qemu-img cannot create them) and parallels
+# images (qemu-img create + qemu-io, and rewritten to the old magic) read
+# by qimg as qemu-img reads them (convert -O raw, info human and json, map),
 # damaged headers give qemu-img's messages and exit codes, and writes are
-# refused as qemu-img refuses them.
+# refused as qemu-img refuses them (parallels: not implemented yet).
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 TOOL="python3 $QIMG_SRCDIR/tests/compat/roformats_tool.py"
@@ -186,6 +187,60 @@ expect_status "cloop cut: convert" 1 "$QIMG" convert -O raw cut.cloop \
 head -c 130 c1.cloop >short.cloop
 same_out "cloop short" info short.cloop
 same_out "cloop short as cloop" info -f cloop short.cloop
+
+# ---- parallels ------------------------------------------------------------
+
+"$QEMU_IMG" create -q -f parallels pa.prl 3M || fail "create pa.prl"
+io -f parallels -c 'write -P 0x17 0 4k' -c 'write -P 0x93 1052672 60k' \
+    -c 'write -P 0x5c 3145216 512' pa.prl
+# Small clusters, written out of guest order; a short tail.
+"$QEMU_IMG" create -q -f parallels -o cluster_size=64k pb.prl 3000k ||
+    fail "create pb.prl"
+io -f parallels -c 'write -P 0x93 1052672 60k' -c 'write -P 0x17 0 4k' \
+    -c 'write -P 0x5c 3071488 512' -c 'write -P 0x22 70000 100000' pb.prl
+"$QEMU_IMG" create -q -f parallels pe.prl 5M || fail "create pe.prl"
+$TOOL parallels-old po.prl pb.prl || fail "make po.prl"
+for img in pa pb pe po; do
+    same_read "parallels $img" $img.prl
+    same_out "parallels $img: human map" map $img.prl
+done
+same_out "parallels as parallels" info -f parallels pa.prl
+
+# Damaged headers: qemu-img's messages.  (Offsets: magic 0, version 16,
+# tracks 28, BAT entries 32, sectors 36, BAT from 64.)
+for damage in "0 1 0x77" "15 1 0x71" "16 4 3" "28 4 0" "28 4 0x3fe000" \
+    "28 4 0x3fd000" "28 4 1" "32 4 0x20000000" "32 4 0x1fffffff" \
+    "32 4 0" "32 4 1" "36 8 0x1001" \
+    "64 4 0xffffffff" "68 4 0x7fffffff" "72 4 1"; do
+    cp pb.prl bad.prl
+    # shellcheck disable=SC2086
+    patch bad.prl $damage
+    same_out "parallels header $damage" info -f parallels bad.prl
+    same_out "parallels header $damage: probed" info bad.prl
+    rm -f want.raw got.raw
+    if "$QEMU_IMG" convert -f parallels -O raw bad.prl want.raw 2>/dev/null
+    then
+        "$QIMG" convert -f parallels -O raw bad.prl got.raw ||
+            fail "parallels header $damage: qimg convert"
+        expect_same "parallels header $damage: bytes" want.raw got.raw
+    else
+        expect_status "parallels header $damage: convert" 1 "$QIMG" \
+            convert -f parallels -O raw bad.prl got.raw
+    fi
+done
+# Huge sizes: info only (a raw copy would be terabytes).
+for damage in "36 8 0x100000000" "36 8 0x80000000000"; do
+    cp pb.prl bad.prl
+    # shellcheck disable=SC2086
+    patch bad.prl $damage
+    same_out "parallels size $damage" info --output=json bad.prl
+done
+head -c 40 pa.prl >short.prl
+same_out "parallels short" info short.prl
+# Writes are not implemented yet: refused, the image unchanged.
+cp pa.prl w.prl
+expect_status "parallels resize refused" 1 "$QIMG" resize w.prl 4M
+cmp -s pa.prl w.prl || fail "parallels refused resize changed the image"
 
 echo "$checks checks"
 finish

@@ -14,6 +14,11 @@ cloop OUT RAW [--block N] [--level N]
     64-bit offsets, then each block as a zlib stream.  The raw file is
     padded with zeros to whole blocks.
 
+parallels-old OUT IMAGE
+    The parallels IMAGE (as qemu-img writes it, "WithouFreSpacExt" with
+    BAT entries counting clusters) rewritten with the old magic
+    "WithoutFreeSpace", whose BAT entries count sectors.
+
 Only test input: the fields are written from the published layout.
 """
 import struct
@@ -86,7 +91,21 @@ def cloop(out, raw, block=4096, level=6):
             f.write(b)
 
 
+def parallels_old(out, image):
+    data = bytearray(open(image, 'rb').read())
+    assert data[0:16] == b'WithouFreSpacExt'
+    data[0:16] = b'WithoutFreeSpace'
+    tracks, entries = struct.unpack_from('<II', data, 28)
+    for i in range(entries):
+        (e,) = struct.unpack_from('<I', data, 64 + 4 * i)
+        struct.pack_into('<I', data, 64 + 4 * i, e * tracks)
+    open(out, 'wb').write(data)
+
+
 def main(argv):
+    if argv[1] == 'parallels-old':
+        parallels_old(argv[2], argv[3])
+        return
     kind, out, raw = argv[1:4]
     opts = {}
     rest = argv[4:]
