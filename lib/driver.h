@@ -379,5 +379,8 @@ extern const struct qimg_format_ops format_vpc;
 extern const struct qimg_format_ops format_vmdk;
 extern const struct qimg_format_ops format_vhdx;
 extern const struct qimg_format_ops format_qed;
+extern const struct qimg_format_ops format_bochs;
+extern const struct qimg_format_ops format_cloop;
+extern const struct qimg_format_ops format_parallels;
 
 #endif /* QIMG_DRIVER_H */

@@ -24,6 +24,9 @@ static const struct qimg_format_ops *const formats[] = {
     &format_vmdk,
     &format_vhdx,
     &format_qed,
+    &format_bochs,
+    &format_cloop,
+    &format_parallels,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 
