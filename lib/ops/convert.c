@@ -154,6 +154,12 @@ struct convert {
     char *backing_fmt;
     /* Target cluster size: the unit of compression and comparison. */
     uint64_t cluster;
+    /*
+     * The target compresses only inside its writes (qcow v1): learnt from
+     * the first qimg_compress_cluster, so that later clusters skip the
+     * call and its error message.  Read and set with __atomic builtins.
+     */
+    bool compress_in_turn;
 
     /* The queue between the walk and the workers, under lock. */
     pthread_mutex_t lock;
@@ -511,10 +517,14 @@ static int plan_compressed(struct convert *c, struct worker *w,
         return 0;
     }
     len = (size_t)min_u64(len, c->dst_size - job->doff);
+    if (__atomic_load_n(&c->compress_in_turn, __ATOMIC_RELAXED)) {
+        return plan(w, WRITE_COMPRESS, 0, job->doff, len, 0);
+    }
     int64_t csize = qimg_compress_cluster(c->dst, w->buf, len, job->doff,
                                           w->zbuf, (size_t)c->cluster);
     if (csize < 0 && qimg_get_errno() == ENOTSUP) {
         /* Compressed in the turn, by the write itself. */
+        __atomic_store_n(&c->compress_in_turn, true, __ATOMIC_RELAXED);
         return plan(w, WRITE_COMPRESS, 0, job->doff, len, 0);
     }
     if (csize < 0) {
