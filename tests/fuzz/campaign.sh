@@ -22,7 +22,7 @@ work=$(cd "$work" && pwd)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     for f in "$build"/tests/fuzz/fuzz_*; do
-        [ -x "$f" ] && targets+=("${f##*/fuzz_}")
+        [ -f "$f" ] && [ -x "$f" ] && targets+=("${f##*/fuzz_}")
     done
 fi
 if [ ${#targets[@]} -eq 0 ]; then
