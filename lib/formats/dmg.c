@@ -446,7 +446,9 @@ static int dmg_parse(struct qimg_node *node, struct dmg_state *s)
      * them by sector.  qimg sorts them (stably enough: equal first sectors
      * only occur in broken images), so lookups stay logarithmic.
      */
-    qsort(s->chunks, s->n_chunks, sizeof(*s->chunks), dmg_chunk_cmp);
+    if (s->n_chunks > 1) {
+        qsort(s->chunks, s->n_chunks, sizeof(*s->chunks), dmg_chunk_cmp);
+    }
     if (inflateInit(&s->zs) != Z_OK) {
         return error_set(ENOMEM, "Could not initialise zlib");
     }
