@@ -382,5 +382,6 @@ extern const struct qimg_format_ops format_qed;
 extern const struct qimg_format_ops format_bochs;
 extern const struct qimg_format_ops format_cloop;
 extern const struct qimg_format_ops format_parallels;
+extern const struct qimg_format_ops format_dmg;
 
 #endif /* QIMG_DRIVER_H */

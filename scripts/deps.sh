@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
     meson ninja-build pkg-config gcc clang llvm binutils python3
     libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
-    zlib1g-dev libzstd-dev libdeflate-dev
+    zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev
     qemu-utils  # qemu-img and qemu-io: the test oracle, never linked
     strace time  # flush checks in tests; peak RSS in bench/
 )

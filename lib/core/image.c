@@ -27,6 +27,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_bochs,
     &format_cloop,
     &format_parallels,
+    &format_dmg,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

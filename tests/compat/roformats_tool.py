@@ -19,8 +19,26 @@ parallels-old OUT IMAGE
     BAT entries counting clusters) rewritten with the old magic
     "WithoutFreeSpace", whose BAT entries count sectors.
 
+dmg OUT RAW [--chunk N] [--codec N] [--fork N] [--rsrc 1] [--tail N]
+        [--split 1] [--sectors N]
+    An Apple UDIF image (the layout Jonathan Levin's "Demystifying the DMG
+    File Format" describes): the data fork (chunks of N sectors, 2048 by
+    default, each stored by --codec: 5 zlib, 6 bzip2, 1 raw, 0 a cycle of
+    all three, any other number as that chunk type with raw bytes, with all-zero chunks as "ignore" (2) or "zero" (0)
+    entries), then the mish block table (big-endian, 204-byte header,
+    40-byte chunk entries, ended by a terminator entry) base64-encoded in
+    the XML property list (or with --rsrc 1 in a resource fork), then the
+    512-byte "koly" trailer.  --fork N puts N junk bytes before the data
+    fork and records them as its offset; --split 1 stores two blkx tables
+    (the second's entries relative to its first sector); --tail N appends
+    N bytes after the trailer; --sectors N overrides the trailer's sector
+    count; --bad-count N and --bad-length N give the first chunk entry
+    that sector count or stored length.
+
 Only test input: the fields are written from the published layout.
 """
+import base64
+import bz2
 import struct
 import zlib
 import sys
@@ -102,6 +120,111 @@ def parallels_old(out, image):
     open(out, 'wb').write(data)
 
 
+DMG_ZERO, DMG_RAW, DMG_IGNORE = 0, 1, 2
+DMG_ZLIB, DMG_BZIP2 = 0x80000005, 0x80000006
+DMG_COMMENT, DMG_END = 0x7ffffffe, 0xffffffff
+
+
+def dmg_mish(first, entries, sectors, data_offset):
+    """One blkx table: entries are (type, sector, count, offset, length)
+    with sectors relative to FIRST and offsets to DATA_OFFSET."""
+    hdr = bytearray(204)
+    hdr[0:4] = b'mish'
+    struct.pack_into('>IQQQII', hdr, 4, 1, first, sectors, data_offset,
+                     0, len(entries))
+    struct.pack_into('>I', hdr, 200, len(entries))
+    body = b''.join(struct.pack('>IIQQQQ', t, 0, sec, cnt, off, ln)
+                    for t, sec, cnt, off, ln in entries)
+    return bytes(hdr) + body
+
+
+def dmg(out, raw, chunk=2048, codec=5, fork=0, rsrc=0, tail=0, split=0,
+        sectors=None, bad_count=None, bad_length=None):
+    data = open(raw, 'rb').read()
+    total = -(-len(data) // SECTOR)
+    data = data.ljust(total * SECTOR, b'\0')
+    fork_data = bytearray(b'\xa5' * fork)
+    entries = []
+    cycle = [DMG_ZLIB, DMG_RAW, DMG_BZIP2]
+    n = 0
+    for sec in range(0, total, chunk):
+        cnt = min(chunk, total - sec)
+        piece = data[sec * SECTOR:(sec + cnt) * SECTOR]
+        kinds = {1: DMG_RAW, 5: DMG_ZLIB, 6: DMG_BZIP2}
+        kind = kinds.get(codec, codec) if codec else cycle[n % len(cycle)]
+        if not any(piece):
+            kind = DMG_IGNORE if n % 2 == 0 else DMG_ZERO
+            stored = b''
+        elif kind == DMG_ZLIB:
+            stored = zlib.compress(piece, 6)
+        elif kind == DMG_BZIP2:
+            stored = bz2.compress(piece, 9)
+        else:
+            stored = piece
+        n += 1
+        entries.append((kind, sec, cnt, len(fork_data) - fork, len(stored)))
+        fork_data += stored
+        if codec == 0 and n == 1:
+            entries.append((DMG_COMMENT, sec + cnt, 0, 0, 0))
+    t, sec, cnt, off, ln = entries[0]
+    if bad_count is not None:
+        cnt = bad_count
+    if bad_length is not None:
+        ln = bad_length
+    entries[0] = (t, sec, cnt, off, ln)
+    tables = []
+    if split and len(entries) > 1:
+        half = len(entries) // 2
+        first = entries[half][1]
+        tables.append(dmg_mish(0, entries[:half], first, 0))
+        rest = [(t, sec - first, cnt, off, ln)
+                for t, sec, cnt, off, ln in entries[half:]]
+        rest.append((DMG_END, total - first, 0, 0, 0))
+        tables.append(dmg_mish(first, rest, total - first, 0))
+    else:
+        entries.append((DMG_END, total, 0, 0, 0))
+        tables.append(dmg_mish(0, entries, total, 0))
+    meta_off = len(fork_data)
+    if rsrc:
+        # A resource fork: 16-byte header (data offset 0x100, map offset,
+        # data length, map length), then at 0x100 each resource as a
+        # 32-bit length and its bytes; the map is not read.
+        res = b''.join(struct.pack('>I', len(t)) + t for t in tables)
+        blob = bytearray(0x100) + res
+        struct.pack_into('>IIII', blob, 0, 0x100, len(blob),
+                         len(blob) - 0x100, 0)
+        meta = bytes(blob)
+    else:
+        items = ''.join(
+            '<dict><key>Attributes</key><string>0x0050</string>'
+            '<key>Data</key><data>\n%s\n</data><key>ID</key>'
+            '<string>%d</string><key>Name</key><string>part %d</string>'
+            '</dict>' % (base64.b64encode(t).decode(), i, i)
+            for i, t in enumerate(tables))
+        meta = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<plist version="1.0"><dict><key>resource-fork</key><dict>'
+                '<key>blkx</key><array>%s</array>'
+                '<key>plst</key><array><dict><key>Data</key><data>'
+                'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA</data></dict></array>'
+                '</dict></dict></plist>\n' % items).encode()
+    koly = bytearray(512)
+    koly[0:4] = b'koly'
+    struct.pack_into('>III', koly, 4, 4, 512, 1)
+    struct.pack_into('>QQQ', koly, 24, fork, meta_off - fork, 0)
+    if rsrc:
+        struct.pack_into('>QQ', koly, 40, meta_off, len(meta))
+    else:
+        struct.pack_into('>QQ', koly, 216, meta_off, len(meta))
+    struct.pack_into('>IIQ', koly, 56, 1, 1, 0)
+    struct.pack_into('>IQ', koly, 488, 1,
+                     total if sectors is None else sectors)
+    with open(out, 'wb') as f:
+        f.write(fork_data)
+        f.write(meta)
+        f.write(koly)
+        f.write(b'\x5a' * tail)
+
+
 def main(argv):
     if argv[1] == 'parallels-old':
         parallels_old(argv[2], argv[3])
@@ -110,11 +233,13 @@ def main(argv):
     opts = {}
     rest = argv[4:]
     for k, v in zip(rest[::2], rest[1::2]):
-        opts[k.lstrip('-')] = int(v, 0)
+        opts[k.lstrip('-').replace('-', '_')] = int(v, 0)
     if kind == 'bochs':
         bochs(out, raw, **opts)
     elif kind == 'cloop':
         cloop(out, raw, **opts)
+    elif kind == 'dmg':
+        dmg(out, raw, **opts)
     else:
         sys.exit('unknown kind ' + kind)
 
