@@ -71,7 +71,7 @@ static bool str_same(const char *a, const char *b)
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
-/* ---- qcow2 ---------------------------------------------------------------- */
+/* ---- qcow2 --------------------------------------------------------------- */
 
 static void codec_qcow2_header(const uint8_t *p, size_t n, unsigned variant)
 {
@@ -242,7 +242,7 @@ static void codec_qcow2_luks(const uint8_t *p, size_t n)
     }
 }
 
-/* ---- vhdx ----------------------------------------------------------------- */
+/* ---- vhdx ---------------------------------------------------------------- */
 
 static bool vhdx_header_same(const struct vhdx_header *a,
                              const struct vhdx_header *b)
@@ -352,7 +352,7 @@ static void codec_vhdx_metadata(const uint8_t *p, size_t n)
     free(table);
 }
 
-/* ---- vmdk ----------------------------------------------------------------- */
+/* ---- vmdk ---------------------------------------------------------------- */
 
 static void codec_vmdk_descriptor(const uint8_t *p, size_t n)
 {
@@ -409,7 +409,7 @@ static void codec_vmdk_sparse(const uint8_t *p, size_t n)
     free(b);
 }
 
-/* ---- Dispatch ------------------------------------------------------------- */
+/* ---- Dispatch ------------------------------------------------------------ */
 
 enum {
     CODEC_QCOW2_HEADER,
