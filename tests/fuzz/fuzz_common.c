@@ -6,7 +6,8 @@
  *   2. a read-only open for guest data: get_info, the value tree and its
  *      JSON serialisation, block status walked from offset 0 in windows,
  *      then probes spread over the whole disk, and reads at the start and
- *      end of every extent reported; then check;
+ *      end of every extent reported; then check, and for targets that
+ *      ask for it a repair on a writable copy (fuzz_repair);
  *   3. if that open failed, a metadata-only open (what "qemu-img info"
  *      does) and info as above.
  *
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "core/image.h"
 #include "driver.h"
 #include "fuzz_common.h"
@@ -50,10 +52,14 @@
  * same code path.
  */
 #define FUZZ_VALUE_MAX_SNAPSHOTS 1024
+/* Inputs at most this long are also repaired (fuzz_repair). */
+#define FUZZ_REPAIR_MAX_INPUT (256u * 1024)
+/* The repaired copy's limit: a repair writes little past the input. */
+#define FUZZ_REPAIR_MAX_FILE (64ull << 20)
 /* The name of the memory leaf (never a path that is opened). */
 #define FUZZ_NAME "fuzz-input.img"
 
-static void fuzz_finding(const char *what, const char *detail)
+void fuzz_finding(const char *what, const char *detail)
 {
     fprintf(stderr, "fuzz: %s%s%s\n", what, detail ? ": " : "",
             detail ? detail : "");
@@ -61,7 +67,7 @@ static void fuzz_finding(const char *what, const char *detail)
 }
 
 /* The error contract of the public API: a message and an errno. */
-static void expect_error_set(const char *call)
+void fuzz_expect_error_set(const char *call)
 {
     const char *msg = qimg_get_error();
     if (!msg || !msg[0] || qimg_get_errno() <= 0) {
@@ -89,7 +95,7 @@ static int fuzz_open(const struct fuzz_target *t, const uint8_t *data,
     }
     ret = image_open_leaf(io, t->format, flags, img);
     if (ret < 0) {
-        expect_error_set("open");
+        fuzz_expect_error_set("open");
     }
     return ret;
 }
@@ -98,7 +104,7 @@ static void fuzz_info(struct qimg_image *img)
 {
     struct qimg_image_info *info = qimg_get_info(img);
     if (!info) {
-        expect_error_set("qimg_get_info");
+        fuzz_expect_error_set("qimg_get_info");
         return;
     }
     if (info->nb_snapshots > FUZZ_VALUE_MAX_SNAPSHOTS) {
@@ -142,7 +148,7 @@ static void fuzz_read(struct fuzz_walk *w, uint64_t off, uint64_t max,
     }
     w->read_left -= n;
     if (qimg_pread(w->img, w->buf, (size_t)n, off) < 0) {
-        expect_error_set("qimg_pread");
+        fuzz_expect_error_set("qimg_pread");
         return;
     }
     if (expect_zero && !all_zero(w->buf, (size_t)n)) {
@@ -169,7 +175,7 @@ static int fuzz_status(struct fuzz_walk *w, uint64_t off, struct qimg_extent *e)
 {
     uint64_t len = min_u64(w->size - off, FUZZ_STATUS_WINDOW);
     if (qimg_block_status(w->img, off, len, e) < 0) {
-        expect_error_set("qimg_block_status");
+        fuzz_expect_error_set("qimg_block_status");
         return -1;
     }
     if (e->offset != off || e->length == 0 || e->length > len) {
@@ -249,7 +255,7 @@ static void fuzz_check(struct qimg_image *img)
     }
     struct qimg_check_result res;
     if (qimg_check(img, 0, ignore_check_line, NULL, &res) < 0) {
-        expect_error_set("qimg_check");
+        fuzz_expect_error_set("qimg_check");
     }
     if (res.corruptions < 0 || res.leaks < 0 || res.check_errors < 0 ||
         res.total_clusters < 0 || res.allocated_clusters < 0 ||
@@ -263,6 +269,66 @@ static void fuzz_check(struct qimg_image *img)
         fuzz_finding("qimg_check_result_to_value failed", NULL);
     }
     qimg_value_free(v);
+}
+
+/*
+ * qemu-img check -r all on a writable copy of a small input (opened as
+ * qemu-img check opens, with QIMG_OPEN_CHECK, so damage a normal open
+ * refuses still gets here).  The repair must finish or fail with a
+ * message; when it says nothing is left to fix, a second check must
+ * find nothing either.  The copy may not grow past FUZZ_REPAIR_MAX_FILE,
+ * whatever offsets the damaged tables name.
+ */
+static void fuzz_repair(const struct fuzz_target *t, const uint8_t *data,
+                        size_t size)
+{
+    if (!t->repair || size > FUZZ_REPAIR_MAX_INPUT) {
+        return;
+    }
+    unsigned flags = QIMG_OPEN_RDWR | QIMG_OPEN_CHECK | QIMG_OPEN_NO_EXTERNAL;
+    struct qimg_image *img = NULL;
+    int ret = -EPERM;
+    for (int i = 0; i < 2 && ret == -EPERM; i++) {
+        struct qimg_io *io;
+        if (fuzz_leaf_open(data, size, true, FUZZ_REPAIR_MAX_FILE, NULL,
+                           &io) < 0) {
+            fuzz_finding("could not make the repair copy", NULL);
+        }
+        ret = image_open_leaf(io, t->format, flags, &img);
+        if (ret < 0) {
+            fuzz_expect_error_set("open for repair");
+        }
+        flags |= QIMG_OPEN_NO_BACKING;
+    }
+    if (ret < 0) {
+        return;
+    }
+    struct qimg_check_result res;
+    memset(&res, 0, sizeof(res));
+    if (qimg_check(img, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
+                   ignore_check_line, NULL, &res) < 0) {
+        fuzz_expect_error_set("qimg_check -r all");
+    } else if (res.corruptions == 0 && res.leaks == 0 &&
+               res.check_errors == 0) {
+        struct qimg_check_result again;
+        memset(&again, 0, sizeof(again));
+        if (qimg_check(img, 0, ignore_check_line, NULL, &again) < 0) {
+            fuzz_expect_error_set("qimg_check after repair");
+            fuzz_finding("check failed on an image repair left clean",
+                         qimg_get_error());
+        }
+        if (again.corruptions || again.leaks || again.check_errors) {
+            fprintf(stderr, "fuzz: after repair: %lld corruptions, %lld "
+                    "leaks, %lld check errors\n",
+                    (long long)again.corruptions, (long long)again.leaks,
+                    (long long)again.check_errors);
+            fuzz_finding("a repair that left nothing to fix did not fix "
+                         "it", NULL);
+        }
+    }
+    if (qimg_close(img) < 0) {
+        fuzz_expect_error_set("qimg_close after repair");
+    }
 }
 
 void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
@@ -293,6 +359,7 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
         fuzz_walk(img);
         fuzz_check(img);
         qimg_close(img);
+        fuzz_repair(t, data, size);
         return;
     }
 
@@ -308,4 +375,177 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
         fuzz_info(img);
         qimg_close(img);
     }
+    fuzz_repair(t, data, size);
+}
+
+/* ---- The fuzz leaf (see fuzz_common.h) ---------------------------------- */
+
+struct fuzz_leaf {
+    struct qimg_io io; /* first: passed around as a qimg_io */
+    struct qimg_io *mem;
+    uint64_t max_size;
+    struct fuzz_kept *keep;
+};
+
+static const struct qimg_io_ops fuzz_leaf_ops;
+
+static struct fuzz_leaf *fuzz_leaf_from(struct qimg_io *io)
+{
+    return (struct fuzz_leaf *)io;
+}
+
+/* [off, off + len) must end within the leaf's limit. */
+static int fuzz_leaf_check_end(struct fuzz_leaf *l, uint64_t off,
+                               uint64_t len)
+{
+    if (off > l->max_size || len > l->max_size - off) {
+        return error_set(EFBIG, "'%s': the fuzz leaf holds at most %llu "
+                         "bytes", l->io.filename,
+                         (unsigned long long)l->max_size);
+    }
+    return 0;
+}
+
+static void fuzz_leaf_close(struct qimg_io *io)
+{
+    struct fuzz_leaf *l = fuzz_leaf_from(io);
+    if (l->keep) {
+        size_t n;
+        const uint8_t *p = io_mem_buffer(l->mem, &n);
+        free(l->keep->data);
+        l->keep->data = malloc(n ? n : 1);
+        if (!l->keep->data) {
+            fuzz_finding("out of memory in the fuzz leaf", NULL);
+        }
+        memcpy(l->keep->data, p, n);
+        l->keep->len = n;
+    }
+    io_close(l->mem);
+    free(l->io.filename);
+    free(l);
+}
+
+static int64_t fuzz_leaf_get_size(struct qimg_io *io)
+{
+    return io_get_size(fuzz_leaf_from(io)->mem);
+}
+
+static int64_t fuzz_leaf_get_allocated(struct qimg_io *io)
+{
+    struct qimg_io *m = fuzz_leaf_from(io)->mem;
+    return m->ops->get_allocated(m);
+}
+
+static int fuzz_leaf_pread(struct qimg_io *io, void *buf, size_t len,
+                           uint64_t off)
+{
+    return io_pread(fuzz_leaf_from(io)->mem, buf, len, off);
+}
+
+static int fuzz_leaf_pwrite(struct qimg_io *io, const void *buf, size_t len,
+                            uint64_t off)
+{
+    struct fuzz_leaf *l = fuzz_leaf_from(io);
+    int ret = fuzz_leaf_check_end(l, off, len);
+    return ret < 0 ? ret : io_pwrite(l->mem, buf, len, off);
+}
+
+static int fuzz_leaf_pwrite_zeroes(struct qimg_io *io, uint64_t off,
+                                   uint64_t len, bool may_unmap)
+{
+    struct fuzz_leaf *l = fuzz_leaf_from(io);
+    int ret = fuzz_leaf_check_end(l, off, len);
+    return ret < 0 ? ret : io_pwrite_zeroes(l->mem, off, len, may_unmap);
+}
+
+static int fuzz_leaf_discard(struct qimg_io *io, uint64_t off, uint64_t len)
+{
+    struct qimg_io *m = fuzz_leaf_from(io)->mem;
+    return m->ops->discard(m, off, len);
+}
+
+static int fuzz_leaf_flush(struct qimg_io *io)
+{
+    return io_flush(fuzz_leaf_from(io)->mem);
+}
+
+static int fuzz_leaf_truncate(struct qimg_io *io, uint64_t size)
+{
+    struct fuzz_leaf *l = fuzz_leaf_from(io);
+    int ret = fuzz_leaf_check_end(l, size, 0);
+    return ret < 0 ? ret : io_truncate(l->mem, size);
+}
+
+static int fuzz_leaf_block_status(struct qimg_io *io, uint64_t off,
+                                  uint64_t len, uint64_t *pnum)
+{
+    struct qimg_io *m = fuzz_leaf_from(io)->mem;
+    return m->ops->block_status(m, off, len, pnum);
+}
+
+static int fuzz_leaf_set_perm(struct qimg_io *io, unsigned perm,
+                              unsigned unshared)
+{
+    struct qimg_io *m = fuzz_leaf_from(io)->mem;
+    int ret = m->ops->set_perm(m, perm, unshared);
+    io->writable = m->writable;
+    return ret;
+}
+
+static const struct qimg_io_ops fuzz_leaf_ops = {
+    .name = "fuzz",
+    .close = fuzz_leaf_close,
+    .get_size = fuzz_leaf_get_size,
+    .get_allocated = fuzz_leaf_get_allocated,
+    .pread = fuzz_leaf_pread,
+    .pwrite = fuzz_leaf_pwrite,
+    .pwrite_zeroes = fuzz_leaf_pwrite_zeroes,
+    .discard = fuzz_leaf_discard,
+    .flush = fuzz_leaf_flush,
+    .truncate = fuzz_leaf_truncate,
+    .block_status = fuzz_leaf_block_status,
+    .set_perm = fuzz_leaf_set_perm,
+};
+
+int fuzz_leaf_open(const uint8_t *data, size_t len, bool writable,
+                   uint64_t max_size, struct fuzz_kept *keep,
+                   struct qimg_io **out)
+{
+    *out = NULL;
+    struct fuzz_leaf *l = calloc(1, sizeof(*l));
+    char *name = strdup(FUZZ_NAME);
+    if (!l || !name) {
+        free(l);
+        free(name);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = io_mem_open(FUZZ_NAME, data, len, writable ? IO_RDWR : 0,
+                          &l->mem);
+    if (ret < 0) {
+        free(l);
+        free(name);
+        return ret;
+    }
+    l->io.ops = &fuzz_leaf_ops;
+    l->io.filename = name;
+    l->io.writable = l->mem->writable;
+    l->max_size = max_size;
+    l->keep = keep;
+    *out = &l->io;
+    return 0;
+}
+
+const uint8_t *fuzz_leaf_buffer(struct qimg_io *io, size_t *len)
+{
+    if (!io || io->ops != &fuzz_leaf_ops) {
+        fuzz_finding("fuzz_leaf_buffer: not a fuzz leaf", NULL);
+    }
+    return io_mem_buffer(fuzz_leaf_from(io)->mem, len);
+}
+
+void fuzz_kept_free(struct fuzz_kept *k)
+{
+    free(k->data);
+    k->data = NULL;
+    k->len = 0;
 }

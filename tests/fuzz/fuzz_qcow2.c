@@ -6,6 +6,7 @@
 
 static const struct fuzz_target target_qcow2 = {
     .format = "qcow2",
+    .repair = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

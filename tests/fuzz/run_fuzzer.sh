@@ -33,11 +33,17 @@ dict=()
 if [ -f "$src/$target.dict" ]; then
     dict=(-dict="$src/$target.dict")
 fi
+# A target's own libFuzzer options (TARGET.options, one line), after the
+# defaults so that they win: a recipe target wants short inputs.
+opts=()
+if [ -f "$src/$target.options" ]; then
+    read -r -a opts <"$src/$target.options"
+fi
 # shellcheck disable=SC2086
 "$fuzzer" "${dict[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 \
     -timeout=10 \
     -max_len=1048576 -print_final_stats=1 \
-    -artifact_prefix="$work/artifacts/" ${FUZZ_ARGS:-} \
+    -artifact_prefix="$work/artifacts/" "${opts[@]}" ${FUZZ_ARGS:-} \
     "$work/corpus" "$work/seeds" "$src/corpus/$target" \
     "$src/regress/$target" 2>"$work/log"
 status=$?

@@ -861,6 +861,24 @@ static int create_data_file(const char *name, const struct qimg_opts *opts)
     return ret;
 }
 
+int qcow2_create_on_io(struct qimg_io *io, const struct qimg_opts *opts)
+{
+    struct create_params p;
+    int ret = parse_params(opts, &p);
+    if (ret == 0 && p.data_file) {
+        /* The data file would be a host file named by the options. */
+        ret = error_set(ENOTSUP, "An external data file cannot be created "
+                        "over a leaf");
+    }
+    if (ret == 0) {
+        ret = io_truncate(io, 0);
+    }
+    if (ret == 0) {
+        ret = write_image(io, &p);
+    }
+    return ret;
+}
+
 int qcow2_create(const char *filename, const struct qimg_opts *opts)
 {
     /*

@@ -1002,6 +1002,12 @@ int64_t qcow2_compress(uint8_t type, uint8_t *dst, size_t dst_cap,
 #include "qimg/qimg.h"
 extern const struct qimg_opt_desc qcow2_create_opts[];
 int qcow2_create(const char *filename, const struct qimg_opts *opts);
+/*
+ * The image qcow2_create makes, written into io (truncated first), which
+ * the caller opened read-write and keeps: for fuzzing and tests over a
+ * memory leaf.  An external data file is refused (ENOTSUP).
+ */
+int qcow2_create_on_io(struct qimg_io *io, const struct qimg_opts *opts);
 
 /* Amendment (amend.c): QEMU's amend option table and the callback. */
 extern const struct qimg_opt_desc qcow2_amend_opts[];
