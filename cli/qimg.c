@@ -168,6 +168,30 @@ static void print_warning(const char *message, void *opaque)
     }
 }
 
+/*
+ * QIMG_NO_EXTERNAL=1: no image may make qimg open a file it names
+ * (backing file, data file, extent), whatever the subcommand; for
+ * untrusted images.  Read here once so that every subcommand, and every
+ * open a library call makes by itself, obeys it.  A value other than 0
+ * or 1 is an error rather than "off", so that a typo cannot drop it.
+ */
+static int apply_no_external(void)
+{
+    const char *v = getenv("QIMG_NO_EXTERNAL");
+    if (!v || strcmp(v, "") == 0 || strcmp(v, "0") == 0) {
+        return 0;
+    }
+    if (strcmp(v, "1") != 0) {
+        cli_error("QIMG_NO_EXTERNAL must be 0 or 1, not '%s'", v);
+        return -1;
+    }
+    if (qimg_set_open_policy(QIMG_OPEN_NO_EXTERNAL) < 0) {
+        cli_report_library_error();
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option long_opts[] = {
@@ -179,6 +203,9 @@ int main(int argc, char **argv)
     int c;
 
     qimg_set_warning_handler(print_warning, NULL);
+    if (apply_no_external() < 0) {
+        return 1;
+    }
     if (argc < 2) {
         return cli_usage_error("Not enough arguments");
     }

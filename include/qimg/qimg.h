@@ -182,6 +182,16 @@ struct qimg_image;
 struct qimg_image *qimg_open(const char *filename, const char *format,
                              unsigned flags);
 /*
+ * Flags added to every open this process makes from now on, the opens a
+ * library call makes by itself included (convert's target, commit's
+ * base reopened for writing, the backing file create and rebase check):
+ * a policy for untrusted input that no call can forget.  Only
+ * QIMG_OPEN_NO_EXTERNAL (or 0, to clear it) is accepted; anything else
+ * fails with EINVAL.  Set it before opening anything: it is read, not
+ * locked, by opens running in other threads.
+ */
+int qimg_set_open_policy(unsigned flags);
+/*
  * Which internal snapshot qimg_open_snapshot() opens: the first in the
  * image's table whose id is id (unless NULL) and whose name is name
  * (unless NULL); or, with id_or_name (id and name then NULL), the first

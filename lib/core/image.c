@@ -153,6 +153,18 @@ static int node_take_locks(struct qimg_node *node, unsigned flags)
 }
 
 /*
+ * qimg_set_open_policy()'s flags.  Atomic so that an open in a convert
+ * worker thread reads a whole value; the policy is meant to be set once,
+ * before anything is opened.
+ */
+static unsigned open_policy;
+
+unsigned image_open_policy(void)
+{
+    return __atomic_load_n(&open_policy, __ATOMIC_SEQ_CST);
+}
+
+/*
  * Open a node over an open leaf (taken over, closed on failure): probe if
  * drv is NULL, take the locks, open the format and the backing chain.
  */
@@ -172,6 +184,8 @@ static int node_open_leaf(struct qimg_io *file, const char *filename,
         node_close(node);
         return error_set(ENOMEM, "Out of memory");
     }
+    /* The policy reaches the driver (data file, extents) and the chain. */
+    flags |= image_open_policy();
     node->writable = (flags & QIMG_OPEN_RDWR) != 0;
     node->no_flush = (flags & QIMG_OPEN_CACHE_UNSAFE) != 0;
 
@@ -285,6 +299,16 @@ static int fail_int(int ret)
 {
     errno = -ret;
     return -1;
+}
+
+int qimg_set_open_policy(unsigned flags)
+{
+    if (flags & ~QIMG_OPEN_NO_EXTERNAL) {
+        return fail_int(error_set(EINVAL, "Only QIMG_OPEN_NO_EXTERNAL can "
+                                  "be set as an open policy"));
+    }
+    __atomic_store_n(&open_policy, flags, __ATOMIC_SEQ_CST);
+    return 0;
 }
 
 /*

@@ -44,6 +44,8 @@ int node_open(const char *filename, const char *format, unsigned flags,
  */
 int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out);
+/* The flags qimg_set_open_policy() adds to every open. */
+unsigned image_open_policy(void);
 /* Close a node and everything below it.  Does not flush. */
 void node_close(struct qimg_node *node);
 /*

@@ -111,7 +111,8 @@ int qimg_get_chain_info(const char *filename, const char *format,
         ret = error_set(ENOMEM, "Out of memory");
         goto out;
     }
-    flags = (flags | QIMG_OPEN_NO_BACKING) & ~QIMG_OPEN_RDWR;
+    flags = (flags | QIMG_OPEN_NO_BACKING | image_open_policy()) &
+            ~QIMG_OPEN_RDWR;
 
     while (name) {
         struct stat st;

@@ -219,6 +219,14 @@ for spec in chain badcrc short nolog; do
     tool mklog log-$spec.vhdx $spec
     same_cmd log-$spec-info log-$spec.vhdx info
 done
+# A log whose every sector claims to start an entry as long as the log:
+# qimg stops searching after a bounded amount of reading (docs/
+# RESOURCES.md) and refuses the image rather than read 4 MiB 1024 times.
+mk -f vhdx -o block_size=1M,log_size=4M log-hostile.vhdx 4M
+tool mklog log-hostile.vhdx hostile
+expect_status "log-hostile info" 1 "$QIMG" info log-hostile.vhdx
+grep -q "VHDX log: too many damaged entries to search" "$T/.err" && pass ||
+    fail "log-hostile message" "$(cat "$T/.err")"
 for img in own log-chain log-badcrc log-short log-nolog; do
     f=$img.vhdx
     [ -f "$f" ] || f=$img

@@ -126,12 +126,27 @@ def mklog(path, spec):
     changes BAT entries and data in the image, 'badcrc' the same with the
     newest entry's crc broken, 'short' with the newest entry's flushed
     file offset past the end of the file, 'nolog' a GUID that names no
-    entry."""
+    entry, 'hostile' a log of headers that all claim the whole log."""
     d = load(path)
     h = 0x20000 if struct.unpack_from('<Q', d, 0x20008)[0] > \
         struct.unpack_from('<Q', d, 0x10008)[0] else 0x10000
     log_len, log_off = struct.unpack_from('<IQ', d, h + 68)
     guid = bytes(range(0x10, 0x20))
+    if spec == 'hostile':
+        # Every sector an entry header that claims the whole log (and
+        # fails its checksum): a search that validates each candidate
+        # reads the log once per sector.
+        for p in range(0, log_len, 4096):
+            q = log_off + p
+            d[q:q + 4096] = bytes(4096)
+            struct.pack_into('<4sIIIQII', d, q, b'loge', 0, log_len, 0, 1,
+                             0, 0)
+            d[q + 32:q + 48] = guid
+            struct.pack_into('<QQ', d, q + 48, len(d), len(d))
+        d[h + 48:h + 64] = guid
+        fix(d, h, 4096)
+        save(path, d)
+        return
     size = len(d)
     bat = None
     for i in range(struct.unpack_from('<I', d, 0x30008)[0]):

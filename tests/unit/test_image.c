@@ -157,9 +157,40 @@ int main(void)
     TAP_OK(stat(path("bad.raw"), &st) == -1 && errno == ENOENT);
     qimg_opts_free(opts);
 
+    /*
+     * The open policy: QIMG_OPEN_NO_EXTERNAL added to every open, the
+     * ones a call makes by itself included; other flags are refused.
+     */
+    opts = qimg_opts_new();
+    char spec[512];
+    snprintf(spec, sizeof(spec), "backing_file=%s,backing_fmt=raw",
+             path("a.raw"));
+    TAP_OK(qimg_opts_parse(opts, spec) == 0);
+    TAP_OK(qimg_create_prepare(path("top.qcow2"), "qcow2", opts, 0) == 0);
+    TAP_OK(qimg_create(path("top.qcow2"), "qcow2", opts) == 0);
+    qimg_opts_free(opts);
+    TAP_OK(qimg_set_open_policy(QIMG_OPEN_RDWR) == -1 &&
+           qimg_get_errno() == EINVAL);
+    TAP_OK(qimg_set_open_policy(QIMG_OPEN_NO_EXTERNAL) == 0);
+    TAP_OK(qimg_open(path("top.qcow2"), NULL, 0) == NULL &&
+           qimg_get_errno() == EPERM);
+    TAP_OK(strstr(qimg_get_error(), "external references are refused") !=
+           NULL);
+    img = qimg_open(path("top.qcow2"), NULL, QIMG_OPEN_NO_BACKING);
+    TAP_OK(img != NULL);
+    TAP_OK(qimg_close(img) == 0);
+    img = qimg_open(path("a.raw"), "raw", 0);
+    TAP_OK(img != NULL);
+    TAP_OK(qimg_close(img) == 0);
+    TAP_OK(qimg_set_open_policy(0) == 0);
+    img = qimg_open(path("top.qcow2"), NULL, 0);
+    TAP_OK(img != NULL);
+    TAP_OK(qimg_close(img) == 0);
+
     unlink(path("a.raw"));
     unlink(path("odd.raw"));
     unlink(path("new.raw"));
+    unlink(path("top.qcow2"));
     rmdir(dir);
     return tap_done();
 }

@@ -23,6 +23,21 @@
 
 /* The largest file a log entry may make (the spec's 64 TiB disk, plus). */
 #define VHDX_LOG_MAX_FILE_OFFSET (128 * VHDX_TiB)
+/*
+ * Searching the log: at most this many times the log's length is read
+ * for entries that turn out invalid, and at most this many steps are
+ * walked along candidate sequences (a log holds at most 2^20 entries:
+ * its length is a 32-bit byte count in 4 KiB sectors).  QEMU has no such
+ * bounds; a log that needs more is refused with E2BIG (vhdx.c passes
+ * the message on, unlike QEMU's EINVAL words for a bad log).
+ */
+#define VHDX_LOG_SCAN_FACTOR 4u
+/*
+ * ... but never less than this: a log of up to 1 MiB (QEMU's default)
+ * can never reach it, so such logs are searched exactly as QEMU does.
+ */
+#define VHDX_LOG_SCAN_MIN (256ull << 20)
+#define VHDX_LOG_MAX_WALK_STEPS (1u << 22)
 
 struct log_entry {
     uint64_t pos; /* offset inside the log */
@@ -158,6 +173,38 @@ static bool entry_header_ok(const uint8_t *sec, uint32_t log_length,
     return true;
 }
 
+/*
+ * The entries found, for newest_first (qsort has no context argument;
+ * the log is searched at open, one image at a time per thread).
+ */
+static _Thread_local const struct log_entry *sort_found;
+
+/* Highest sequence number first; equal ones by position. */
+static int newest_first(const void *a, const void *b)
+{
+    const struct log_entry *x = &sort_found[*(const size_t *)a];
+    const struct log_entry *y = &sort_found[*(const size_t *)b];
+    if (x->seq != y->seq) {
+        return x->seq > y->seq ? -1 : 1;
+    }
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* The index of the entry at log position pos (found[] sorted by pos). */
+static size_t find_pos(const struct log_entry *found, size_t n, uint64_t pos)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (found[mid].pos < pos) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < n && found[lo].pos == pos ? lo : SIZE_MAX;
+}
+
 int vhdx_log_find(struct qimg_io *file, const struct vhdx_header *h,
                   struct vhdx_log_seq **out)
 {
@@ -184,6 +231,8 @@ int vhdx_log_find(struct qimg_io *file, const struct vhdx_header *h,
     size_t nfound = 0;
     uint8_t *sec = malloc(VHDX_LOG_SECTOR);
     uint8_t *buf = NULL;
+    size_t *order = NULL;
+    struct log_entry *chain = NULL;
     int ret = 0;
     if (!sec) {
         return error_set(ENOMEM, "Out of memory");
@@ -195,6 +244,16 @@ int vhdx_log_find(struct qimg_io *file, const struct vhdx_header *h,
             goto out;
         }
     }
+    /*
+     * Bytes read for entries that then fail validation: a stale header
+     * whose body newer entries overwrote costs its length once, so a log
+     * written by a sane writer stays far below the budget, and a hostile
+     * one (every sector a header claiming the whole log) is refused
+     * instead of reading the log once per sector.
+     */
+    uint64_t wasted = 0;
+    uint64_t wasted_max = max_u64(VHDX_LOG_SCAN_FACTOR * (uint64_t)log_length,
+                                  VHDX_LOG_SCAN_MIN);
     for (uint64_t i = 0; i < slots; i++) {
         uint64_t pos = i * VHDX_LOG_SECTOR;
         uint32_t len;
@@ -220,44 +279,54 @@ int vhdx_log_find(struct qimg_io *file, const struct vhdx_header *h,
         if (entry_valid(buf, len, &e)) {
             e.pos = pos;
             found[nfound++] = e;
+        } else {
+            wasted += len;
+            if (wasted > wasted_max) {
+                ret = error_set(E2BIG, "VHDX log: too many damaged "
+                                "entries to search (more than %llu "
+                                "bytes read)",
+                                (unsigned long long)wasted_max);
+                goto out;
+            }
         }
+    }
+    if (nfound == 0) {
+        goto out;
     }
 
     /*
-     * Try the newest entries first: the first whose tail leads to it
-     * through consecutive valid entries is the active sequence.
+     * Try the newest entries first (ties: lowest position first): the
+     * first whose tail leads to it through consecutive valid entries is
+     * the active sequence.  found[] is sorted by position, so each step
+     * of a walk is a binary search; the walks together take at most
+     * VHDX_LOG_MAX_WALK_STEPS steps (a real log needs one walk, no
+     * longer than its entry count).
      */
-    bool *tried = nfound ? calloc(nfound, sizeof(*tried)) : NULL;
-    if (nfound && !tried) {
+    order = malloc(nfound * sizeof(*order));
+    chain = malloc(nfound * sizeof(*chain));
+    if (!order || !chain) {
         ret = error_set(ENOMEM, "Out of memory");
         goto out;
     }
+    for (size_t i = 0; i < nfound; i++) {
+        order[i] = i;
+    }
+    sort_found = found;
+    qsort(order, nfound, sizeof(*order), newest_first);
+    uint64_t steps = 0;
     for (size_t attempt = 0; attempt < nfound; attempt++) {
-        size_t head = SIZE_MAX;
-        for (size_t i = 0; i < nfound; i++) {
-            if (!tried[i] && (head == SIZE_MAX ||
-                              found[i].seq > found[head].seq)) {
-                head = i;
-            }
-        }
-        tried[head] = true;
-        struct log_entry *chain = calloc(nfound, sizeof(*chain));
-        if (!chain) {
-            free(tried);
-            ret = error_set(ENOMEM, "Out of memory");
-            goto out;
-        }
+        size_t head = order[attempt];
         size_t n = 0;
         uint64_t pos = found[head].tail;
         bool ok = false;
         while (n < nfound) {
-            size_t k = SIZE_MAX;
-            for (size_t i = 0; i < nfound; i++) {
-                if (found[i].pos == pos) {
-                    k = i;
-                    break;
-                }
+            if (++steps > VHDX_LOG_MAX_WALK_STEPS) {
+                ret = error_set(E2BIG, "VHDX log: no active sequence "
+                                "found within %u steps",
+                                VHDX_LOG_MAX_WALK_STEPS);
+                goto out;
             }
+            size_t k = find_pos(found, nfound, pos);
             if (k == SIZE_MAX ||
                 (n > 0 && found[k].seq != chain[n - 1].seq + 1)) {
                 break;
@@ -270,25 +339,24 @@ int vhdx_log_find(struct qimg_io *file, const struct vhdx_header *h,
             pos = (pos + found[k].length) % log_length;
         }
         if (ok) {
-            struct vhdx_log_seq *s = calloc(1, sizeof(*s));
-            if (!s) {
-                free(chain);
-                free(tried);
+            struct vhdx_log_seq *q = calloc(1, sizeof(*q));
+            if (!q) {
                 ret = error_set(ENOMEM, "Out of memory");
                 goto out;
             }
-            s->log_offset = log_offset;
-            s->log_length = log_length;
-            s->count = n;
-            s->entries = chain;
-            *out = s;
+            q->log_offset = log_offset;
+            q->log_length = log_length;
+            q->count = n;
+            q->entries = chain;
+            chain = NULL;
+            *out = q;
             ret = 1;
             break;
         }
-        free(chain);
     }
-    free(tried);
 out:
+    free(chain);
+    free(order);
     free(found);
     free(buf);
     free(sec);

@@ -140,8 +140,8 @@ int vmdk_add_flat_extent(struct vmdk_state *s, struct qimg_io *io, bool own_io,
  * of a file do), so a huge directory in a small hostile file costs no
  * memory.
  */
-static int load_directory(struct vmdk_extent *e, uint64_t off, uint32_t **out,
-                          const char *what)
+static int load_directory(struct vmdk_state *s, struct vmdk_extent *e,
+                          uint64_t off, uint32_t **out, const char *what)
 {
     int64_t fsize = io_get_size(e->io);
     if (fsize < 0) {
@@ -151,6 +151,12 @@ static int load_directory(struct vmdk_extent *e, uint64_t off, uint32_t **out,
     if (off < (uint64_t)fsize) {
         n = min_u64(e->l1_size, div_round_up_u64((uint64_t)fsize - off, 4));
     }
+    if (n > VMDK_MAX_GD_ENTRIES_TOTAL - s->gd_entries) {
+        return error_set(EFBIG, "The extents' grain directories are too "
+                         "big together (more than %llu entries)",
+                         (unsigned long long)VMDK_MAX_GD_ENTRIES_TOTAL);
+    }
+    s->gd_entries += n;
     e->l1_loaded = (uint32_t)n;
     uint32_t *t = calloc(n ? n : 1, sizeof(uint32_t));
     if (!t) {
@@ -204,15 +210,15 @@ static int sparse_setup(struct vmdk_extent *e, uint64_t capacity,
     return 0;
 }
 
-static int sparse_tables(struct vmdk_extent *e)
+static int sparse_tables(struct vmdk_state *s, struct vmdk_extent *e)
 {
-    int ret = load_directory(e, e->l1_offset, &e->l1, "l1 table");
+    int ret = load_directory(s, e, e->l1_offset, &e->l1, "l1 table");
     if (ret < 0) {
         return ret;
     }
     if (e->l1_backup_offset) {
         uint32_t loaded = e->l1_loaded;
-        ret = load_directory(e, e->l1_backup_offset, &e->l1_backup,
+        ret = load_directory(s, e, e->l1_backup_offset, &e->l1_backup,
                              "l1 backup table");
         if (ret < 0) {
             return ret;
@@ -291,7 +297,7 @@ int vmdk_open_sparse_extent(struct vmdk_state *s, struct qimg_io *io,
                            64, 512, granularity);
         if (ret == 0) {
             e->version = 3;
-            ret = sparse_tables(e);
+            ret = sparse_tables(s, e);
         }
     } else if (magic == VMDK4_MAGIC) {
         struct vmdk4_header h;
@@ -373,7 +379,7 @@ int vmdk_open_sparse_extent(struct vmdk_state *s, struct qimg_io *io,
         e->has_marker = (h.flags & VMDK4_FLAG_MARKER) != 0;
         e->version = h.version;
         e->has_zero_grain = (h.flags & VMDK4_FLAG_ZERO_GRAIN) != 0;
-        ret = sparse_tables(e);
+        ret = sparse_tables(s, e);
     } else {
         ret = error_set(EINVAL, "Image not in VMDK format");
     }

@@ -56,6 +56,13 @@
 #define VMDK_MAX_HINT 4095u
 /* A sane descriptor has a few extents; QEMU has no limit (qimg's own). */
 #define VMDK_MAX_EXTENTS 4096u
+/*
+ * Grain directory entries held over all extents of one image (each
+ * extent's directory and backup): one extent at the per-extent limit
+ * fits, and a descriptor naming one big file thousands of times cannot
+ * multiply it (qimg's own; QEMU has no total).  256 MiB.
+ */
+#define VMDK_MAX_GD_ENTRIES_TOTAL (2ull * VMDK_MAX_GD_ENTRIES)
 
 /* The hosted sparse header [spec: SparseExtentHeader], little-endian. */
 #define VMDK4_HEADER_SIZE 79u /* magic included */
@@ -165,6 +172,7 @@ struct vmdk_state {
     uint64_t desc_offset; /* bytes: where the descriptor text is */
     bool writable;
     bool cid_updated; /* the first write of this open changed the CID */
+    uint64_t gd_entries; /* loaded so far, <= VMDK_MAX_GD_ENTRIES_TOTAL */
 };
 
 /* Results of vmdk_cluster_lookup. */
