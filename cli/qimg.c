@@ -22,7 +22,7 @@ static const struct command commands[] = {
     {"amend", cmd_amend,
      "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] "
      "[-t cache] [--force] -o options filename"},
-    {"bench", cmd_not_yet,
+    {"bench", cmd_bench,
      "bench [-c count] [-d depth] [-f fmt] "
      "[--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
      "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] "

@@ -28,8 +28,9 @@ struct qimg_io;
 /* Open without locks; the first set_perm takes them (see image.c). */
 #define IO_LOCK_LATER (1u << 4)
 /*
- * Read-write leaves: write aligned requests with O_DIRECT (bypassing the
- * page cache) where the file system supports it; others are buffered.
+ * Read aligned requests (and, read-write leaves, write them) with
+ * O_DIRECT (bypassing the page cache) where the file system supports it;
+ * others are buffered.
  */
 #define IO_DIRECT (1u << 5)
 

@@ -162,8 +162,8 @@ struct qimg_image;
  */
 #define QIMG_OPEN_CACHE_UNSAFE (1u << 5)
 /*
- * Write around the host page cache (O_DIRECT) where the file system
- * allows it (qemu-img's "none" and "directsync"); requests that are not
+ * Read and write around the host page cache (O_DIRECT) where the file
+ * system allows it (qemu-img's "none" and "directsync"); requests that are not
  * 4 KiB aligned, and file systems without O_DIRECT, use the page cache.
  */
 #define QIMG_OPEN_CACHE_DIRECT (1u << 6)
@@ -850,6 +850,67 @@ struct qimg_rebase_params {
  * Returns 0 or -1.
  */
 int qimg_rebase(const struct qimg_rebase_params *p);
+
+/* ---- I/O benchmark (qemu-img bench) ---------------------------------- */
+
+struct qimg_bench_params {
+    const char *filename;
+    const char *format; /* NULL: probe */
+    /*
+     * Extra QIMG_OPEN_* flags: QIMG_OPEN_FORCE_SHARE (-U, reads only),
+     * QIMG_OPEN_CACHE_DIRECT / QIMG_OPEN_CACHE_UNSAFE (-t).  The image is
+     * opened with QIMG_OPEN_RDWR for a write test.
+     */
+    unsigned flags;
+    /* -t writethrough/directsync: each write is followed by a flush. */
+    bool write_through;
+    /* -n / -i native: refused, as qemu-img does, without CACHE_DIRECT. */
+    bool native_aio;
+    bool write;            /* -w: write requests instead of reads */
+    uint64_t count;        /* -c: requests, at most INT_MAX */
+    uint64_t depth;        /* -d: requests in flight, 1 to INT_MAX */
+    uint64_t offset;       /* -o: offset of the first request */
+    uint64_t buffer_size;  /* -s: bytes per request, at most INT_MAX */
+    uint64_t step;         /* -S: offset step, 0 = buffer_size */
+    uint8_t pattern;       /* --pattern: the byte written */
+    /* --flush-interval (writes only, at least depth): 0 = none. */
+    uint64_t flush_interval;
+    /* --no-drain: flush next to the requests in flight. */
+    bool no_drain;
+    /*
+     * Called once, after the image is open and before the first request
+     * (qemu-img prints its "Sending ..." lines there), with the
+     * parameters as used (step resolved).  May be NULL.
+     */
+    void (*start)(const struct qimg_bench_params *used, void *opaque);
+    void *opaque;
+};
+
+struct qimg_bench_result {
+    double seconds;    /* from the first request to the last completion */
+    uint64_t requests; /* completed */
+    uint64_t flushes;
+};
+
+/*
+ * qemu-img 7.2's bench: count requests of buffer_size bytes, the first at
+ * offset and each next one step bytes further, modulo the image size
+ * (so offsets wrap to offset + k * step - size, not to offset), with
+ * depth of them in flight; write tests write buffers of pattern bytes.
+ * A request that does not fit in the image fails the run with "Failed
+ * request: Input/output error", as in qemu-img.  With flush_interval, a
+ * flush is made whenever the number of requests not yet issued is a
+ * multiple of it (qemu-img's rule), after the requests in flight have
+ * completed unless no_drain.  Parameter errors use qemu-img's words
+ * ("--flush-interval is only available in write tests", "Flush interval
+ * can't be smaller than depth", "Invalid queue depth specified" for
+ * depth 0, which qemu-img 7.2 accepts and then waits for ever on).  On an
+ * empty image, offsets stay where they are (qemu-img 7.2 dies dividing
+ * by zero).  The image is closed (and so flushed) after the timing ends.
+ * Returns 0 or -1; *out (may be NULL) holds what was done either way.
+ */
+int qimg_bench(const struct qimg_bench_params *p,
+               struct qimg_bench_result *out);
 
 /* ---- Sizes ------------------------------------------------------------- */
 

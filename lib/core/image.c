@@ -252,7 +252,7 @@ int node_open(const char *filename, const char *format, unsigned flags,
     if (flags & QIMG_OPEN_FORCE_SHARE) {
         io_flags |= IO_NO_LOCK;
     }
-    if ((flags & QIMG_OPEN_CACHE_DIRECT) && (flags & QIMG_OPEN_RDWR)) {
+    if (flags & QIMG_OPEN_CACHE_DIRECT) {
         io_flags |= IO_DIRECT;
     }
     struct qimg_io *file;

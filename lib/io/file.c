@@ -84,9 +84,11 @@ struct io_file {
     ino_t ino;
     /* IO_DIRECT: a second descriptor with O_DIRECT, or -1. */
     int fd_direct;
+    /* fd_direct was opened read-write (else reads only go through it). */
+    bool fd_direct_rw;
 };
 
-/* Alignment of buffer, offset and length for writes through fd_direct. */
+/* Alignment of buffer, offset and length for requests through fd_direct. */
 #define IO_FILE_DIRECT_ALIGN 4096u
 
 static const struct qimg_io_ops io_file_ops;
@@ -342,15 +344,17 @@ static int io_file_open_fd(const char *filename, int oflags, int *pfd,
 }
 
 /*
- * The O_DIRECT descriptor for aligned writes.  Without O_DIRECT support
- * (or if the name now leads to another file) writes stay buffered: the
- * cache mode only asks to bypass the page cache where that works.
+ * The O_DIRECT descriptor for aligned requests (reads, and writes when
+ * rw).  Without O_DIRECT support (or if the name now leads to another
+ * file) requests stay buffered: the cache mode only asks to bypass the
+ * page cache where that works.
  */
-static void io_file_open_direct(struct io_file *f)
+static void io_file_open_direct(struct io_file *f, bool rw)
 {
     int fd;
+    int mode = rw ? O_RDWR : O_RDONLY;
     do {
-        fd = open(f->io.filename, O_RDWR | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+        fd = open(f->io.filename, mode | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         return;
@@ -367,6 +371,7 @@ static void io_file_open_direct(struct io_file *f)
         return;
     }
     f->fd_direct = fd;
+    f->fd_direct_rw = rw;
 }
 
 int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
@@ -422,8 +427,8 @@ int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)
         ret = error_set_errno(errno, "Could not truncate '%s'", filename);
         goto fail;
     }
-    if ((flags & IO_DIRECT) && rw) {
-        io_file_open_direct(f);
+    if (flags & IO_DIRECT) {
+        io_file_open_direct(f, rw);
     }
     *out = &f->io;
     return 0;
@@ -567,10 +572,21 @@ static int io_file_pread(struct qimg_io *io, void *buf, size_t len,
     }
     uint8_t *p = buf;
     size_t done = 0;
+    /* O_DIRECT only for requests aligned in memory and in the file. */
+    int fd = f->fd;
+    if (f->fd_direct >= 0 && (uintptr_t)buf % IO_FILE_DIRECT_ALIGN == 0 &&
+        off % IO_FILE_DIRECT_ALIGN == 0 && len % IO_FILE_DIRECT_ALIGN == 0) {
+        fd = f->fd_direct;
+    }
     while (done < len) {
-        ssize_t n = pread(f->fd, p + done, len - done, (off_t)(off + done));
+        ssize_t n = pread(fd, p + done, len - done, (off_t)(off + done));
         if (n < 0) {
             if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EINVAL && fd != f->fd) {
+                /* An alignment O_DIRECT wants that we did not know. */
+                fd = f->fd;
                 continue;
             }
             return error_set_errno(errno, "Could not read from '%s'",
@@ -593,7 +609,8 @@ static int io_file_pwrite_fd(struct io_file *f, const void *buf, size_t len,
     size_t done = 0;
     /* O_DIRECT only for requests aligned in memory and in the file. */
     int fd = f->fd;
-    if (f->fd_direct >= 0 && (uintptr_t)buf % IO_FILE_DIRECT_ALIGN == 0 &&
+    if (f->fd_direct >= 0 && f->fd_direct_rw &&
+        (uintptr_t)buf % IO_FILE_DIRECT_ALIGN == 0 &&
         off % IO_FILE_DIRECT_ALIGN == 0 && len % IO_FILE_DIRECT_ALIGN == 0) {
         fd = f->fd_direct;
     }
