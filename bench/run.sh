@@ -11,7 +11,7 @@
 # QIMG: the qimg binary (default: build it in ./build if needed).
 # QEMU_IMG, QEMU_IO: the oracle (default: from $PATH).
 # BENCH_TMPDIR: where the work directory goes (default /var/tmp; the full
-# inputs take about 4 GiB there, and are kept for the next run).
+# inputs take about 8 GiB there, and are kept for the next run).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
