@@ -19,6 +19,7 @@
 #include "driver.h"
 #include "qimg/qimg.h"
 #include "util/checked.h"
+#include "util/pagebuf.h"
 
 /* The bitmap granularity QEMU uses without a cluster size. */
 #define COMMIT_DEFAULT_GRANULARITY (64 * 1024)
@@ -308,7 +309,7 @@ static int do_commit(const struct qimg_commit_params *p,
     uint64_t cs = qimg_get_cluster_size(&tmp);
     j.granularity = cs ? max_u64(cs, COMMIT_MIN_GRANULARITY)
                        : COMMIT_DEFAULT_GRANULARITY;
-    j.buf = malloc(COMMIT_BUF_SIZE);
+    j.buf = pagebuf_alloc(COMMIT_BUF_SIZE);
     if (!j.buf) {
         return error_set(ENOMEM, "Out of memory");
     }

@@ -15,6 +15,7 @@
 #include "driver.h"
 #include "qimg/qimg.h"
 #include "util/checked.h"
+#include "util/pagebuf.h"
 #include "util/path.h"
 
 /* qemu-img's IO_BUF_SIZE: the step of the comparison. */
@@ -202,8 +203,8 @@ static int do_rebase(const struct qimg_rebase_params *p,
             return ret;
         }
     }
-    uint8_t *buf_old = malloc(REBASE_BUF_SIZE);
-    uint8_t *buf_new = malloc(REBASE_BUF_SIZE);
+    uint8_t *buf_old = pagebuf_alloc(REBASE_BUF_SIZE);
+    uint8_t *buf_new = pagebuf_alloc(REBASE_BUF_SIZE);
     if (!buf_old || !buf_new) {
         ret = error_set(ENOMEM, "Out of memory");
     } else {
