@@ -7,7 +7,7 @@
 # qemu-img made and qemu-io writes into images qimg made read back
 # right; a BAT update cut after its log entry is replayed by both tools
 # to the same image, and one cut before the entry is whole leaves the old
-# image.
+# image; truncated files are checked as qemu-img checks them.
 . "$QIMG_SRCDIR/tests/functions.sh"
 : "${QIMG_WRITE_IMAGE:?QIMG_WRITE_IMAGE must point at write_image}"
 cd "$T"
@@ -177,5 +177,14 @@ same_bytes "torn" torn.vhdx torn.e.vhdx
 "$QIMG" create -q -f vhdx -o block_size=1M blank.vhdx 4M ||
     fail "qimg create blank.vhdx"
 judge torn torn.vhdx blank.vhdx
+
+# Truncated files, checked as QEMU checks them: the file in whole 512-byte
+# sectors, the disk's short last block (5 MiB of an 8 MiB block at 8 MiB)
+# by the bytes it maps; a block that starts past the end.
+for cut in 1 512 5242880; do
+    cp fixed-nozero.q.vhdx trunc.vhdx
+    truncate -s $(($(stat -c %s trunc.vhdx) - cut)) trunc.vhdx
+    same_cmd trunc-$cut trunc.vhdx check
+done
 
 finish
