@@ -178,6 +178,22 @@ same_bytes "torn" torn.vhdx torn.e.vhdx
     fail "qimg create blank.vhdx"
 judge torn torn.vhdx blank.vhdx
 
+# A BAT entry in the 0.95 draft's UNMAPPED state (5) reads as zero and is
+# allocated by a write, as in QEMU.
+"$QEMU_IMG" create -q -f vhdx -o block_size=1M s5.vhdx 3M ||
+    fail "qemu-img create s5.vhdx"
+io -c 'write -P 1 0 1M' -c 'write -P 2 1M 1M' s5.vhdx
+tool poke s5.vhdx $((0x200008)) Q 5
+cp s5.vhdx s5.e.vhdx
+cp s5.vhdx s5.q.vhdx
+wr s5.q.vhdx vhdx w:1048576:4096:3
+io -c 'write -P 3 1M 4k' s5.e.vhdx
+same_bytes "state 5" s5.q.vhdx s5.e.vhdx
+judge "state 5" s5.q.vhdx s5.e.vhdx
+"$QEMU_IMG" convert -O raw s5.vhdx s5.e.raw || fail "qemu-img convert s5"
+"$QIMG" convert -O raw s5.vhdx s5.q.raw || fail "qimg convert s5"
+expect_same "state 5: read" s5.e.raw s5.q.raw
+
 # Truncated files, checked as QEMU checks them: the file in whole 512-byte
 # sectors, the disk's short last block (5 MiB of an 8 MiB block at 8 MiB)
 # by the bytes it maps; a block that starts past the end.

@@ -5,7 +5,7 @@
  * - Before the first change of guest data in an open, both headers get
  *   this open's file write GUID and a new data write GUID (2.2.2).
  * - A write to a block that is not present (NOT_PRESENT, UNDEFINED, ZERO,
- *   UNMAPPED) allocates a block at the end of the file, rounded up to
+ *   UNMAPPED, and the 0.95 draft's UNMAPPED value as QEMU) allocates a block at the end of the file, rounded up to
  *   1 MiB (2.5.1: FileOffsetMB), extends the file over it (so the rest of
  *   the block reads as zero), writes the data, then changes the BAT entry
  *   to FULLY_PRESENT through the log (2.3): data synced; a new log GUID
@@ -247,6 +247,7 @@ int vhdx_pwrite(struct qimg_node *node, const void *buf, size_t len,
         case VHDX_PAYLOAD_UNDEFINED:
         case VHDX_PAYLOAD_ZERO:
         case VHDX_PAYLOAD_UNMAPPED:
+        case VHDX_PAYLOAD_UNMAPPED_V095:
             ret = allocate_block(node, s, &host);
             if (ret == 0) {
                 ret = io_pwrite(node->file, p, n, host + in);
@@ -298,6 +299,7 @@ int vhdx_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
         case VHDX_PAYLOAD_UNDEFINED:
         case VHDX_PAYLOAD_ZERO:
         case VHDX_PAYLOAD_UNMAPPED:
+        case VHDX_PAYLOAD_UNMAPPED_V095:
             /* Reads as zero already. */
             break;
         default:

@@ -464,6 +464,7 @@ static int vhdx_pread(struct qimg_node *node, void *buf, size_t len,
         case VHDX_PAYLOAD_NOT_PRESENT:
         case VHDX_PAYLOAD_UNDEFINED:
         case VHDX_PAYLOAD_UNMAPPED:
+        case VHDX_PAYLOAD_UNMAPPED_V095:
         case VHDX_PAYLOAD_ZERO:
             memset(p, 0, n);
             break;
