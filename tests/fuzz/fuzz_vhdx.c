@@ -6,7 +6,8 @@
  * and the rest of the input follows at 4 MiB, where the payload blocks
  * begin.  The image then goes through the shared loop (fuzz_common.c),
  * and through a read-write open over a memory leaf, which replays a log
- * when there is one, then takes a few guest writes (fuzz_writes).  tests/compat/vhdx_tool.py compact makes inputs.
+ * when there is one, then takes a few guest writes (fuzz_writes).
+ * tests/compat/vhdx_tool.py compact makes inputs.
  */
 #include <stdio.h>
 #include <stdlib.h>

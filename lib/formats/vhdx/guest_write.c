@@ -5,9 +5,10 @@
  * - Before the first change of guest data in an open, both headers get
  *   this open's file write GUID and a new data write GUID (2.2.2).
  * - A write to a block that is not present (NOT_PRESENT, UNDEFINED, ZERO,
- *   UNMAPPED, and the 0.95 draft's UNMAPPED value as QEMU) allocates a block at the end of the file, rounded up to
- *   1 MiB (2.5.1: FileOffsetMB), extends the file over it (so the rest of
- *   the block reads as zero), writes the data, then changes the BAT entry
+ *   UNMAPPED, and the 0.95 draft's UNMAPPED value as QEMU) allocates a
+ *   block at the end of the file, rounded up to 1 MiB (2.5.1:
+ *   FileOffsetMB), extends the file over it (so the rest of the block
+ *   reads as zero), writes the data, then changes the BAT entry
  *   to FULLY_PRESENT through the log (2.3): data synced; a new log GUID
  *   in the headers; the entry (the whole new BAT sector) written and
  *   synced; the sector written in place and synced; the log GUID cleared.
