@@ -9,6 +9,8 @@
   mask FILE                      sha256 with GUIDs, crcs, creator masked
   cmask FILE                     mask, and the sequence numbers counted
                                  from the lower one (created images)
+  wmask FILE                     cmask, and each log entry's GUID and crc
+                                 masked (written images)
   mklog FILE SPEC                write a crafted log (see mklog below)
   seqs FILE                      header sequence numbers and log GUIDs
   compact FILE OUT               the fuzz input of an image (fuzz_vhdx.c)
@@ -73,8 +75,22 @@ def meta_items(d):
     return items
 
 
-def mask(d, seqs=False):
+def mask(d, seqs=False, log=False):
     d = bytearray(d)
+    if log:
+        h = 0x20000 if struct.unpack_from('<Q', d, 0x20008)[0] > \
+            struct.unpack_from('<Q', d, 0x10008)[0] else 0x10000
+        log_len, log_off = struct.unpack_from('<IQ', d, h + 68)
+        for p in range(log_off, min(log_off + log_len, len(d)), 4096):
+            if d[p:p + 4] == b'loge':
+                d[p + 4:p + 8] = b'\0' * 4
+                d[p + 32:p + 48] = b'\0' * 16
+                # QEMU leaves the rest of the descriptor sector as it
+                # found it in memory: not zeroed.
+                dc = struct.unpack_from('<I', d, p + 24)[0]
+                if 64 + 32 * dc < 4096:
+                    d[p + 64 + 32 * dc:p + 4096] = \
+                        b'\0' * (4096 - 64 - 32 * dc)
     if seqs:
         s1 = struct.unpack_from('<Q', d, 0x10008)[0]
         s2 = struct.unpack_from('<Q', d, 0x20008)[0]
@@ -218,6 +234,8 @@ def main():
         print(mask(load(path)))
     elif cmd == 'cmask':
         print(mask(load(path), True))
+    elif cmd == 'wmask':
+        print(mask(load(path), True, True))
     elif cmd == 'mklog':
         mklog(path, a[0])
     elif cmd == 'compact':

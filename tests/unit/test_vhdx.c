@@ -1,6 +1,7 @@
 /*
  * vhdx codecs on byte buffers: CRC-32C, headers, region tables, the
- * metadata table and items, the region overlap list, BAT geometry.
+ * metadata table and items, the region overlap list, BAT geometry, and
+ * the log entries guest writes make (encoded, found and replayed).
  * Fixtures are the bytes "qemu-img create -f vhdx -o block_size=1M x 2M"
  * (7.2) wrote, so the encoders are checked against QEMU's output.
  */
@@ -286,11 +287,97 @@ static void test_metadata(void)
     free(m.region);
 }
 
+/*
+ * The first log entry "qemu-img convert -O vhdx -o block_size=1M" (7.2)
+ * wrote for a 5 MiB disk: its header sector's first 96 bytes (the rest
+ * is zero) and the BAT sector it logs (entry 0 present at 8 MiB, entries
+ * 1-4 ZERO, the rest zero).
+ */
+static const uint8_t qemu_log_head[96] = {
+    0x6c, 0x6f, 0x67, 0x65, 0xe4, 0x3b, 0x62, 0x7d, 0x00, 0x20, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x70, 0xc0, 0x8d, 0x3b,
+    0x23, 0x06, 0x49, 0x6f, 0x85, 0xed, 0x17, 0x41, 0xe0, 0xf6, 0x74, 0x61,
+    0x00, 0x00, 0x90, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x90, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x64, 0x65, 0x73, 0x63, 0x00, 0x00, 0x00, 0x00,
+    0x06, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+};
+
+static void test_log_entry(void)
+{
+    uint8_t sector[VHDX_LOG_SECTOR] = {0};
+    store_le64(sector, 0x800006);
+    for (int i = 1; i <= 4; i++) {
+        store_le64(sector + 8 * i, VHDX_PAYLOAD_ZERO);
+    }
+    struct vhdx_log_sector_entry e = {
+        .seq = 1,
+        .tail = 0,
+        .flushed_file_offset = 9 * VHDX_MiB,
+        .last_file_offset = 9 * VHDX_MiB,
+        .file_offset = 2 * VHDX_MiB,
+        .sector = sector,
+    };
+    memcpy(e.guid.b, qemu_log_head + 32, 16);
+    uint8_t *out = calloc(1, VHDX_LOG_ONE_SECTOR_ENTRY);
+    uint8_t *want = calloc(1, VHDX_LOG_ONE_SECTOR_ENTRY);
+    memcpy(want, qemu_log_head, sizeof(qemu_log_head));
+    uint8_t *ds = want + VHDX_LOG_SECTOR;
+    memcpy(ds, "data", 4);
+    memcpy(ds + 8, sector + 8, VHDX_LOG_DATA_BYTES);
+    store_le32(ds + 4092, 1);
+    vhdx_log_sector_entry_encode(&e, out);
+    TAP_OK(memcmp(out, want, VHDX_LOG_ONE_SECTOR_ENTRY) == 0);
+
+    /*
+     * Written where it wraps round the end of a 1 MiB log, it is found
+     * (with its GUID in the header) and replayed: the sector lands at its
+     * offset and the file grows to the recorded size.
+     */
+    struct qimg_io *io = NULL;
+    uint8_t *img = calloc(1, 3 * VHDX_MiB);
+    TAP_OK(io_mem_open("log", img, 3 * VHDX_MiB, IO_RDWR, &io) == 0);
+    uint32_t pos = VHDX_MiB - VHDX_LOG_SECTOR;
+    e.tail = pos;
+    /* The file is 3 MiB long when the entry is written. */
+    e.flushed_file_offset = 3 * VHDX_MiB;
+    vhdx_log_sector_entry_encode(&e, out);
+    TAP_OK(vhdx_log_write(io, VHDX_MiB, VHDX_MiB, pos, out,
+                          VHDX_LOG_ONE_SECTOR_ENTRY) == 0);
+    uint8_t back[4];
+    TAP_OK(io_pread(io, back, 4, VHDX_MiB) == 0 &&
+           memcmp(back, "data", 4) == 0);
+    struct vhdx_header h = {
+        .log_length = VHDX_MiB,
+        .log_offset = VHDX_MiB,
+        .log_guid = e.guid,
+    };
+    struct vhdx_log_seq *seq = NULL;
+    tap_eq_u64((uint64_t)vhdx_log_find(io, &h, &seq), 1, "entry found");
+    if (seq) {
+        TAP_OK(vhdx_log_replay(io, seq) == 0);
+        vhdx_log_seq_free(seq);
+    }
+    uint8_t got[VHDX_LOG_SECTOR];
+    TAP_OK(io_pread(io, got, sizeof(got), 2 * VHDX_MiB) == 0 &&
+           memcmp(got, sector, sizeof(got)) == 0);
+    tap_eq_u64((uint64_t)io_get_size(io), 9 * VHDX_MiB, "file grown");
+    /* Another GUID in the header: nothing to replay. */
+    h.log_guid.b[0] ^= 1;
+    tap_eq_u64((uint64_t)vhdx_log_find(io, &h, &seq), 0, "other guid");
+    io_close(io);
+    free(img);
+    free(out);
+    free(want);
+}
+
 int main(void)
 {
     test_crc32c();
     test_header();
     test_regions();
     test_metadata();
+    test_log_entry();
     return tap_done();
 }

@@ -208,7 +208,8 @@ static int write_image(struct qimg_io *io, const struct vhdx_create_params *p)
     uint64_t file_size = payload + (p->fixed ? p->size : 0);
 
     uint8_t *buf = calloc(1, VHDX_REGION_TABLE_SIZE + VHDX_LOG_SECTOR);
-    uint64_t *bat = calloc(entries ? entries : 1, 8);
+    /* The whole region: [QEMU] writes all of it (see below). */
+    uint64_t *bat = calloc(bat_length / 8, 8);
     if (!buf || !bat) {
         free(buf);
         free(bat);
@@ -300,8 +301,13 @@ static int write_image(struct qimg_io *io, const struct vhdx_create_params *p)
         }
         store_le64(&bat[vhdx_bat_index(&g, b)], e);
     }
-    if (g.data_blocks > 0) {
-        ret = write_all(io, bat, g.bat_entries * 8, bat_offset);
+    /*
+     * [QEMU] writes the whole BAT region when it holds anything but zero
+     * entries (fixed, or block_state_zero), so the file's allocation is
+     * the same; an all-zero BAT stays a hole.
+     */
+    if (p->fixed || p->block_state_zero) {
+        ret = write_all(io, bat, bat_length, bat_offset);
     }
 out:
     free(buf);

@@ -460,3 +460,57 @@ out:
     free(buf);
     return ret;
 }
+
+void vhdx_log_sector_entry_encode(const struct vhdx_log_sector_entry *e,
+                                  uint8_t *out)
+{
+    memset(out, 0, VHDX_LOG_ONE_SECTOR_ENTRY);
+    /* 2.3.1.1: the entry header. */
+    store_le32(out, VHDX_LOG_ENTRY_SIGNATURE);
+    store_le32(out + 8, VHDX_LOG_ONE_SECTOR_ENTRY);
+    store_le32(out + 12, e->tail);
+    store_le64(out + 16, e->seq);
+    store_le32(out + 24, 1);
+    memcpy(out + 32, e->guid.b, 16);
+    store_le64(out + 48, e->flushed_file_offset);
+    store_le64(out + 56, e->last_file_offset);
+    /*
+     * 2.3.1.3: the data descriptor keeps the sector's first 8 and last 4
+     * bytes, whose places the data sector uses for its signature and
+     * sequence number halves (2.3.1.4).
+     */
+    uint8_t *d = out + VHDX_LOG_HEADER_SIZE;
+    store_le32(d, VHDX_LOG_DESC_SIGNATURE);
+    memcpy(d + 4, e->sector + 8 + VHDX_LOG_DATA_BYTES, 4);
+    memcpy(d + 8, e->sector, 8);
+    store_le64(d + 16, e->file_offset);
+    store_le64(d + 24, e->seq);
+    uint8_t *s = out + VHDX_LOG_SECTOR;
+    store_le32(s, VHDX_LOG_DATA_SIGNATURE);
+    store_le32(s + 4, (uint32_t)(e->seq >> 32));
+    memcpy(s + 8, e->sector + 8, VHDX_LOG_DATA_BYTES);
+    store_le32(s + 8 + VHDX_LOG_DATA_BYTES, (uint32_t)e->seq);
+    /* 2.3.1.1: the checksum covers the whole entry. */
+    store_le32(out + 4, vhdx_checksum(out, VHDX_LOG_ONE_SECTOR_ENTRY, 4));
+}
+
+int vhdx_log_write(struct qimg_io *file, uint64_t log_offset,
+                   uint32_t log_length, uint32_t pos, const uint8_t *buf,
+                   size_t len)
+{
+    while (len > 0) {
+        pos %= log_length;
+        size_t n = len;
+        if (n > log_length - pos) {
+            n = log_length - pos;
+        }
+        int ret = io_pwrite(file, buf, n, log_offset + pos);
+        if (ret < 0) {
+            return error_set_errno(-ret, "Could not write the VHDX log");
+        }
+        buf += n;
+        len -= n;
+        pos += (uint32_t)n;
+    }
+    return 0;
+}

@@ -1,7 +1,8 @@
 /*
  * The vhdx format driver: open (headers, log replay, region table,
- * metadata, BAT), reads, info and check.  Differencing images are
- * refused, as QEMU refuses them.
+ * metadata, BAT), reads, info and check; guest writes are in
+ * guest_write.c.  Differencing images are refused, as QEMU refuses them,
+ * so no write ever needs a sector bitmap.
  *
  * Invariants after open: the metadata values are validated (block size a
  * power of two in 1..256 MiB, 512-byte logical sectors, disk at most
@@ -46,8 +47,7 @@ static int read_at(struct qimg_node *node, void *buf, size_t len,
     return 0;
 }
 
-/* A random (version 4) GUID, as QEMU makes them. */
-static int vhdx_guid_generate(struct vhdx_guid *g)
+int vhdx_guid_generate(struct vhdx_guid *g)
 {
     size_t got = 0;
     while (got < sizeof(g->b)) {
@@ -105,7 +105,7 @@ static int vhdx_update_header(struct qimg_node *node, struct vhdx_state *s,
 }
 
 /* Both slots, so that the older copy is current too ([QEMU] does so). */
-static int vhdx_update_headers(struct qimg_node *node, struct vhdx_state *s,
+int vhdx_update_headers(struct qimg_node *node, struct vhdx_state *s,
                                const struct vhdx_guid *session,
                                bool new_data_guid,
                                const struct vhdx_guid *log_guid)
@@ -210,18 +210,51 @@ static int meta_read(void *opaque, void *buf, size_t len, uint64_t off)
 }
 
 /*
+ * The bytes of the disk that BAT entry i maps: a whole block but for the
+ * disk's last one, which may be shorter (a sector bitmap entry: a whole
+ * block, as no valid image has one present).
+ */
+static uint64_t entry_bytes(const struct vhdx_state *s, uint64_t i)
+{
+    uint64_t bs = s->meta.block_size;
+    uint64_t per_chunk = s->geo.chunk_ratio + 1;
+    if (i % per_chunk == s->geo.chunk_ratio) {
+        return bs;
+    }
+    uint64_t b = i / per_chunk * s->geo.chunk_ratio + i % per_chunk;
+    /* b < data_blocks, so b * bs < virtual_size (no overflow). */
+    return min_u64(bs, s->meta.virtual_size - b * bs);
+}
+
+/* One problem of vhdx_check_bat: to report when given, else a warning. */
+static void bat_problem(qimg_check_message_fn report, void *opaque,
+                        const char *line, int64_t *errors)
+{
+    if (report) {
+        report(line, QIMG_CHECK_LINE_ERROR, opaque);
+    } else {
+        warn_report("%s", line);
+    }
+    (*errors)++;
+}
+
+/*
  * [QEMU] the open-time and check-time test of every present block: inside
  * the file, clear of the log, BAT and metadata.  Each problem is reported
  * (to report when given, else as a warning) and counted in *errors.
+ * [QEMU] 7.2 measures the file in whole 512-byte sectors, and a block in
+ * the bytes of the disk it maps (the last one may end past the file's end
+ * by what the disk does not use).
  */
 static int vhdx_check_bat(struct qimg_node *node, struct vhdx_state *s,
                           qimg_check_message_fn report, void *opaque,
                           int64_t *errors)
 {
-    int64_t fsize = io_get_size(node->file);
-    if (fsize < 0) {
-        return (int)fsize;
+    int64_t size = io_get_size(node->file);
+    if (size < 0) {
+        return (int)size;
     }
+    uint64_t fsize = ((uint64_t)size + 511) & ~(uint64_t)511;
     uint32_t bs = s->meta.block_size;
     for (uint64_t i = 0; i < s->geo.bat_entries; i++) {
         uint64_t e = s->bat[i];
@@ -231,38 +264,41 @@ static int vhdx_check_bat(struct qimg_node *node, struct vhdx_state *s,
             continue;
         }
         uint64_t off = e & VHDX_BAT_OFFSET_MASK, end;
+        uint64_t bytes = entry_bytes(s, i);
+        char *line = NULL;
         bool overflow = add_overflow_u64(off, bs, &end);
         if (overflow) {
             /* [QEMU] reports the overflow, then the entry past the end. */
-            char msg[80];
-            snprintf(msg, sizeof(msg), "VHDX BAT entry %" PRIu64
-                     " offset overflow.", i);
-            if (report) {
-                report(msg, QIMG_CHECK_LINE_ERROR, opaque);
-            } else {
-                warn_report("%s", msg);
+            if (asprintf(&line, "VHDX BAT entry %" PRIu64 " offset "
+                         "overflow.", i) < 0) {
+                return error_set(ENOMEM, "Out of memory");
             }
-            (*errors)++;
+            bat_problem(report, opaque, line, errors);
+            free(line);
+            line = NULL;
             if (!report) {
                 /* [QEMU] an open says no more about this entry. */
                 continue;
             }
         }
-        if (overflow || end > (uint64_t)fsize) {
-            char *line = NULL;
+        if (overflow || off >= fsize) {
             if (asprintf(&line, "VHDX BAT entry %" PRIu64 " start offset %"
-                         PRIu64 " points after end of file (%" PRId64
+                         PRIu64 " points after end of file (%" PRIu64
                          "). Image has probably been truncated.", i, off,
                          fsize) < 0) {
                 return error_set(ENOMEM, "Out of memory");
             }
-            if (report) {
-                report(line, QIMG_CHECK_LINE_ERROR, opaque);
-            } else {
-                warn_report("%s", line);
+        } else if (off + bytes > fsize) {
+            if (asprintf(&line, "VHDX BAT entry %" PRIu64 " end offset %"
+                         PRIu64 " points after end of file (%" PRIu64
+                         "). Image has probably been truncated.", i,
+                         off + bytes - 1, fsize) < 0) {
+                return error_set(ENOMEM, "Out of memory");
             }
+        }
+        if (line) {
+            bat_problem(report, opaque, line, errors);
             free(line);
-            (*errors)++;
             continue;
         }
         /* The overlap line is reported by vhdx_region_check itself. */
@@ -383,7 +419,11 @@ static int vhdx_open(struct qimg_node *node, unsigned flags)
             ret = open_fail(EINVAL, node->filename);
             goto fail;
         }
+        s->bat_checked = true;
     }
+    /* [QEMU] each open's log entries start at the log's start, from 1. */
+    s->log_pos = 0;
+    s->log_seq = 1;
     node->size = s->meta.virtual_size;
     free(table);
     return 0;
@@ -424,6 +464,7 @@ static int vhdx_pread(struct qimg_node *node, void *buf, size_t len,
         case VHDX_PAYLOAD_NOT_PRESENT:
         case VHDX_PAYLOAD_UNDEFINED:
         case VHDX_PAYLOAD_UNMAPPED:
+        case VHDX_PAYLOAD_UNMAPPED_V095:
         case VHDX_PAYLOAD_ZERO:
             memset(p, 0, n);
             break;
@@ -501,6 +542,8 @@ const struct qimg_format_ops format_vhdx = {
     .open = vhdx_open,
     .close = vhdx_close,
     .pread = vhdx_pread,
+    .pwrite = vhdx_pwrite,
+    .pwrite_zeroes = vhdx_pwrite_zeroes,
     .flush = vhdx_flush,
     .block_status = vhdx_block_status,
     .get_info = vhdx_get_info,

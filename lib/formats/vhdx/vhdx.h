@@ -66,6 +66,8 @@
 #define VHDX_PAYLOAD_UNDEFINED 1u
 #define VHDX_PAYLOAD_ZERO 2u
 #define VHDX_PAYLOAD_UNMAPPED 3u
+/* [QEMU] the 0.95 draft's UNMAPPED, read as zero (reserved in 1.0). */
+#define VHDX_PAYLOAD_UNMAPPED_V095 5u
 #define VHDX_PAYLOAD_FULLY_PRESENT 6u
 #define VHDX_PAYLOAD_PARTIALLY_PRESENT 7u
 #define VHDX_SB_NOT_PRESENT 0u
@@ -216,7 +218,36 @@ struct vhdx_state {
     bool log_replayed;
     /* This open's file write GUID, once one was made. */
     struct vhdx_guid session;
+
+    /* Guest writes (guest_write.c). */
+    /* The BAT was checked at open (not so for a check's open). */
+    bool bat_checked;
+    /* The headers carry this open's GUIDs (2.2.2: before the first write). */
+    bool data_guid_done;
+    /* A BAT update failed half-way: memory and file may disagree. */
+    bool broken;
+    /* Where this open's next log entry goes, and its sequence number. */
+    uint32_t log_pos;
+    uint64_t log_seq;
 };
+
+/* A random (version 4) GUID, as QEMU makes them. */
+int vhdx_guid_generate(struct vhdx_guid *g);
+/*
+ * Write the next header twice, so that both slots hold it (2.2.2.1):
+ * sequence number one higher each time, file write GUID session, a new
+ * data write GUID each time when asked, log GUID log_guid.  Each write is
+ * synced before the next.
+ */
+int vhdx_update_headers(struct qimg_node *node, struct vhdx_state *s,
+                        const struct vhdx_guid *session, bool new_data_guid,
+                        const struct vhdx_guid *log_guid);
+
+/* Guest writes (guest_write.c); differencing images never get here. */
+int vhdx_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                uint64_t off);
+int vhdx_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
+                       unsigned flags);
 
 /*
  * Is there a log to replay?  Scans the log named by the current header
@@ -230,6 +261,33 @@ int vhdx_log_find(struct qimg_io *file, const struct vhdx_header *h,
 /* Replay a sequence found by vhdx_log_find (writes the file). */
 int vhdx_log_replay(struct qimg_io *file, const struct vhdx_log_seq *seq);
 void vhdx_log_seq_free(struct vhdx_log_seq *seq);
+
+/*
+ * A log entry that changes one 4 KiB file sector (2.3.1): a header
+ * sector holding one data descriptor, then the data sector.  [QEMU]
+ * logs each BAT change so, one entry per change.
+ */
+#define VHDX_LOG_ONE_SECTOR_ENTRY (2 * VHDX_LOG_SECTOR)
+struct vhdx_log_sector_entry {
+    uint64_t seq;
+    uint32_t tail;           /* log offset of the sequence's first entry */
+    struct vhdx_guid guid;   /* the header's log GUID */
+    uint64_t flushed_file_offset;
+    uint64_t last_file_offset;
+    uint64_t file_offset;    /* of the sector, 4 KiB aligned */
+    const uint8_t *sector;   /* its 4096 new bytes */
+};
+/* Encode into out (VHDX_LOG_ONE_SECTOR_ENTRY bytes), checksum included. */
+void vhdx_log_sector_entry_encode(const struct vhdx_log_sector_entry *e,
+                                  uint8_t *out);
+/*
+ * Write len bytes (whole 4 KiB sectors) at log offset pos, wrapping at the
+ * end of the log as the circular buffer does.  pos < log_length, both
+ * multiples of 4 KiB.
+ */
+int vhdx_log_write(struct qimg_io *file, uint64_t log_offset,
+                   uint32_t log_length, uint32_t pos, const uint8_t *buf,
+                   size_t len);
 
 /* Creation (create.c). */
 extern const struct qimg_opt_desc vhdx_create_opts[];
