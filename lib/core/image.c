@@ -238,6 +238,15 @@ static int node_lookup_format(const char *format,
     return 0;
 }
 
+static image_leaf_resolver leaf_resolver;
+static void *leaf_resolver_opaque;
+
+void image_set_leaf_resolver(image_leaf_resolver resolve, void *opaque)
+{
+    leaf_resolver = resolve;
+    leaf_resolver_opaque = opaque;
+}
+
 int node_open(const char *filename, const char *format, unsigned flags,
               const struct chain_link *up, struct qimg_node **out)
 {
@@ -255,8 +264,13 @@ int node_open(const char *filename, const char *format, unsigned flags,
     if (flags & QIMG_OPEN_CACHE_DIRECT) {
         io_flags |= IO_DIRECT;
     }
-    struct qimg_io *file;
-    ret = io_file_open(filename, io_flags, &file);
+    struct qimg_io *file = NULL;
+    ret = leaf_resolver ? leaf_resolver(filename, io_flags,
+                                        leaf_resolver_opaque, &file)
+                        : 0;
+    if (ret == 0) {
+        ret = io_file_open(filename, io_flags, &file);
+    }
     if (ret < 0) {
         return ret;
     }

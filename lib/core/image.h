@@ -46,6 +46,20 @@ int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out);
 /* The flags qimg_set_open_policy() adds to every open. */
 unsigned image_open_policy(void);
+/*
+ * Test hook: while set, every file node_open opens by name (an image
+ * qimg_open opens, its backing files, the base qimg_commit reopens
+ * read-write, the new backing file of qimg_rebase) is first offered to
+ * resolve, with the IO_* flags the file leaf would get: it returns 1 and
+ * a leaf of its own in *out (taken over as node_open's would be), 0 to
+ * let the file be opened as usual, or -errno with the message set.  The
+ * crash tests use it to put a whole backing chain on crash leaves.  Not
+ * exported from the shared library (only qimg_* is) and not thread-safe:
+ * set it before opening anything, NULL to clear it.
+ */
+typedef int (*image_leaf_resolver)(const char *filename, unsigned io_flags,
+                                   void *opaque, struct qimg_io **out);
+void image_set_leaf_resolver(image_leaf_resolver resolve, void *opaque);
 /* Close a node and everything below it.  Does not flush. */
 void node_close(struct qimg_node *node);
 /*

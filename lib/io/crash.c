@@ -1,11 +1,14 @@
 /*
  * The crash-simulating leaf (see crash.h).
  *
- * Invariants: live holds the file as every issued change left it (what
- * reads see); log[0, nlog) holds every change and flush in issue order,
- * each change with its own copy of the bytes; dur holds initial with
- * log[0, dur_pos) applied, where dur_pos is 0 or the position of a flush,
- * so that building crashes at increasing cuts replays each entry once.
+ * Invariants: a file's live holds it as every issued change left it
+ * (what reads see); log[0, nlog) holds its changes and flushes in issue
+ * order, each change with its own copy of the bytes and its position on
+ * the clock the file shares with its peers (increasing along the log);
+ * dur holds initial with log[0, dur_idx) applied, where dur_idx is 0 or
+ * the index of a flush, so that building crashes at increasing cuts
+ * replays each entry once.  A file lives while a handle on it is open;
+ * a clock while a file uses it.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -27,6 +30,7 @@ enum crash_kind {
 
 struct crash_entry {
     enum crash_kind kind;
+    uint64_t pos; /* on the shared clock */
     uint64_t off; /* the new size for CRASH_TRUNCATE */
     uint64_t len;
     uint8_t *data; /* CRASH_WRITE only */
@@ -38,14 +42,28 @@ struct crash_buf {
     size_t size, cap;
 };
 
-struct io_crash {
-    struct qimg_io io; /* first: passed around as qimg_io */
+/* The log positions of the files that share one (one power failure). */
+struct crash_clock {
+    uint64_t now;
+    unsigned refs;
+};
+
+struct crash_file {
+    struct crash_clock *clock;
+    unsigned refs; /* open handles */
     struct crash_buf live, dur, initial;
-    uint64_t dur_pos;
+    uint64_t dur_idx;
     struct crash_entry *log;
     uint64_t nlog, log_cap;
-    uint64_t *flush_pos;
+    uint64_t *flush_idx; /* indexes into log of its flushes */
+    uint64_t atomic_len; /* [0, atomic_len) tears as one piece */
     uint64_t nflush, flush_cap;
+};
+
+/* One handle (what a node holds): its own name and permissions. */
+struct io_crash {
+    struct qimg_io io; /* first: passed around as qimg_io */
+    struct crash_file *f;
 };
 
 static struct io_crash *crash_from(struct qimg_io *io)
@@ -143,8 +161,8 @@ static int buf_apply(struct crash_buf *b, const struct crash_entry *e)
 
 /* ---- Log -------------------------------------------------------------- */
 
-static int log_append(struct io_crash *c, enum crash_kind kind, uint64_t off,
-                      uint64_t len, const void *data)
+static int log_append(struct crash_file *c, enum crash_kind kind,
+                      uint64_t off, uint64_t len, const void *data)
 {
     if (c->nlog == c->log_cap) {
         uint64_t cap = c->log_cap ? c->log_cap * 2 : 256;
@@ -157,6 +175,7 @@ static int log_append(struct io_crash *c, enum crash_kind kind, uint64_t off,
     }
     struct crash_entry *e = &c->log[c->nlog];
     e->kind = kind;
+    e->pos = c->clock->now;
     e->off = off;
     e->len = len;
     e->data = NULL;
@@ -170,16 +189,17 @@ static int log_append(struct io_crash *c, enum crash_kind kind, uint64_t off,
     if (kind == CRASH_FLUSH) {
         if (c->nflush == c->flush_cap) {
             uint64_t cap = c->flush_cap ? c->flush_cap * 2 : 64;
-            uint64_t *fp = realloc(c->flush_pos, (size_t)cap * sizeof(*fp));
+            uint64_t *fp = realloc(c->flush_idx, (size_t)cap * sizeof(*fp));
             if (!fp) {
                 return error_set(ENOMEM, "Out of memory");
             }
-            c->flush_pos = fp;
+            c->flush_idx = fp;
             c->flush_cap = cap;
         }
-        c->flush_pos[c->nflush++] = c->nlog;
+        c->flush_idx[c->nflush++] = c->nlog;
     }
     c->nlog++;
+    c->clock->now++;
     return 0;
 }
 
@@ -203,40 +223,67 @@ static int crash_fail(struct io_crash *c, int ret)
     return error_set_errno(-ret, "Could not write to '%s'", c->io.filename);
 }
 
+static void file_unref(struct crash_file *f)
+{
+    if (!f || --f->refs > 0) {
+        return;
+    }
+    for (uint64_t i = 0; i < f->nlog; i++) {
+        free(f->log[i].data);
+    }
+    free(f->log);
+    free(f->flush_idx);
+    free(f->live.p);
+    free(f->dur.p);
+    free(f->initial.p);
+    if (f->clock && --f->clock->refs == 0) {
+        free(f->clock);
+    }
+    free(f);
+}
+
 static void crash_close(struct qimg_io *io)
 {
     struct io_crash *c = crash_from(io);
-    for (uint64_t i = 0; i < c->nlog; i++) {
-        free(c->log[i].data);
-    }
-    free(c->log);
-    free(c->flush_pos);
-    free(c->live.p);
-    free(c->dur.p);
-    free(c->initial.p);
+    file_unref(c->f);
     free(c->io.filename);
     free(c);
 }
 
 static int64_t crash_get_size(struct qimg_io *io)
 {
-    return (int64_t)crash_from(io)->live.size;
+    return (int64_t)crash_from(io)->f->live.size;
 }
 
 static int crash_pread(struct qimg_io *io, void *buf, size_t len,
                        uint64_t off)
 {
-    struct io_crash *c = crash_from(io);
+    struct crash_file *f = crash_from(io)->f;
     size_t n = 0;
-    if (off < c->live.size) {
-        n = c->live.size - (size_t)off;
+    if (off < f->live.size) {
+        n = f->live.size - (size_t)off;
         if (n > len) {
             n = len;
         }
-        memcpy(buf, c->live.p + off, n);
+        memcpy(buf, f->live.p + off, n);
     }
     memset((uint8_t *)buf + n, 0, len - n);
     return 0;
+}
+
+/* Log a change and apply it to what reads see. */
+static int crash_change(struct io_crash *c, enum crash_kind kind,
+                        uint64_t off, uint64_t len, const void *data)
+{
+    struct crash_file *f = c->f;
+    int ret = log_append(f, kind, off, len, data);
+    if (ret == 0) {
+        ret = buf_apply(&f->live, &f->log[f->nlog - 1]);
+        if (ret < 0) {
+            return crash_fail(c, ret);
+        }
+    }
+    return ret;
 }
 
 static int crash_pwrite(struct qimg_io *io, const void *buf, size_t len,
@@ -247,14 +294,7 @@ static int crash_pwrite(struct qimg_io *io, const void *buf, size_t len,
     if (ret < 0 || len == 0) {
         return ret;
     }
-    ret = log_append(c, CRASH_WRITE, off, len, buf);
-    if (ret == 0) {
-        ret = buf_apply(&c->live, &c->log[c->nlog - 1]);
-        if (ret < 0) {
-            return crash_fail(c, ret);
-        }
-    }
-    return ret;
+    return crash_change(c, CRASH_WRITE, off, len, buf);
 }
 
 static int crash_pwrite_zeroes(struct qimg_io *io, uint64_t off,
@@ -266,14 +306,7 @@ static int crash_pwrite_zeroes(struct qimg_io *io, uint64_t off,
     if (ret < 0 || len == 0) {
         return ret;
     }
-    ret = log_append(c, CRASH_ZERO, off, len, NULL);
-    if (ret == 0) {
-        ret = buf_apply(&c->live, &c->log[c->nlog - 1]);
-        if (ret < 0) {
-            return crash_fail(c, ret);
-        }
-    }
-    return ret;
+    return crash_change(c, CRASH_ZERO, off, len, NULL);
 }
 
 static int crash_discard(struct qimg_io *io, uint64_t off, uint64_t len)
@@ -284,28 +317,22 @@ static int crash_discard(struct qimg_io *io, uint64_t off, uint64_t len)
         return ret;
     }
     /* A hole punch that keeps the size: zero what lies inside the file. */
-    if (off >= c->live.size) {
+    uint64_t size = c->f->live.size;
+    if (off >= size) {
         return 0;
     }
-    if (len > c->live.size - off) {
-        len = c->live.size - off;
+    if (len > size - off) {
+        len = size - off;
     }
     if (len == 0) {
         return 0;
     }
-    ret = log_append(c, CRASH_ZERO, off, len, NULL);
-    if (ret == 0) {
-        ret = buf_apply(&c->live, &c->log[c->nlog - 1]);
-        if (ret < 0) {
-            return crash_fail(c, ret);
-        }
-    }
-    return ret;
+    return crash_change(c, CRASH_ZERO, off, len, NULL);
 }
 
 static int crash_flush(struct qimg_io *io)
 {
-    return log_append(crash_from(io), CRASH_FLUSH, 0, 0, NULL);
+    return log_append(crash_from(io)->f, CRASH_FLUSH, 0, 0, NULL);
 }
 
 static int crash_truncate(struct qimg_io *io, uint64_t size)
@@ -315,29 +342,23 @@ static int crash_truncate(struct qimg_io *io, uint64_t size)
     if (ret < 0) {
         return ret;
     }
-    ret = log_append(c, CRASH_TRUNCATE, size, 0, NULL);
-    if (ret == 0) {
-        ret = buf_apply(&c->live, &c->log[c->nlog - 1]);
-        if (ret < 0) {
-            return crash_fail(c, ret);
-        }
-    }
-    return ret;
+    return crash_change(c, CRASH_TRUNCATE, size, 0, NULL);
 }
 
 static int crash_block_status(struct qimg_io *io, uint64_t off, uint64_t len,
                               uint64_t *pnum)
 {
     struct io_crash *c = crash_from(io);
+    uint64_t size = c->f->live.size;
     if (len == 0) {
         return error_set(EINVAL, "'%s': block status of an empty range",
                          c->io.filename);
     }
-    if (off >= c->live.size) {
+    if (off >= size) {
         *pnum = len;
         return IO_STATUS_ZERO;
     }
-    uint64_t n = c->live.size - off;
+    uint64_t n = size - off;
     *pnum = n < len ? n : len;
     return IO_STATUS_DATA;
 }
@@ -365,37 +386,22 @@ static const struct qimg_io_ops io_crash_ops = {
     .set_perm = crash_set_perm,
 };
 
-int io_crash_open(const char *name, const void *data, size_t len,
-                  unsigned flags, struct qimg_io **out)
+/* A new handle on f (which it holds a reference to). */
+static int handle_new(struct crash_file *f, const char *name, unsigned flags,
+                      struct qimg_io **out)
 {
-    *out = NULL;
-    if (!name) {
-        name = "";
-    }
     struct io_crash *c = calloc(1, sizeof(*c));
-    if (!c) {
+    char *n = strdup(name ? name : "");
+    if (!c || !n) {
+        free(c);
+        free(n);
         return error_set(ENOMEM, "Out of memory");
     }
-    c->io.filename = strdup(name);
-    int ret = c->io.filename ? 0 : -ENOMEM;
-    if (ret == 0) {
-        ret = buf_resize(&c->initial, len);
-    }
-    if (ret == 0) {
-        if (len) {
-            memcpy(c->initial.p, data, len);
-        }
-        ret = buf_copy(&c->live, &c->initial);
-    }
-    if (ret == 0) {
-        ret = buf_copy(&c->dur, &c->initial);
-    }
-    if (ret < 0) {
-        crash_close(&c->io);
-        return error_set_errno(-ret, "Could not open '%s'", name);
-    }
     c->io.ops = &io_crash_ops;
+    c->io.filename = n;
     c->io.writable = (flags & IO_RDWR) != 0;
+    c->f = f;
+    f->refs++;
     *out = &c->io;
     return 0;
 }
@@ -405,25 +411,106 @@ static struct io_crash *crash_checked(struct qimg_io *io)
     return io && io->ops == &io_crash_ops ? crash_from(io) : NULL;
 }
 
+int io_crash_open_peer(struct qimg_io *peer, const char *name,
+                       const void *data, size_t len, unsigned flags,
+                       struct qimg_io **out)
+{
+    *out = NULL;
+    struct io_crash *p = NULL;
+    if (peer && !(p = crash_checked(peer))) {
+        return error_set(EINVAL, "not a crash leaf");
+    }
+    struct crash_file *f = calloc(1, sizeof(*f));
+    if (!f) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    if (p) {
+        f->clock = p->f->clock;
+    } else {
+        f->clock = calloc(1, sizeof(*f->clock));
+        ret = f->clock ? 0 : -ENOMEM;
+    }
+    if (f->clock) {
+        f->clock->refs++;
+    }
+    if (ret == 0) {
+        ret = buf_resize(&f->initial, len);
+    }
+    if (ret == 0) {
+        if (len) {
+            memcpy(f->initial.p, data, len);
+        }
+        ret = buf_copy(&f->live, &f->initial);
+    }
+    if (ret == 0) {
+        ret = buf_copy(&f->dur, &f->initial);
+    }
+    if (ret == 0) {
+        ret = handle_new(f, name, flags, out);
+    }
+    if (ret < 0) {
+        f->refs++;
+        file_unref(f);
+        return error_set_errno(-ret, "Could not open '%s'",
+                               name ? name : "");
+    }
+    return 0;
+}
+
+int io_crash_open(const char *name, const void *data, size_t len,
+                  unsigned flags, struct qimg_io **out)
+{
+    return io_crash_open_peer(NULL, name, data, len, flags, out);
+}
+
+int io_crash_dup(struct qimg_io *io, unsigned flags, struct qimg_io **out)
+{
+    *out = NULL;
+    struct io_crash *c = crash_checked(io);
+    if (!c) {
+        return error_set(EINVAL, "not a crash leaf");
+    }
+    return handle_new(c->f, c->io.filename, flags, out);
+}
+
 uint64_t io_crash_position(struct qimg_io *io)
 {
     struct io_crash *c = crash_checked(io);
-    return c ? c->nlog : 0;
+    return c ? c->f->clock->now : 0;
+}
+
+void io_crash_set_atomic(struct qimg_io *io, uint64_t len)
+{
+    struct io_crash *c = crash_checked(io);
+    if (c) {
+        c->f->atomic_len = len;
+    }
+}
+
+uint64_t io_crash_unflushed(struct qimg_io *io)
+{
+    struct io_crash *c = crash_checked(io);
+    if (!c) {
+        return 0;
+    }
+    struct crash_file *f = c->f;
+    return f->nlog - (f->nflush ? f->flush_idx[f->nflush - 1] + 1 : 0);
 }
 
 uint64_t io_crash_flushes(struct qimg_io *io)
 {
     struct io_crash *c = crash_checked(io);
-    return c ? c->nflush : 0;
+    return c ? c->f->nflush : 0;
 }
 
 int64_t io_crash_flush_position(struct qimg_io *io, uint64_t n)
 {
     struct io_crash *c = crash_checked(io);
-    if (!c || n >= c->nflush) {
+    if (!c || n >= c->f->nflush) {
         return -1;
     }
-    return (int64_t)c->flush_pos[n];
+    return (int64_t)c->f->log[c->f->flush_idx[n]].pos;
 }
 
 /* ---- Building a crashed file ----------------------------------------- */
@@ -439,13 +526,16 @@ static uint64_t crash_rand(uint64_t *state)
 
 /* Apply the sectors of a change that a torn write lets through. */
 static int apply_torn(struct crash_buf *b, const struct crash_entry *e,
-                      uint64_t *rng)
+                      uint64_t atomic_len, uint64_t *rng)
 {
     uint64_t pos = 0;
     while (pos < e->len) {
         /* The piece of the change inside one file sector. */
         uint64_t sector_end = (e->off + pos) / IO_CRASH_SECTOR *
                                   IO_CRASH_SECTOR + IO_CRASH_SECTOR;
+        if (e->off + pos < atomic_len) {
+            sector_end = atomic_len;
+        }
         uint64_t end = sector_end - e->off;
         if (end > e->len) {
             end = e->len;
@@ -461,37 +551,51 @@ static int apply_torn(struct crash_buf *b, const struct crash_entry *e,
     return 0;
 }
 
-/* The last flush before cut: dur must hold everything before it. */
-static int advance_durable(struct io_crash *c, uint64_t cut)
+/*
+ * The last flush of f before cut: dur must hold everything before it.
+ * Sets *end to the index of the first entry at or past cut.
+ */
+static int advance_durable(struct crash_file *f, uint64_t cut, uint64_t *end)
 {
     uint64_t target = 0;
     /* Flush positions grow: find the last one below cut. */
-    uint64_t lo = 0, hi = c->nflush;
+    uint64_t lo = 0, hi = f->nflush;
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo) / 2;
-        if (c->flush_pos[mid] < cut) {
+        if (f->log[f->flush_idx[mid]].pos < cut) {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
     if (lo > 0) {
-        target = c->flush_pos[lo - 1];
+        target = f->flush_idx[lo - 1];
     }
-    if (target < c->dur_pos) {
-        int ret = buf_copy(&c->dur, &c->initial);
+    lo = target;
+    hi = f->nlog;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (f->log[mid].pos < cut) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    *end = lo;
+    if (target < f->dur_idx) {
+        int ret = buf_copy(&f->dur, &f->initial);
         if (ret < 0) {
             return ret;
         }
-        c->dur_pos = 0;
+        f->dur_idx = 0;
     }
-    for (uint64_t i = c->dur_pos; i < target; i++) {
-        int ret = buf_apply(&c->dur, &c->log[i]);
+    for (uint64_t i = f->dur_idx; i < target; i++) {
+        int ret = buf_apply(&f->dur, &f->log[i]);
         if (ret < 0) {
             return ret;
         }
     }
-    c->dur_pos = target;
+    f->dur_idx = target;
     return 0;
 }
 
@@ -505,24 +609,26 @@ int io_crash_build(struct qimg_io *io, uint64_t cut, enum io_crash_fate fate,
     if (!c) {
         return error_set(EINVAL, "not a crash leaf");
     }
-    if (cut > c->nlog) {
+    struct crash_file *f = c->f;
+    if (cut > f->clock->now) {
         return error_set(EINVAL, "crash cut %llu past the log (%llu)",
                          (unsigned long long)cut,
-                         (unsigned long long)c->nlog);
+                         (unsigned long long)f->clock->now);
     }
     memset(st, 0, sizeof(*st));
     struct crash_buf out = {0};
-    int ret = advance_durable(c, cut);
+    uint64_t end = 0;
+    int ret = advance_durable(f, cut, &end);
     if (ret == 0) {
-        ret = buf_copy(&out, &c->dur);
+        ret = buf_copy(&out, &f->dur);
     }
-    st->durable_pos = c->dur_pos;
+    st->durable_pos = f->dur_idx > 0 ? f->log[f->dur_idx].pos : 0;
     uint64_t rng = seed;
-    /* The flush at dur_pos completed: the changes after it are pending. */
-    uint64_t first = c->dur_pos + (c->dur_pos < cut &&
-                                   c->log[c->dur_pos].kind == CRASH_FLUSH);
-    for (uint64_t i = first; ret == 0 && i < cut; i++) {
-        const struct crash_entry *e = &c->log[i];
+    /* The flush at dur_idx completed: the changes after it are pending. */
+    uint64_t first = f->dur_idx + (f->dur_idx < end &&
+                                   f->log[f->dur_idx].kind == CRASH_FLUSH);
+    for (uint64_t i = first; ret == 0 && i < end; i++) {
+        const struct crash_entry *e = &f->log[i];
         if (e->kind == CRASH_FLUSH) {
             continue; /* only the last flush before cut can be here */
         }
@@ -540,7 +646,7 @@ int io_crash_build(struct qimg_io *io, uint64_t cut, enum io_crash_fate fate,
             st->dropped++;
         } else {
             st->torn++;
-            ret = apply_torn(&out, e, &rng);
+            ret = apply_torn(&out, e, f->atomic_len, &rng);
         }
     }
     if (ret < 0) {

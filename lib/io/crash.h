@@ -33,7 +33,8 @@ enum io_crash_fate {
 
 /* What one io_crash_build did, for the test's log. */
 struct io_crash_stats {
-    uint64_t durable_pos; /* log entries made durable by a flush */
+    /* The last completed flush: the file's changes before it are durable. */
+    uint64_t durable_pos;
     uint64_t pending;     /* changes after it, up to the cut */
     uint64_t applied, dropped, torn;
 };
@@ -45,21 +46,49 @@ struct io_crash_stats {
  */
 int io_crash_open(const char *name, const void *data, size_t len,
                   unsigned flags, struct qimg_io **out);
+/*
+ * The same, for a further file of the machine peer's file is on: the two
+ * (and every other peer) share one log clock, so that one cut is one
+ * power failure for all of them (a commit writes the backing file, then
+ * the image).  A flush makes only its own file's changes durable.
+ */
+int io_crash_open_peer(struct qimg_io *peer, const char *name,
+                       const void *data, size_t len, unsigned flags,
+                       struct qimg_io **out);
+/*
+ * Another handle on io's file (flags: IO_RDWR or 0), as a second open of
+ * the same path: the file lives until its last handle is closed, so a
+ * test can keep one handle to build crashes from while the images that
+ * opened the others are closed and reopened.
+ */
+int io_crash_dup(struct qimg_io *io, unsigned flags, struct qimg_io **out);
 
-/* Log entries so far: every write, zero write, discard, truncate, flush. */
+/*
+ * Log entries so far on the shared clock: every write, zero write,
+ * discard, truncate and flush of io's file and of its peers.
+ */
 uint64_t io_crash_position(struct qimg_io *io);
-/* Flushes so far. */
+/*
+ * Model a disk whose first physical sector holds bytes [0, len) of io's
+ * file: a torn change keeps that piece whole (all new or all old).  For
+ * a qcow2 header cluster, which is rewritten in one write (as QEMU
+ * does) and spans more than one 512-byte sector: see crash_qcow2.c.
+ */
+void io_crash_set_atomic(struct qimg_io *io, uint64_t len);
+/* Changes to io's file since its last flush (0: all durable). */
+uint64_t io_crash_unflushed(struct qimg_io *io);
+/* Flushes of io's file so far. */
 uint64_t io_crash_flushes(struct qimg_io *io);
-/* The log position of flush n (0-based), or -1 when there is none. */
+/* The clock position of its flush n (0-based), or -1 when there is none. */
 int64_t io_crash_flush_position(struct qimg_io *io, uint64_t n);
 
 /*
- * The file a crash at log position cut leaves: entries [0, cut) were
- * issued; every flush among them completed, so everything before the
- * last of them is on disk; the changes between it and cut meet fate
- * (seeded by seed for IO_CRASH_RANDOM).  A cut at a flush's own position
- * is a crash during that flush.  *buf is malloc'd (at least one byte),
- * *len its file size.  0 or -errno.
+ * The file a crash at clock position cut leaves: entries [0, cut) were
+ * issued; every flush of this file among them completed, so its changes
+ * before the last of them are on disk; its changes between that flush
+ * and cut meet fate (seeded by seed for IO_CRASH_RANDOM).  A cut at a
+ * flush's own position is a crash during that flush.  *buf is malloc'd
+ * (at least one byte), *len its file size.  0 or -errno.
  */
 int io_crash_build(struct qimg_io *io, uint64_t cut, enum io_crash_fate fate,
                    uint64_t seed, uint8_t **buf, size_t *len,

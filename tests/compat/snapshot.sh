@@ -202,6 +202,16 @@ same "no action" - IMG
 same "empty name" plain.qcow2 -c "" IMG
 same "name with spaces" plain.qcow2 -c "a b  c" IMG
 
+# A size-0 image has no L1 table: the snapshot's L1 offset is 0 in both
+# tools' files, and applying and deleting it works as in qemu-img.
+mk -f qcow2 zero.qcow2 0
+same "size 0: create" zero.qcow2 -c z IMG
+same "size 0: create 2" - -c z2 IMG
+same "size 0: apply" - -a z IMG
+same "size 0: delete" - -d z2 IMG
+mk -f qcow2 -o compat=0.10,cluster_size=512 zero2.qcow2 0
+same "size 0, v2: create" zero2.qcow2 -c z IMG
+
 # Extended L2 entries, 1- and 64-bit refcounts, small clusters.
 mk -f qcow2 -o extended_l2=on,cluster_size=128k ext.qcow2 8M
 io -c "write -P 1 0 100k" -c "write -z 1M 32k" -c "write -P 2 2M 4k" \

@@ -103,12 +103,35 @@ int qcow2_change_backing(struct qimg_node *node, const char *name,
     return 0;
 }
 
+/* Zero [off, off + len) of the image file and flush. */
+static int zero_synced(struct qimg_node *node, uint64_t off, uint64_t len)
+{
+    int ret = len > 0 ? io_pwrite_zeroes(node->file, off, len, false) : 0;
+    if (ret == 0) {
+        ret = node_sync(node, node->file);
+    }
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: could not empty the image",
+                               node->filename);
+    }
+    return 0;
+}
+
 /*
  * QEMU's make_completely_empty: with no snapshot, bitmap, encryption or
  * data file holding clusters, the file is rebuilt as header, refcount
  * table (cluster 1), one refcount block (cluster 2) and a zeroed L1
  * table (cluster 3 on), and cut after them.  The dirty bit covers the
  * steps where the refcounts on disk are wrong; a v3 image has it.
+ *
+ * The new layout takes clusters the old one may use for anything (a
+ * moved L1 table leaves cluster 3 to L2 tables and data), so every step
+ * is flushed before the next relies on it: the old L1 table is zeroed
+ * (from then on every cluster reads from the backing file, which the
+ * commit flushed), then the new one, then the header names it; only
+ * then are clusters 1 and 2 rewritten, and the header names the new
+ * refcount table last.  A crash in between leaves a dirty image whose
+ * tables name nothing but zeros or the old, intact clusters.
  */
 static int make_completely_empty(struct qimg_node *node,
                                  struct qcow2_state *s)
@@ -127,52 +150,35 @@ static int make_completely_empty(struct qimg_node *node,
     qcow2_l2_invalidate(s, 0, UINT64_MAX);
     s->z_valid = false;
 
-    if (l1_clusters > 0) {
-        ret = io_pwrite_zeroes(node->file, s->l1_table_offset,
-                               l1_clusters * cs, false);
-    }
+    ret = zero_synced(node, s->l1_table_offset, l1_clusters * cs);
     if (ret == 0) {
-        ret = io_pwrite_zeroes(node->file, cs, (2 + l1_clusters) * cs,
-                               false);
+        ret = zero_synced(node, 3 * cs, l1_clusters * cs);
     }
     if (ret < 0) {
-        return error_set_errno(-ret, "%s: could not empty the image",
-                               node->filename);
+        return ret;
     }
     if (s->l1_table) {
         memset(s->l1_table, 0, (size_t)l1_bytes);
     }
     s->l1_dirty_lo = s->l1_dirty_hi = 0;
-
     uint8_t tables[HDR_TABLES_LEN];
     store_be64(tables, 3 * cs);
-    store_be64(tables + 8, cs);
-    store_be32(tables + 16, 1);
-    ret = qcow2_header_update(node, HDR_L1_TABLE_OFFSET, tables,
-                              sizeof(tables));
+    ret = qcow2_header_update(node, HDR_L1_TABLE_OFFSET, tables, L1E_SIZE);
     if (ret < 0) {
         return ret;
     }
     s->l1_table_offset = s->hdr.l1_table_offset = 3 * cs;
-    s->refcount_table_offset = s->hdr.refcount_table_offset = cs;
-    s->hdr.refcount_table_clusters = 1;
-    s->refcount_table_entries = cs / RTE_SIZE;
 
-    /* The first refcount block, then the refcounts of clusters 0..3+L1. */
-    uint8_t rte[RTE_SIZE];
-    store_be64(rte, 2 * cs);
-    ret = qcow2_header_update(node, cs, rte, sizeof(rte));
-    if (ret < 0) {
-        return ret;
-    }
-    uint8_t *block = calloc(1, (size_t)cs);
+    /* The refcount table (one entry), the block with clusters 0..3+L1. */
+    uint8_t *block = calloc(2, (size_t)cs);
     if (!block) {
         return error_set(ENOMEM, "Out of memory");
     }
+    store_be64(block, 2 * cs);
     for (uint64_t i = 0; i < 3 + l1_clusters; i++) {
-        qcow2_refcount_store(block, i, s->refcount_order, 1);
+        qcow2_refcount_store(block + cs, i, s->refcount_order, 1);
     }
-    ret = io_pwrite(node->file, block, (size_t)cs, 2 * cs);
+    ret = io_pwrite(node->file, block, (size_t)(2 * cs), cs);
     free(block);
     if (ret == 0) {
         ret = node_sync(node, node->file);
@@ -181,6 +187,17 @@ static int make_completely_empty(struct qimg_node *node,
         return error_set_errno(-ret, "%s: could not write a refcount block",
                                node->filename);
     }
+    store_be64(tables + 8, cs);
+    store_be32(tables + 16, 1);
+    ret = qcow2_header_update(node, HDR_L1_TABLE_OFFSET + L1E_SIZE,
+                              tables + 8, sizeof(tables) - L1E_SIZE);
+    if (ret < 0) {
+        return ret;
+    }
+    s->refcount_table_offset = s->hdr.refcount_table_offset = cs;
+    s->hdr.refcount_table_clusters = 1;
+    s->refcount_table_entries = cs / RTE_SIZE;
+
     ret = qcow2_set_incompat(node, s, s->hdr.incompatible_features &
                                           ~QCOW2_INCOMPAT_DIRTY);
     s->dirty_set = false;
