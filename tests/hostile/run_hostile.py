@@ -234,8 +234,8 @@ def main(argv):
             Converting to qcow2 goes the same way as to raw up to the
             writes: it runs only when that conversion succeeded."""
             done = []
-            cmds = DEFAULT_CMDS + [x for x in c['cmds']
-                                   if x not in DEFAULT_CMDS]
+            cmds = c['only'] or DEFAULT_CMDS + [x for x in c['cmds']
+                                                if x not in DEFAULT_CMDS]
             scratch = tempfile.mkdtemp(dir=os.path.join(root, 'run'))
             for cmd in cmds:
                 if cmd == 'convert-qcow2' and done and \
