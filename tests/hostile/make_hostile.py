@@ -791,8 +791,8 @@ def vmdk_cases(c):
     add('granularity-odd', 'grain size 3 sectors', (20, '<Q', 3))
     add('granularity-huge', 'grain size 2^40 sectors', (20, '<Q', 1 << 40))
     add('capacity-huge', 'capacity 2^62 sectors', (12, '<Q', 1 << 62))
-    add('capacity-64t', 'capacity 64 TiB: grain directory past EOF',
-        (12, '<Q', (64 << 40) // 512))
+    add('capacity-8g', 'capacity 8 GiB: the grain directory runs over '
+        'tables and data', (12, '<Q', (8 << 30) // 512))
     add('gtes-0', 'grain table entries 0', (44, '<I', 0))
     add('gtes-huge', 'grain table entries 0xffffffff', (44, '<I', 0xffffffff))
     add('gd-past-eof', 'grain directory past EOF', (56, '<Q', 1 << 40),

@@ -456,19 +456,6 @@ static int vmdk_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
         return BS_ZERO;
     }
     int flags = BS_DATA;
-    if (!e->compressed && !e->flat) {
-        /* A grain past the end of its file is damage, not data. */
-        int64_t size = io_get_size(e->io);
-        if (size < 0) {
-            return (int)size;
-        }
-        if (host >= (uint64_t)size) {
-            return error_set(EIO, "%s: grain at offset %llu for guest "
-                             "offset %llu lies past the end of the file",
-                             e->filename, (unsigned long long)host,
-                             (unsigned long long)off);
-        }
-    }
     if (!e->compressed) {
         flags |= BS_OFFSET_VALID;
         *host_off = host + in_cluster;
