@@ -221,18 +221,33 @@ static int prl_pread(struct qimg_node *node, void *buf, size_t len,
     return 0;
 }
 
-/* One run per cluster: allocated ones are data at their host offset. */
+/*
+ * One run per allocated cluster: data at its host offset.  Unallocated
+ * clusters are one run up to the next allocated one, and the disk past
+ * the BAT (which a header may make terabytes long) is a single run.
+ */
 static int prl_block_status(struct qimg_node *node, uint64_t off,
                             uint64_t len, uint64_t *pnum, uint64_t *host_off)
 {
     struct prl_state *s = node->opaque;
+    uint64_t index = off / s->cluster_bytes;
     uint64_t in_cluster = off % s->cluster_bytes;
     *pnum = min_u64(len, s->cluster_bytes - in_cluster);
-    int64_t host = prl_cluster_host(node, off / s->cluster_bytes);
+    int64_t host = prl_cluster_host(node, index);
     if (host < 0) {
         return (int)host;
     }
     if (host == 0) {
+        /* Invariant: clusters index..index + k are unallocated. */
+        while (*pnum < len &&
+               (index + 1 >= s->bat_size || s->bat[index + 1] == 0)) {
+            if (index + 1 >= s->bat_size) {
+                *pnum = len;
+                break;
+            }
+            index++;
+            *pnum = min_u64(len, *pnum + s->cluster_bytes);
+        }
         return 0;
     }
     *host_off = (uint64_t)host + in_cluster;

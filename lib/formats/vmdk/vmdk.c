@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "core/error.h"
@@ -108,9 +109,10 @@ static int sparse_has_descriptor(struct qimg_io *io, uint64_t *desc_off)
 }
 
 /* Open the file an extent line names. */
-static int open_extent_file(struct qimg_node *node, unsigned flags,
+static int open_extent_file(struct qimg_node *node,
+                            const struct vmdk_state *s, unsigned flags,
                             const char *name, char **path_out,
-                            struct qimg_io **io_out)
+                            struct qimg_io **io_out, struct stat *st)
 {
     if (flags & QIMG_OPEN_NO_EXTERNAL) {
         return error_set(EPERM,
@@ -133,6 +135,24 @@ static int open_extent_file(struct qimg_node *node, unsigned flags,
     if (flags & QIMG_OPEN_FORCE_SHARE) {
         io_flags |= IO_NO_LOCK;
     }
+    /*
+     * A file that an earlier extent of this image opened is locked
+     * already: locking it again would only conflict with that lock and
+     * cost the kernel time per lock held (a descriptor can name one
+     * file thousands of times).
+     */
+    if (stat(path, st) == 0) {
+        for (size_t i = 0; i < s->nb_extents; i++) {
+            const struct vmdk_extent *x = &s->extents[i];
+            if (x->own_io && x->dev == (unsigned long long)st->st_dev &&
+                x->ino == (unsigned long long)st->st_ino) {
+                io_flags |= IO_NO_LOCK;
+                break;
+            }
+        }
+    } else {
+        memset(st, 0, sizeof(*st));
+    }
     int ret = io_file_open(path, io_flags, io_out);
     if (ret < 0) {
         free(path);
@@ -150,7 +170,8 @@ static int open_desc_extent(struct qimg_node *node, struct vmdk_state *s,
     }
     char *path = NULL;
     struct qimg_io *io = NULL;
-    int ret = open_extent_file(node, flags, d->name, &path, &io);
+    struct stat st;
+    int ret = open_extent_file(node, s, flags, d->name, &path, &io, &st);
     if (ret < 0) {
         return ret;
     }
@@ -183,6 +204,8 @@ static int open_desc_extent(struct qimg_node *node, struct vmdk_state *s,
         io_close(io);
         return ret;
     }
+    e->dev = (unsigned long long)st.st_dev;
+    e->ino = (unsigned long long)st.st_ino;
     e->type = strdup(d->type);
     if (!e->type) {
         return error_set(ENOMEM, "Out of memory");
@@ -415,6 +438,18 @@ static int vmdk_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
     extent_position(e, off, &in_cluster, &left);
     *pnum = min_u64(left, len);
     if (ret == VMDK_UNALLOC) {
+        /*
+         * A directory entry of 0 leaves its whole grain table's span
+         * unallocated: one run, not one per grain (a header may claim
+         * terabytes over an empty directory).
+         */
+        uint64_t rel = off / VMDK_SECTOR - (e->end_sector - e->sectors);
+        uint64_t l1_index = rel / e->l1_entry_sectors;
+        if (!e->flat && (l1_index >= e->l1_loaded || !e->l1[l1_index])) {
+            uint64_t span = (l1_index + 1) * e->l1_entry_sectors;
+            span = min_u64(span, e->sectors) - rel;
+            *pnum = min_u64(len, span * VMDK_SECTOR - off % VMDK_SECTOR);
+        }
         return 0;
     }
     if (ret == VMDK_ZEROED) {

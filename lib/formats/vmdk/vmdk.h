@@ -137,6 +137,7 @@ int vmdk_desc_next_extent(const char **pos, struct vmdk_desc_extent *e);
 struct vmdk_extent {
     struct qimg_io *io;
     bool own_io;    /* opened here (not node->file) */
+    unsigned long long dev, ino; /* of an own_io file, to share its lock */
     char *filename; /* as QEMU names the file in info */
     char *type;     /* descriptor type ("FLAT", "SPARSE"), NULL if none */
     bool flat;
