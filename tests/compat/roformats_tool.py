@@ -32,8 +32,9 @@ dmg OUT RAW [--chunk N] [--codec N] [--fork N] [--rsrc 1] [--tail N]
     fork and records them as its offset; --split 1 stores two blkx tables
     (the second's entries relative to its first sector); --tail N appends
     N bytes after the trailer; --sectors N overrides the trailer's sector
-    count; --bad-count N and --bad-length N give the first chunk entry
-    that sector count or stored length.
+    count; --bad-count, --bad-length, --bad-offset and --bad-type N give
+    the first chunk entry that sector count, stored length, offset or
+    type.
 
 Only test input: the fields are written from the published layout.
 """
@@ -139,7 +140,8 @@ def dmg_mish(first, entries, sectors, data_offset):
 
 
 def dmg(out, raw, chunk=2048, codec=5, fork=0, rsrc=0, tail=0, split=0,
-        sectors=None, bad_count=None, bad_length=None):
+        sectors=None, bad_count=None, bad_length=None, bad_offset=None,
+        bad_type=None):
     data = open(raw, 'rb').read()
     total = -(-len(data) // SECTOR)
     data = data.ljust(total * SECTOR, b'\0')
@@ -171,6 +173,10 @@ def dmg(out, raw, chunk=2048, codec=5, fork=0, rsrc=0, tail=0, split=0,
         cnt = bad_count
     if bad_length is not None:
         ln = bad_length
+    if bad_offset is not None:
+        off = bad_offset
+    if bad_type is not None:
+        t = bad_type
     entries[0] = (t, sec, cnt, off, ln)
     tables = []
     if split and len(entries) > 1:

@@ -12,6 +12,7 @@ list printed is one JSON object per line, read by run_hostile.py.  Only
 test input: the fields are poked at the offsets the formats' documents
 give (lib/formats/* cite them).
 """
+import base64
 import json
 import os
 import shutil
@@ -1029,6 +1030,75 @@ def cloop_cases(c):
     c.add('cloop', 'truncated', 'file cut to 140 bytes', d[:140])
 
 
+# ------------------------------------------------------------------ dmg
+
+def dmg_cases(c):
+    rt = roformats()
+    raw = c.path('dmg', 'src.raw')
+    save(raw, bytes(range(256)) * 32 + bytes(24 * K) + b'dmg ' * 8192)
+    base = c.path('dmg', 'base.dmg')
+    rt['dmg'](base, raw, chunk=16)
+    d = load(base)
+    koly = len(d) - 512
+
+    def add(name, desc, *edits):
+        c.add('dmg', name, desc, pokes(d, *edits))
+
+    def gen(name, desc, **opts):
+        path = c.path('dmg', name + '.dmg')
+        rt['dmg'](path, raw, chunk=16, **opts)
+        c.add('dmg', name, desc, path=path)
+
+    add('data-fork-past-trailer', 'data fork offset past the trailer',
+        (koly + 0x18, '>Q', koly + 1))
+    add('rsrc-at-trailer', 'resource fork at the trailer',
+        (koly + 0x28, '>Q', koly), (koly + 0x30, '>Q', 1))
+    add('rsrc-huge', 'resource fork of 2^63 bytes',
+        (koly + 0x30, '>Q', 1 << 63))
+    add('plist-at-0', 'property list at offset 0 (qemu-img 7.2 crashes)',
+        (koly + 0xd8, '>Q', 0))
+    add('plist-empty', 'property list of length 0', (koly + 0xe0, '>Q', 0))
+    add('plist-past-trailer', 'property list running into the trailer',
+        (koly + 0xe0, '>Q', koly))
+    add('sectors-2^63', 'sector count 2^63', (koly + 0x1ec, '>Q', 1 << 63))
+    add('sectors-2^54', 'sector count 2^54 (8 EiB)',
+        (koly + 0x1ec, '>Q', 1 << 54))
+    add('sectors-1t', 'sector count 1 TiB past the chunks',
+        (koly + 0x1ec, '>Q', 1 << 31))
+    add('no-trailer', 'no koly magic', (koly, '4s', b'kolx'))
+    c.add('dmg', 'truncated', 'file cut to 511 bytes', d[:511])
+    c.add('dmg', 'trailer-only', 'only the 512-byte trailer', d[koly:])
+    gen('count-over-max', 'a chunk of 131073 sectors', bad_count=131073)
+    gen('zero-count-huge', 'an ignore chunk of 2^64-1 sectors',
+        bad_count=(1 << 64) - 1, bad_type=2)
+    gen('length-over-max', 'a chunk stored in 64 MiB + 1', bad_length=(64 << 20) + 1)
+    gen('length-64m', 'a chunk stored in 64 MiB (past EOF)',
+        bad_length=64 << 20)
+    gen('offset-past-eof', 'a chunk stored at 1 TiB', bad_offset=1 << 40)
+    gen('offset-wraps', 'a chunk offset of 2^64-1', bad_offset=(1 << 64) - 1,
+        fork=100)
+    gen('raw-short', 'a raw chunk stored in 100 bytes', codec=1,
+        bad_length=100)
+    gen('zlib-not-zlib', 'a zlib chunk holding raw bytes', codec=1,
+        bad_type=0x80000005)
+    gen('bzip2-not-bzip2', 'a bzip2 chunk holding raw bytes', codec=1,
+        bad_type=0x80000006)
+    gen('unknown-types', 'ADC chunks', codec=0x80000004)
+    gen('rsrc-fork', 'a resource fork with two tables', rsrc=1, split=1)
+    # Many tables: 100,000 <data> elements of one chunk each.
+    one = rt['dmg_mish'](0, [(1, 0, 1, 0, 512)], 1, 0)
+    blob = base64.b64encode(one).decode()
+    xml = ('<plist>' + ('<data>%s</data>' % blob) * 100000 +
+           '</plist>').encode()
+    x = bytearray(512) + xml
+    t = bytearray(d[koly:])
+    struct.pack_into('>QQQ', t, 0x18, 0, 512, 0)
+    struct.pack_into('>QQ', t, 0xd8, 512, len(xml))
+    struct.pack_into('>Q', t, 0x1ec, 1)
+    c.add('dmg', 'tables-100k', '100,000 one-chunk tables',
+          bytes(x) + bytes(t))
+
+
 # ------------------------------------------------------------ parallels
 
 def parallels_cases(c):
@@ -1088,6 +1158,7 @@ BUILDERS = [
     ('bochs', bochs_cases),
     ('cloop', cloop_cases),
     ('parallels', parallels_cases),
+    ('dmg', dmg_cases),
     ('raw', raw_cases),
 ]
 
