@@ -1219,6 +1219,11 @@ static int check_params(const struct qimg_convert_params *p)
     if (p->target_is_zero && !p->no_create) {
         return error_set(EINVAL, "--target-is-zero requires use of -n flag");
     }
+    if (!p->compress &&
+        (p->compression_level != 0 || p->compression_flags != 0)) {
+        return error_set(EINVAL, "--compression-level and --compressor "
+                         "need -c");
+    }
     if (p->no_create && p->target_opts && qimg_opts_count(p->target_opts)) {
         return error_set(EINVAL,
                          "-o has no effect when skipping image creation");
@@ -1288,6 +1293,13 @@ int qimg_convert(const struct qimg_convert_params *params)
     }
     if (params->compress && !format_can_compress(qimg_get_format(c.dst))) {
         error_set(ENOTSUP, "Compression not supported for this file format");
+        goto out;
+    }
+    /* qimg extension: how the target compresses (never stored in it). */
+    if (params->compress &&
+        (params->compression_level != 0 || params->compression_flags != 0) &&
+        qimg_set_compression(c.dst, params->compression_level,
+                             params->compression_flags) < 0) {
         goto out;
     }
     int64_t dst_size = qimg_get_size(c.dst);
