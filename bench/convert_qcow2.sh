@@ -6,6 +6,10 @@
 #   qcow2-qcow2  qcow2 source -> qcow2
 #   zlib         raw source -> qcow2 -c (zlib)
 #   zstd         raw source -> qcow2 -c -o compression_type=zstd
+#   zlib-1       as zlib; qimg with --compression-level 1 (qimg only)
+#   zlib-libdeflate  as zlib; qimg with --compressor libdeflate
+#   zlib-raw     zlib-compressed qcow2 source (qemu-img -c) -> raw
+#   compare-zlib qemu-img/qimg compare of that source with the raw one
 # Outside the timed part every output must pass qemu-img check and
 # qemu-img compare against the source.  A case that qimg cannot do yet is
 # reported as "unsupported" (with qimg's message) and the others go on.
@@ -90,20 +94,48 @@ args() {
     qcow2-qcow2) echo "-f qcow2 -O qcow2 $W/src.qcow2" ;;
     zlib) echo "-c -f raw -O qcow2 $W/src.raw" ;;
     zstd) echo "-c -f raw -O qcow2 -o compression_type=zstd $W/src.raw" ;;
+    zlib-1 | zlib-libdeflate) args zlib ;;
+    zlib-raw) echo "-f qcow2 -O raw $W/src.zlib.qcow2" ;;
+    compare-zlib) echo "-f qcow2 -F raw $W/src.zlib.qcow2 $W/src.raw" ;;
     *) echo "unknown case $1" >&2; return 1 ;;
     esac
 }
 
+# qimg_args CASE: qimg's own options for the case (qemu-img has none).
+qimg_args() {
+    case $1 in
+    zlib-1) echo "--compression-level 1" ;;
+    zlib-libdeflate) echo "--compressor libdeflate" ;;
+    esac
+}
+
+# verb CASE: the command; out CASE: "yes" when it writes an output file.
+verb() {
+    [ "$1" = compare-zlib ] && echo compare || echo convert
+}
+out() {
+    [ "$1" = compare-zlib ] && echo no || echo yes
+}
+
+# The zlib-compressed source, only when a case reads it.
+case " $cases " in
+*" zlib-raw "* | *" compare-zlib "*)
+    "$QEMU_IMG" convert -q -c -f raw -O qcow2 "$W/src.raw" \
+        "$W/src.zlib.qcow2" ;;
+esac
+
 # run NAME TOOL CASE: convert once into $W/NAME.qcow2; appends "wall_ms
 # rss_kib cpu_s" to $W/NAME.times.  Fails when the tool does.
 run() {
-    local name=$1 tool=$2 t0 t1 a
+    local name=$1 tool=$2 t0 t1 a o=""
     a=$(args "$3")
+    [ "$tool" = "$QIMG" ] && a="$(qimg_args "$3") $a"
+    [ "$(out "$3")" = yes ] && o=$W/$name.qcow2
     rm -f "$W/$name.qcow2"
     t0=$(date +%s%N)
     # shellcheck disable=SC2086
-    /usr/bin/time -f '%M %U %S' -o "$W/rss" "$tool" convert $a \
-        "$W/$name.qcow2" 2>"$W/$name.err" || return 1
+    /usr/bin/time -f '%M %U %S' -o "$W/rss" "$tool" "$(verb "$3")" $a \
+        $o >/dev/null 2>"$W/$name.err" || return 1
     t1=$(date +%s%N)
     echo "$(( (t1 - t0) / 1000000 )) $(awk '{print $1, $2 + $3}' "$W/rss")" \
         >>"$W/$name.times"
@@ -120,8 +152,17 @@ median() {
 # verify NAME CASE: qemu-img check and compare (against the source) of
 # $W/NAME.qcow2; exits on a failure.
 verify() {
-    local name=$1 src=$W/src.raw fmt=raw
+    local name=$1 src=$W/src.raw fmt=raw ofmt=qcow2
     [ "$2" = qcow2-qcow2 ] && { src=$W/src.qcow2; fmt=qcow2; }
+    [ "$(out "$2")" = no ] && return 0
+    [ "$2" = zlib-raw ] && ofmt=raw
+    if [ $ofmt = raw ]; then
+        cmp -s "$W/$name.qcow2" "$src" || {
+            echo "FAIL: $2: $name's output differs from the source" >&2
+            exit 1
+        }
+        return 0
+    fi
     if ! "$QEMU_IMG" check -q "$W/$name.qcow2"; then
         echo "FAIL: $2: qemu-img check of $name's output" >&2
         exit 1
@@ -134,7 +175,7 @@ verify() {
 }
 
 fsize() {
-    stat -c %s "$1"
+    if [ -e "$1" ]; then stat -c %s "$1"; else echo 1; fi
 }
 
 echo "convert to qcow2: $((size >> 20)) MiB virtual, $((data >> 20)) MiB" \
@@ -163,7 +204,10 @@ for c in $cases; do
     done
     verify qemu "$c"
     echo
-    echo "== $c: convert $(args "$c" | sed "s|$W/||g") OUT"
+    line="$(verb "$c") $(args "$c" | sed "s|$W/||g")"
+    [ "$(out "$c")" = yes ] && line="$line OUT"
+    [ -n "$(qimg_args "$c")" ] && line="$line (qimg: $(qimg_args "$c"))"
+    echo "== $c: $line"
     printf '%-10s %12s %10s %16s %14s\n' tool "time (s)" "CPU (s)" \
         "peak RSS (MiB)" "output (MiB)"
     q_size=$(fsize "$W/qemu.qcow2")

@@ -20,6 +20,8 @@ enum {
     OPT_TARGET_IS_ZERO,
     OPT_BITMAPS,
     OPT_SKIP_BROKEN,
+    OPT_COMPRESSION_LEVEL,
+    OPT_COMPRESSOR,
 };
 
 #define MAX_SPARSE (16u * 1024 * 1024)
@@ -48,6 +50,10 @@ int cmd_convert(int argc, char **argv)
         {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
         {"bitmaps", no_argument, NULL, OPT_BITMAPS},
         {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
+        /* qimg extensions (qemu-img has neither). */
+        {"compression-level", required_argument, NULL,
+         OPT_COMPRESSION_LEVEL},
+        {"compressor", required_argument, NULL, OPT_COMPRESSOR},
         {NULL, 0, NULL, 0},
     };
     const char *fmt = NULL, *out_fmt = NULL, *out_base = NULL;
@@ -65,6 +71,8 @@ int cmd_convert(int argc, char **argv)
     uint64_t sparse = 4096;
     unsigned parallel = 0;
     bool out_of_order = false;
+    int compression_level = 0;
+    unsigned compression_flags = 0;
     struct qimg_opts *opts = NULL;
     int status = 1;
     int c;
@@ -181,6 +189,30 @@ int cmd_convert(int argc, char **argv)
             break;
         case OPT_SKIP_BROKEN:
             skip_broken = true;
+            break;
+        case OPT_COMPRESSION_LEVEL: {
+            /* The range depends on the target: qimg_convert checks it. */
+            char *end;
+            errno = 0;
+            long n = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || n < 1 || n > 100) {
+                cli_error("Invalid compression level '%s'", optarg);
+                goto out;
+            }
+            compression_level = (int)n;
+            break;
+        }
+        case OPT_COMPRESSOR:
+            if (strcmp(optarg, "libdeflate") == 0) {
+                compression_flags = QIMG_COMPRESS_LIBDEFLATE;
+            } else if (strcmp(optarg, "zlib") == 0 ||
+                       strcmp(optarg, "default") == 0) {
+                compression_flags = 0;
+            } else {
+                cli_error("Invalid compressor '%s' (zlib or libdeflate)",
+                          optarg);
+                goto out;
+            }
             break;
         default:
             status = cli_getopt_error(argv, c);
@@ -307,6 +339,8 @@ int cmd_convert(int argc, char **argv)
         .compress = compress,
         .parallel = parallel,
         .out_of_order = out_of_order,
+        .compression_level = compression_level,
+        .compression_flags = compression_flags,
     };
     if (qimg_convert(&params) < 0) {
         cli_progress_end(false);

@@ -291,6 +291,13 @@ struct qimg_format_ops {
      * then writes compressed without -c.  NULL: never.
      */
     bool (*needs_compressed_writes)(struct qimg_node *node);
+    /*
+     * qimg_set_compression: check level and flags against the image and
+     * keep them for later compressed writes on this node (never stored).
+     * NULL: the format has no such choice.
+     */
+    int (*set_compression)(struct qimg_node *node, int level,
+                           unsigned flags);
 };
 
 /* One layer of an image: a format over a file, maybe with a backing node. */

@@ -9,6 +9,7 @@ packages=(
     zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev
     qemu-utils  # qemu-img and qemu-io: the test oracle, never linked
     strace time  # flush checks in tests; peak RSS in bench/
+    python3-libqcow  # libqcow: a second qcow2 reader in tests (not linked)
 )
 
 missing=()

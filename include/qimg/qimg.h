@@ -269,6 +269,21 @@ int qimg_pwrite_compressed_data(struct qimg_image *img, const void *data,
                                 size_t n, size_t len, uint64_t offset);
 
 /*
+ * qimg extension (qemu-img has no such choice): how later compressed
+ * writes on this handle compress.  level 0 is the format's default (what
+ * QEMU writes, byte for byte); qcow2 takes zlib levels 1..9 (always a
+ * 4 KiB window, as QEMU writes) and zstd levels 1..22.  flags:
+ * QIMG_COMPRESS_LIBDEFLATE encodes zlib clusters with libdeflate, levels
+ * 1..12 (much faster; QEMU reads them, but matches reach up to 32 KiB
+ * back, past the 4 KiB window QEMU's own encoder keeps to).  Nothing is
+ * stored in the image.  Fails with ERANGE for a level out of range,
+ * EINVAL for flags that do not fit the image's compression type, ENOTSUP
+ * for a format without the choice or a build without libdeflate.
+ */
+#define QIMG_COMPRESS_LIBDEFLATE (1u << 0)
+int qimg_set_compression(struct qimg_image *img, int level, unsigned flags);
+
+/*
  * Change the guest size (qemu-img resize).  prealloc is NULL or "off",
  * "metadata", "falloc" or "full" and applies to the new area.  Shrinking
  * needs QIMG_RESIZE_SHRINK; data past the new end is lost.
@@ -465,6 +480,13 @@ struct qimg_convert_params {
      * in another order).
      */
     bool out_of_order;
+    /*
+     * qimg extension (--compression-level, --compressor): with compress,
+     * the level and QIMG_COMPRESS_* flags given to qimg_set_compression
+     * on the target; 0 and 0 write what qemu-img writes.
+     */
+    int compression_level;
+    unsigned compression_flags;
 };
 
 /*

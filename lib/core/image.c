@@ -607,6 +607,20 @@ int64_t qimg_compress_cluster(struct qimg_image *img, const void *buf,
     return ret < 0 ? fail_int((int)ret) : ret;
 }
 
+int qimg_set_compression(struct qimg_image *img, int level, unsigned flags)
+{
+    struct qimg_node *node = img->top;
+    int ret = 0;
+    if (!node->drv->set_compression) {
+        ret = error_set(ENOTSUP, "%s: the %s format has no choice of "
+                        "compression level", node->filename,
+                        node->drv->name);
+    } else {
+        ret = driver_result(node->drv->set_compression(node, level, flags));
+    }
+    return ret < 0 ? fail_int(ret) : 0;
+}
+
 int qimg_pwrite_compressed_data(struct qimg_image *img, const void *data,
                                 size_t n, size_t len, uint64_t offset)
 {

@@ -121,6 +121,7 @@ struct worker {
     uint8_t *buf;
     uint8_t *bbuf; /* the new backing file's bytes, when comparing */
     uint8_t *zbuf; /* a compressed cluster */
+    uint8_t *zflags; /* plan_pieces: one zero flag per sector of buf */
     /* The current job's writes, in order. */
     struct write_op *ops;
     size_t nb_ops, cap_ops;
@@ -189,31 +190,21 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
-static bool sector_is_zero(const uint8_t *p, size_t len)
-{
-    return buf_is_zero(p, len);
-}
-
 /*
  * The leading run of sectors that are all zero or all data, for the
- * sectors [first, first + n) of the buffer (sector numbers are absolute,
- * for alignment).  A run that stops short of the buffer end is cut at an
- * alignment boundary so the pieces written later never share an aligned
- * block: a data run is extended to the boundary, a zero run is shortened
- * to it (or turned into data if nothing of it would remain).
+ * sectors [first, first + n) whose zero flags are zf[0, n) (sector
+ * numbers are absolute, for alignment).  A run that stops short of the
+ * end is cut at an alignment boundary so the pieces written later never
+ * share an aligned block: a data run is extended to the boundary, a zero
+ * run is shortened to it (or turned into data if nothing of it would
+ * remain).
  */
-static size_t leading_run(const uint8_t *buf, size_t len, uint64_t first,
-                          size_t n, uint64_t align, bool *is_data)
+static size_t leading_run(const uint8_t *zf, uint64_t first, size_t n,
+                          uint64_t align, bool *is_data)
 {
-    size_t piece = len < SECTOR ? len : SECTOR;
-    bool zero = sector_is_zero(buf, piece);
+    bool zero = zf[0];
     size_t run = 1;
-    while (run < n) {
-        size_t off = run * SECTOR;
-        size_t l = len - off < SECTOR ? len - off : SECTOR;
-        if (sector_is_zero(buf + off, l) != zero) {
-            break;
-        }
+    while (run < n && (bool)zf[run] == zero) {
         run++;
     }
     if (run < n) {
@@ -235,26 +226,24 @@ static size_t leading_run(const uint8_t *buf, size_t len, uint64_t first,
 }
 
 /*
- * How many sectors from the start of the buffer form one piece to write
+ * How many of the n sectors with zero flags zf form one piece to write
  * (data) or skip (zero).  Zero runs shorter than min_sectors inside data
- * are written as data; a zero run at the start or end of the buffer is
- * always a zero piece.
+ * are written as data; a zero run at the start or end is always a zero
+ * piece.
  */
-static size_t next_piece(const uint8_t *buf, size_t len, uint64_t first,
+static size_t next_piece(const uint8_t *zf, size_t n, uint64_t first,
                          uint64_t min_sectors, uint64_t align, bool *is_data)
 {
-    size_t n = (len + SECTOR - 1) / SECTOR;
     uint64_t min = min_sectors < n ? min_sectors : n;
-    size_t used = leading_run(buf, len, first, n, align, is_data);
+    size_t used = leading_run(zf, first, n, align, is_data);
     if (!*is_data) {
         return used;
     }
     size_t checked = used;
     while (checked < n) {
         bool data;
-        size_t run = leading_run(buf + checked * SECTOR,
-                                 len - checked * SECTOR, first + checked,
-                                 n - checked, align, &data);
+        size_t run = leading_run(zf + checked, first + checked, n - checked,
+                                 align, &data);
         checked += run;
         if (data) {
             used = checked;
@@ -300,10 +289,24 @@ static int plan_pieces(struct convert *c, struct worker *w, size_t pos,
     while (align * 2 <= min_sectors) {
         align *= 2;
     }
+    /*
+     * Each sector is scanned once, up front (a data sector usually only
+     * to its first word); the pieces are then cut from the flags, so the
+     * lookahead over a zero run and the next piece that starts with it
+     * do not read its bytes again.
+     */
+    size_t nsec = (len + SECTOR - 1) / SECTOR;
+    uint8_t *zf = w->zflags;
+    for (size_t k = 0; k < nsec; k++) {
+        size_t off = k * SECTOR;
+        size_t l = len - off < SECTOR ? len - off : SECTOR;
+        zf[k] = buf_is_zero(w->buf + pos + off, l);
+    }
     size_t done = 0;
     while (done < len) {
         bool data;
-        size_t n = next_piece(w->buf + pos + done, len - done,
+        size_t first = done / SECTOR;
+        size_t n = next_piece(zf + first, nsec - first,
                               (doff + done) / SECTOR, min_sectors, align,
                               &data);
         size_t bytes = n * SECTOR;
@@ -545,12 +548,17 @@ static int plan_job(struct convert *c, struct worker *w,
         return plan(w, WRITE_ZERO, 0, job->doff, (size_t)job->len, 0);
     }
     size_t len = (size_t)job->len;
-    if (c->compare && same(w->buf, w->bbuf, 0, len)) {
-        return 0;
-    }
     if (c->p->compress) {
+        /* One cluster: the same as the backing file, or compressed. */
+        if (c->compare && same(w->buf, w->bbuf, 0, len)) {
+            return 0;
+        }
         return plan_compressed(c, w, job);
     }
+    /*
+     * Cluster by cluster (a chunk that equals its backing file plans no
+     * writes there either), so no byte is compared twice.
+     */
     if (c->compare) {
         return plan_differing(c, w, job);
     }
@@ -683,6 +691,7 @@ static int start_workers(struct convert *c)
         w->c = c;
         w->src = calloc(p->nb_sources, sizeof(*w->src));
         w->buf = alloc_buffer();
+        w->zflags = malloc(CHUNK / SECTOR);
         if (c->compare) {
             w->bbuf = alloc_buffer();
         }
@@ -690,8 +699,8 @@ static int start_workers(struct convert *c)
             w->zbuf = malloc((size_t)c->cluster);
         }
         c->nb_workers = k + 1;
-        if (!w->src || !w->buf || (c->compare && !w->bbuf) ||
-            (p->compress && !w->zbuf)) {
+        if (!w->src || !w->buf || !w->zflags ||
+            (c->compare && !w->bbuf) || (p->compress && !w->zbuf)) {
             return error_set(ENOMEM, "Out of memory");
         }
         /* The images were opened once already: no second warning. */
@@ -750,6 +759,7 @@ static int stop_workers(struct convert *c)
         free(w->buf);
         free(w->bbuf);
         free(w->zbuf);
+        free(w->zflags);
         free(w->ops);
     }
     c->nb_workers = 0;
@@ -1219,6 +1229,11 @@ static int check_params(const struct qimg_convert_params *p)
     if (p->target_is_zero && !p->no_create) {
         return error_set(EINVAL, "--target-is-zero requires use of -n flag");
     }
+    if (!p->compress &&
+        (p->compression_level != 0 || p->compression_flags != 0)) {
+        return error_set(EINVAL, "--compression-level and --compressor "
+                         "need -c");
+    }
     if (p->no_create && p->target_opts && qimg_opts_count(p->target_opts)) {
         return error_set(EINVAL,
                          "-o has no effect when skipping image creation");
@@ -1288,6 +1303,13 @@ int qimg_convert(const struct qimg_convert_params *params)
     }
     if (params->compress && !format_can_compress(qimg_get_format(c.dst))) {
         error_set(ENOTSUP, "Compression not supported for this file format");
+        goto out;
+    }
+    /* qimg extension: how the target compresses (never stored in it). */
+    if (params->compress &&
+        (params->compression_level != 0 || params->compression_flags != 0) &&
+        qimg_set_compression(c.dst, params->compression_level,
+                             params->compression_flags) < 0) {
         goto out;
     }
     int64_t dst_size = qimg_get_size(c.dst);

@@ -13,6 +13,9 @@
 #include <zlib.h>
 #include <zstd.h>
 #include <zstd_errors.h>
+#ifdef QIMG_HAVE_LIBDEFLATE
+#include <libdeflate.h>
+#endif
 
 #include "formats/qcow2/qcow2.h"
 
@@ -22,8 +25,8 @@
  * output buffer is full, whether inflate reports the stream end or that
  * it ran out of output space (Z_BUF_ERROR).
  */
-static int qcow2_inflate(uint8_t *dst, size_t dst_len, const uint8_t *src,
-                         size_t src_len)
+static int qcow2_inflate_zlib(uint8_t *dst, size_t dst_len,
+                              const uint8_t *src, size_t src_len)
 {
     /* Both lengths are bounded by 2 * 2 MiB (callers), so fit in uInt. */
     if (dst_len > UINT32_MAX || src_len > UINT32_MAX) {
@@ -41,6 +44,40 @@ static int qcow2_inflate(uint8_t *dst, size_t dst_len, const uint8_t *src,
     int ok = (ret == Z_STREAM_END || ret == Z_BUF_ERROR) && z.avail_out == 0;
     inflateEnd(&z);
     return ok ? 0 : -EIO;
+}
+
+/*
+ * The zlib decoder above decides what is a valid cluster.  libdeflate
+ * (whole-buffer, several times faster) takes the common case: a stream
+ * that ends exactly when the cluster is full, with unused trailing bytes
+ * (actual_in tells where it ended; they are not looked at).  Anything
+ * else -- a stream that ends early, runs past the cluster, is cut short
+ * or is bad in libdeflate's eyes -- goes to zlib, whose answer stands, so
+ * every stream zlib accepts gives zlib's bytes.  On valid deflate both
+ * decoders give the same bytes.  libdeflate is laxer than zlib on some
+ * invalid streams (length symbols 286/287, distance symbols 30/31, a
+ * one-codeword code's unused codeword, an empty literal code): those
+ * decode to some cluster here where QEMU reports an error.  Either way
+ * no byte outside src or dst is touched: libdeflate checks every read
+ * and write against the buffer ends.
+ */
+static int qcow2_inflate(uint8_t *dst, size_t dst_len, const uint8_t *src,
+                         size_t src_len)
+{
+#ifdef QIMG_HAVE_LIBDEFLATE
+    struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+    if (!d) {
+        return -ENOMEM;
+    }
+    size_t in = 0, out = 0;
+    enum libdeflate_result r = libdeflate_deflate_decompress_ex(
+        d, src, src_len, dst, dst_len, &in, &out);
+    libdeflate_free_decompressor(d);
+    if (r == LIBDEFLATE_SUCCESS && out == dst_len && in <= src_len) {
+        return 0;
+    }
+#endif
+    return qcow2_inflate_zlib(dst, dst_len, src, src_len);
 }
 
 /*
@@ -95,19 +132,20 @@ int qcow2_decompress(uint8_t type, uint8_t *dst, size_t dst_len,
 }
 
 /*
- * zlib as QEMU writes it: raw deflate, 4 KiB window (-12), the default
- * level and memLevel 9, one Z_FINISH call.  Output that does not fit in
- * dst_cap (the caller passes cluster_size - 1) means "store it plain".
+ * zlib as QEMU writes it: raw deflate, 4 KiB window (-12), memLevel 9,
+ * one Z_FINISH call, at the default level (6) unless the caller picked
+ * another (--compression-level).  Output that does not fit in dst_cap
+ * (the caller passes cluster_size - 1) means "store it plain".
  */
-static int64_t qcow2_deflate(uint8_t *dst, size_t dst_cap,
+static int64_t qcow2_deflate(int level, uint8_t *dst, size_t dst_cap,
                              const uint8_t *src, size_t src_len)
 {
     if (dst_cap > UINT32_MAX || src_len > UINT32_MAX) {
         return -EINVAL;
     }
     z_stream z = {0};
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                     Z_DEFAULT_STRATEGY) != Z_OK) {
+    if (deflateInit2(&z, level ? level : Z_DEFAULT_COMPRESSION, Z_DEFLATED,
+                     -12, 9, Z_DEFAULT_STRATEGY) != Z_OK) {
         return -ENOMEM;
     }
     z.next_in = (Bytef *)(uintptr_t)src;
@@ -121,12 +159,34 @@ static int64_t qcow2_deflate(uint8_t *dst, size_t dst_cap,
     return out;
 }
 
-/* zstd: one frame at the default level (3), as QEMU's single call makes. */
-static int64_t qcow2_zstd(uint8_t *dst, size_t dst_cap, const uint8_t *src,
-                          size_t src_len)
+#ifdef QIMG_HAVE_LIBDEFLATE
+/*
+ * libdeflate's encoder (opt-in): raw deflate too, but it looks for
+ * matches up to 32 KiB back, not 4 KiB, so a stream may use distances a
+ * strict 4 KiB-window reader refuses (QEMU and zlib accept them: the
+ * whole cluster is inflated into one buffer).  A compressor per call:
+ * it holds no state between calls and this runs on any thread.
+ */
+static int64_t qcow2_libdeflate(int level, uint8_t *dst, size_t dst_cap,
+                                const uint8_t *src, size_t src_len)
+{
+    struct libdeflate_compressor *z =
+        libdeflate_alloc_compressor(level ? level : 6);
+    if (!z) {
+        return -ENOMEM;
+    }
+    size_t n = libdeflate_deflate_compress(z, src, src_len, dst, dst_cap);
+    libdeflate_free_compressor(z);
+    return n ? (int64_t)n : -ENOSPC;
+}
+#endif
+
+/* zstd: one frame at the default level (3) unless another was picked. */
+static int64_t qcow2_zstd(int level, uint8_t *dst, size_t dst_cap,
+                          const uint8_t *src, size_t src_len)
 {
     size_t n = ZSTD_compress(dst, dst_cap, src, src_len,
-                             ZSTD_CLEVEL_DEFAULT);
+                             level ? level : ZSTD_CLEVEL_DEFAULT);
     if (ZSTD_isError(n)) {
         return ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall
                    ? -ENOSPC
@@ -135,14 +195,47 @@ static int64_t qcow2_zstd(uint8_t *dst, size_t dst_cap, const uint8_t *src,
     return (int64_t)n;
 }
 
-int64_t qcow2_compress(uint8_t type, uint8_t *dst, size_t dst_cap,
-                       const uint8_t *src, size_t src_len)
+int qcow2_compression_check(uint8_t type, int level, unsigned flags)
+{
+    if (flags & ~QIMG_COMPRESS_LIBDEFLATE) {
+        return -EINVAL;
+    }
+    if (flags & QIMG_COMPRESS_LIBDEFLATE) {
+#ifndef QIMG_HAVE_LIBDEFLATE
+        return -ENOTSUP;
+#else
+        if (type != QCOW2_COMPRESSION_ZLIB) {
+            return -EINVAL;
+        }
+        return level >= 0 && level <= QCOW2_LIBDEFLATE_LEVEL_MAX ? 0
+                                                                 : -ERANGE;
+#endif
+    }
+    switch (type) {
+    case QCOW2_COMPRESSION_ZLIB:
+        return level >= 0 && level <= 9 ? 0 : -ERANGE;
+    case QCOW2_COMPRESSION_ZSTD:
+        return level >= 0 && level <= ZSTD_maxCLevel() ? 0 : -ERANGE;
+    default:
+        return -ENOTSUP;
+    }
+}
+
+int64_t qcow2_compress(uint8_t type, int level, unsigned flags, uint8_t *dst,
+                       size_t dst_cap, const uint8_t *src, size_t src_len)
 {
     switch (type) {
     case QCOW2_COMPRESSION_ZLIB:
-        return qcow2_deflate(dst, dst_cap, src, src_len);
+#ifdef QIMG_HAVE_LIBDEFLATE
+        if (flags & QIMG_COMPRESS_LIBDEFLATE) {
+            return qcow2_libdeflate(level, dst, dst_cap, src, src_len);
+        }
+#else
+        (void)flags; /* qcow2_compression_check refused the flag */
+#endif
+        return qcow2_deflate(level, dst, dst_cap, src, src_len);
     case QCOW2_COMPRESSION_ZSTD:
-        return qcow2_zstd(dst, dst_cap, src, src_len);
+        return qcow2_zstd(level, dst, dst_cap, src, src_len);
     default:
         return -ENOTSUP;
     }

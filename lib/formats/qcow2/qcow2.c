@@ -1041,6 +1041,7 @@ const struct qimg_format_ops format_qcow2 = {
     .pwrite_compressed = qcow2_pwrite_compressed,
     .compress_cluster = qcow2_compress_cluster,
     .pwrite_precompressed = qcow2_pwrite_precompressed,
+    .set_compression = qcow2_set_compression,
     .compressed_end = qcow2_compressed_end,
     .truncate = qcow2_truncate,
     .flush = qcow2_flush,

@@ -458,6 +458,9 @@ struct qcow2_state {
     uint8_t *z_out; /* cluster_size: decompressed cluster */
     bool z_valid;   /* z_out holds the cluster of descriptor z_entry */
     uint64_t z_entry;
+    /* Write side: qimg_set_compression's choice (0, 0: QEMU's). */
+    int z_level;
+    unsigned z_flags;
 
     /*
      * [QEMU] block status asks the host file about data clusters when the
@@ -923,6 +926,7 @@ int64_t qcow2_compress_cluster(struct qimg_node *node, const void *buf,
 int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
                                size_t csize, size_t len, uint64_t off);
 int qcow2_compressed_end(struct qimg_node *node);
+int qcow2_set_compression(struct qimg_node *node, int level, unsigned flags);
 /*
  * Write everything cached back in the safe order and sync (see
  * qcow2_state); clears the dirty bit of lazy refcounts at the end.
@@ -993,10 +997,20 @@ int qcow2_l2_writeback(struct qimg_node *node, struct qcow2_state *s);
 /*
  * Compress src as QEMU does for type (raw deflate with a 4 KiB window at
  * level 6, or one zstd frame at level 3) into at most dst_cap bytes:
- * the size, -ENOSPC when it does not fit, or -ENOMEM/-ENOTSUP.
+ * the size, -ENOSPC when it does not fit, or -ENOMEM/-ENOTSUP.  level 0
+ * is that default; another level and flags (QIMG_COMPRESS_*, see
+ * qimg_set_compression) must have passed qcow2_compression_check.
  */
-int64_t qcow2_compress(uint8_t type, uint8_t *dst, size_t dst_cap,
-                       const uint8_t *src, size_t src_len);
+int64_t qcow2_compress(uint8_t type, int level, unsigned flags, uint8_t *dst,
+                       size_t dst_cap, const uint8_t *src, size_t src_len);
+/* libdeflate's highest level (12: its slowest, smallest output). */
+#define QCOW2_LIBDEFLATE_LEVEL_MAX 12
+/*
+ * Can type compress at level (0: default) with flags?  0, -ERANGE for a
+ * level out of range, -EINVAL for flags that do not fit the type,
+ * -ENOTSUP for libdeflate in a build without it.
+ */
+int qcow2_compression_check(uint8_t type, int level, unsigned flags);
 
 /* Creation (create.c): QEMU's option table and the create function. */
 #include "qimg/qimg.h"

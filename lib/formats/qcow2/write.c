@@ -1086,7 +1086,8 @@ int64_t qcow2_compress_cluster(struct qimg_node *node, const void *buf,
         memset(padded + len, 0, cs - len);
         src = padded;
     }
-    int64_t csize = qcow2_compress(s->hdr.compression_type, out,
+    int64_t csize = qcow2_compress(s->hdr.compression_type, s->z_level,
+                                   s->z_flags, out,
                                    cap < cs - 1 ? cap : cs - 1, src, cs);
     free(padded);
     if (csize == -ENOSPC) {
@@ -1097,6 +1098,42 @@ int64_t qcow2_compress_cluster(struct qimg_node *node, const void *buf,
                          node->filename);
     }
     return csize;
+}
+
+/*
+ * Set before the compressed writes start (the fields are read by
+ * qcow2_compress_cluster on other threads without a lock).
+ */
+int qcow2_set_compression(struct qimg_node *node, int level, unsigned flags)
+{
+    struct qcow2_state *s = node->opaque;
+    const char *type =
+        s->hdr.compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib";
+    int ret = qcow2_compression_check(s->hdr.compression_type, level, flags);
+    if (ret == -ERANGE) {
+        int max = s->hdr.compression_type == QCOW2_COMPRESSION_ZSTD ? 22
+                  : (flags & QIMG_COMPRESS_LIBDEFLATE)
+                      ? QCOW2_LIBDEFLATE_LEVEL_MAX
+                      : 9;
+        return error_set(ERANGE, "%s: compression level %d is out of "
+                         "range for %s%s (1 to %d)", node->filename, level,
+                         type,
+                         (flags & QIMG_COMPRESS_LIBDEFLATE) ? " (libdeflate)"
+                                                            : "",
+                         max);
+    }
+    if (ret == -ENOTSUP) {
+        return error_set(ENOTSUP, "libdeflate is not available in this "
+                         "build");
+    }
+    if (ret < 0) {
+        return error_set(EINVAL, "%s: the libdeflate encoder is for zlib "
+                         "compression only (the image uses %s)",
+                         node->filename, type);
+    }
+    s->z_level = level;
+    s->z_flags = flags;
+    return 0;
 }
 
 int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
