@@ -59,11 +59,13 @@ void vmdk_extent_free(struct vmdk_extent *e)
     free(e->l1);
     free(e->l1_backup);
     free(e->l2_cache);
+    free(e->se_l1);
+    free(e->se_l2_cache);
     memset(e, 0, sizeof(*e));
 }
 
 /* Room for one more extent at the end of s->extents: 0 or -errno. */
-static int extent_append(struct vmdk_state *s, struct vmdk_extent **out)
+int vmdk_extent_append(struct vmdk_state *s, struct vmdk_extent **out)
 {
     if (s->nb_extents >= VMDK_MAX_EXTENTS) {
         return error_set(EFBIG, "Too many extents (more than %u)",
@@ -84,10 +86,10 @@ static int extent_append(struct vmdk_state *s, struct vmdk_extent **out)
 /*
  * The common part of adding an extent (QEMU's vmdk_add_extent): its
  * guest range follows the previous extent's.  e is the slot from
- * extent_append; on success it is counted in s.
+ * vmdk_extent_append; on success it is counted in s.
  */
-static int extent_commit(struct vmdk_state *s, struct vmdk_extent *e,
-                         struct qimg_io *io, bool own_io, const char *filename)
+int vmdk_extent_commit(struct vmdk_state *s, struct vmdk_extent *e,
+                       struct qimg_io *io, bool own_io, const char *filename)
 {
     uint64_t start =
         s->nb_extents ? s->extents[s->nb_extents - 1].end_sector : 0;
@@ -115,7 +117,7 @@ int vmdk_add_flat_extent(struct vmdk_state *s, struct qimg_io *io, bool own_io,
                          uint64_t start_sector, struct vmdk_extent **out)
 {
     struct vmdk_extent *e;
-    int ret = extent_append(s, &e);
+    int ret = vmdk_extent_append(s, &e);
     if (ret < 0) {
         return ret;
     }
@@ -126,7 +128,7 @@ int vmdk_add_flat_extent(struct vmdk_state *s, struct qimg_io *io, bool own_io,
     e->sectors = sectors;
     e->cluster_sectors = sectors;
     e->flat_start = start_sector * VMDK_SECTOR;
-    ret = extent_commit(s, e, io, own_io, filename);
+    ret = vmdk_extent_commit(s, e, io, own_io, filename);
     if (ret < 0) {
         return ret;
     }
@@ -282,7 +284,7 @@ int vmdk_open_sparse_extent(struct vmdk_state *s, struct qimg_io *io,
     }
     uint32_t magic = load_be32(b);
     struct vmdk_extent *e;
-    ret = extent_append(s, &e);
+    ret = vmdk_extent_append(s, &e);
     if (ret < 0) {
         return ret;
     }
@@ -384,7 +386,7 @@ int vmdk_open_sparse_extent(struct vmdk_state *s, struct qimg_io *io,
         ret = error_set(EINVAL, "Image not in VMDK format");
     }
     if (ret == 0) {
-        ret = extent_commit(s, e, io, own_io, filename);
+        ret = vmdk_extent_commit(s, e, io, own_io, filename);
     }
     if (ret == 0) {
         *out = &s->extents[s->nb_extents - 1];
@@ -441,6 +443,9 @@ int vmdk_cluster_lookup(struct vmdk_extent *e, uint64_t off, uint64_t *host)
     if (e->flat) {
         *host = e->flat_start;
         return VMDK_OK;
+    }
+    if (e->sesparse) {
+        return vmdk_sesparse_lookup(e, off, host);
     }
     uint64_t sector = off / VMDK_SECTOR - (e->end_sector - e->sectors);
     uint64_t l1_index = sector / e->l1_entry_sectors;

@@ -165,9 +165,6 @@ static int open_extent_file(struct qimg_node *node,
 static int open_desc_extent(struct qimg_node *node, struct vmdk_state *s,
                             unsigned flags, const struct vmdk_desc_extent *d)
 {
-    if (strcmp(d->type, "SESPARSE") == 0) {
-        return error_set(ENOTSUP, "Unsupported extent type '%s'", d->type);
-    }
     char *path = NULL;
     struct qimg_io *io = NULL;
     struct stat st;
@@ -179,6 +176,8 @@ static int open_desc_extent(struct qimg_node *node, struct vmdk_state *s,
     if (strcmp(d->type, "FLAT") == 0 || strcmp(d->type, "VMFS") == 0) {
         ret = vmdk_add_flat_extent(s, io, true, path, (uint64_t)d->sectors,
                                    (uint64_t)d->offset, &e);
+    } else if (strcmp(d->type, "SESPARSE") == 0) {
+        ret = vmdk_open_sesparse_extent(s, io, true, path, node->writable, &e);
     } else {
         uint64_t desc_off;
         char *probe = NULL;
@@ -445,7 +444,10 @@ static int vmdk_block_status(struct qimg_node *node, uint64_t off, uint64_t len,
          */
         uint64_t rel = off / VMDK_SECTOR - (e->end_sector - e->sectors);
         uint64_t l1_index = rel / e->l1_entry_sectors;
-        if (!e->flat && (l1_index >= e->l1_loaded || !e->l1[l1_index])) {
+        bool gd_empty = e->sesparse
+                            ? vmdk_sesparse_gd_empty(e, l1_index)
+                            : l1_index >= e->l1_loaded || !e->l1[l1_index];
+        if (!e->flat && gd_empty) {
             uint64_t span = (l1_index + 1) * e->l1_entry_sectors;
             span = min_u64(span, e->sectors) - rel;
             *pnum = min_u64(len, span * VMDK_SECTOR - off % VMDK_SECTOR);

@@ -162,6 +162,12 @@ struct vmdk_extent {
     uint32_t *l2_cache;           /* VMDK_L2_CACHE tables of l2_size */
     uint64_t l2_cache_off[VMDK_L2_CACHE];
     uint32_t l2_cache_next;
+    /* seSparse extents (sesparse.c): 64-bit tables, read only. */
+    bool sesparse;
+    uint64_t se_gt_offset;     /* sectors: the grain tables */
+    uint64_t se_grains_offset; /* sectors: the grains */
+    uint64_t *se_l1;           /* l1_loaded entries, host order */
+    uint64_t *se_l2_cache;     /* VMDK_L2_CACHE tables of l2_size */
 };
 
 struct vmdk_state {
@@ -190,6 +196,13 @@ int vmdk_add_flat_extent(struct vmdk_state *s, struct qimg_io *io, bool own_io,
                          const char *filename, uint64_t sectors,
                          uint64_t start_sector, struct vmdk_extent **out);
 void vmdk_extent_free(struct vmdk_extent *e);
+/*
+ * Adding an extent: a zeroed slot at the end of s->extents, then (once
+ * filled in) counted in s with its guest range after the previous one.
+ */
+int vmdk_extent_append(struct vmdk_state *s, struct vmdk_extent **out);
+int vmdk_extent_commit(struct vmdk_state *s, struct vmdk_extent *e,
+                       struct qimg_io *io, bool own_io, const char *filename);
 /* The extent holding guest sector, or NULL. */
 struct vmdk_extent *vmdk_find_extent(struct vmdk_state *s, uint64_t sector);
 /*
@@ -226,6 +239,20 @@ int64_t vmdk_compress_grain(struct vmdk_extent *e, const void *buf, size_t len,
                             void *out, size_t cap);
 int vmdk_write_compressed(struct vmdk_extent *e, uint64_t off, const void *data,
                           size_t csize);
+
+/* ---- sesparse.c: ESXi seSparse extents, read only ------------------- */
+
+/*
+ * Open the seSparse extent in io (const header at 0) and append it;
+ * writable opens are refused as QEMU refuses them.
+ */
+int vmdk_open_sesparse_extent(struct vmdk_state *s, struct qimg_io *io,
+                              bool own_io, const char *filename, bool writable,
+                              struct vmdk_extent **out);
+/* vmdk_cluster_lookup for a seSparse extent. */
+int vmdk_sesparse_lookup(struct vmdk_extent *e, uint64_t off, uint64_t *host);
+/* Whether the directory entry l1_index of seSparse extent e is empty. */
+bool vmdk_sesparse_gd_empty(const struct vmdk_extent *e, uint64_t l1_index);
 
 /* ---- create.c -------------------------------------------------------- */
 
