@@ -2,7 +2,7 @@
 # Build qimg twice and run the whole test suite on each build:
 #   build/       gcc, -Werror, optimised with assertions
 #   build-asan/  clang, AddressSanitizer + UndefinedBehaviorSanitizer
-# then build the libFuzzer targets and run each for FUZZ_SECONDS (15 here,
+# then build the libFuzzer targets and run each for FUZZ_SECONDS (10 here,
 # so that thirteen targets fit CI's budget; longer campaigns: tests/fuzz/README):
 #   build-fuzz/  clang, -Dfuzzing=true, ASan + UBSan; suite 'fuzz-run' only
 # The last line is the total over all runs: "N passed, N failed, N skipped".
@@ -55,7 +55,7 @@ run_fuzz() {
         status=1
     results+=("$dir/meson-logs/testlog.json")
 }
-export FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+export FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 CC=clang setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined \
     -Db_lundef=false -Dc_args=-fno-sanitize-recover=all \
     -Dbuildtype=debugoptimized && run_fuzz build-fuzz || status=1
