@@ -375,6 +375,15 @@ int node_below_is_zero(struct qimg_node *node, uint64_t off, uint64_t len);
  * guest space at 64 KiB clusters (some 15 seconds); fuzzing lowers it.
  * Not thread-safe to change while checks run.
  */
+/*
+ * pwrite_zeroes flag (besides QIMG_ZERO_MAY_UNMAP): the range must still
+ * read as zero after the image gets a backing file it does not have now
+ * (safe rebase).  A format that would leave it unallocated (qcow2 v2
+ * without a backing file: QEMU 7.2's rebase loses data there) writes
+ * zeros instead.
+ */
+#define ZERO_UNDER_NEW_BACKING (1u << 8)
+
 #define CHECK_DEFAULT_MAX_TABLE_ENTRIES (1ull << 31)
 extern uint64_t check_max_table_entries;
 

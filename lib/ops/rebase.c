@@ -107,8 +107,9 @@ static int rebase_copy(const struct qimg_rebase_params *p,
                                 (size_t)n - done, &run)) {
                 ret = old_zero
                           ? (top->drv->pwrite_zeroes
-                                 ? top->drv->pwrite_zeroes(top, off + done,
-                                                           run, 0)
+                                 ? top->drv->pwrite_zeroes(
+                                       top, off + done, run,
+                                       ZERO_UNDER_NEW_BACKING)
                                  : top->drv->pwrite(top, buf_old + done, run,
                                                     off + done))
                           : top->drv->pwrite(top, buf_old + done, run,

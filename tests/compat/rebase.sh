@@ -232,4 +232,23 @@ same "bad cache" top_raw -t bogus -b new.qcow2 top.qcow2
 same "bad source cache" top_raw -T bogus -b new.qcow2 top.qcow2
 same "unknown option" top_raw -k -b new.qcow2 top.qcow2
 
+
+# A v2 image without a backing file, rebased onto one: its unallocated
+# clusters read zero before, so they must read zero after.  qemu-img 7.2
+# zero-writes them, which v2 can only do by leaving them unallocated, and
+# the new backing file shows through (data lost); qimg writes zeros.
+"$QEMU_IMG" create -q -f raw v2base.raw 1M || fail "create v2base.raw"
+io -f raw -c 'write -P 9 0 1M' v2base.raw
+"$QEMU_IMG" create -q -f qcow2 -o compat=0.10,cluster_size=4k v2.qcow2 1M ||
+    fail "create v2.qcow2"
+io -f qcow2 -c 'write -P 1 0 64k' -c 'write -z 128k 64k' v2.qcow2
+checks=$((checks + 1))
+"$QIMG" rebase -f qcow2 -b v2base.raw -F raw v2.qcow2 ||
+    fail "v2 rebase onto a first backing file"
+"$QEMU_IO" -f qcow2 -c 'read -P 1 0 64k' -c 'read -P 0 64k 960k' \
+    v2.qcow2 >v2.out || fail "v2 rebase: qemu-io"
+grep -q "Pattern verification failed" v2.out &&
+    fail "v2 rebase: the new backing file shows through"
+"$QEMU_IMG" check -q v2.qcow2 || fail "v2 rebase: qemu-img check"
+
 finish

@@ -984,7 +984,12 @@ int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
         if (off + n >= node->size) {
             hi = cs;
         }
-        ret = zero_in_cluster(node, s, cluster, in, hi, unmap);
+        if (s->hdr.version < 3 && (flags & ZERO_UNDER_NEW_BACKING)) {
+            /* v2 has no zero entries to keep a backing file hidden. */
+            ret = write_partial(node, s, cluster, NULL, in, hi - in);
+        } else {
+            ret = zero_in_cluster(node, s, cluster, in, hi, unmap);
+        }
         off += n;
         len -= n;
     }
