@@ -2,6 +2,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -140,15 +143,106 @@ bool cli_option_list_valid(const char *arg)
     return trailing % 2 == 0;
 }
 
-/* --object TYPE,id=ID,...: only secrets exist in qemu-img's world here. */
+/*
+ * Base64 as QEMU's qbase64_decode takes it: only the alphabet, '=' and
+ * newlines are allowed, then decoded leniently (padding optional).
+ */
+static int base64_decode(const char *in, uint8_t **out, size_t *out_len)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(in);
+    uint8_t *buf = malloc(len / 4 * 3 + 3);
+    if (!buf) {
+        cli_error("Out of memory");
+        return -1;
+    }
+    uint32_t acc = 0;
+    unsigned bits = 0;
+    size_t n = 0;
+    bool padding = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        if (c == '\n' || c == '\r') {
+            continue;
+        }
+        const char *pos = c ? strchr(alphabet, c) : NULL;
+        if (c == '=') {
+            padding = true;
+            continue;
+        }
+        if (!pos || padding) {
+            free(buf);
+            cli_error("Base64 data contains invalid characters");
+            return -1;
+        }
+        acc = (acc << 6) | (uint32_t)(pos - alphabet);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            buf[n++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *out = buf;
+    *out_len = n;
+    return 0;
+}
+
+/* A secret's bytes from file=PATH, read whole, as QEMU does. */
+static int read_secret_file(const char *path, uint8_t **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("Unable to read %s: Failed to open file \u201c%s\u201d: %s",
+                  path, path, strerror(errno));
+        return -1;
+    }
+    size_t cap = 256, n = 0;
+    uint8_t *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap || cap >= (1u << 20)) {
+            break;
+        }
+        uint8_t *grown = realloc(buf, cap * 2);
+        if (!grown) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = grown;
+        cap *= 2;
+    }
+    bool failed = ferror(f) || n == cap;
+    fclose(f);
+    if (!buf || failed) {
+        free(buf);
+        cli_error("Unable to read %s: %s", path,
+                  buf ? "file too large or unreadable" : "Out of memory");
+        return -1;
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/*
+ * --object [qom-type=]secret,id=ID,data=D|file=F[,format=raw|base64]:
+ * the one object type qemu-img's commands use, stored for opens that
+ * need a key.  keyid (secrets encrypted with another secret) is refused.
+ */
 int cli_add_object(const char *def)
 {
+    static const char *const known[] = {"id", "data", "file", "format",
+                                        "keyid", "iv", NULL};
     struct qimg_opts *opts = qimg_opts_new();
     if (!opts) {
         cli_error("Out of memory");
         return -1;
     }
     int ret = -1;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
     const char *comma = strchr(def, ',');
     size_t type_len = comma ? (size_t)(comma - def) : strlen(def);
     char *type = strndup(def, type_len);
@@ -167,16 +261,92 @@ int cli_add_object(const char *def)
         cli_error("Parameter 'qom-type' does not accept value '%s'", type);
         goto out;
     }
-    if (!qimg_opts_get(opts, "id")) {
+    const char *id = qimg_opts_get(opts, "id");
+    if (!id) {
         cli_error("Parameter 'id' is missing");
         goto out;
     }
-    if (!qimg_opts_get(opts, "data") && !qimg_opts_get(opts, "file")) {
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        const char *key = qimg_opts_key(opts, i);
+        size_t k = 0;
+        while (known[k] && strcmp(known[k], key) != 0) {
+            k++;
+        }
+        if (!known[k]) {
+            if (strcmp(key, "loaded") == 0) {
+                cli_error("Property 'secret.loaded' is not writable");
+            } else {
+                cli_error("Parameter '%s' is unexpected", key);
+            }
+            goto out;
+        }
+    }
+    const char *data = qimg_opts_get(opts, "data");
+    const char *file = qimg_opts_get(opts, "file");
+    const char *format = qimg_opts_get(opts, "format");
+    if (format && strcmp(format, "raw") != 0 &&
+        strcmp(format, "base64") != 0) {
+        cli_error("Parameter 'format' does not accept value '%s'", format);
+        goto out;
+    }
+    if (data && file) {
+        cli_error("'file' and 'data' are mutually exclusive");
+        goto out;
+    }
+    if (!data && !file) {
         cli_error("Either 'file' or 'data' must be provided");
+        goto out;
+    }
+    const char *keyid = qimg_opts_get(opts, "keyid");
+    if (keyid) {
+        cli_error("secret '%s': encrypted secrets (keyid) are not supported",
+                  id);
+        goto out;
+    }
+    if (file) {
+        if (read_secret_file(file, &bytes, &len) < 0) {
+            goto out;
+        }
+    } else {
+        len = strlen(data);
+        bytes = (uint8_t *)strdup(data);
+        if (!bytes) {
+            cli_error("Out of memory");
+            goto out;
+        }
+    }
+    if (format && strcmp(format, "base64") == 0) {
+        /* The raw bytes as a C string for the decoder. */
+        char *text = malloc(len + 1);
+        uint8_t *decoded = NULL;
+        size_t decoded_len = 0;
+        if (!text) {
+            cli_error("Out of memory");
+            goto out;
+        }
+        memcpy(text, bytes, len);
+        text[len] = 0;
+        int r = base64_decode(text, &decoded, &decoded_len);
+        explicit_bzero(text, len);
+        free(text);
+        if (r < 0) {
+            goto out;
+        }
+        explicit_bzero(bytes, len);
+        free(bytes);
+        bytes = decoded;
+        len = decoded_len;
+    }
+    if (qimg_secret_add(id, bytes, len) < 0) {
+        cli_error("%s", qimg_get_error());
         goto out;
     }
     ret = 0;
 out:
+    if (bytes) {
+        explicit_bzero(bytes, len);
+        free(bytes);
+    }
     free(type);
     qimg_opts_free(opts);
     return ret;

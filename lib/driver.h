@@ -321,7 +321,21 @@ struct qimg_node {
     char *backing_name;
     char *backing_format;
     struct qimg_node *backing;
+    /*
+     * Runtime options of this open (--image-opts' driver keys other than
+     * driver and file.*: "key-secret", "encrypt.key-secret"), or NULL.
+     * A driver takes the keys it knows with node_opt_take(); whatever is
+     * left after open fails it, with QEMU's message.
+     */
+    struct qimg_opts *open_opts;
+    struct qimg_opts *open_opts_taken;
 };
+
+/*
+ * The value of runtime option key for this open, or NULL, marking it as
+ * understood by the driver.  The string lives as long as the node.
+ */
+const char *node_opt_take(struct qimg_node *node, const char *key);
 
 const struct qimg_format_ops *format_lookup(const char *name);
 /* The best-scoring format for a header buffer (raw as the fallback). */

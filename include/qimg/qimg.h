@@ -182,6 +182,24 @@ struct qimg_image;
 struct qimg_image *qimg_open(const char *filename, const char *format,
                              unsigned flags);
 /*
+ * qimg_open with runtime options for the image's format (qemu-img's
+ * --image-opts keys other than driver and file.*), e.g. "key-secret" for
+ * luks or "encrypt.key-secret" for qcow2.  An option the format does not
+ * take fails the open ("Block format 'raw' does not support the option
+ * 'x'").  driver_opts is copied; NULL is qimg_open.
+ */
+struct qimg_image *qimg_open_opts(const char *filename, const char *format,
+                                  unsigned flags,
+                                  const struct qimg_opts *driver_opts);
+/*
+ * Secrets, as qemu-img's --object secret,id=ID,data=...: process-wide,
+ * looked up by id when an open needs a key.  len bytes of data are
+ * copied (a passphrase need not be a C string).  A duplicate id fails
+ * with EEXIST.  qimg_secrets_clear() wipes and forgets them all.
+ */
+int qimg_secret_add(const char *id, const void *data, size_t len);
+void qimg_secrets_clear(void);
+/*
  * Flags added to every open this process makes from now on, the opens a
  * library call makes by itself included (convert's target, commit's
  * base reopened for writing, the backing file create and rebase check):

@@ -130,6 +130,8 @@ void node_close(struct qimg_node *node)
         free(node->filename);
         free(node->backing_name);
         free(node->backing_format);
+        qimg_opts_free(node->open_opts);
+        qimg_opts_free(node->open_opts_taken);
         free(node);
         node = below;
     }
@@ -168,8 +170,51 @@ unsigned image_open_policy(void)
  * Open a node over an open leaf (taken over, closed on failure): probe if
  * drv is NULL, take the locks, open the format and the backing chain.
  */
+const char *node_opt_take(struct qimg_node *node, const char *key)
+{
+    const char *value = node->open_opts ? qimg_opts_get(node->open_opts, key)
+                                        : NULL;
+    if (!value) {
+        return node->open_opts_taken
+                   ? qimg_opts_get(node->open_opts_taken, key)
+                   : NULL;
+    }
+    if (!node->open_opts_taken) {
+        node->open_opts_taken = qimg_opts_new();
+    }
+    /* Out of memory: the key stays unconsumed and the open fails. */
+    if (!node->open_opts_taken ||
+        qimg_opts_set(node->open_opts_taken, key, value) < 0) {
+        return NULL;
+    }
+    qimg_opts_unset(node->open_opts, key);
+    return qimg_opts_get(node->open_opts_taken, key);
+}
+
+/* A private copy of the caller's runtime options for a node. */
+static int node_set_open_opts(struct qimg_node *node,
+                              const struct qimg_opts *opts)
+{
+    if (!opts || qimg_opts_count(opts) == 0) {
+        return 0;
+    }
+    node->open_opts = qimg_opts_new();
+    if (!node->open_opts) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        const char *key = qimg_opts_key(opts, i);
+        if (qimg_opts_set(node->open_opts, key, qimg_opts_get(opts, key)) <
+            0) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+    }
+    return 0;
+}
+
 static int node_open_leaf(struct qimg_io *file, const char *filename,
                           const struct qimg_format_ops *drv, unsigned flags,
+                          const struct qimg_opts *opts,
                           const struct chain_link *up,
                           struct qimg_node **out)
 {
@@ -201,6 +246,10 @@ static int node_open_leaf(struct qimg_io *file, const char *filename,
         }
     }
     node->drv = drv;
+    ret = node_set_open_opts(node, opts);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = node_take_locks(node, flags);
     if (ret < 0) {
         goto fail;
@@ -208,6 +257,12 @@ static int node_open_leaf(struct qimg_io *file, const char *filename,
     ret = drv->open(node, flags);
     if (ret < 0) {
         node->drv = NULL;
+        goto fail;
+    }
+    if (node->open_opts && qimg_opts_count(node->open_opts) > 0) {
+        ret = error_set(EINVAL, "Block format '%s' does not support the "
+                        "option '%s'", drv->name,
+                        qimg_opts_key(node->open_opts, 0));
         goto fail;
     }
     if (node->backing_name && !(flags & QIMG_OPEN_NO_BACKING)) {
@@ -250,6 +305,13 @@ void image_set_leaf_resolver(image_leaf_resolver resolve, void *opaque)
 int node_open(const char *filename, const char *format, unsigned flags,
               const struct chain_link *up, struct qimg_node **out)
 {
+    return node_open_opts(filename, format, flags, NULL, up, out);
+}
+
+int node_open_opts(const char *filename, const char *format, unsigned flags,
+                   const struct qimg_opts *opts, const struct chain_link *up,
+                   struct qimg_node **out)
+{
     const struct qimg_format_ops *drv;
     int ret = node_lookup_format(format, &drv);
     if (ret < 0) {
@@ -274,7 +336,7 @@ int node_open(const char *filename, const char *format, unsigned flags,
     if (ret < 0) {
         return ret;
     }
-    return node_open_leaf(file, filename, drv, flags, up, out);
+    return node_open_leaf(file, filename, drv, flags, opts, up, out);
 }
 
 int node_flush(struct qimg_node *node)
@@ -378,6 +440,13 @@ struct qimg_image *qimg_open_snapshot(const char *filename,
 struct qimg_image *qimg_open(const char *filename, const char *format,
                              unsigned flags)
 {
+    return qimg_open_opts(filename, format, flags, NULL);
+}
+
+struct qimg_image *qimg_open_opts(const char *filename, const char *format,
+                                  unsigned flags,
+                                  const struct qimg_opts *driver_opts)
+{
     error_clear();
     if (!filename) {
         return fail_null(error_set(EINVAL, "No filename given"));
@@ -392,7 +461,8 @@ struct qimg_image *qimg_open(const char *filename, const char *format,
     if (!img) {
         return fail_null(error_set(ENOMEM, "Out of memory"));
     }
-    int ret = node_open(filename, format, flags, NULL, &img->top);
+    int ret = node_open_opts(filename, format, flags, driver_opts, NULL,
+                             &img->top);
     if (ret < 0) {
         free(img);
         return fail_null(error_prefix(-ret, "Could not open '%s'", filename));
@@ -418,7 +488,8 @@ int image_open_leaf(struct qimg_io *file, const char *format,
         return error_set(ENOMEM, "Out of memory");
     }
     /* The node keeps its own copy; the leaf's name lives as long. */
-    ret = node_open_leaf(file, file->filename, drv, flags, NULL, &img->top);
+    ret = node_open_leaf(file, file->filename, drv, flags, NULL, NULL,
+                         &img->top);
     if (ret < 0) {
         free(img);
         return ret;

@@ -32,6 +32,10 @@ struct chain_link {
  */
 int node_open(const char *filename, const char *format, unsigned flags,
               const struct chain_link *up, struct qimg_node **out);
+/* node_open with runtime options for the top node (copied), or NULL. */
+int node_open_opts(const char *filename, const char *format, unsigned flags,
+                   const struct qimg_opts *opts, const struct chain_link *up,
+                   struct qimg_node **out);
 /*
  * Open an image over a leaf the caller opened (a memory leaf in the fuzz
  * targets and unit tests), as qimg_open does over a file: format NULL
