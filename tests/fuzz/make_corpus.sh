@@ -190,10 +190,14 @@ io -f qcow2 -c "write -P 0x61 0 4k" -c "write -P 0x62 16G 4k" \
 keep sparse-large.qcow2
 
 # LUKS (header only matters; a short iteration time keeps it quick).
-img create -f qcow2 --object secret,id=s0,data=fuzz \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
-    -o cluster_size=4096 \
-    luks.qcow2 1M
+# qemu-img times the key slot's PBKDF2 and, on a busy machine, may fail
+# to ("Unable to get accurate CPU usage"): retry with longer times.
+for t in 10 50 100 200 400; do
+    "$QEMU_IMG" create -q -f qcow2 --object secret,id=s0,data=fuzz \
+        -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=$t \
+        -o cluster_size=4096 luks.qcow2 1M >/dev/null 2>&1 && break
+done
+img info luks.qcow2 >/dev/null
 keep luks.qcow2
 
 echo "make_corpus.sh: $count images in $out" >&2
