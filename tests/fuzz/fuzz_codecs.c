@@ -128,7 +128,14 @@ static void codec_qcow2_header(const uint8_t *p, size_t n, unsigned variant)
                  h2.crypto_offset == h.crypto_offset &&
                  h2.nb_unknown_exts == h.nb_unknown_exts &&
                  str_same(h2.backing_format, h.backing_format) &&
-                 str_same(h2.data_file, h.data_file) &&
+                 /*
+                  * As QEMU's header rewrite: the data file name is kept
+                  * only while the external data file bit is set.
+                  */
+                 str_same(h2.data_file,
+                          (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+                              ? h.data_file
+                              : NULL) &&
                  str_same(h2.backing_file, h.backing_file),
              "qcow2 header");
         qcow2_header_free(&h2);
