@@ -64,15 +64,16 @@ static int prl_write_inuse(struct qimg_node *node, bool inuse)
 
 /*
  * A read-write image is finished as QEMU's close does: the file cut (or
- * grown) to data_end, then the in-use mark cleared.  Close cannot fail;
- * on an error the mark stays set, so that the next open sees the damage.
+ * grown) to data_end, then the in-use mark cleared.  Close cannot fail.
+ * As QEMU, the mark is cleared even when the truncation fails (data_end
+ * past what the file system allows, from a damaged BAT entry).
  */
 static void prl_close(struct qimg_node *node)
 {
     struct prl_state *s = node->opaque;
     if (s && s->rdwr) {
-        if (io_truncate(node->file, s->data_end) == 0 &&
-            node_sync(node, node->file) == 0 &&
+        (void)io_truncate(node->file, s->data_end);
+        if (node_sync(node, node->file) == 0 &&
             prl_write_inuse(node, false) == 0) {
             (void)node_sync(node, node->file);
         }
