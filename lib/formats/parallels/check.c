@@ -6,6 +6,8 @@
  * whole clusters).  QEMU does not look for two entries naming the same
  * cluster, and neither does this.  -r all clears the bad entries (the
  * in-use mark is cleared at close anyway); -r leaks truncates the file.
+ * A cluster is fragmented when the guest cluster before it is allocated
+ * but not stored just before it in the file.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -46,12 +48,14 @@ int prl_check(struct qimg_node *node, unsigned flags,
     res->total_clusters = s->bat_size;
     uint64_t high = (uint64_t)load_le32(s->header + PRL_OFF_DATA_OFF) *
                     PRL_SECTOR;
+    uint64_t prev = 0; /* the previous guest cluster's host offset */
     for (uint32_t i = 0; i < s->bat_size; i++) {
         int64_t host = prl_cluster_host(node, i);
         if (host < 0) {
             return (int)host;
         }
         if (host == 0) {
+            prev = 0;
             continue;
         }
         if ((uint64_t)host > size) {
@@ -67,10 +71,15 @@ int prl_check(struct qimg_node *node, unsigned flags,
                     return 0;
                 }
                 res->corruptions_fixed++;
+                prev = 0;
                 continue;
             }
         }
         res->allocated_clusters++;
+        if (prev != 0 && (uint64_t)host != prev + s->cluster_bytes) {
+            res->fragmented_clusters++;
+        }
+        prev = (uint64_t)host;
         high = max_u64(high, (uint64_t)host + s->cluster_bytes);
     }
     res->image_end_offset = (int64_t)high;

@@ -194,7 +194,9 @@ static int prl_open(struct qimg_node *node, unsigned flags)
     } else {
         ret = prl_parse(node, s, s->header);
     }
-    s->inuse_at_open = load_le32(s->header + PRL_OFF_INUSE) != 0;
+    /* Only QEMU's mark counts: other values are ignored, as QEMU does. */
+    s->inuse_at_open = load_le32(s->header + PRL_OFF_INUSE) ==
+                       PRL_INUSE_MAGIC;
     if (ret == 0 && (flags & QIMG_OPEN_RDWR)) {
         if (s->inuse_at_open && !(flags & QIMG_OPEN_CHECK)) {
             ret = error_set(EBUSY, "parallels: Image was not closed "
