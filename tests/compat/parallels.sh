@@ -167,6 +167,24 @@ io -f parallels -c 'write -P 9 1000 3000' -c 'write -P 10 2097152 70000' \
 expect_same "old magic writes: bytes" po-q.prl po-i.prl
 qemu_ok "old magic writes" po-i.prl
 
+# A data offset that is no whole cluster (or 0): QEMU 7.2 allocates at
+# that unaligned offset and its entries then miss the data; qimg starts
+# the data at the next whole cluster, which qemu-img reads back.
+"$QEMU_IMG" create -q -f parallels -o cluster_size=64k do.prl 10M
+for off in 3 0 1000; do
+    cp do.prl do-$off.prl
+    patch do-$off.prl 48 4 $off
+    "$W" do-$off.prl parallels w:102400:10240:5 w:0:512:6 f 2>w.err ||
+        fail "write_image data offset $off" "$(cat w.err)"
+    qemu_ok "data offset $off" do-$off.prl
+    same_raw "data offset $off" do-$off.prl
+    "$QEMU_IO" -r -f parallels -c 'read -P 6 0 512' \
+        -c 'read -P 5 100k 10k' -c 'read -P 0 512 512' do-$off.prl \
+        >io.out 2>&1 && ! grep -q -i 'fail' io.out ||
+        fail "data offset $off: qemu-io reads" "$(cat io.out)"
+    pass
+done
+
 # A random differential run: every read equals the mirror, then qemu-img
 # reads the mirror and finds the image clean.
 seed=${QIMG_SEED:-$(( $(date +%s) % 1000000 * 1000 + $$ % 1000 ))}
