@@ -4,7 +4,8 @@
 # images (qemu-img create + qemu-io, and rewritten to the old magic) read
 # by qimg as qemu-img reads them (convert -O raw, info human and json, map),
 # damaged headers give qemu-img's messages and exit codes, and writes are
-# refused as qemu-img refuses them (parallels: not implemented yet).
+# refused as qemu-img refuses them.  (Parallels writes, create and check:
+# parallels.sh.)
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 TOOL="python3 $QIMG_SRCDIR/tests/compat/roformats_tool.py"
@@ -239,7 +240,7 @@ for damage in "36 8 0x100000000" "36 8 0x80000000000"; do
 done
 head -c 40 pa.prl >short.prl
 same_out "parallels short" info short.prl
-# Writes are not implemented yet: refused, the image unchanged.
+# Resize is refused as qemu-img 7.2 refuses it, the image unchanged.
 cp pa.prl w.prl
 expect_status "parallels resize refused" 1 "$QIMG" resize w.prl 4M
 cmp -s pa.prl w.prl || fail "parallels refused resize changed the image"

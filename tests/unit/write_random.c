@@ -34,7 +34,8 @@
  *     edges are unchanged;
  *   - qcow2 v2 (compat=0.10): without a backing file those clusters read
  *     as zero; over a backing file a discard changes nothing (QEMU
- *     refuses it there, having no zero flag to hide the backing data).
+ *     refuses it there, having no zero flag to hide the backing data);
+ *   - parallels: a discard changes nothing (QEMU 7.2's driver has none).
  *
  * The seed (-r, else QIMG_SEED, else time and pid) is printed first as
  * "seed=N"; the same seed and arguments replay the same requests.  On a
@@ -744,6 +745,8 @@ int main(int argc, char **argv)
     S.subcluster = ext_l2 ? S.cluster / 32 : S.cluster;
     if (strcmp(S.format, "qcow2") == 0) {
         S.discard = v2 && base ? DISCARD_NONE : DISCARD_CLUSTER_ZERO;
+    } else if (strcmp(S.format, "parallels") == 0) {
+        S.discard = DISCARD_NONE;
     } else {
         S.discard = DISCARD_EXACT_ZERO;
     }

@@ -1,16 +1,13 @@
 /*
  * parallels: Parallels expanding disk images ("WithoutFreeSpace" and
- * "WithouFreSpacExt" headers), read only for now, with QEMU 7.2's open
- * checks and messages.
+ * "WithouFreSpacExt" headers): open with QEMU 7.2's checks and messages,
+ * reads and guest writes (layout in parallels.h).
  *
- * Layout (little-endian): a 64-byte header (magic, version 2, heads,
- * cylinders, tracks = sectors per cluster, BAT entry count, size in
- * sectors, in-use mark, data offset, flags, extension offset), then the
- * BAT of 32-bit entries at offset 64.  Entry i maps guest cluster i: 0 is
- * unallocated (reads from the backing file, or zero), otherwise the host
- * sector is entry * multiplier, where the multiplier is 1 for the old
- * magic (entries count sectors) and tracks for the "Ext" magic (entries
- * count clusters).  The old magic keeps only the low 32 bits of the size.
+ * Writes as QEMU's: a read-write open refuses an image whose in-use mark
+ * is set (unless for a check) and sets the mark; a new cluster goes at
+ * data_end, its data written before its BAT entry; close truncates the
+ * file to data_end and clears the mark.  The old magic keeps only the low
+ * 32 bits of the size.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -18,37 +15,16 @@
 
 #include "core/error.h"
 #include "driver.h"
+#include "parallels.h"
 #include "util/checked.h"
 #include "util/endian.h"
 
-#define PRL_SECTOR 512u
-#define PRL_HEADER_SIZE 64u
-#define PRL_MAGIC "WithoutFreeSpace"
-#define PRL_MAGIC_EXT "WithouFreSpacExt"
-#define PRL_MAGIC_LEN 16
-#define PRL_VERSION 2u
-/* QEMU's limits: the cluster (tracks) and the BAT. */
-#define PRL_TRACKS_MAX (0x7fffffffu / 513)
-#define PRL_BAT_MAX (0x7fffffffu / 4)
 /*
  * A BAT past the end of the file reads as zeros (as in QEMU); qimg
  * follows for BATs up to this size and refuses larger ones, so that a
  * tiny hostile file cannot make it allocate gigabytes.
  */
 #define PRL_BAT_PAST_EOF_MAX (4u << 20)
-
-#define PRL_OFF_VERSION 16
-#define PRL_OFF_TRACKS 28
-#define PRL_OFF_BAT_ENTRIES 32
-#define PRL_OFF_NB_SECTORS 36
-
-struct prl_state {
-    uint32_t *bat;
-    uint32_t bat_size;
-    uint32_t tracks;
-    uint64_t multiplier;
-    uint64_t cluster_bytes;
-};
 
 static int prl_probe(const uint8_t *buf, size_t len, const char *filename)
 {
@@ -64,14 +40,45 @@ static int prl_probe(const uint8_t *buf, size_t len, const char *filename)
     return load_le32(buf + PRL_OFF_VERSION) == PRL_VERSION ? 100 : 0;
 }
 
-static void prl_close(struct qimg_node *node)
+static void prl_free(struct qimg_node *node)
 {
     struct prl_state *s = node->opaque;
     if (s) {
         free(s->bat);
+        free(s->cluster_buf);
         free(s);
     }
     node->opaque = NULL;
+}
+
+/*
+ * Write the header with the in-use mark set or cleared (QEMU's
+ * PRL_INUSE_MAGIC while open read-write, 0 once closed).
+ */
+static int prl_write_inuse(struct qimg_node *node, bool inuse)
+{
+    struct prl_state *s = node->opaque;
+    store_le32(s->header + PRL_OFF_INUSE, inuse ? PRL_INUSE_MAGIC : 0);
+    return io_pwrite(node->file, s->header, PRL_HEADER_SIZE, 0);
+}
+
+/*
+ * A read-write image is finished as QEMU's close does: the file cut (or
+ * grown) to data_end, then the in-use mark cleared.  Close cannot fail.
+ * As QEMU, the mark is cleared even when the truncation fails (data_end
+ * past what the file system allows, from a damaged BAT entry).
+ */
+static void prl_close(struct qimg_node *node)
+{
+    struct prl_state *s = node->opaque;
+    if (s && s->rdwr) {
+        (void)io_truncate(node->file, s->data_end);
+        if (node_sync(node, node->file) == 0 &&
+            prl_write_inuse(node, false) == 0) {
+            (void)node_sync(node, node->file);
+        }
+    }
+    prl_free(node);
 }
 
 /* QEMU's open-time checks, in its order and with its words. */
@@ -146,27 +153,70 @@ static int prl_parse(struct qimg_node *node, struct prl_state *s,
     return 0;
 }
 
+/*
+ * Where the next cluster goes: past the data offset, the header and BAT,
+ * and every cluster an entry names (also ones past the end of the file,
+ * as QEMU's), rounded up to a whole cluster for the "Ext" magic whose
+ * entries count clusters.
+ */
+static int prl_find_data_end(struct qimg_node *node, struct prl_state *s)
+{
+    uint64_t end = (uint64_t)load_le32(s->header + PRL_OFF_DATA_OFF) *
+                   PRL_SECTOR;
+    uint64_t bat_end = PRL_HEADER_SIZE + (uint64_t)s->bat_size * 4;
+    end = max_u64(end, bat_end);
+    for (uint32_t i = 0; i < s->bat_size; i++) {
+        int64_t host = prl_cluster_host(node, i);
+        if (host < 0) {
+            return (int)host;
+        }
+        if (host > 0) {
+            end = max_u64(end, (uint64_t)host + s->cluster_bytes);
+        }
+    }
+    uint64_t unit = s->multiplier * PRL_SECTOR;
+    end = div_round_up_u64(end, unit) * unit;
+    s->data_end = end;
+    return 0;
+}
+
 static int prl_open(struct qimg_node *node, unsigned flags)
 {
-    if (flags & QIMG_OPEN_RDWR) {
-        return error_set(ENOTSUP, "parallels images are read-only in qimg "
-                         "(writes are not implemented yet)");
-    }
     struct prl_state *s = calloc(1, sizeof(*s));
     if (!s) {
         return error_set(ENOMEM, "Out of memory");
     }
     node->opaque = s;
-    uint8_t b[PRL_HEADER_SIZE];
     /* A short file reads as zeros past its end, as in QEMU. */
-    int ret = io_pread(node->file, b, sizeof(b), 0);
+    int ret = io_pread(node->file, s->header, PRL_HEADER_SIZE, 0);
     if (ret < 0) {
         ret = error_prefix(-ret, "Could not read the Parallels header");
     } else {
-        ret = prl_parse(node, s, b);
+        ret = prl_parse(node, s, s->header);
+    }
+    /* Only QEMU's mark counts: other values are ignored, as QEMU does. */
+    s->inuse_at_open = load_le32(s->header + PRL_OFF_INUSE) ==
+                       PRL_INUSE_MAGIC;
+    if (ret == 0 && (flags & QIMG_OPEN_RDWR)) {
+        if (s->inuse_at_open && !(flags & QIMG_OPEN_CHECK)) {
+            ret = error_set(EBUSY, "parallels: Image was not closed "
+                            "correctly; cannot be opened read/write");
+        } else {
+            ret = prl_find_data_end(node, s);
+        }
+        /* The mark is on disk before any data changes. */
+        if (ret == 0) {
+            ret = prl_write_inuse(node, true);
+        }
+        if (ret == 0) {
+            ret = node_sync(node, node->file);
+        }
+        if (ret == 0) {
+            s->rdwr = true;
+        }
     }
     if (ret < 0) {
-        prl_close(node);
+        prl_free(node);
     }
     return ret;
 }
@@ -175,7 +225,7 @@ static int prl_open(struct qimg_node *node, unsigned flags)
  * The host byte offset of guest cluster index's start: 0 when it is
  * unallocated, -errno when the entry points past 2^63.
  */
-static int64_t prl_cluster_host(struct qimg_node *node, uint64_t index)
+int64_t prl_cluster_host(struct qimg_node *node, uint64_t index)
 {
     struct prl_state *s = node->opaque;
     if (index >= s->bat_size || s->bat[index] == 0) {
@@ -219,6 +269,102 @@ static int prl_pread(struct qimg_node *node, void *buf, size_t len,
         len -= n;
     }
     return 0;
+}
+
+int prl_write_bat_entry(struct qimg_node *node, uint64_t index)
+{
+    struct prl_state *s = node->opaque;
+    uint8_t e[4];
+    store_le32(e, s->bat[index]);
+    return io_pwrite(node->file, e, sizeof(e), PRL_HEADER_SIZE + index * 4);
+}
+
+/*
+ * Allocate guest cluster index at data_end and write n bytes at in_cluster
+ * into it; the rest of the cluster comes from the layer below (zeros past
+ * the disk's end).  The data is written before the BAT entry, so that a
+ * crash leaves at worst a leaked cluster, never an entry naming garbage.
+ */
+static int prl_allocate(struct qimg_node *node, uint64_t index,
+                        uint64_t in_cluster, const uint8_t *buf, size_t n)
+{
+    struct prl_state *s = node->opaque;
+    if (index >= s->bat_size) {
+        return error_set(EIO, "%s: guest cluster %llu lies past the "
+                         "Parallels BAT", node->filename,
+                         (unsigned long long)index);
+    }
+    uint64_t host = s->data_end;
+    uint64_t entry = host / PRL_SECTOR / s->multiplier;
+    if (entry == 0 || entry > UINT32_MAX ||
+        host > INT64_MAX - s->cluster_bytes) {
+        return error_set(ENOSPC, "%s: no room for another Parallels cluster",
+                         node->filename);
+    }
+    int ret;
+    if (n == s->cluster_bytes) {
+        ret = io_pwrite(node->file, buf, n, host);
+    } else {
+        if (!s->cluster_buf) {
+            s->cluster_buf = malloc((size_t)s->cluster_bytes);
+            if (!s->cluster_buf) {
+                return error_set(ENOMEM, "Out of memory");
+            }
+        }
+        uint64_t start = index * s->cluster_bytes;
+        size_t below = (size_t)min_u64(s->cluster_bytes,
+                                       start < node->size ?
+                                       node->size - start : 0);
+        memset(s->cluster_buf + below, 0,
+               (size_t)s->cluster_bytes - below);
+        ret = below ? node_read_below(node, s->cluster_buf, below, start)
+                    : 0;
+        if (ret == 0) {
+            memcpy(s->cluster_buf + in_cluster, buf, n);
+            ret = io_pwrite(node->file, s->cluster_buf,
+                            (size_t)s->cluster_bytes, host);
+        }
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    s->bat[index] = (uint32_t)entry;
+    s->data_end = host + s->cluster_bytes;
+    return prl_write_bat_entry(node, index);
+}
+
+static int prl_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                      uint64_t off)
+{
+    struct prl_state *s = node->opaque;
+    const uint8_t *p = buf;
+    while (len > 0) {
+        uint64_t index = off / s->cluster_bytes;
+        uint64_t in_cluster = off % s->cluster_bytes;
+        size_t n = (size_t)min_u64(len, s->cluster_bytes - in_cluster);
+        int64_t host = prl_cluster_host(node, index);
+        int ret;
+        if (host < 0) {
+            return (int)host;
+        }
+        if (host == 0) {
+            ret = prl_allocate(node, index, in_cluster, p, n);
+        } else {
+            ret = io_pwrite(node->file, p, n, (uint64_t)host + in_cluster);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int prl_flush(struct qimg_node *node)
+{
+    return node_sync(node, node->file);
 }
 
 /*
@@ -268,6 +414,11 @@ const struct qimg_format_ops format_parallels = {
     .open = prl_open,
     .close = prl_close,
     .pread = prl_pread,
+    .pwrite = prl_pwrite,
+    .flush = prl_flush,
     .block_status = prl_block_status,
     .get_info = prl_get_info,
+    .check = prl_check,
+    .create_opts = prl_create_opts,
+    .create = prl_create,
 };
