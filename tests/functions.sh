@@ -94,6 +94,44 @@ qemu_create_luks() {
     return 1
 }
 
+# same_out NAME ARGS...: qemu-img ARGS and qimg ARGS print the same on
+# stdout and stderr (qimg's "qimg: " prefix read as "qemu-img: ") and
+# exit alike; the exit status is compared as a last stdout line.  Debian's
+# qemu-img warns about dmg modules it does not ship when it probes: those
+# lines are dropped.  Writes want.out, want.err, got.out and got.err in
+# the current directory.
+same_out() {
+    local name=$1
+    shift
+    "$QEMU_IMG" "$@" >want.out 2>want.err
+    echo "exit $?" >>want.out
+    sed -i '/^qemu: module block-block-dmg-.* not found/d' want.err
+    "$QIMG" "$@" >got.out 2>got.err
+    echo "exit $?" >>got.out
+    sed -i 's/^qimg: /qemu-img: /' got.err
+    expect_same "$name: stdout" want.out got.out
+    expect_same "$name: stderr" want.err got.err
+}
+
+# same_raw NAME IMAGE: qimg and qemu-img convert IMAGE to the same raw
+# bytes (got.raw, want.raw); a failing convert is a failure.
+same_raw() {
+    rm -f got.raw want.raw
+    "$QIMG" convert -O raw "$2" got.raw 2>got.err ||
+        { fail "$1: qimg convert" "$(cat got.err)"; return; }
+    "$QEMU_IMG" convert -O raw "$2" want.raw ||
+        { fail "$1: qemu-img convert"; return; }
+    expect_same "$1: contents" want.raw got.raw
+}
+
+# same_read NAME IMAGE: same_raw, then info (human and json) and map json.
+same_read() {
+    same_raw "$1" "$2"
+    same_out "$1: info" info "$2"
+    same_out "$1: info json" info --output=json "$2"
+    same_out "$1: map json" map --output=json "$2"
+}
+
 finish() {
     if [ "$failures" -ne 0 ]; then
         echo "$failures of $checks checks failed" >&2

@@ -269,6 +269,81 @@ cp sn.qcow2 sn3.qcow2
 patch sn3.qcow2 $((RB + 2 * 5)) 3 2
 every "snapshots, refcount too high" sn3.qcow2
 
+# v3 snapshot table entries with less than 16 bytes of extra data (no
+# vm_state_size_large or disk_size): -r all rewrites the table with
+# complete entries ("Repairing snapshot table entry N is incomplete").
+# strip_extra FILE KEEP: keep KEEP bytes of every entry's extra data.
+strip_extra() {
+    python3 - "$@" <<'PY'
+import struct, sys
+f, keep = sys.argv[1], int(sys.argv[2])
+b = bytearray(open(f, 'rb').read())
+nb, off = struct.unpack('>IQ', b[60:72])
+p, out = off, bytearray()
+for i in range(nb):
+    h = b[p:p + 40]
+    ids, names = struct.unpack('>HH', h[12:16])
+    ext = struct.unpack('>I', h[36:40])[0]
+    tail = b[p + 40 + ext:p + 40 + ext + ids + names]
+    ent = h[:36] + struct.pack('>I', min(keep, ext)) + \
+        b[p + 40:p + 40 + min(keep, ext)] + tail
+    out += ent + b'\0' * (-len(ent) % 8)
+    p += 40 + ext + ids + names
+    p += -p % 8
+b[off:p] = out + b'\0' * (p - off - len(out))
+open(f, 'wb').write(b)
+PY
+}
+rm -f sn-inc.qcow2
+mk -f qcow2 sn-inc.qcow2 4M
+io -c 'write -P 1 0 128k' sn-inc.qcow2
+"$QEMU_IMG" snapshot -c s1 sn-inc.qcow2
+io -c 'write -P 2 64k 128k' sn-inc.qcow2
+"$QEMU_IMG" snapshot -c s2 sn-inc.qcow2
+cp sn-inc.qcow2 sn-inc8.qcow2
+strip_extra sn-inc.qcow2 0
+every "incomplete snapshot table entries" sn-inc.qcow2
+strip_extra sn-inc8.qcow2 8
+every "snapshot table entries without disk_size" sn-inc8.qcow2
+cp sn-inc.qcow2 sn-inc-leak.qcow2
+truncate -s $((12 * 65536)) sn-inc-leak.qcow2
+patch sn-inc-leak.qcow2 $((RB + 2 * 11)) 1 2
+every "incomplete snapshot entries and a leak" sn-inc-leak.qcow2
+cp sn-inc.qcow2 sn-inc-rebuild.qcow2
+patch sn-inc-rebuild.qcow2 $((RB + 2 * 5)) 0 2
+every "incomplete snapshot entries and a rebuild" sn-inc-rebuild.qcow2
+cp sn-inc.qcow2 sn-inc-corrupt.qcow2
+patch sn-inc-corrupt.qcow2 72 2
+every "incomplete snapshot entries, corrupt bit" sn-inc-corrupt.qcow2
+# Not repaired by QEMU: the L2 entry stays, the table is still rewritten.
+cp sn-inc.qcow2 sn-inc-rsv.qcow2
+patch sn-inc-rsv.qcow2 $((L2 + 8)) 0x8000000000060002
+every "incomplete snapshot entries and an unrepairable L2 entry" \
+    sn-inc-rsv.qcow2
+rm -f sn-inc-lazy.qcow2
+mk -f qcow2 -o lazy_refcounts=on sn-inc-lazy.qcow2 4M
+io -c 'write -P 1 0 128k' sn-inc-lazy.qcow2
+"$QEMU_IMG" snapshot -c s1 sn-inc-lazy.qcow2
+strip_extra sn-inc-lazy.qcow2 0
+( "$QEMU_IO" -c 'write -P 3 1M 128k' -c 'sigraise 9' sn-inc-lazy.qcow2
+  true ) >/dev/null 2>&1
+every "incomplete snapshot entries, dirty lazy refcounts" sn-inc-lazy.qcow2
+# The repaired table: complete entries, the same snapshots.
+cp sn-inc.qcow2 sn-inc-fixed.qcow2
+"$QIMG" check -q -r all sn-inc-fixed.qcow2 >/dev/null 2>&1
+"$QEMU_IMG" snapshot -l sn-inc.qcow2 >sn-inc.want
+"$QEMU_IMG" snapshot -l sn-inc-fixed.qcow2 >sn-inc.got
+expect_same "snapshot -l after the repair" sn-inc.want sn-inc.got
+expect_status "qemu-img check clean after the repair" 0 \
+    "$QEMU_IMG" check sn-inc-fixed.qcow2
+# A writable open leaves incomplete entries alone, as QEMU's.
+cp sn-inc.qcow2 sn-inc-open.qcow2
+expect_status "writable open of incomplete entries" 0 "$QIMG_OPEN_RW" \
+    sn-inc-open.qcow2
+checks=$((checks + 1))
+cmp -s sn-inc.qcow2 sn-inc-open.qcow2 ||
+    fail "a writable open rewrote incomplete snapshot entries"
+
 # ---- The command line ----------------------------------------------------
 
 same_cli() {

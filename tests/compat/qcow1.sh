@@ -28,27 +28,6 @@ io -f raw -c 'write -P 0x17 0 4k' -c 'write -P 0x93 4k 60k' \
 head -c 8192 /dev/urandom | dd of=pattern.raw bs=8192 seek=256 \
     conv=notrunc status=none
 
-same_raw() {
-    rm -f got.raw want.raw
-    "$QIMG" convert -O raw "$2" got.raw 2>got.err ||
-        { fail "$1: qimg convert" "$(cat got.err)"; return; }
-    "$QEMU_IMG" convert -O raw "$2" want.raw ||
-        { fail "$1: qemu-img convert"; return; }
-    expect_same "$1: contents" want.raw got.raw
-}
-
-same_out() {
-    local name=$1
-    shift
-    "$QEMU_IMG" "$@" >want.out 2>want.err
-    echo "exit $?" >>want.out
-    "$QIMG" "$@" >got.out 2>got.err
-    echo "exit $?" >>got.out
-    sed -i 's/^qimg: /qemu-img: /' got.err
-    expect_same "$name: stdout" want.out got.out
-    expect_same "$name: stderr" want.err got.err
-}
-
 same_meta() {
     same_out "$1: info" info "$2"
     same_out "$1: info json" info --output=json "$2"

@@ -431,4 +431,52 @@ checks=$((checks + 1))
     fail "so rewrite: message"
 rm -rf so-*.q so-*.m big.raw
 
+# A child whose parentCID is not its vmdk parent's CID (QEMU's
+# vmdk_is_cid_valid): the open, info, map and check are fine, and so are
+# its own grains; reading what lies below, or copying it into a new grain
+# on a write, fails with EINVAL, and a failed write leaves the CID.
+rm -f cid-base.vmdk cid-child.vmdk
+"$QEMU_IMG" create -q -f vmdk cid-base.vmdk 1M
+"$QEMU_IO" -c 'write -P 5 0 1M' cid-base.vmdk >/dev/null
+"$QEMU_IMG" create -q -f vmdk -b cid-base.vmdk -F vmdk cid-child.vmdk
+"$QEMU_IO" -c 'write -P 6 0 64k' cid-child.vmdk >/dev/null
+expect_status "cid: matching parentCID converts" 0 "$QIMG" convert \
+    -O raw cid-child.vmdk cid-ok.raw
+sed -i 's/^parentCID=[0-9a-f]*/parentCID=12345678/' cid-child.vmdk
+same_out cid-info info cid-child.vmdk
+same_out cid-map map --output=json cid-child.vmdk
+same_out cid-check check cid-child.vmdk
+expect_status "cid: qemu-img fails the convert" 1 "$QEMU_IMG" convert \
+    -O raw cid-child.vmdk cid-want.raw
+rm -f cid-child2.vmdk
+"$QEMU_IMG" create -q -f vmdk -b cid-base.vmdk -F vmdk cid-child2.vmdk
+sed -i 's/^parentCID=[0-9a-f]*/parentCID=12345678/' cid-child2.vmdk
+expect_status "cid: qimg fails the convert of an empty child" 1 \
+    "$QIMG" convert -O raw cid-child2.vmdk cid-got.raw
+checks=$((checks + 1))
+"$QIMG" convert -O raw cid-child2.vmdk cid-got.raw 2>&1 |
+    grep -q 'parent CID' || fail "cid: message"
+# A write that needs the parent's bytes fails (even a whole grain) and
+# leaves the file as it was; one into the child's own grain works.
+for op in w:0x20000:512:7 w:0x20000:0x10000:7 z:0x30000:512; do
+    cp cid-child.vmdk cid-w.vmdk
+    cp cid-child.vmdk cid-w.want.vmdk
+    expect_status "cid: qemu-io write $op fails" 1 "$QEMU_IO" -c \
+        "$(echo "$op" | awk -F: '{ if ($1 == "z") print "write -z " $2 " " $3;
+            else print "write -P " $4 " " $2 " " $3 }')" cid-w.want.vmdk
+    expect_status "cid: write $op fails" 1 "$QIMG_WRITE_IMAGE" cid-w.vmdk \
+        vmdk "$op"
+    checks=$((checks + 1))
+    cmp -s cid-child.vmdk cid-w.vmdk ||
+        fail "cid: a failed write $op changed the file"
+done
+cp cid-child.vmdk cid-w.vmdk
+expect_status "cid: write into the child's grain" 0 "$QIMG_WRITE_IMAGE" \
+    cid-w.vmdk vmdk w:0:512:8
+checks=$((checks + 1))
+grep -a '^CID=' cid-child.vmdk >cid-a.txt
+grep -a '^CID=' cid-w.vmdk >cid-b.txt
+cmp -s cid-a.txt cid-b.txt && fail "cid: the write did not change the CID"
+rm -f cid-*.vmdk cid-*.raw
+
 finish

@@ -155,6 +155,12 @@ struct check {
      * check (the dirty bit stays).
      */
     bool fatal;
+    /*
+     * v3 snapshot table entries without vm_state_size_large and
+     * disk_size: corruptions, added to the result after the refcount
+     * part (whose rebuild recounts its own), as QEMU keeps them apart.
+     */
+    int64_t sn_incomplete;
 
     uint8_t *l2_buf;    /* one L2 table */
     uint64_t l2_visits; /* L2 entries examined so far */
@@ -958,13 +964,54 @@ static int check_snapshot_table(struct check *c)
         c->res->check_errors++;
         return ret;
     }
-    /* [spec: Snapshots] v3 entries hold vm_state_size_large and disk_size. */
+    /*
+     * [spec: Snapshots] v3 entries hold vm_state_size_large and disk_size.
+     * [QEMU] -r all rewrites the table once the refcounts are checked
+     * (fix_snapshot_table); the line says so already.
+     */
+    bool fix = (c->fix & QIMG_CHECK_FIX_ERRORS) != 0;
     for (uint32_t i = 0; h->version >= 3 && i < s->snapshots.nb; i++) {
         if (s->snapshots.sn[i].extra_data_size < 16) {
-            c->res->corruptions++;
-            say(c, "ERROR snapshot table entry %d is incomplete", (int)i);
+            c->sn_incomplete++;
+            say(c, "%s snapshot table entry %d is incomplete",
+                fix ? "Repairing" : "ERROR", (int)i);
         }
     }
+    return 0;
+}
+
+static int finish_repair(struct check *c, bool clean);
+
+/*
+ * [QEMU] qcow2_check_fix_snapshot_table: after the refcount part, the
+ * table is written again with complete entries, and what it counted as
+ * corrupt is fixed.  The write path allocates the new table: its caches
+ * are dropped (the check wrote the refcounts under them), and the dirty
+ * bit, which the check has just made moot, is cleared first so the
+ * write path does not rebuild the refcounts once more.
+ */
+static int fix_snapshot_table(struct check *c)
+{
+    struct qcow2_state *s = c->s;
+    if (!c->sn_incomplete || !(c->fix & QIMG_CHECK_FIX_ERRORS) || c->fatal) {
+        c->res->corruptions += c->sn_incomplete;
+        return 0;
+    }
+    qcow2_write_free(s);
+    qcow2_l2_invalidate(s, 0, UINT64_MAX);
+    int ret = finish_repair(c, false);
+    if (ret == 0) {
+        ret = qcow2_snapshot_table_rewrite(c->node, s);
+        qcow2_write_free(s);
+        qcow2_l2_invalidate(s, 0, UINT64_MAX);
+    }
+    if (ret < 0) {
+        c->res->check_errors++;
+        c->res->corruptions += c->sn_incomplete;
+        say(c, "ERROR failed to update snapshot table: %s", strerror(-ret));
+        return ret;
+    }
+    c->res->corruptions_fixed += c->sn_incomplete;
     return 0;
 }
 
@@ -1710,9 +1757,11 @@ int qcow2_repair(struct qimg_node *node, struct qcow2_state *s,
     uint64_t highest = 0;
     ret = check_refcounts(&c, &highest);
     if (ret < 0) {
+        res->corruptions += c.sn_incomplete;
         goto out;
     }
     res->image_end_offset = (int64_t)((highest + 1) * c.cs);
+    ret = fix_snapshot_table(&c);
 
 out:
     if (fix) {

@@ -891,6 +891,14 @@ int qcow2_snapshot_apply(struct qimg_node *node,
                          const struct qimg_snapshot_select *sel);
 int qcow2_snapshot_delete(struct qimg_node *node,
                           const struct qimg_snapshot_select *sel);
+/*
+ * Write s->snapshots again as a new table, every entry complete (the
+ * repair of v3 entries without vm_state_size_large and disk_size, as
+ * QEMU's qcow2_check_fix_snapshot_table).  The dirty bit must be clear
+ * and the write path's caches current.
+ */
+int qcow2_snapshot_table_rewrite(struct qimg_node *node,
+                                 struct qcow2_state *s);
 
 /* ---- overlap.c ---------------------------------------------------------- */
 

@@ -410,6 +410,29 @@ static int write_table(struct qimg_node *node, struct qcow2_state *s,
     return ret < 0 ? ret : qcow2_write_flush(node, s);
 }
 
+int qcow2_snapshot_table_rewrite(struct qimg_node *node,
+                                 struct qcow2_state *s)
+{
+    /*
+     * No prepare(): the check that calls this may write an image marked
+     * corrupt, as QEMU's does; it has already dropped the caches.
+     */
+    int ret = qcow2_write_begin(node, s);
+    if (ret == 0) {
+        ret = write_table(node, s, &s->snapshots);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    /* The encoder wrote every entry complete. */
+    for (uint32_t i = 0; i < s->snapshots.nb; i++) {
+        struct qcow2_snapshot *sn = &s->snapshots.sn[i];
+        sn->extra_data_size = (uint32_t)(QCOW2_SNAPSHOT_EXTRA_SIZE +
+                                         sn->unknown_extra_len);
+    }
+    return 0;
+}
+
 /* [QEMU] find_snapshot_by_id_and_name: the first matching both. */
 static int64_t find_by(const struct qcow2_snapshot_table *t, const char *id,
                        const char *name)

@@ -15,6 +15,7 @@
  * does); unlike QEMU, a name that looks like a protocol ("nbd:...",
  * "json:...") is refused instead of being looked for as a local file.
  */
+#include <inttypes.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -389,6 +390,30 @@ static struct vmdk_extent *extent_at(struct qimg_node *node, uint64_t off)
     return e;
 }
 
+/*
+ * [QEMU] vmdk_is_cid_valid: what lies below a grain this image does not
+ * have is read (or copied into a new grain) only while a vmdk parent's
+ * CID is the parentCID this image was made against; otherwise the read
+ * or write fails with EINVAL, the open and the allocated grains are
+ * fine.  A match is remembered for the rest of the open.
+ */
+static int check_parent_cid(struct qimg_node *node)
+{
+    struct vmdk_state *s = node->opaque;
+    const struct qimg_node *parent = node->backing;
+    if (s->cid_checked || !parent || parent->drv != &format_vmdk) {
+        return 0;
+    }
+    const struct vmdk_state *ps = parent->opaque;
+    if (ps->cid != s->parent_cid) {
+        return error_set(EINVAL, "%s: parent CID %08" PRIx32 " is not "
+                                 "the image's parentCID %08" PRIx32,
+                         node->filename, ps->cid, s->parent_cid);
+    }
+    s->cid_checked = true;
+    return 0;
+}
+
 static int vmdk_pread(struct qimg_node *node, void *buf, size_t len,
                       uint64_t off)
 {
@@ -406,7 +431,10 @@ static int vmdk_pread(struct qimg_node *node, void *buf, size_t len,
         extent_position(e, off, &in_cluster, &left);
         size_t n = left < len ? (size_t)left : len;
         if (ret == VMDK_UNALLOC) {
-            ret = node_read_below(node, p, n, off);
+            ret = check_parent_cid(node);
+            if (ret == 0) {
+                ret = node_read_below(node, p, n, off);
+            }
         } else if (ret == VMDK_ZEROED) {
             memset(p, 0, n);
         } else {
@@ -536,7 +564,11 @@ static int fill_grain(struct qimg_node *node, struct vmdk_extent *e,
     if (zeroed || !node->backing) {
         memset(grain, 0, (size_t)cluster);
     } else {
-        ret = node_read_below(node, grain, (size_t)cluster, start);
+        /* [QEMU] even a whole-grain write: the parent CID is checked. */
+        ret = check_parent_cid(node);
+        if (ret == 0) {
+            ret = node_read_below(node, grain, (size_t)cluster, start);
+        }
     }
     if (ret == 0) {
         if (buf) {
@@ -604,7 +636,7 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
                     uint64_t off, bool zero)
 {
     struct vmdk_state *s = node->opaque;
-    int ret = update_cid(node, s);
+    int ret = 0;
     uint8_t *grain = NULL;
     while (ret == 0 && len > 0) {
         struct vmdk_extent *e = extent_at(node, off);
@@ -647,7 +679,11 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
         len -= n;
     }
     free(grain);
-    return ret;
+    /*
+     * [QEMU] the CID changes after the first write of an open that
+     * succeeded; one that failed (a parent CID mismatch) leaves it.
+     */
+    return ret < 0 ? ret : update_cid(node, s);
 }
 
 static int vmdk_pwrite(struct qimg_node *node, const void *buf, size_t len,

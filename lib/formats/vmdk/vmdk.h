@@ -179,6 +179,7 @@ struct vmdk_state {
     uint64_t desc_offset; /* bytes: where the descriptor text is */
     bool writable;
     bool cid_updated; /* the first write of this open changed the CID */
+    bool cid_checked; /* the vmdk parent's CID is parent_cid */
     uint64_t gd_entries; /* loaded so far, <= VMDK_MAX_GD_ENTRIES_TOTAL */
 };
 
