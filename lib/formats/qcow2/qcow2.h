@@ -340,7 +340,7 @@ struct qcow2_luks_info {
  * bytes whatever the cluster size.
  */
 #define QCOW2_L2_SLICE_MAX 4096u
-#define QCOW2_L2_CACHE_SLOTS 32u
+#define QCOW2_L2_CACHE_SLOTS 256u
 
 struct qcow2_l2_slot {
     uint64_t host_off; /* file offset of the slice; 0 = empty slot */
