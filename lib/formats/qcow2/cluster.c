@@ -61,26 +61,33 @@ void qcow2_cluster_free(struct qcow2_state *s)
 }
 
 /*
- * Write a dirty slice back.  Unless refcounts are lazy, the refcount
- * blocks go first and are synced: the entries in the slice may name
- * clusters whose new refcounts are only in the cache.
+ * Unless refcounts are lazy, the refcount blocks (and with them the data
+ * written before) go to disk and are synced before any L2 slice: the
+ * entries in a slice may name clusters whose new refcounts are only in
+ * the cache.
  */
-static int l2_write_slot(struct qimg_node *node, struct qcow2_state *s,
-                         struct qcow2_l2_slot *sl)
+static int l2_sync_refcounts(struct qimg_node *node, struct qcow2_state *s)
 {
-    int ret = 0;
-    if (!(s->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
-        ret = qcow2_refcount_writeback(node, s);
-        if (ret == 0) {
-            ret = node_sync(node, node->file);
-        }
-        if (ret < 0) {
-            return error_set_errno(-ret, "%s: could not write refcounts",
-                                   node->filename);
-        }
+    if (s->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) {
+        return 0;
     }
-    ret = io_pwrite(node->file, sl->data, s->l2_cache.slice_size,
-                    sl->host_off);
+    int ret = qcow2_refcount_writeback(node, s);
+    if (ret == 0) {
+        ret = node_sync(node, node->file);
+    }
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: could not write refcounts",
+                               node->filename);
+    }
+    return 0;
+}
+
+/* Write a dirty slice back; the refcounts are already on disk. */
+static int l2_write_synced(struct qimg_node *node, struct qcow2_state *s,
+                           struct qcow2_l2_slot *sl)
+{
+    int ret = io_pwrite(node->file, sl->data, s->l2_cache.slice_size,
+                        sl->host_off);
     if (ret < 0) {
         return error_set_errno(-ret,
                                "%s: could not write the L2 table at "
@@ -91,15 +98,37 @@ static int l2_write_slot(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
+/* Write one dirty slice back (an eviction): refcounts first. */
+static int l2_write_slot(struct qimg_node *node, struct qcow2_state *s,
+                         struct qcow2_l2_slot *sl)
+{
+    int ret = l2_sync_refcounts(node, s);
+    return ret < 0 ? ret : l2_write_synced(node, s, sl);
+}
+
+/*
+ * Every dirty slice, after one refcount writeback and sync for all of
+ * them (nothing else is written in between, so one sync orders them
+ * all; a sync per slice cost rebase a fdatasync per dirty slice).
+ */
 int qcow2_l2_writeback(struct qimg_node *node, struct qcow2_state *s)
 {
+    bool synced = false;
     for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
         struct qcow2_l2_slot *sl = &s->l2_cache.slot[i];
-        if (sl->dirty) {
-            int ret = l2_write_slot(node, s, sl);
-            if (ret < 0) {
-                return ret;
-            }
+        if (!sl->dirty) {
+            continue;
+        }
+        int ret = 0;
+        if (!synced) {
+            ret = l2_sync_refcounts(node, s);
+            synced = true;
+        }
+        if (ret == 0) {
+            ret = l2_write_synced(node, s, sl);
+        }
+        if (ret < 0) {
+            return ret;
         }
     }
     return 0;

@@ -340,7 +340,7 @@ struct qcow2_luks_info {
  * bytes whatever the cluster size.
  */
 #define QCOW2_L2_SLICE_MAX 4096u
-#define QCOW2_L2_CACHE_SLOTS 32u
+#define QCOW2_L2_CACHE_SLOTS 256u
 
 struct qcow2_l2_slot {
     uint64_t host_off; /* file offset of the slice; 0 = empty slot */
@@ -495,6 +495,10 @@ struct qcow2_state {
     uint64_t l1_dirty_hi;
     struct qcow2_free_range *pending_free;
     size_t nb_pending_free;
+    /* Freed clusters not yet discarded (refcount.c, cluster_freed). */
+    struct qcow2_free_range *discards;
+    size_t nb_discards;
+    size_t cap_discards;
     size_t cap_pending_free;
     /* Scratch buffers of one cluster (COW, compression). */
     uint8_t *cow_buf;
@@ -865,6 +869,8 @@ int qcow2_free_compressed_later(struct qimg_node *node,
 int qcow2_refcount_writeback(struct qimg_node *node, struct qcow2_state *s);
 /* Apply the deferred frees and write the blocks back (no sync). */
 int qcow2_refcount_apply_frees(struct qimg_node *node, struct qcow2_state *s);
+/* Issue the held run of freed clusters as one discard (advisory). */
+void qcow2_discard_flush(struct qimg_node *node, struct qcow2_state *s);
 /* The index of the last cluster in use + 1 (the file may end there). */
 int qcow2_refcount_end(struct qimg_node *node, struct qcow2_state *s,
                        uint64_t *end);

@@ -72,6 +72,7 @@ int qcow2_refcount_init(struct qimg_node *node, struct qcow2_state *s)
         t[i] = load_be64((const uint8_t *)t + i * 8);
     }
     s->refcount_table = t;
+    s->nb_discards = 0;
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
     return 0;
@@ -88,6 +89,10 @@ void qcow2_refcount_free(struct qcow2_state *s)
     free(s->pending_free);
     s->pending_free = NULL;
     s->nb_pending_free = s->cap_pending_free = 0;
+    /* Held discards are advisory: dropping them only leaves the bytes. */
+    free(s->discards);
+    s->discards = NULL;
+    s->nb_discards = s->cap_discards = 0;
 }
 
 static int rb_write_slot(struct qimg_node *node, struct qcow2_state *s,
@@ -107,6 +112,7 @@ static int rb_write_slot(struct qimg_node *node, struct qcow2_state *s,
 
 int qcow2_refcount_writeback(struct qimg_node *node, struct qcow2_state *s)
 {
+    qcow2_discard_flush(node, s);
     for (size_t i = 0; i < QCOW2_RB_CACHE_SLOTS; i++) {
         struct qcow2_rb_slot *sl = &s->rb_cache[i];
         if (sl->dirty) {
@@ -308,6 +314,7 @@ static int grow_reftable(struct qimg_node *node, struct qcow2_state *s,
     const uint64_t old_entries = s->refcount_table_entries;
     const uint64_t max_clusters = QCOW2_MAX_REFTABLE_SIZE / cs;
     uint64_t want = max_u64(min_entries, old_entries + old_entries / 2);
+    qcow2_discard_flush(node, s);
     uint64_t t_clusters = div_round_up_u64(want, per_cluster);
     if (t_clusters > max_clusters) {
         t_clusters = max_clusters;
@@ -489,6 +496,8 @@ int qcow2_alloc_clusters(struct qimg_node *node, struct qcow2_state *s,
     uint64_t c = s->free_cluster_index;
     uint64_t first_free = UINT64_MAX;
     int ret;
+    /* The held discard must not punch what this hands out. */
+    qcow2_discard_flush(node, s);
     for (;;) {
         if (c + n > max_cluster) {
             return error_set(ENOSPC, "%s: no room for more clusters",
@@ -574,6 +583,7 @@ int qcow2_alloc_bytes(struct qimg_node *node, struct qcow2_state *s,
     const uint64_t cs = s->cluster_size;
     uint64_t cur = s->free_byte_offset;
     int ret;
+    qcow2_discard_flush(node, s);
     if (cur != 0 && (cur & (cs - 1)) != 0) {
         uint64_t cl = cur >> s->cluster_bits;
         uint64_t room = cs - (cur & (cs - 1));
@@ -692,6 +702,44 @@ int qcow2_free_compressed_later(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
+static int free_range_cmp(const void *a, const void *b)
+{
+    const struct qcow2_free_range *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/*
+ * Freed clusters go back to the host in merged ranges: each cluster whose
+ * count drops to 0 is held in s->discards, and a flush sorts them and
+ * issues one discard per run of adjacent clusters (QEMU queues and merges
+ * its discards the same way; one call per cluster cost snapshot -a
+ * hundreds of fallocate calls where qemu-img makes 2).  Invariant: the
+ * held ranges name only clusters with refcount 0 that nothing has reused,
+ * so they are issued before anything allocates (qcow2_alloc_clusters,
+ * qcow2_alloc_bytes, grow_reftable) and at every refcount writeback.
+ */
+void qcow2_discard_flush(struct qimg_node *node, struct qcow2_state *s)
+{
+    size_t n = s->nb_discards;
+    struct qcow2_free_range *d = s->discards;
+    s->nb_discards = 0;
+    if (n == 0 || !node->file->ops->discard) {
+        return;
+    }
+    if (n > 1) {
+        qsort(d, n, sizeof(*d), free_range_cmp);
+    }
+    for (size_t i = 0; i < n;) {
+        uint64_t off = d[i].off;
+        uint64_t end = off + d[i].bytes;
+        for (i++; i < n && d[i].off <= end; i++) {
+            end = max_u64(end, d[i].off + d[i].bytes);
+        }
+        /* Advisory: a failed discard leaves the bytes, not a wrong count. */
+        (void)node->file->ops->discard(node->file, off, end - off);
+    }
+}
+
 /* Cluster c's refcount has just dropped to 0. */
 static void cluster_freed(struct qimg_node *node, struct qcow2_state *s,
                           uint64_t c)
@@ -702,12 +750,45 @@ static void cluster_freed(struct qimg_node *node, struct qcow2_state *s,
     if (s->free_byte_offset >> s->cluster_bits == c) {
         s->free_byte_offset = 0;
     }
-    /* Give the space back to the host (advisory). */
-    if (node->file->ops->discard) {
-        (void)node->file->ops->discard(node->file, off, s->cluster_size);
+    if (!node->file->ops->discard) {
+        return;
     }
+    /* Give the space back to the host (advisory), at the next flush. */
+    if (s->nb_discards > 0) {
+        struct qcow2_free_range *last = &s->discards[s->nb_discards - 1];
+        if (last->off + last->bytes == off) {
+            last->bytes += s->cluster_size;
+            return;
+        }
+    }
+    if (s->nb_discards == s->cap_discards) {
+        if (s->cap_discards >= QCOW2_MAX_PENDING_FREES) {
+            qcow2_discard_flush(node, s);
+        } else {
+            size_t cap = s->cap_discards ? s->cap_discards * 2 : 64;
+            struct qcow2_free_range *p =
+                realloc(s->discards, cap * sizeof(*p));
+            if (!p) {
+                /* Out of memory: discard this one cluster at once. */
+                (void)node->file->ops->discard(node->file, off,
+                                               s->cluster_size);
+                return;
+            }
+            s->discards = p;
+            s->cap_discards = cap;
+        }
+    }
+    s->discards[s->nb_discards].off = off;
+    s->discards[s->nb_discards].bytes = s->cluster_size;
+    s->nb_discards++;
 }
 
+/*
+ * Called once the tables that named the pending ranges are on disk (the
+ * flush order in qcow2.h).  Nothing here allocates a cluster: each
+ * decrement is of a count above 0, so its refcount block exists.  The
+ * writeback at the end issues the held discards.
+ */
 int qcow2_refcount_apply_frees(struct qimg_node *node, struct qcow2_state *s)
 {
     int ret = 0;
