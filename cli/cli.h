@@ -134,6 +134,8 @@ struct qimg_image *cli_image_spec_open(const struct cli_image_spec *s,
                                        unsigned flags);
 /* The library's error, naming the option string as qemu-img does. */
 void cli_image_spec_report(const struct cli_image_spec *s);
+/* The same for an error that may come from any of n images. */
+void cli_image_specs_report(const struct cli_image_spec *s, size_t n);
 
 /* The commands. */
 int cmd_check(int argc, char **argv);

@@ -138,7 +138,8 @@ int cmd_check(int argc, char **argv)
     if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
         return 1;
     }
-    const char *filename = spec.filename;
+    /* qemu-img names the option string where it names the image. */
+    const char *filename = spec.spec ? spec.spec : spec.filename;
     enum output_format output = OUTPUT_HUMAN;
     if (output_arg && cli_parse_output(output_arg, &output) < 0) {
         return 1;

@@ -268,15 +268,24 @@ struct qimg_image *cli_image_spec_open(const struct cli_image_spec *s,
 
 void cli_image_spec_report(const struct cli_image_spec *s)
 {
+    cli_image_specs_report(s, 1);
+}
+
+void cli_image_specs_report(const struct cli_image_spec *s, size_t n)
+{
     static const char head[] = "Could not open '";
-    const size_t n = sizeof(head) - 1;
+    const size_t hlen = sizeof(head) - 1;
     const char *msg = qimg_get_error();
-    if (s->spec) {
-        size_t flen = strlen(s->filename);
-        if (strncmp(msg, head, n) == 0 &&
-            strncmp(msg + n, s->filename, flen) == 0 &&
-            strncmp(msg + n + flen, "': ", 3) == 0) {
-            cli_error("Could not open '%s': %s", s->spec, msg + n + flen + 3);
+    for (size_t i = 0; i < n; i++) {
+        if (!s[i].spec) {
+            continue;
+        }
+        size_t flen = strlen(s[i].filename);
+        if (strncmp(msg, head, hlen) == 0 &&
+            strncmp(msg + hlen, s[i].filename, flen) == 0 &&
+            strncmp(msg + hlen + flen, "': ", 3) == 0) {
+            cli_error("Could not open '%s': %s", s[i].spec,
+                      msg + hlen + flen + 3);
             return;
         }
     }
