@@ -765,6 +765,8 @@ struct qimg_dd_params {
     const char *input;
     const char *input_format;  /* NULL: probe */
     unsigned input_flags;      /* extra QIMG_OPEN_* flags (FORCE_SHARE) */
+    /* --image-opts: the input's runtime options, or NULL. */
+    const struct qimg_opts *input_driver_opts;
     const char *output;        /* created, replacing any existing file */
     const char *output_format; /* NULL means raw */
     /* bs=: 1 to QIMG_DD_MAX_BLOCK_SIZE bytes (qemu-img's default: 512). */

@@ -132,6 +132,10 @@ same_images "convert both" nb.qcow2
 run_both "convert target probed" 0 convert -n --target-image-opts \
     top.qcow2 "file.filename=nb.qcow2"
 same_images "convert target probed" nb.qcow2
+run_both "dd" 0 dd --image-opts "if=$Q" of=dd.raw -O raw
+same_images "dd" dd.raw
+run_both "dd skip" 0 dd --image-opts "if=$Q" of=dd.raw bs=64k skip=1 count=2
+same_images "dd skip" dd.raw
 
 # ---- errors --------------------------------------------------------------
 run_both "no file" 1 info --image-opts "driver=qcow2"
@@ -186,5 +190,8 @@ run_both "convert bad target option" 1 convert -n --target-image-opts \
     top.qcow2 "driver=raw,file.filename=dst.raw,foo=1"
 run_both "convert wrong target format" 1 convert -n --target-image-opts \
     top.qcow2 "driver=qcow2,file.filename=dst.raw"
+run_both "dd -f" 1 dd -f qcow2 --image-opts "if=$Q" of=dd.raw
+run_both "dd bad option" 1 dd --image-opts "if=$Q,x=1" of=dd.raw
+run_both "dd no file" 1 dd --image-opts "if=driver=raw" of=dd.raw
 
 finish
