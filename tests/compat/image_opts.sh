@@ -6,7 +6,8 @@
 # both folders' images must hold the same (qemu-img compare and map).
 # Then the error cases: no driver, no file name, unknown format or file
 # options, a bad file.driver, -f/-F/-O with the option strings, a bare
-# name (a node reference), and file.locking / file.aio values.
+# name (a node reference), file.locking / file.aio values, and qcow2's
+# cache options (checked as QEMU checks them).
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 
@@ -136,6 +137,23 @@ run_both "dd" 0 dd --image-opts "if=$Q" of=dd.raw -O raw
 same_images "dd" dd.raw
 run_both "dd skip" 0 dd --image-opts "if=$Q" of=dd.raw bs=64k skip=1 count=2
 same_images "dd skip" dd.raw
+
+# qcow2's cache options: checked as QEMU checks them, otherwise no effect.
+for o in "l2-cache-size=1M,cache-size=2M" "l2-cache-size=1.5M" \
+    "refcount-cache-size=256k" "l2-cache-entry-size=1024" \
+    "cache-clean-interval=5"; do
+    run_both "qcow2 $o" 0 info --image-opts "$Q,$o"
+done
+for o in "l2-cache-size=1M,refcount-cache-size=1M,cache-size=4M" \
+    "l2-cache-size=-1" "cache-size=1x" "l2-cache-entry-size=1000" \
+    "l2-cache-entry-size=128k" "cache-clean-interval=x" \
+    "cache-clean-interval=-1" "l2-cache-size=3M,cache-size=2M" \
+    "refcount-cache-size=3M,cache-size=1M"; do
+    run_both "qcow2 $o" 1 info --image-opts "$Q,$o"
+done
+run_both "raw cache option" 1 info --image-opts \
+    "driver=raw,file.filename=r.raw,l2-cache-size=1M"
+run_both "map cache option" 0 map --image-opts "$Q,l2-cache-size=1M"
 
 # ---- errors --------------------------------------------------------------
 run_both "no file" 1 info --image-opts "driver=qcow2"
