@@ -101,6 +101,42 @@ bool cli_snapshot_given(const struct snapshot_opts *sn);
 struct qimg_snapshot_select cli_snapshot_select(const struct snapshot_opts *sn);
 void snapshot_opts_free(struct snapshot_opts *sn);
 
+/*
+ * An image named on the command line (image_opts.c): a plain file name
+ * and -f, or an --image-opts option string split into the file name,
+ * the format (driver=, NULL to probe) and the format's runtime options.
+ * spec is the option string (for messages), NULL for a plain name.
+ * The strings live until exit.
+ */
+struct cli_image_spec {
+    const char *spec;
+    char *filename;
+    char *format;
+    struct qimg_opts *driver_opts; /* NULL or possibly empty */
+    bool no_locking;               /* file.locking=off */
+};
+int cli_image_opts_parse(const char *spec, struct cli_image_spec *out);
+int cli_image_spec_plain(const char *filename, const char *format,
+                         struct cli_image_spec *out);
+/* Either of the above; -f with --image-opts fails as qemu-img. */
+int cli_image_spec_get(bool image_opts, const char *arg, const char *format,
+                       struct cli_image_spec *out);
+/* flags plus what the spec implies (file.locking=off: FORCE_SHARE). */
+unsigned cli_image_spec_flags(const struct cli_image_spec *s, unsigned flags);
+/* The spec's driver options, or NULL when there are none. */
+static inline const struct qimg_opts *
+cli_image_spec_opts(const struct cli_image_spec *s)
+{
+    return s->driver_opts && qimg_opts_count(s->driver_opts) ? s->driver_opts
+                                                             : NULL;
+}
+struct qimg_image *cli_image_spec_open(const struct cli_image_spec *s,
+                                       unsigned flags);
+/* The library's error, naming the option string as qemu-img does. */
+void cli_image_spec_report(const struct cli_image_spec *s);
+/* The same for an error that may come from any of n images. */
+void cli_image_specs_report(const struct cli_image_spec *s, size_t n);
+
 /* The commands. */
 int cmd_check(int argc, char **argv);
 int cmd_convert(int argc, char **argv);

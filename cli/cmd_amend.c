@@ -81,6 +81,7 @@ int cmd_amend(int argc, char **argv)
     char *options = NULL;
     bool progress = false, quiet = false, force = false;
     int status = 1;
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":ho:f:t:pq", long_opts, NULL)) !=
@@ -116,8 +117,8 @@ int cmd_amend(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            goto out;
+            image_opts = true;
+            break;
         default:
             free(options);
             return cli_getopt_error(argv, c);
@@ -138,7 +139,10 @@ int cmd_amend(int argc, char **argv)
         cli_error("Expecting one image file name");
         goto out;
     }
-    const char *filename = argv[optind];
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
+        goto out;
+    }
     if (cache && !cli_cache_mode_valid(cache)) {
         cli_error("Invalid cache option: %s", cache);
         goto out;
@@ -151,9 +155,9 @@ int cmd_amend(int argc, char **argv)
                          strcmp(cache, "directsync") == 0)) {
         flags |= QIMG_OPEN_CACHE_DIRECT;
     }
-    struct qimg_image *img = qimg_open(filename, fmt, flags);
+    struct qimg_image *img = cli_image_spec_open(&spec, flags);
     if (!img) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         goto out;
     }
     if (help) {

@@ -85,6 +85,7 @@ int cmd_check(int argc, char **argv)
     const char *fmt = NULL, *output_arg = NULL, *cache = NULL;
     bool quiet = false, force_share = false;
     unsigned fix = 0;
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", long_opts, NULL)) != -1) {
@@ -124,8 +125,8 @@ int cmd_check(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -133,7 +134,12 @@ int cmd_check(int argc, char **argv)
     if (optind != argc - 1) {
         return cli_usage_error("Expecting one image file name");
     }
-    const char *filename = argv[optind];
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
+        return 1;
+    }
+    /* qemu-img names the option string where it names the image. */
+    const char *filename = spec.spec ? spec.spec : spec.filename;
     enum output_format output = OUTPUT_HUMAN;
     if (output_arg && cli_parse_output(output_arg, &output) < 0) {
         return 1;
@@ -156,9 +162,9 @@ int cmd_check(int argc, char **argv)
                   filename);
         return 1;
     }
-    struct qimg_image *img = qimg_open(filename, fmt, flags);
+    struct qimg_image *img = cli_image_spec_open(&spec, flags);
     if (!img) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     if (!qimg_check_supported(img)) {

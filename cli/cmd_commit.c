@@ -43,6 +43,7 @@ int cmd_commit(int argc, char **argv)
     const char *fmt = NULL, *cache = "writeback", *base = NULL;
     bool progress = false, quiet = false, drop = false;
     uint64_t rate_limit = 0;
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", long_opts, NULL)) !=
@@ -81,8 +82,8 @@ int cmd_commit(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -97,9 +98,19 @@ int cmd_commit(int argc, char **argv)
         cli_error("Invalid cache option: %s", cache);
         return 1;
     }
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
+        return 1;
+    }
+    if (spec.no_locking) {
+        cli_error("Could not open '%s': file.locking=off is supported for "
+                  "read-only opens only", spec.spec);
+        return 1;
+    }
     struct qimg_commit_params p = {
-        .filename = argv[optind],
-        .format = fmt,
+        .filename = spec.filename,
+        .format = spec.format,
+        .driver_opts = cli_image_spec_opts(&spec),
         .flags = commit_cache_flags(cache),
         .base = base,
         .drop = drop,
@@ -110,7 +121,7 @@ int cmd_commit(int argc, char **argv)
     int ret = qimg_commit(&p);
     cli_progress_end(ret == 0);
     if (ret < 0) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     if (!quiet) {

@@ -33,11 +33,16 @@ static void compare_size_mismatch(void *opaque)
     }
 }
 
-static int run_compare(const struct qimg_compare_params *params)
+static int run_compare(const struct qimg_compare_params *params,
+                       const struct cli_image_spec specs[2])
 {
     struct qimg_compare_outcome out;
     if (qimg_compare(params, &out) < 0) {
-        cli_report_library_error();
+        if (out.failure == QIMG_COMPARE_FAIL_OPEN && out.image == 2) {
+            cli_image_spec_report(&specs[1]);
+        } else {
+            cli_image_specs_report(specs, 2);
+        }
         return out.failure ? out.failure : 4;
     }
     const char *msg = NULL;
@@ -76,6 +81,7 @@ int cmd_compare(int argc, char **argv)
     };
     const char *fmt1 = NULL, *fmt2 = NULL, *cache = NULL;
     bool progress = false, strict = false, force_share = false;
+    bool image_opts = false;
     int c;
 
     quiet = false;
@@ -113,8 +119,8 @@ int cmd_compare(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 2;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -132,21 +138,31 @@ int cmd_compare(int argc, char **argv)
      */
     cli_progress_init(progress, 2.0f);
     int status;
+    struct cli_image_spec specs[2];
     if (cache && !cli_cache_mode_valid(cache)) {
         cli_error("Invalid source cache option: %s", cache);
         status = 2;
+    } else if (cli_image_spec_get(image_opts, argv[optind], fmt1,
+                                  &specs[0]) < 0 ||
+               cli_image_spec_get(image_opts, argv[optind + 1], fmt2,
+                                  &specs[1]) < 0) {
+        status = 2;
     } else {
+        bool no_lock = specs[0].no_locking || specs[1].no_locking;
         struct qimg_compare_params params = {
-            .filename1 = argv[optind],
-            .format1 = fmt1,
-            .filename2 = argv[optind + 1],
-            .format2 = fmt2,
-            .flags = force_share ? QIMG_OPEN_FORCE_SHARE : 0,
+            .filename1 = specs[0].filename,
+            .format1 = specs[0].format,
+            .driver_opts1 = cli_image_spec_opts(&specs[0]),
+            .filename2 = specs[1].filename,
+            .format2 = specs[1].format,
+            .driver_opts2 = cli_image_spec_opts(&specs[1]),
+            /* file.locking=off on either: both are read without locks. */
+            .flags = force_share || no_lock ? QIMG_OPEN_FORCE_SHARE : 0,
             .strict = strict,
             .progress = compare_progress,
             .size_mismatch = compare_size_mismatch,
         };
-        status = run_compare(&params);
+        status = run_compare(&params, specs);
     }
     cli_progress_end(false);
     return status;

@@ -62,6 +62,9 @@ int cmd_convert(int argc, char **argv)
     /* qemu-img convert's default target cache mode. */
     const char *cache = "unsafe";
     struct snapshot_opts sn_opts = {0};
+    struct cli_image_spec *specs = NULL;
+    const char **src_names = NULL, **src_fmts = NULL;
+    const struct qimg_opts **src_dopts = NULL;
     char *options = NULL;
     bool copy_range = false, compress = false, explicit_sparse = false;
     bool progress = false, quiet = false, no_create = false;
@@ -282,11 +285,7 @@ int cmd_convert(int argc, char **argv)
 
     /* Features the copy engine does not have yet: one clear line each. */
     const char *missing = NULL;
-    if (image_opts) {
-        missing = "--image-opts";
-    } else if (tgt_image_opts) {
-        missing = "--target-image-opts";
-    } else if (copy_range) {
+    if (copy_range) {
         missing = "-C (copy offloading)";
     } else if (salvage) {
         missing = "--salvage";
@@ -309,6 +308,44 @@ int cmd_convert(int argc, char **argv)
         }
     }
 
+    /*
+     * The images: specs[0..nb_sources-1] the sources, specs[nb_sources]
+     * the target.  qemu-img opens the sources first, so -f with
+     * --image-opts fails before -O with --target-image-opts.
+     */
+    specs = calloc((size_t)nb_sources + 1, sizeof(*specs));
+    src_names = calloc((size_t)nb_sources, sizeof(*src_names));
+    src_fmts = calloc((size_t)nb_sources, sizeof(*src_fmts));
+    src_dopts = calloc((size_t)nb_sources, sizeof(*src_dopts));
+    if (!specs || !src_names || !src_fmts || !src_dopts) {
+        cli_error("Out of memory");
+        goto out;
+    }
+    bool src_no_lock = false;
+    for (int i = 0; i < nb_sources; i++) {
+        if (cli_image_spec_get(image_opts, argv[optind + i], fmt,
+                               &specs[i]) < 0) {
+            goto out;
+        }
+        src_names[i] = specs[i].filename;
+        src_fmts[i] = specs[i].format;
+        src_dopts[i] = cli_image_spec_opts(&specs[i]);
+        src_no_lock |= specs[i].no_locking;
+    }
+    struct cli_image_spec *tspec = &specs[nb_sources];
+    if (tgt_image_opts) {
+        if (cli_image_spec_get(true, target, out_fmt, tspec) < 0) {
+            goto out;
+        }
+        if (tspec->no_locking) {
+            cli_error("Could not open '%s': file.locking=off is supported "
+                      "for read-only opens only", tspec->spec);
+            goto out;
+        }
+    } else if (cli_image_spec_plain(target, out_fmt, tspec) < 0) {
+        goto out;
+    }
+
     struct qimg_snapshot_select sel = cli_snapshot_select(&sn_opts);
     unsigned target_flags = 0;
     if (strcmp(cache, "unsafe") == 0) {
@@ -320,14 +357,20 @@ int cmd_convert(int argc, char **argv)
     cli_progress_init(progress && !quiet, 1.0f);
     cli_progress_set(0);
     struct qimg_convert_params params = {
-        .sources = (const char *const *)&argv[optind],
+        .sources = src_names,
         .nb_sources = (size_t)nb_sources,
-        .source_format = fmt,
-        .source_flags = force_share ? QIMG_OPEN_FORCE_SHARE : 0,
+        .source_format = image_opts ? NULL : fmt,
+        .source_formats = image_opts ? src_fmts : NULL,
+        .source_driver_opts = image_opts ? src_dopts : NULL,
+        /* file.locking=off on any source: all are read without locks. */
+        .source_flags = force_share || src_no_lock ? QIMG_OPEN_FORCE_SHARE
+                                                   : 0,
         .source_snapshot = cli_snapshot_given(&sn_opts) ? &sel : NULL,
         .target_flags = target_flags,
-        .target = target,
-        .target_format = out_fmt,
+        .target = tspec->filename,
+        .target_format = tspec->format,
+        .target_driver_opts = cli_image_spec_opts(tspec),
+        .target_probe = tgt_image_opts,
         .target_opts = opts,
         .sparse_size = sparse,
         .no_create = no_create,
@@ -344,7 +387,7 @@ int cmd_convert(int argc, char **argv)
     };
     if (qimg_convert(&params) < 0) {
         cli_progress_end(false);
-        cli_report_library_error();
+        cli_image_specs_report(specs, (size_t)nb_sources + 1);
         /*
          * [QEMU] 7.2 reports this combination and still exits 0 (its
          * error path keeps the status of the last successful step).
@@ -358,6 +401,10 @@ int cmd_convert(int argc, char **argv)
         status = 0;
     }
 out:
+    free(specs);
+    free(src_names);
+    free(src_fmts);
+    free(src_dopts);
     snapshot_opts_free(&sn_opts);
     qimg_opts_free(opts);
     free(options);

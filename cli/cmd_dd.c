@@ -74,6 +74,7 @@ int cmd_dd(int argc, char **argv)
     const char *out_fmt = "raw";
     bool force_share = false;
     struct dd_operands ops = {.bs = DEFAULT_BLOCK_SIZE};
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":hf:O:U", long_opts, NULL)) != -1) {
@@ -96,8 +97,8 @@ int cmd_dd(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -112,10 +113,17 @@ int cmd_dd(int argc, char **argv)
         return 1;
     }
 
+    /* [QEMU] --image-opts is for the input; the output is a file name. */
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, ops.input, fmt, &spec) < 0) {
+        return 1;
+    }
     struct qimg_dd_params params = {
-        .input = ops.input,
-        .input_format = fmt,
-        .input_flags = force_share ? QIMG_OPEN_FORCE_SHARE : 0,
+        .input = spec.filename,
+        .input_format = spec.format,
+        .input_driver_opts = cli_image_spec_opts(&spec),
+        .input_flags = cli_image_spec_flags(
+            &spec, force_share ? QIMG_OPEN_FORCE_SHARE : 0),
         .output = ops.output,
         .output_format = out_fmt,
         .block_size = ops.bs,
@@ -130,7 +138,7 @@ int cmd_dd(int argc, char **argv)
         cli_error("%s: cannot skip to specified offset", ops.input);
     }
     if (ret < 0) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     return 0;

@@ -59,7 +59,7 @@ int cmd_info(int argc, char **argv)
     };
     const char *fmt = NULL;
     const char *output_arg = NULL;
-    bool chain = false, force_share = false;
+    bool chain = false, force_share = false, image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":f:hU", long_opts, NULL)) != -1) {
@@ -85,8 +85,8 @@ int cmd_info(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -94,9 +94,12 @@ int cmd_info(int argc, char **argv)
     if (optind != argc - 1) {
         return cli_usage_error("Expecting one image file name");
     }
-    const char *filename = argv[optind];
     enum output_format output = OUTPUT_HUMAN;
     if (output_arg && cli_parse_output(output_arg, &output) < 0) {
+        return 1;
+    }
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
         return 1;
     }
 
@@ -104,13 +107,24 @@ int cmd_info(int argc, char **argv)
     if (force_share) {
         flags |= QIMG_OPEN_FORCE_SHARE;
     }
+    flags = cli_image_spec_flags(&spec, flags);
     struct qimg_image_info **list = NULL;
-    int count;
+    int count = -1;
     if (chain) {
-        count = qimg_get_chain_info(filename, fmt, flags, &list);
+        /*
+         * The chain walk opens by name; the top's runtime options are
+         * checked by one open of the top first.
+         */
+        struct qimg_image *top = cli_image_spec_opts(&spec)
+                                     ? cli_image_spec_open(&spec, flags)
+                                     : NULL;
+        if (top || !cli_image_spec_opts(&spec)) {
+            qimg_close(top);
+            count = qimg_get_chain_info(spec.filename, spec.format, flags,
+                                        &list);
+        }
     } else {
-        count = -1;
-        struct qimg_image *img = qimg_open(filename, fmt, flags);
+        struct qimg_image *img = cli_image_spec_open(&spec, flags);
         struct qimg_image_info *info = img ? qimg_get_info(img) : NULL;
         qimg_close(img);
         list = info ? malloc(sizeof(*list)) : NULL;
@@ -124,7 +138,7 @@ int cmd_info(int argc, char **argv)
         }
     }
     if (count < 0) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         free(list);
         return 1;
     }

@@ -70,6 +70,7 @@ int cmd_map(int argc, char **argv)
     uint64_t start = 0;
     uint64_t max_length = 0;
     bool has_max = false;
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":f:s:l:hU", long_opts, NULL)) != -1) {
@@ -103,8 +104,8 @@ int cmd_map(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -112,16 +113,20 @@ int cmd_map(int argc, char **argv)
     if (optind != argc - 1) {
         return cli_usage_error("Expecting one image file name");
     }
-    const char *filename = argv[optind];
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
+        return 1;
+    }
+    const char *filename = spec.filename;
     enum output_format output = OUTPUT_HUMAN;
     if (output_arg && cli_parse_output(output_arg, &output) < 0) {
         return 1;
     }
 
     struct qimg_image *img =
-        qimg_open(filename, fmt, force_share ? QIMG_OPEN_FORCE_SHARE : 0);
+        cli_image_spec_open(&spec, force_share ? QIMG_OPEN_FORCE_SHARE : 0);
     if (!img) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     if (output == OUTPUT_HUMAN) {

@@ -141,8 +141,9 @@ int cmd_measure(int argc, char **argv)
         cli_error("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
-    if (image_opts) {
-        cli_error("--image-opts is not supported yet");
+    struct cli_image_spec spec = {0};
+    if (filename &&
+        cli_image_spec_get(image_opts, filename, fmt, &spec) < 0) {
         goto out;
     }
     if (options) {
@@ -157,9 +158,11 @@ int cmd_measure(int argc, char **argv)
     struct qimg_measure_params p = {
         .target_format = out_fmt,
         .target_opts = opts,
-        .source = filename,
-        .source_format = fmt,
-        .source_flags = force_share ? QIMG_OPEN_FORCE_SHARE : 0,
+        .source = spec.filename,
+        .source_format = spec.format,
+        .source_driver_opts = cli_image_spec_opts(&spec),
+        .source_flags = cli_image_spec_flags(
+            &spec, force_share ? QIMG_OPEN_FORCE_SHARE : 0),
         .source_snapshot = cli_snapshot_given(&sn_opts) ? &sel : NULL,
         .size = size,
     };
@@ -173,7 +176,7 @@ int cmd_measure(int argc, char **argv)
             cli_error("%.*s", (int)(last - msg), msg);
             cli_error("%s", last + 1);
         } else {
-            cli_report_library_error();
+            cli_image_spec_report(&spec);
         }
         goto out;
     }

@@ -43,6 +43,7 @@ int cmd_rebase(int argc, char **argv)
     const char *fmt = NULL, *cache = "writeback", *src_cache = "writeback";
     const char *out_base = NULL, *out_basefmt = NULL;
     bool progress = false, quiet = false, unsafe = false, force_share = false;
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", long_opts,
@@ -84,8 +85,8 @@ int cmd_rebase(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -117,9 +118,21 @@ int cmd_rebase(int argc, char **argv)
     if (force_share) {
         bflags |= QIMG_OPEN_FORCE_SHARE;
     }
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
+        cli_progress_end(false);
+        return 1;
+    }
+    if (spec.no_locking) {
+        cli_progress_end(false);
+        cli_error("Could not open '%s': file.locking=off is supported for "
+                  "read-only opens only", spec.spec);
+        return 1;
+    }
     struct qimg_rebase_params p = {
-        .filename = argv[optind],
-        .format = fmt,
+        .filename = spec.filename,
+        .format = spec.format,
+        .driver_opts = cli_image_spec_opts(&spec),
         .flags = rebase_cache_flags(cache),
         .backing_flags = bflags,
         .backing_file = out_base,
@@ -130,7 +143,7 @@ int cmd_rebase(int argc, char **argv)
     int ret = qimg_rebase(&p);
     cli_progress_end(ret == 0);
     if (ret < 0) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     return 0;

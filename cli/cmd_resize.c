@@ -65,6 +65,7 @@ int cmd_resize(int argc, char **argv)
     };
     const char *fmt = NULL, *prealloc = "off";
     bool quiet = false, shrink = false;
+    bool image_opts = false;
     int c;
 
     /*
@@ -93,8 +94,8 @@ int cmd_resize(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         case OPT_PREALLOCATION:
             if (!prealloc_mode_valid(optarg)) {
                 cli_error("Invalid preallocation mode '%s'", optarg);
@@ -112,7 +113,10 @@ int cmd_resize(int argc, char **argv)
     if (optind != argc - 1) {
         return cli_usage_error("Expecting image file name and size");
     }
-    const char *filename = argv[optind];
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
+        return 1;
+    }
 
     /* +N grows by N, -N shrinks by N, N is absolute. */
     int relative = 0;
@@ -128,9 +132,9 @@ int cmd_resize(int argc, char **argv)
         return 1;
     }
 
-    struct qimg_image *img = qimg_open(filename, fmt, QIMG_OPEN_RDWR);
+    struct qimg_image *img = cli_image_spec_open(&spec, QIMG_OPEN_RDWR);
     if (!img) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     int status = 1;

@@ -75,6 +75,7 @@ int cmd_snapshot(int argc, char **argv)
     enum action action = ACTION_NONE;
     const char *name = NULL;
     bool force_share = false;
+    bool image_opts = false;
     int c;
 
     while ((c = getopt_long(argc, argv, ":la:c:d:hqU", long_opts, NULL)) !=
@@ -108,8 +109,8 @@ int cmd_snapshot(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported yet");
-            return 1;
+            image_opts = true;
+            break;
         default:
             return cli_getopt_error(argv, c);
         }
@@ -117,16 +118,19 @@ int cmd_snapshot(int argc, char **argv)
     if (optind != argc - 1) {
         return cli_usage_error("Expecting one image file name");
     }
-    const char *filename = argv[optind];
+    struct cli_image_spec spec;
+    if (cli_image_spec_get(image_opts, argv[optind], NULL, &spec) < 0) {
+        return 1;
+    }
 
     /* [QEMU] read-write unless listing, even without an action. */
     unsigned flags = action == ACTION_LIST ? 0 : QIMG_OPEN_RDWR;
     if (force_share) {
         flags |= QIMG_OPEN_FORCE_SHARE;
     }
-    struct qimg_image *img = qimg_open(filename, NULL, flags);
+    struct qimg_image *img = cli_image_spec_open(&spec, flags);
     if (!img) {
-        cli_report_library_error();
+        cli_image_spec_report(&spec);
         return 1;
     }
     int status = 0;

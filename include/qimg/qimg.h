@@ -447,6 +447,13 @@ struct qimg_convert_params {
     const char *const *sources;
     size_t nb_sources;
     const char *source_format; /* NULL: probe each source */
+    /*
+     * --image-opts: per source (nb_sources entries), its format (NULL
+     * entry: probe) replacing source_format, and its runtime options
+     * for qimg_open_opts (NULL entry: none).  Either array may be NULL.
+     */
+    const char *const *source_formats;
+    const struct qimg_opts *const *source_driver_opts;
     unsigned source_flags;     /* extra QIMG_OPEN_* flags for the sources */
     /*
      * Read the first source at this internal snapshot, or NULL (as
@@ -460,6 +467,10 @@ struct qimg_convert_params {
     const char *target_format; /* NULL means raw */
     /* Creation options for the target (its size is set here), or NULL. */
     const struct qimg_opts *target_opts;
+    /* --target-image-opts: the target's runtime options, or NULL. */
+    const struct qimg_opts *target_driver_opts;
+    /* With no_create and no target_format: probe the target's format. */
+    bool target_probe;
     /*
      * Zero runs of at least this many bytes (a multiple of 512, at most
      * 16 MiB) are not written as data; 0 writes everything (fully
@@ -572,6 +583,9 @@ struct qimg_compare_params {
     const char *format1; /* NULL: probe */
     const char *filename2;
     const char *format2;
+    /* --image-opts: runtime options for qimg_open_opts, or NULL. */
+    const struct qimg_opts *driver_opts1;
+    const struct qimg_opts *driver_opts2;
     unsigned flags; /* extra QIMG_OPEN_* flags for both (FORCE_SHARE) */
     /* -s: sizes and block status (allocation) must match as well. */
     bool strict;
@@ -594,6 +608,8 @@ struct qimg_compare_outcome {
     uint64_t offset; /* for the mismatches that name one */
     /* On failure: QIMG_COMPARE_FAIL_*; the message names the file. */
     int failure;
+    /* QIMG_COMPARE_FAIL_OPEN: which image (1 or 2) failed to open. */
+    int image;
 };
 
 /*
@@ -701,6 +717,8 @@ struct qimg_measure_params {
      */
     const char *source;
     const char *source_format; /* NULL: probe */
+    /* --image-opts: the source's runtime options, or NULL. */
+    const struct qimg_opts *source_driver_opts;
     unsigned source_flags;
     const struct qimg_snapshot_select *source_snapshot;
     uint64_t size;
@@ -747,6 +765,8 @@ struct qimg_dd_params {
     const char *input;
     const char *input_format;  /* NULL: probe */
     unsigned input_flags;      /* extra QIMG_OPEN_* flags (FORCE_SHARE) */
+    /* --image-opts: the input's runtime options, or NULL. */
+    const struct qimg_opts *input_driver_opts;
     const char *output;        /* created, replacing any existing file */
     const char *output_format; /* NULL means raw */
     /* bs=: 1 to QIMG_DD_MAX_BLOCK_SIZE bytes (qemu-img's default: 512). */
@@ -818,6 +838,8 @@ int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts,
 struct qimg_commit_params {
     const char *filename;
     const char *format; /* NULL: probe */
+    /* --image-opts: the image's runtime options, or NULL. */
+    const struct qimg_opts *driver_opts;
     /* Extra QIMG_OPEN_* flags (QIMG_OPEN_CACHE_UNSAFE/_DIRECT, -t). */
     unsigned flags;
     /*
@@ -854,6 +876,8 @@ int qimg_commit(const struct qimg_commit_params *p);
 struct qimg_rebase_params {
     const char *filename;
     const char *format; /* NULL: probe */
+    /* --image-opts: the image's runtime options, or NULL. */
+    const struct qimg_opts *driver_opts;
     /* Extra QIMG_OPEN_* flags for the image (cache mode, -t). */
     unsigned flags;
     /*

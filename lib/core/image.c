@@ -415,17 +415,29 @@ struct qimg_image *qimg_open_snapshot(const char *filename,
                                       const char *format, unsigned flags,
                                       const struct qimg_snapshot_select *sel)
 {
+    if (!sel) {
+        error_clear();
+        return fail_null(error_set(EINVAL, "No snapshot given"));
+    }
+    return image_open_snapshot_opts(filename, format, flags, NULL, sel);
+}
+
+struct qimg_image *
+image_open_snapshot_opts(const char *filename, const char *format,
+                         unsigned flags, const struct qimg_opts *driver_opts,
+                         const struct qimg_snapshot_select *sel)
+{
+    if (!sel) {
+        return qimg_open_opts(filename, format, flags, driver_opts);
+    }
     if (flags & QIMG_OPEN_RDWR) {
         error_clear();
         return fail_null(error_set(EINVAL, "Could not open '%s': internal "
                                    "snapshots are opened read-only",
                                    filename ? filename : ""));
     }
-    if (!sel) {
-        error_clear();
-        return fail_null(error_set(EINVAL, "No snapshot given"));
-    }
-    struct qimg_image *img = qimg_open(filename, format, flags);
+    struct qimg_image *img = qimg_open_opts(filename, format, flags,
+                                            driver_opts);
     if (!img) {
         return NULL;
     }

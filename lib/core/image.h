@@ -46,6 +46,14 @@ int node_open_opts(const char *filename, const char *format, unsigned flags,
  * not a path.  Returns 0 or -errno with the message set (without the
  * "Could not open" prefix qimg_open adds).
  */
+/*
+ * qimg_open_snapshot with qimg_open_opts' runtime options; sel NULL is
+ * qimg_open_opts.
+ */
+struct qimg_image *
+image_open_snapshot_opts(const char *filename, const char *format,
+                         unsigned flags, const struct qimg_opts *driver_opts,
+                         const struct qimg_snapshot_select *sel);
 int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out);
 /* The flags qimg_set_open_policy() adds to every open. */

@@ -338,7 +338,8 @@ int qimg_commit(const struct qimg_commit_params *p)
 {
     error_clear();
     struct qimg_image *img =
-        qimg_open(p->filename, p->format, QIMG_OPEN_RDWR | p->flags);
+        qimg_open_opts(p->filename, p->format, QIMG_OPEN_RDWR | p->flags,
+                       p->driver_opts);
     if (!img) {
         return -1;
     }

@@ -209,9 +209,12 @@ static int compare_open(struct compare *c, int i, const char *name,
                         const char *fmt)
 {
     c->name[i] = name;
-    c->img[i] = qimg_open(name, fmt, c->p->flags & ~QIMG_OPEN_RDWR);
+    c->img[i] = qimg_open_opts(name, fmt, c->p->flags & ~QIMG_OPEN_RDWR,
+                               i == 0 ? c->p->driver_opts1
+                                      : c->p->driver_opts2);
     if (!c->img[i]) {
         c->out->failure = QIMG_COMPARE_FAIL_OPEN;
+        c->out->image = i + 1;
         int err = qimg_get_errno() ? qimg_get_errno() : EIO;
         /* Keep qimg_open's message as it is. */
         errno = err;

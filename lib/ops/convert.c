@@ -657,6 +657,18 @@ static int queue_job(struct convert *c, struct job *job)
     return failed ? -1 : 0;
 }
 
+static const char *source_format(const struct qimg_convert_params *p,
+                                 size_t i)
+{
+    return p->source_formats ? p->source_formats[i] : p->source_format;
+}
+
+static const struct qimg_opts *
+source_opts(const struct qimg_convert_params *p, size_t i)
+{
+    return p->source_driver_opts ? p->source_driver_opts[i] : NULL;
+}
+
 static int open_source(const struct qimg_convert_params *p, size_t i,
                        struct qimg_image **out);
 
@@ -930,10 +942,11 @@ static int open_source(const struct qimg_convert_params *p, size_t i,
                        struct qimg_image **out)
 {
     /* [QEMU] only the first source is read at the snapshot. */
-    *out = p->source_snapshot && i == 0
-               ? qimg_open_snapshot(p->sources[i], p->source_format,
-                                    p->source_flags, p->source_snapshot)
-               : qimg_open(p->sources[i], p->source_format, p->source_flags);
+    *out = image_open_snapshot_opts(p->sources[i], source_format(p, i),
+                                    p->source_flags, source_opts(p, i),
+                                    p->source_snapshot && i == 0
+                                        ? p->source_snapshot
+                                        : NULL);
     return *out ? 0 : -1;
 }
 
@@ -1181,7 +1194,7 @@ static int source_backing_size(struct convert *c)
     c->src_backing_size = UINT64_MAX;
     struct qimg_image_info **chain = NULL;
     bool muted = warn_mute(true);
-    int n = qimg_get_chain_info(p->sources[0], p->source_format,
+    int n = qimg_get_chain_info(p->sources[0], source_format(p, 0),
                                 p->source_flags | QIMG_OPEN_FORCE_SHARE,
                                 &chain);
     warn_mute(muted);
@@ -1202,10 +1215,9 @@ static int open_top_layer(struct convert *c)
     const struct qimg_convert_params *p = c->p;
     unsigned flags = p->source_flags | QIMG_OPEN_NO_BACKING;
     bool muted = warn_mute(true);
-    c->top = p->source_snapshot
-                 ? qimg_open_snapshot(p->sources[0], p->source_format, flags,
-                                      p->source_snapshot)
-                 : qimg_open(p->sources[0], p->source_format, flags);
+    c->top = image_open_snapshot_opts(p->sources[0], source_format(p, 0),
+                                      flags, source_opts(p, 0),
+                                      p->source_snapshot);
     warn_mute(muted);
     return c->top ? 0 : -1;
 }
@@ -1251,7 +1263,10 @@ int qimg_convert(const struct qimg_convert_params *params)
     if (check_params(params) < 0) {
         return -1;
     }
-    const char *fmt = params->target_format ? params->target_format : "raw";
+    /* An existing target is probed only when asked (--target-image-opts). */
+    const char *fmt = params->target_format ? params->target_format
+                      : params->no_create && params->target_probe ? NULL
+                                                                  : "raw";
     pthread_mutex_init(&c.lock, NULL);
     pthread_mutex_init(&c.write_lock, NULL);
     pthread_cond_init(&c.queued, NULL);
@@ -1284,8 +1299,9 @@ int qimg_convert(const struct qimg_convert_params *params)
         }
         created = removable;
     }
-    c.dst = qimg_open(params->target, fmt,
-                      QIMG_OPEN_RDWR | params->target_flags);
+    c.dst = qimg_open_opts(params->target, fmt,
+                           QIMG_OPEN_RDWR | params->target_flags,
+                           params->target_driver_opts);
     if (!c.dst) {
         goto out;
     }

@@ -250,8 +250,8 @@ int qimg_dd(const struct qimg_dd_params *params, struct qimg_dd_result *out)
         goto done;
     }
     const char *fmt = params->output_format ? params->output_format : "raw";
-    d.in = qimg_open(params->input, params->input_format,
-                     params->input_flags);
+    d.in = qimg_open_opts(params->input, params->input_format,
+                          params->input_flags, params->input_driver_opts);
     if (!d.in) {
         goto done;
     }

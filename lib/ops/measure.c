@@ -15,6 +15,7 @@
 
 #include "qimg/qimg.h"
 #include "core/error.h"
+#include "core/image.h"
 #include "driver.h"
 #include "util/checked.h"
 
@@ -347,11 +348,9 @@ static int other_format_error(const char *format)
 static struct qimg_image *open_source(const struct qimg_measure_params *p)
 {
     unsigned flags = p->source_flags & ~QIMG_OPEN_RDWR;
-    if (p->source_snapshot) {
-        return qimg_open_snapshot(p->source, p->source_format, flags,
-                                  p->source_snapshot);
-    }
-    return qimg_open(p->source, p->source_format, flags);
+    return image_open_snapshot_opts(p->source, p->source_format, flags,
+                                    p->source_driver_opts,
+                                    p->source_snapshot);
 }
 
 static int measure(const struct qimg_measure_params *p,

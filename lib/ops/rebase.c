@@ -238,7 +238,8 @@ int qimg_rebase(const struct qimg_rebase_params *p)
     if (p->unsafe) {
         flags |= QIMG_OPEN_NO_BACKING;
     }
-    struct qimg_image *img = qimg_open(p->filename, p->format, flags);
+    struct qimg_image *img = qimg_open_opts(p->filename, p->format, flags,
+                                            p->driver_opts);
     if (!img) {
         return -1;
     }

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -299,6 +300,81 @@ static int read_bitmaps(struct qimg_node *node, struct qcow2_state *s)
     return ret;
 }
 
+/* A size runtime option, with QemuOpts' message for a bad value. */
+static int take_size_opt(struct qimg_node *node, const char *key,
+                         bool *given, uint64_t *out)
+{
+    const char *v = node_opt_take(node, key);
+    *given = v != NULL;
+    *out = 0;
+    if (v && (qimg_parse_size(v, 'B', out) < 0 || v[0] == '-')) {
+        return error_set(EINVAL, "Parameter '%s' expects a non-negative "
+                         "number below 2^64\nOptional suffix k, M, G, T, "
+                         "P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                         "and exabytes, respectively.", key);
+    }
+    return 0;
+}
+
+/*
+ * QEMU's qcow2 cache options (--image-opts): checked as QEMU checks
+ * them, then left alone, as qimg's metadata cache sizes itself (they
+ * change speed, never what is read or written).
+ */
+static int take_cache_opts(struct qimg_node *node,
+                           const struct qcow2_state *s)
+{
+    bool has_all, has_l2, has_rc, has_entry;
+    uint64_t all, l2, rc, entry;
+    int ret = take_size_opt(node, "cache-size", &has_all, &all);
+    if (ret == 0) {
+        ret = take_size_opt(node, "l2-cache-size", &has_l2, &l2);
+    }
+    if (ret == 0) {
+        ret = take_size_opt(node, "refcount-cache-size", &has_rc, &rc);
+    }
+    if (ret == 0) {
+        ret = take_size_opt(node, "l2-cache-entry-size", &has_entry,
+                            &entry);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    const char *interval = node_opt_take(node, "cache-clean-interval");
+    if (interval) {
+        char *end;
+        errno = 0;
+        /* [QEMU] a negative number wraps, as strtoull's, to too big. */
+        unsigned long long n = strtoull(interval, &end, 0);
+        if (!*interval || *end || errno == ERANGE) {
+            return error_set(EINVAL, "Parameter 'cache-clean-interval' "
+                             "expects a number");
+        }
+        if (n > UINT_MAX) {
+            return error_set(EINVAL, "Cache clean interval too big");
+        }
+    }
+    if (has_all && has_l2 && has_rc) {
+        return error_set(EINVAL, "cache-size, l2-cache-size and "
+                         "refcount-cache-size may not be set at the same "
+                         "time");
+    }
+    if (has_all && has_l2 && l2 > all) {
+        return error_set(EINVAL, "l2-cache-size may not exceed cache-size");
+    }
+    if (has_all && has_rc && rc > all) {
+        return error_set(EINVAL, "refcount-cache-size may not exceed "
+                         "cache-size");
+    }
+    if (has_entry && (entry < 512 || entry > s->hdr.cluster_size ||
+                      (entry & (entry - 1)) != 0)) {
+        return error_set(EINVAL, "L2 cache entry size must be a power of "
+                         "two between 512 and the cluster size (%" PRIu64
+                         ")", s->hdr.cluster_size);
+    }
+    return 0;
+}
+
 static int qcow2_open(struct qimg_node *node, unsigned flags)
 {
     struct qcow2_state *s = calloc(1, sizeof(*s));
@@ -367,6 +443,10 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
     /* Block status host offsets name the data file when there is one. */
     node->data_io = s->data_file;
     ret = qcow2_header_decode_finish(hbuf, hlen, dflags, &s->hdr);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = take_cache_opts(node, s);
     if (ret < 0) {
         goto fail;
     }
