@@ -26,29 +26,6 @@ patch() {
     printf "$bytes" | dd of="$1" bs=1 seek=$(($2)) conv=notrunc status=none
 }
 
-# same_out NAME CMD-ARGS...: stdout, stderr and exit status equal.
-same_out() {
-    local name=$1
-    shift
-    "$QEMU_IMG" "$@" >want.out 2>want.err
-    echo "exit $?" >>want.out
-    "$QIMG" "$@" >got.out 2>got.err
-    echo "exit $?" >>got.out
-    sed -i 's/^qimg: /qemu-img: /' got.err
-    expect_same "$name: stdout" want.out got.out
-    expect_same "$name: stderr" want.err got.err
-}
-
-# same_raw NAME IMAGE: qimg and qemu-img read the same guest bytes.
-same_raw() {
-    rm -f got.raw want.raw
-    "$QIMG" convert -O raw "$2" got.raw 2>got.err ||
-        { fail "$1: qimg convert" "$(cat got.err)"; return; }
-    "$QEMU_IMG" convert -O raw "$2" want.raw ||
-        { fail "$1: qemu-img convert"; return; }
-    expect_same "$1: contents" want.raw got.raw
-}
-
 # qemu_ok NAME IMAGE: qemu-img finds what qimg wrote clean.
 qemu_ok() {
     local out
