@@ -412,6 +412,7 @@ extern const struct qimg_format_ops format_vhdx;
 extern const struct qimg_format_ops format_qed;
 extern const struct qimg_format_ops format_bochs;
 extern const struct qimg_format_ops format_cloop;
+extern const struct qimg_format_ops format_luks;
 extern const struct qimg_format_ops format_parallels;
 extern const struct qimg_format_ops format_dmg;
 

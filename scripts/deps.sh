@@ -7,6 +7,8 @@ packages=(
     meson ninja-build pkg-config gcc clang llvm binutils python3
     libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
     zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev
+    nettle-dev  # LUKS and AES decryption (ciphers, hashes, PBKDF2)
+    cryptsetup-bin  # LUKS1 images made by cryptsetup in tests (not linked)
     qemu-utils  # qemu-img and qemu-io: the test oracle, never linked
     strace time  # flush checks in tests; peak RSS in bench/
     python3-libqcow  # libqcow: a second qcow2 reader in tests (not linked)

@@ -28,6 +28,7 @@ static const struct qimg_format_ops *const formats[] = {
     &format_cloop,
     &format_parallels,
     &format_dmg,
+    &format_luks,
 };
 #define FORMATS_COUNT (sizeof(formats) / sizeof(formats[0]))
 

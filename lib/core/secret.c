@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,7 +138,79 @@ int secret_lookup(const char *id, uint8_t **data, size_t *len)
     return ret;
 }
 
-void secret_free(uint8_t *data, size_t len)
+/* Strict UTF-8 (no overlong forms, surrogates or NUL), as GLib checks. */
+static bool valid_utf8(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c == 0) {
+            return false;
+        } else if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (len - i <= n) {
+            return false;
+        }
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) {
+                return false;
+            }
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t min_cp[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[n] || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff)) {
+            return false;
+        }
+        i += n + 1;
+    }
+    return true;
+}
+
+int secret_lookup_utf8(const char *id, char **password, size_t *len)
+{
+    *password = NULL;
+    *len = 0;
+    uint8_t *data;
+    size_t n;
+    int ret = secret_lookup(id, &data, &n);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!valid_utf8(data, n)) {
+        secret_free(data, n);
+        return error_set(EINVAL, "Data from secret %s is not valid UTF-8",
+                         id);
+    }
+    char *s = malloc(n + 1);
+    if (!s) {
+        secret_free(data, n);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    memcpy(s, data, n);
+    s[n] = '\0';
+    secret_free(data, n);
+    *password = s;
+    *len = n;
+    return 0;
+}
+
+void secret_free(void *data, size_t len)
 {
     wipe(data, len);
     free(data);

@@ -1,7 +1,8 @@
 /*
  * qcow: QEMU's first copy-on-write format (version 1), read and write,
  * with zlib-compressed clusters and a backing file; AES-encrypted images
- * show their information only.
+ * are read with their key (encrypt.key-secret; crypto/encrypt_opts.c),
+ * not written.
  *
  * Layout (big-endian): a 48-byte header, an optional backing file name,
  * an L1 table of l1_size 64-bit offsets of L2 tables, each of 1 << l2_bits
@@ -20,6 +21,8 @@
 #include <zlib.h>
 
 #include "core/error.h"
+#include "crypto/cipher.h"
+#include "crypto/encrypt_opts.h"
 #include "driver.h"
 #include "util/checked.h"
 #include "util/endian.h"
@@ -86,6 +89,11 @@ struct qcow_state {
     uint64_t cached_entry;
     uint8_t *cluster_buf; /* cluster_size bytes of scratch */
     uint8_t *z_buf;       /* cluster_size bytes for compressed data */
+    /*
+     * The AES key of an encrypted image opened for I/O (IVs: guest
+     * sectors), else NULL.  Compressed clusters are not encrypted.
+     */
+    struct sector_cipher *cipher;
 };
 
 static void qcow_header_decode(const uint8_t *b, struct qcow_header *h)
@@ -174,6 +182,7 @@ static void qcow_close(struct qimg_node *node)
         free(s->cluster_cache);
         free(s->cluster_buf);
         free(s->z_buf);
+        sector_cipher_free(s->cipher);
         free(s);
     }
     node->opaque = NULL;
@@ -263,10 +272,15 @@ static int qcow_open(struct qimg_node *node, unsigned flags)
     if (ret < 0) {
         goto fail;
     }
-    if (s->h.crypt_method != QCOW_CRYPT_NONE && !(flags & QIMG_OPEN_NO_IO)) {
-        /* qimg has no AES for qcow v1 (nor secrets): QEMU's words. */
-        ret = error_set(ENOTSUP, "Parameter 'encrypt.key-secret' is "
-                        "required for cipher");
+    const char *key_secret;
+    ret = crypto_take_encrypt_opts(
+        node, s->h.crypt_method == QCOW_CRYPT_AES ? "aes" : NULL,
+        &key_secret);
+    if (ret == 0 && s->h.crypt_method != QCOW_CRYPT_NONE &&
+        !(flags & QIMG_OPEN_NO_IO)) {
+        ret = crypto_qcow_aes_open(key_secret, &s->cipher);
+    }
+    if (ret < 0) {
         goto fail;
     }
     s->cluster_size = 1u << s->h.cluster_bits;
@@ -399,6 +413,12 @@ static int qcow_decompress(struct qimg_node *node, struct qcow_state *s,
     return 0;
 }
 
+static int qcow_file_read(void *opaque, uint8_t *buf, size_t len,
+                          uint64_t off)
+{
+    return io_pread(opaque, buf, len, off);
+}
+
 static int qcow_pread(struct qimg_node *node, void *buf, size_t len,
                       uint64_t off)
 {
@@ -419,6 +439,9 @@ static int qcow_pread(struct qimg_node *node, void *buf, size_t len,
             if (ret == 0) {
                 memcpy(p, s->cluster_cache + in_cluster, n);
             }
+        } else if (s->cipher) {
+            ret = sector_cipher_pread(s->cipher, qcow_file_read, node->file,
+                                      p, n, entry + in_cluster, off);
         } else {
             /* entry < 2^63: adding less than 64 KiB cannot overflow. */
             ret = io_pread(node->file, p, n, entry + in_cluster);
@@ -551,10 +574,25 @@ static int qcow_write_new_cluster(struct qimg_node *node,
     return qcow_set_entry(node, s, off, host);
 }
 
+/* Guest writes would have to be encrypted: not done yet. */
+static int qcow_check_plain(struct qimg_node *node,
+                            const struct qcow_state *s)
+{
+    if (s->h.crypt_method != QCOW_CRYPT_NONE) {
+        return error_set(ENOTSUP, "%s: writing encrypted qcow images is not "
+                         "supported yet", node->filename);
+    }
+    return 0;
+}
+
 static int qcow_pwrite(struct qimg_node *node, const void *buf, size_t len,
                        uint64_t off)
 {
     struct qcow_state *s = node->opaque;
+    int check = qcow_check_plain(node, s);
+    if (check < 0) {
+        return check;
+    }
     const uint8_t *p = buf;
     while (len > 0) {
         uint64_t in_cluster = off & (s->cluster_size - 1);
@@ -607,6 +645,10 @@ static int qcow_pwrite_compressed(struct qimg_node *node, const void *buf,
                                   size_t len, uint64_t off)
 {
     struct qcow_state *s = node->opaque;
+    int check = qcow_check_plain(node, s);
+    if (check < 0) {
+        return check;
+    }
     /* The image's tail is compressed as a whole, zero-padded cluster. */
     memset(s->cluster_buf, 0, s->cluster_size);
     memcpy(s->cluster_buf, buf, len);

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/luks1.h"
 #include "formats/qcow2/qcow2.h"
 #include "formats/vhdx/vhdx.h"
 #include "formats/vmdk/vmdk.h"
@@ -242,10 +243,10 @@ static void codec_qcow2_bitmaps(const uint8_t *p, size_t n)
 
 static void codec_qcow2_luks(const uint8_t *p, size_t n)
 {
-    struct qcow2_luks_info info;
+    struct luks1_header info;
     memset(&info, 0, sizeof(info));
-    if (qcow2_luks_decode(p, n, &info) < 0) {
-        fuzz_expect_error_set("qcow2_luks_decode");
+    if (luks1_decode(p, n, &info) < 0) {
+        fuzz_expect_error_set("luks1_decode");
     }
 }
 

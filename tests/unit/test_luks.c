@@ -1,7 +1,7 @@
-/* The LUKS1 header decoder behind qcow2 info's "encrypt" section. */
+/* The LUKS1 header decoder (crypto/luks1.c) behind luks and qcow2 info. */
 #include <string.h>
 
-#include "formats/qcow2/qcow2.h"
+#include "crypto/luks1.h"
 #include "qimg/qimg.h"
 #include "tap.h"
 #include "util/endian.h"
@@ -10,7 +10,7 @@
 
 static void build(uint8_t *h)
 {
-    memset(h, 0, QCOW2_LUKS_HEADER_SIZE);
+    memset(h, 0, LUKS1_HEADER_SIZE);
     memcpy(h, "LUKS\xba\xbe", 6);
     store_be16(h + 6, 1);
     strcpy((char *)h + 8, "aes");
@@ -20,7 +20,7 @@ static void build(uint8_t *h)
     store_be32(h + 108, 64);         /* key bytes */
     store_be32(h + 164, 1000);       /* master key digest iterations */
     strcpy((char *)h + 168, "01234567-89ab-cdef-0123-456789abcdef");
-    for (int i = 0; i < QCOW2_LUKS_NUM_SLOTS; i++) {
+    for (int i = 0; i < LUKS1_NUM_SLOTS; i++) {
         uint8_t *s = h + 208 + 48 * i;
         store_be32(s, i == 0 ? 0x00AC71F3 : 0x0000DEAD);
         store_be32(s + 4, i == 0 ? 2000 : 0);
@@ -31,11 +31,11 @@ static void build(uint8_t *h)
 
 int main(void)
 {
-    uint8_t h[QCOW2_LUKS_HEADER_SIZE];
-    struct qcow2_luks_info info;
+    uint8_t h[LUKS1_HEADER_SIZE];
+    struct luks1_header info;
 
     build(h);
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) == 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) == 0);
     tap_eq_str(info.cipher_alg, "aes-256", "xts halves the key: aes-256");
     tap_eq_str(info.cipher_mode, "xts", "cipher mode");
     tap_eq_str(info.ivgen_alg, "plain64", "ivgen");
@@ -55,7 +55,7 @@ int main(void)
     store_be32(h + 108, 32);
     memset(h + 40, 0, 32);
     strcpy((char *)h + 40, "cbc-essiv:sha256");
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) == 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) == 0);
     tap_eq_str(info.cipher_alg, "aes-256", "cbc keeps the key: aes-256");
     tap_eq_str(info.ivgen_alg, "essiv", "essiv ivgen");
     tap_eq_str(info.ivgen_hash_alg, "sha256", "essiv hash");
@@ -63,29 +63,29 @@ int main(void)
     /* Damage is refused, never trusted. */
     build(h);
     h[0] = 'X';
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     build(h);
     store_be16(h + 6, 2);
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     build(h);
     memset(h + 8, 'a', 32); /* cipher name without its NUL */
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     build(h);
     store_be32(h + 208 + 44, 3999);
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     tap_eq_str(qimg_get_error(), "Keyslot 0 is corrupted (stripes 3999 != "
                "4000)", "stripes message");
     build(h);
     store_be32(h + 208 + 48 + 40, 8); /* slot 1 overlaps slot 0 */
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     build(h);
     store_be32(h + 104, 4); /* payload inside the header */
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     build(h);
     store_be32(h + 164, 0);
-    TAP_OK(qcow2_luks_decode(h, sizeof(h), &info) < 0);
+    TAP_OK(luks1_decode(h, sizeof(h), &info) < 0);
     /* A short buffer reads as zeros past its end: bad magic, no overrun. */
-    TAP_OK(qcow2_luks_decode(h, 3, &info) < 0);
+    TAP_OK(luks1_decode(h, 3, &info) < 0);
 
     return tap_done();
 }

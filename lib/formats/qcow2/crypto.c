@@ -1,362 +1,117 @@
 /*
- * qcow2: the LUKS1 header of crypt_method 2 images, decoded for info.
+ * qcow2: encryption at open [spec: Header, crypt_method; Full disk
+ * encryption header pointer].
  *
- * A pure codec over a byte buffer.  The layout is the LUKS1 on-disk
- * format (big-endian, 592 bytes); the checks, their order, the name
- * mapping and the messages follow qemu-img 7.2 opening an image without
- * a key (metadata only), verified against its output on damaged headers.
+ * crypt_method 2 (LUKS) keeps a LUKS1 header and its key material in the
+ * clusters the crypto extension names; data sectors are numbered by
+ * their host offset.  crypt_method 1 (legacy AES) has no header: the
+ * password, zero-padded or cut to 16 bytes, is an AES-128-CBC key, and
+ * sectors are numbered by their guest offset (plain64 IVs).
+ *
+ * The encrypt.* runtime options are QEMU's (crypto/encrypt_opts.c).
+ * Opening for I/O needs the key; metadata-only opens (info) do not.
  */
 #include <errno.h>
-#include <inttypes.h>
 #include <string.h>
+
 #include "core/error.h"
+#include "core/secret.h"
+#include "crypto/cipher.h"
+#include "crypto/encrypt_opts.h"
+#include "crypto/luks1.h"
+#include "driver.h"
 #include "formats/qcow2/qcow2.h"
-#include "util/endian.h"
 
-/* Field offsets in the partition header. */
-#define LUKS_OFF_VERSION 6
-#define LUKS_OFF_CIPHER_NAME 8
-#define LUKS_OFF_CIPHER_MODE 40
-#define LUKS_OFF_HASH_SPEC 72
-#define LUKS_OFF_PAYLOAD 104
-#define LUKS_OFF_KEY_BYTES 108
-#define LUKS_OFF_MK_ITERS 164
-#define LUKS_OFF_UUID 168
-#define LUKS_OFF_SLOTS 208
-#define LUKS_NAME_LEN 32
-#define LUKS_UUID_LEN 40
-#define LUKS_SLOT_SIZE 48
-/* Within a slot. */
-#define LUKS_SLOT_ACTIVE 0
-#define LUKS_SLOT_ITERS 4
-#define LUKS_SLOT_KEY_OFFSET 40
-#define LUKS_SLOT_STRIPES 44
-
-#define LUKS_VERSION 1
-#define LUKS_SLOT_ENABLED 0x00ac71f3u
-#define LUKS_SLOT_DISABLED 0x0000deadu
-/* [QEMU] only accepts the anti-forensic stripe count it writes. */
-#define LUKS_STRIPES 4000
-#define LUKS_SECTOR 512u
-/* The key material starts after the 4 KiB header area (8 sectors). */
-#define LUKS_HEADER_SECTORS 8u
-
-static const uint8_t luks_magic[6] = {'L', 'U', 'K', 'S', 0xba, 0xbe};
-
-/* A cipher family and the QAPI names of its key sizes (0 ends). */
-struct luks_cipher {
-    const char *name;
-    struct {
-        uint32_t key_bytes;
-        const char *alg;
-    } sizes[4];
-};
-
-static const struct luks_cipher luks_ciphers[] = {
-    {"aes", {{16, "aes-128"}, {24, "aes-192"}, {32, "aes-256"}, {0, NULL}}},
-    {"cast5", {{16, "cast5-128"}, {0, NULL}}},
-    {"serpent",
-     {{16, "serpent-128"}, {24, "serpent-192"}, {32, "serpent-256"},
-      {0, NULL}}},
-    {"twofish",
-     {{16, "twofish-128"}, {24, "twofish-192"}, {32, "twofish-256"},
-      {0, NULL}}},
-};
-
-/* QAPI QCryptoHashAlgorithm names and their digest lengths. */
-static const struct {
-    const char *name;
-    size_t digest;
-} luks_hashes[] = {
-    {"md5", 16},    {"sha1", 20},   {"sha224", 28},   {"sha256", 32},
-    {"sha384", 48}, {"sha512", 64}, {"ripemd160", 20},
-};
-
-static const char *const luks_modes[] = {"ecb", "cbc", "xts", "ctr"};
-static const char *const luks_ivgens[] = {"plain", "plain64", "essiv"};
-
-#define LUKS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-
-/* Bytes past len read as zero, as they do past the end of a file. */
-static uint32_t luks_be32(const uint8_t *buf, size_t len, size_t off)
+static const char *method_name(uint32_t crypt_method)
 {
-    uint8_t b[4] = {0};
-    for (size_t i = 0; i < 4; i++) {
-        if (off + i < len) {
-            b[i] = buf[off + i];
-        }
-    }
-    return load_be32(b);
+    return crypt_method == QCOW2_CRYPT_AES    ? "aes"
+           : crypt_method == QCOW2_CRYPT_LUKS ? "luks"
+                                              : NULL;
 }
+
+struct luks_read_ctx {
+    struct qimg_io *file;
+    uint64_t offset;
+    uint64_t length;
+};
 
 /*
- * Copy the bounded string at off into dst (n + 1 bytes); false if it has
- * no NUL within its n bytes.
+ * [QEMU] reads of the LUKS area may not leave the region the extension
+ * names.
  */
-static bool luks_string(const uint8_t *buf, size_t len, size_t off, size_t n,
-                        char *dst)
+static int luks_read(void *opaque, uint8_t *buf, size_t len, uint64_t off)
 {
-    bool terminated = false;
-    for (size_t i = 0; i < n; i++) {
-        dst[i] = off + i < len ? (char)buf[off + i] : '\0';
-        if (dst[i] == '\0') {
-            terminated = true;
-        }
+    const struct luks_read_ctx *r = opaque;
+    if (off > r->length || len > r->length - off) {
+        return error_set(EINVAL,
+                         "Request for data outside of extension header");
     }
-    dst[n] = '\0';
-    return terminated;
-}
-
-static const char *luks_lookup(const char *const *names, size_t nb,
-                               const char *name)
-{
-    for (size_t i = 0; i < nb; i++) {
-        if (strcmp(names[i], name) == 0) {
-            return names[i];
-        }
-    }
-    return NULL;
-}
-
-static int luks_hash_lookup(const char *name, const char **out,
-                            size_t *digest)
-{
-    for (size_t i = 0; i < LUKS_ARRAY_SIZE(luks_hashes); i++) {
-        if (strcmp(luks_hashes[i].name, name) == 0) {
-            *out = luks_hashes[i].name;
-            if (digest) {
-                *digest = luks_hashes[i].digest;
-            }
-            return 0;
-        }
-    }
-    return error_set(EINVAL, "Hash algorithm '%s' not supported", name);
-}
-
-/*
- * [QEMU] sectors of key material for one slot: key bytes times stripes,
- * in 32-bit arithmetic as QEMU computes it (it wraps for huge key sizes),
- * rounded up to sectors and then to the header size.
- */
-static uint32_t luks_splitkey_sectors(uint32_t key_bytes, uint32_t stripes)
-{
-    uint32_t bytes = key_bytes * stripes;
-    uint32_t sectors = bytes / LUKS_SECTOR + (bytes % LUKS_SECTOR != 0);
-    return (sectors + LUKS_HEADER_SECTORS - 1) / LUKS_HEADER_SECTORS *
-           LUKS_HEADER_SECTORS;
-}
-
-/* [QEMU] the basic sanity checks, before any name is looked at. */
-static int luks_check_slots(const uint8_t *buf, size_t len,
-                            uint32_t key_bytes, uint32_t payload)
-{
-    uint32_t start[QCOW2_LUKS_NUM_SLOTS];
-    uint32_t count[QCOW2_LUKS_NUM_SLOTS];
-    for (size_t i = 0; i < QCOW2_LUKS_NUM_SLOTS; i++) {
-        size_t s = LUKS_OFF_SLOTS + i * LUKS_SLOT_SIZE;
-        start[i] = luks_be32(buf, len, s + LUKS_SLOT_KEY_OFFSET);
-        count[i] = luks_splitkey_sectors(
-            key_bytes, luks_be32(buf, len, s + LUKS_SLOT_STRIPES));
-    }
-    for (size_t i = 0; i < QCOW2_LUKS_NUM_SLOTS; i++) {
-        size_t s = LUKS_OFF_SLOTS + i * LUKS_SLOT_SIZE;
-        uint32_t active = luks_be32(buf, len, s + LUKS_SLOT_ACTIVE);
-        uint32_t stripes = luks_be32(buf, len, s + LUKS_SLOT_STRIPES);
-        if (stripes != LUKS_STRIPES) {
-            return error_set(EINVAL,
-                             "Keyslot %zu is corrupted (stripes %" PRIu32
-                             " != %d)",
-                             i, stripes, LUKS_STRIPES);
-        }
-        if (active != LUKS_SLOT_DISABLED && active != LUKS_SLOT_ENABLED) {
-            return error_set(EINVAL,
-                             "Keyslot %zu state (active/disable) is corrupted",
-                             i);
-        }
-        if (active == LUKS_SLOT_ENABLED &&
-            luks_be32(buf, len, s + LUKS_SLOT_ITERS) == 0) {
-            return error_set(EINVAL, "Keyslot %zu iteration count is zero", i);
-        }
-        /* 32-bit sums, as QEMU does them. */
-        if ((uint32_t)(start[i] + count[i]) > payload) {
-            return error_set(
-                EINVAL, "Keyslot %zu is overlapping with the encrypted payload",
-                i);
-        }
-        for (size_t j = i + 1; j < QCOW2_LUKS_NUM_SLOTS; j++) {
-            if ((uint32_t)(start[i] + count[i]) > start[j] &&
-                (uint32_t)(start[j] + count[j]) > start[i]) {
-                return error_set(
-                    EINVAL, "Keyslots %zu and %zu are overlapping in the header",
-                    i, j);
-            }
-        }
+    uint64_t at = r->offset + off;
+    int ret = qcow2_read_in_range(at, len) ? io_pread(r->file, buf, len, at)
+                                           : -EIO;
+    if (ret < 0) {
+        return error_set_errno(-ret, "Could not read encryption header");
     }
     return 0;
 }
 
-/* [QEMU] "<mode>-<ivgen>[:<ivhash>]" and the cipher, hash, ivgen names. */
-static int luks_parse_names(const char *cipher_name, char *mode,
-                            const char *hash_spec, uint32_t key_bytes,
-                            struct qcow2_luks_info *out)
+static int open_luks(struct qimg_node *node, struct qcow2_state *s,
+                     unsigned flags, const char *key_secret)
 {
-    char *ivgen = strchr(mode, '-');
-    if (!ivgen) {
-        return error_set(EINVAL, "Unexpected cipher mode string format '%s'",
-                         mode);
-    }
-    *ivgen++ = '\0';
-    char *ivhash = strchr(ivgen, ':');
-    const char *ivhash_alg = NULL;
-    size_t ivhash_digest = 0;
-    if (ivhash) {
-        *ivhash++ = '\0';
-        int ret = luks_hash_lookup(ivhash, &ivhash_alg, &ivhash_digest);
+    char *password = NULL;
+    size_t password_len = 0;
+    /* [QEMU] wants the key before it reads the header. */
+    if (!(flags & QIMG_OPEN_NO_IO)) {
+        int ret = crypto_password(key_secret, "encrypt.key-secret",
+                                  &password, &password_len);
         if (ret < 0) {
             return ret;
         }
     }
-    out->cipher_mode = luks_lookup(luks_modes, LUKS_ARRAY_SIZE(luks_modes),
-                                   mode);
-    if (!out->cipher_mode) {
-        return error_set(EINVAL, "Cipher mode '%s' not supported", mode);
+    struct luks_read_ctx r = {
+        .file = node->file,
+        .offset = s->hdr.crypto_offset,
+        .length = s->hdr.crypto_length,
+    };
+    uint8_t buf[LUKS1_HEADER_SIZE];
+    int ret = luks_read(&r, buf, sizeof(buf), 0);
+    if (ret == 0) {
+        ret = luks1_decode(buf, sizeof(buf), &s->luks);
     }
-    /* XTS keys hold two cipher keys of half the size. */
-    uint32_t kb = strcmp(mode, "xts") == 0 ? key_bytes / 2 : key_bytes;
-    uint32_t family = 0;
-    out->cipher_alg = NULL;
-    for (size_t i = 0; !out->cipher_alg && i < LUKS_ARRAY_SIZE(luks_ciphers);
-         i++) {
-        if (strcmp(luks_ciphers[i].name, cipher_name) != 0) {
-            continue;
-        }
-        for (size_t j = 0; luks_ciphers[i].sizes[j].key_bytes; j++) {
-            if (luks_ciphers[i].sizes[j].key_bytes == kb) {
-                out->cipher_alg = luks_ciphers[i].sizes[j].alg;
-                family = (uint32_t)i;
-                break;
-            }
+    if (ret == 0) {
+        s->has_luks = true;
+        if (password) {
+            ret = luks1_unlock(&s->luks, (const uint8_t *)password,
+                               password_len, luks_read, &r, &s->cipher);
         }
     }
-    if (!out->cipher_alg) {
-        return error_set(EINVAL,
-                         "Algorithm '%s' with key size %" PRIu32
-                         " bytes not supported",
-                         cipher_name, kb);
-    }
-    int ret = luks_hash_lookup(hash_spec, &out->hash_alg, NULL);
+    secret_free(password, password_len);
+    s->cipher_host_sectors = true;
+    return ret;
+}
+
+int qcow2_crypto_open(struct qimg_node *node, struct qcow2_state *s,
+                      unsigned flags)
+{
+    const char *key_secret;
+    int ret = crypto_take_encrypt_opts(
+        node, method_name(s->hdr.crypt_method), &key_secret);
     if (ret < 0) {
         return ret;
     }
-    out->ivgen_alg = luks_lookup(luks_ivgens, LUKS_ARRAY_SIZE(luks_ivgens),
-                                 ivgen);
-    if (!out->ivgen_alg) {
-        return error_set(EINVAL, "IV generator '%s' not supported", ivgen);
+    if (s->hdr.crypt_method == QCOW2_CRYPT_LUKS && s->hdr.has_crypto_ext) {
+        return open_luks(node, s, flags, key_secret);
     }
-    /*
-     * Only essiv uses (and reports) the ivgen hash; plain and plain64
-     * ignore one, like dm-crypt.
-     */
-    out->ivgen_hash_alg = NULL;
-    if (strcmp(out->ivgen_alg, "essiv") == 0) {
-        if (!ivhash_alg) {
-            return error_set(EINVAL,
-                             "Missing IV generator hash specification");
-        }
-        /*
-         * [QEMU] essiv keys a cipher of the digest's size: it must exist
-         * in the same family (cast5 has only its own key size).
-         */
-        if (ivhash_digest != kb) {
-            const struct luks_cipher *c = &luks_ciphers[family];
-            bool found = false;
-            for (size_t j = 0; c->sizes[j].key_bytes; j++) {
-                found = found || c->sizes[j].key_bytes == ivhash_digest;
-            }
-            if (strcmp(c->name, "cast5") == 0) {
-                return error_set(EINVAL, "Cipher %s not supported with essiv",
-                                 out->cipher_alg);
-            }
-            if (!found) {
-                const char *fam = family == 0   ? "AES"
-                                  : family == 2 ? "Serpent"
-                                                : "Twofish";
-                return error_set(EINVAL,
-                                 "No %s cipher with key size %zu available",
-                                 fam, ivhash_digest);
-            }
-        }
-        out->ivgen_hash_alg = ivhash_alg;
+    if (s->hdr.crypt_method == QCOW2_CRYPT_AES &&
+        !(flags & QIMG_OPEN_NO_IO)) {
+        s->cipher_host_sectors = false;
+        return crypto_qcow_aes_open(key_secret, &s->cipher);
     }
     return 0;
 }
 
-int qcow2_luks_decode(const uint8_t *buf, size_t len,
-                      struct qcow2_luks_info *out)
+void qcow2_crypto_close(struct qcow2_state *s)
 {
-    memset(out, 0, sizeof(*out));
-    uint8_t magic[sizeof(luks_magic)] = {0};
-    memcpy(magic, buf, len < sizeof(magic) ? len : sizeof(magic));
-    if (memcmp(magic, luks_magic, sizeof(magic)) != 0) {
-        return error_set(EINVAL, "Volume is not in LUKS format");
-    }
-    uint32_t version = luks_be32(buf, len, LUKS_OFF_VERSION - 2) & 0xffff;
-    if (version != LUKS_VERSION) {
-        return error_set(EINVAL, "LUKS version %" PRIu32 " is not supported",
-                         version);
-    }
-    char cipher_name[LUKS_NAME_LEN + 1];
-    char cipher_mode[LUKS_NAME_LEN + 1];
-    char hash_spec[LUKS_NAME_LEN + 1];
-    if (!luks_string(buf, len, LUKS_OFF_CIPHER_NAME, LUKS_NAME_LEN,
-                     cipher_name)) {
-        return error_set(EINVAL, "LUKS header cipher name is not NUL "
-                                 "terminated");
-    }
-    if (!luks_string(buf, len, LUKS_OFF_CIPHER_MODE, LUKS_NAME_LEN,
-                     cipher_mode)) {
-        return error_set(EINVAL, "LUKS header cipher mode is not NUL "
-                                 "terminated");
-    }
-    if (!luks_string(buf, len, LUKS_OFF_HASH_SPEC, LUKS_NAME_LEN,
-                     hash_spec)) {
-        return error_set(EINVAL, "LUKS header hash spec is not NUL "
-                                 "terminated");
-    }
-    uint32_t payload = luks_be32(buf, len, LUKS_OFF_PAYLOAD);
-    if (payload < LUKS_HEADER_SECTORS) {
-        return error_set(EINVAL, "LUKS payload is overlapping with the "
-                                 "header");
-    }
-    uint32_t mk_iters = luks_be32(buf, len, LUKS_OFF_MK_ITERS);
-    if (mk_iters == 0) {
-        return error_set(EINVAL, "LUKS key iteration count is zero");
-    }
-    uint32_t key_bytes = luks_be32(buf, len, LUKS_OFF_KEY_BYTES);
-    int ret = luks_check_slots(buf, len, key_bytes, payload);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = luks_parse_names(cipher_name, cipher_mode, hash_spec, key_bytes,
-                           out);
-    if (ret < 0) {
-        return ret;
-    }
-
-    /* [QEMU] shows the uuid as its first 40 bytes, up to a NUL. */
-    (void)luks_string(buf, len, LUKS_OFF_UUID, LUKS_UUID_LEN, out->uuid);
-    out->payload_offset = (uint64_t)payload * LUKS_SECTOR;
-    out->master_key_iters = mk_iters;
-    for (size_t i = 0; i < QCOW2_LUKS_NUM_SLOTS; i++) {
-        size_t s = LUKS_OFF_SLOTS + i * LUKS_SLOT_SIZE;
-        struct qcow2_luks_slot *sl = &out->slots[i];
-        sl->active = luks_be32(buf, len, s + LUKS_SLOT_ACTIVE) ==
-                     LUKS_SLOT_ENABLED;
-        sl->iters = luks_be32(buf, len, s + LUKS_SLOT_ITERS);
-        sl->stripes = luks_be32(buf, len, s + LUKS_SLOT_STRIPES);
-        sl->key_offset =
-            (uint64_t)luks_be32(buf, len, s + LUKS_SLOT_KEY_OFFSET) *
-            LUKS_SECTOR;
-    }
-    return 0;
+    sector_cipher_free(s->cipher);
+    s->cipher = NULL;
 }

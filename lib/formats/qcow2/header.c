@@ -21,13 +21,6 @@
 #include "util/checked.h"
 #include "util/endian.h"
 
-/*
- * [QEMU] opening an encrypted image for I/O needs a key; qimg takes none
- * yet, so it fails the way qemu-img does when none is given.
- */
-#define KEY_SECRET_MESSAGE                                                     \
-    "Parameter 'encrypt.key-secret' is required for cipher"
-
 /* Names as QEMU 7.2 writes them in the feature name table. */
 const struct qcow2_feature qcow2_std_features[QCOW2_NB_STD_FEATURES] = {
     {QCOW2_FEAT_TYPE_INCOMPATIBLE, 0, "dirty bit"},
@@ -322,8 +315,7 @@ static int parse_bitmaps_ext(const uint8_t *buf, size_t len, uint64_t off,
 
 /* [spec: Full disk encryption header pointer]. */
 static int parse_crypto_ext(const uint8_t *buf, size_t len, uint64_t off,
-                            uint32_t elen, unsigned flags,
-                            struct qcow2_header *hdr)
+                            uint32_t elen, struct qcow2_header *hdr)
 {
     if (hdr->crypt_method != QCOW2_CRYPT_LUKS) {
         return error_set(EINVAL, "CRYPTO header extension only expected "
@@ -343,14 +335,7 @@ static int parse_crypto_ext(const uint8_t *buf, size_t len, uint64_t off,
                          "' is not a multiple of cluster size '%" PRIu64 "'",
                          offset, hdr->cluster_size);
     }
-    /*
-     * [QEMU] opens the LUKS header here; without a key (qimg takes none)
-     * that is only possible for metadata.  The LUKS header itself is not
-     * parsed yet.
-     */
-    if (!(flags & QCOW2_DECODE_NO_IO)) {
-        return error_set(EINVAL, KEY_SECRET_MESSAGE);
-    }
+    /* The LUKS header itself is opened by crypto.c. */
     hdr->has_crypto_ext = true;
     hdr->crypto_offset = offset;
     hdr->crypto_length = length;
@@ -367,8 +352,8 @@ static int parse_crypto_ext(const uint8_t *buf, size_t len, uint64_t off,
  * full pass reads every extension and fails on any problem.  early selects
  * the first behaviour and records the table in *ft.
  */
-static int walk_extensions(const uint8_t *buf, size_t len, unsigned flags,
-                           bool early, struct feature_table_ref *ft,
+static int walk_extensions(const uint8_t *buf, size_t len, bool early,
+                           struct feature_table_ref *ft,
                            struct qcow2_header *hdr)
 {
     uint64_t off = hdr->header_length;
@@ -415,7 +400,7 @@ static int walk_extensions(const uint8_t *buf, size_t len, unsigned flags,
                                  "CRYPTO header extension only "
                                  "expected with LUKS encryption method");
             }
-            ret = parse_crypto_ext(buf, len, off, elen, flags, hdr);
+            ret = parse_crypto_ext(buf, len, off, elen, hdr);
             break;
         case QCOW2_EXT_BITMAPS:
             ret = parse_bitmaps_ext(buf, len, off, elen, hdr);
@@ -558,7 +543,7 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
     if (unknown) {
         struct feature_table_ref ft = {0};
         /* Its errors are not reported: QEMU passes no error object. */
-        walk_extensions(buf, len, flags, true, &ft, hdr);
+        walk_extensions(buf, len, true, &ft, hdr);
         return report_unsupported(buf, len, &ft, unknown);
     }
     if ((hdr->incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
@@ -635,7 +620,7 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
                                     "handling");
     }
 
-    ret = walk_extensions(buf, len, flags, false, NULL, hdr);
+    ret = walk_extensions(buf, len, false, NULL, hdr);
     if (ret < 0) {
         return ret;
     }
@@ -661,15 +646,12 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, unsigned flags,
 int qcow2_header_decode_finish(const uint8_t *buf, size_t len, unsigned flags,
                                struct qcow2_header *hdr)
 {
-    if (hdr->crypt_method != QCOW2_CRYPT_NONE && !hdr->has_crypto_ext &&
+    /*
+     * LUKS needs the extension [spec: Full disk encryption header
+     * pointer]; AES has none (crypto.c asks for its key).
+     */
+    if (hdr->crypt_method == QCOW2_CRYPT_LUKS && !hdr->has_crypto_ext &&
         !(flags & QCOW2_DECODE_NO_IO)) {
-        /*
-         * AES needs no extension but a key; LUKS needs the extension
-         * [spec: Full disk encryption header pointer].
-         */
-        if (hdr->crypt_method == QCOW2_CRYPT_AES) {
-            return error_set(EINVAL, KEY_SECRET_MESSAGE);
-        }
         return error_set(EINVAL, "Missing CRYPTO header for crypt method %d",
                          (int)hdr->crypt_method);
     }

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "crypto/cipher.h"
 #include "driver.h"
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
@@ -56,31 +57,6 @@ static int read_meta(struct qimg_io *io, void *buf, size_t len, uint64_t off,
     return 0;
 }
 
-/*
- * Read and decode the LUKS header the crypto extension points at.  Like
- * QEMU's header read function, reads may not leave the region the
- * extension names.
- */
-static int qcow2_open_luks(struct qimg_node *node, struct qcow2_state *s)
-{
-    uint8_t buf[QCOW2_LUKS_HEADER_SIZE];
-    if (s->hdr.crypto_length < sizeof(buf)) {
-        return error_set(EINVAL,
-                         "Request for data outside of extension header");
-    }
-    int ret = read_meta(node->file, buf, sizeof(buf), s->hdr.crypto_offset,
-                        "Could not read encryption header");
-    if (ret < 0) {
-        return ret;
-    }
-    ret = qcow2_luks_decode(buf, sizeof(buf), &s->luks);
-    if (ret < 0) {
-        return ret;
-    }
-    s->has_luks = true;
-    return 0;
-}
-
 static void state_free(struct qcow2_state *s)
 {
     if (!s) {
@@ -92,6 +68,7 @@ static void state_free(struct qcow2_state *s)
     free(s->l1_table);
     qcow2_write_free(s);
     qcow2_cluster_free(s);
+    qcow2_crypto_close(s);
     io_close(s->data_file);
     free(s);
 }
@@ -430,11 +407,9 @@ static int qcow2_open(struct qimg_node *node, unsigned flags)
     }
     init_geometry(s);
     /* [QEMU] opens the LUKS header while reading the extensions. */
-    if (s->hdr.crypt_method == QCOW2_CRYPT_LUKS && s->hdr.has_crypto_ext) {
-        ret = qcow2_open_luks(node, s);
-        if (ret < 0) {
-            goto fail;
-        }
+    ret = qcow2_crypto_open(node, s, flags);
+    if (ret < 0) {
+        goto fail;
     }
     ret = open_data_file(node, s, flags);
     if (ret < 0) {
@@ -540,9 +515,8 @@ static void qcow2_close(struct qimg_node *node)
 }
 
 /*
- * Guest data can be mapped only after a full open of an unencrypted
- * image: metadata-only opens load no L1 table and leave the data file
- * closed, and decryption is not implemented.
+ * Guest data can be mapped only after a full open: metadata-only opens
+ * load no L1 table, leave the data file closed and have no key.
  */
 static int qcow2_check_readable(struct qimg_node *node,
                                 const struct qcow2_state *s)
@@ -551,10 +525,8 @@ static int qcow2_check_readable(struct qimg_node *node,
         return error_set(EINVAL, "%s: image opened for metadata only",
                          node->filename);
     }
-    if (s->hdr.crypt_method != QCOW2_CRYPT_NONE) {
-        return error_set(ENOTSUP,
-                         "%s: reading encrypted qcow2 images is "
-                         "not supported",
+    if (s->hdr.crypt_method != QCOW2_CRYPT_NONE && !s->cipher) {
+        return error_set(EINVAL, "%s: the image was opened without its key",
                          node->filename);
     }
     if (s->has_data_file && !s->data_file) {
@@ -608,6 +580,32 @@ static int qcow2_read_normal(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
+struct encrypted_read {
+    struct qimg_node *node;
+    struct qcow2_state *s;
+};
+
+static int encrypted_read_fn(void *opaque, uint8_t *buf, size_t len,
+                             uint64_t host)
+{
+    const struct encrypted_read *r = opaque;
+    return qcow2_read_normal(r->node, r->s, buf, len, host);
+}
+
+/*
+ * A NORMAL run of an encrypted image: whole 512-byte sectors are read
+ * and decrypted (host and guest offsets agree modulo the cluster size,
+ * so a sector never leaves its cluster).
+ */
+static int qcow2_read_encrypted(struct qimg_node *node, struct qcow2_state *s,
+                                uint8_t *buf, size_t n, uint64_t host,
+                                uint64_t guest)
+{
+    struct encrypted_read r = {node, s};
+    return sector_cipher_pread(s->cipher, encrypted_read_fn, &r, buf, n, host,
+                               s->cipher_host_sectors ? host : guest);
+}
+
 static int qcow2_pread(struct qimg_node *node, void *buf, size_t len,
                        uint64_t off)
 {
@@ -632,7 +630,9 @@ static int qcow2_pread(struct qimg_node *node, void *buf, size_t len,
             memset(p, 0, n);
             break;
         case QCOW2_SC_NORMAL:
-            ret = qcow2_read_normal(node, s, p, n, m.host_off);
+            ret = s->cipher
+                      ? qcow2_read_encrypted(node, s, p, n, m.host_off, off)
+                      : qcow2_read_normal(node, s, p, n, m.host_off);
             break;
         case QCOW2_SC_COMPRESSED:
             ret = qcow2_read_compressed(node, s, m.l2_entry);
@@ -707,8 +707,13 @@ static int qcow2_block_status(struct qimg_node *node, uint64_t off,
         n += min_u64(next.bytes, limit - n);
     }
     *pnum = n;
-    if (mapping_has_host(m.type)) {
+    /* [QEMU] encrypted data has no host offset a reader could use. */
+    if (mapping_has_host(m.type) && !s->cipher) {
         *host_off = m.host_off;
+    } else if (mapping_has_host(m.type)) {
+        return m.type == QCOW2_SC_NORMAL      ? BS_ALLOCATED | BS_DATA
+               : m.type == QCOW2_SC_ZERO_ALLOC ? BS_ALLOCATED | BS_ZERO
+                                               : 0;
     }
     switch (m.type) {
     case QCOW2_SC_UNALLOCATED:
@@ -866,85 +871,6 @@ static struct qimg_value *bitmaps_value(const struct qcow2_bitmap_list *l)
 }
 
 /*
- * QCryptoBlockInfo for LUKS (a flat union): format, then the
- * QCryptoBlockInfoLUKS fields in schema order: cipher-alg, cipher-mode,
- * ivgen-alg, ivgen-hash-alg (essiv only), hash-alg, payload-offset,
- * master-key-iters, uuid, slots.  Each slot: active, iters and stripes
- * (only when active), key-offset.
- */
-static struct qimg_value *luks_slot_value(const struct qcow2_luks_slot *sl)
-{
-    struct qimg_value *d = qimg_value_new_dict();
-    int ret = d ? put(d, "active", qimg_value_new_bool(sl->active)) : -ENOMEM;
-    if (ret == 0 && sl->active) {
-        ret = put(d, "iters", qimg_value_new_int(sl->iters));
-    }
-    if (ret == 0 && sl->active) {
-        ret = put(d, "stripes", qimg_value_new_int(sl->stripes));
-    }
-    if (ret == 0) {
-        ret = put(d, "key-offset", qimg_value_new_int((int64_t)sl->key_offset));
-    }
-    if (ret < 0) {
-        qimg_value_free(d);
-        return NULL;
-    }
-    return d;
-}
-
-static struct qimg_value *luks_value(const struct qcow2_luks_info *l)
-{
-    struct qimg_value *e = qimg_value_new_dict();
-    struct qimg_value *slots = qimg_value_new_list();
-    int ret = e && slots ? 0 : -ENOMEM;
-    if (ret == 0) {
-        ret = put(e, "format", qimg_value_new_string("luks"));
-    }
-    if (ret == 0) {
-        ret = put(e, "cipher-alg", qimg_value_new_string(l->cipher_alg));
-    }
-    if (ret == 0) {
-        ret = put(e, "cipher-mode", qimg_value_new_string(l->cipher_mode));
-    }
-    if (ret == 0) {
-        ret = put(e, "ivgen-alg", qimg_value_new_string(l->ivgen_alg));
-    }
-    if (ret == 0 && l->ivgen_hash_alg) {
-        ret =
-            put(e, "ivgen-hash-alg", qimg_value_new_string(l->ivgen_hash_alg));
-    }
-    if (ret == 0) {
-        ret = put(e, "hash-alg", qimg_value_new_string(l->hash_alg));
-    }
-    if (ret == 0) {
-        ret = put(e, "payload-offset",
-                  qimg_value_new_int((int64_t)l->payload_offset));
-    }
-    if (ret == 0) {
-        ret =
-            put(e, "master-key-iters", qimg_value_new_int(l->master_key_iters));
-    }
-    if (ret == 0) {
-        ret = put(e, "uuid", qimg_value_new_string(l->uuid));
-    }
-    for (size_t i = 0; ret == 0 && i < QCOW2_LUKS_NUM_SLOTS; i++) {
-        struct qimg_value *sv = luks_slot_value(&l->slots[i]);
-        /* list_append frees sv itself when it fails. */
-        ret = sv && qimg_value_list_append(slots, sv) == 0 ? 0 : -ENOMEM;
-    }
-    if (ret == 0) {
-        ret = put(e, "slots", slots);
-        slots = NULL;
-    }
-    qimg_value_free(slots);
-    if (ret < 0) {
-        qimg_value_free(e);
-        return NULL;
-    }
-    return e;
-}
-
-/*
  * ImageInfoSpecificQCow2, keys inserted in QAPI schema order (the value
  * library orders them as QEMU's QDict does): compat, data-file,
  * data-file-raw, extended-l2, lazy-refcounts, corrupt, refcount-bits,
@@ -1005,7 +931,7 @@ static struct qimg_value *specific_data(const struct qcow2_state *s)
             qimg_value_free(e);
         }
     } else if (ret == 0 && s->has_luks) {
-        ret = put(d, "encrypt", luks_value(&s->luks));
+        ret = put(d, "encrypt", luks1_info_value(&s->luks, true));
     }
     if (ret == 0 && h->version >= 3 && s->bitmaps.nb > 0) {
         ret = put(d, "bitmaps", bitmaps_value(&s->bitmaps));

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "crypto/luks1.h"
 #include "qimg/qimg.h"
 
 struct qimg_io;
@@ -302,36 +303,6 @@ struct qcow2_bitmap_list {
     uint32_t nb;
 };
 
-/* ---- LUKS [QEMU: crypto/block-luks.c] (decoded by crypto.c) ------- */
-
-/* The LUKS1 partition header [QEMU: crypto/block-luks.c]. */
-#define QCOW2_LUKS_HEADER_SIZE 592
-#define QCOW2_LUKS_NUM_SLOTS 8
-
-/* One key slot, as QEMU's info reports it (offsets in bytes). */
-struct qcow2_luks_slot {
-    bool active;
-    uint32_t iters;
-    uint32_t stripes;
-    uint64_t key_offset;
-};
-
-/*
- * A decoded LUKS header, names already mapped to QEMU's QAPI enum
- * strings (static storage) so info can print them as they are.
- */
-struct qcow2_luks_info {
-    const char *cipher_alg;
-    const char *cipher_mode;
-    const char *ivgen_alg;
-    const char *ivgen_hash_alg; /* NULL unless the ivgen is essiv */
-    const char *hash_alg;
-    uint64_t payload_offset;
-    uint32_t master_key_iters;
-    char uuid[41]; /* up to 40 bytes, NUL-terminated copy */
-    struct qcow2_luks_slot slots[QCOW2_LUKS_NUM_SLOTS];
-};
-
 /* ---- Guest mapping state (cluster.c) ---------------------------------- */
 
 /*
@@ -450,7 +421,14 @@ struct qcow2_state {
 
     /* The LUKS header of a crypt_method 2 image, once decoded. */
     bool has_luks;
-    struct qcow2_luks_info luks;
+    struct luks1_header luks;
+    /*
+     * The key of an encrypted image opened for I/O (crypto.c), else
+     * NULL.  Sectors take their IVs from host offsets (LUKS) or guest
+     * offsets (legacy AES).
+     */
+    struct sector_cipher *cipher;
+    bool cipher_host_sectors;
 
     /* Read path (cluster.c): L2 slices and the last compressed cluster. */
     struct qcow2_l2_cache l2_cache;
@@ -681,12 +659,13 @@ void qcow2_bitmaps_free(struct qcow2_bitmap_list *list);
 /* ---- crypto.c --------------------------------------------------------- */
 
 /*
- * Decode and check the LUKS1 header in buf (len bytes, bytes past len
- * read as zero), with QEMU's checks in QEMU's order and its messages.
- * No key is needed: this is what QEMU does for a metadata-only open.
+ * Take the encrypt.* runtime options, decode the LUKS header, and for an
+ * I/O open of an encrypted image get its key (s->cipher), with QEMU's
+ * checks and messages.
  */
-int qcow2_luks_decode(const uint8_t *buf, size_t len,
-                      struct qcow2_luks_info *out);
+int qcow2_crypto_open(struct qimg_node *node, struct qcow2_state *s,
+                      unsigned flags);
+void qcow2_crypto_close(struct qcow2_state *s);
 
 /* ---- cluster.c ---------------------------------------------------------- */
 

@@ -1,0 +1,589 @@
+/*
+ * LUKS1: the partition header, its key slots, and the info QEMU shows.
+ *
+ * The layout is the LUKS1 on-disk format specification (big-endian, 592
+ * bytes).  Decoding is a pure codec over a byte buffer: its checks, their
+ * order, the name mapping and the messages follow qemu-img 7.2 opening an
+ * image without a key (metadata only), verified against its output on
+ * damaged headers.  Unlocking (luks1_unlock) follows the specification:
+ * PBKDF2 of the password with the slot's salt keys the slot's key
+ * material, which decrypts (with the payload's cipher) to stripes that
+ * merge to a candidate master key; the master key digest tells whether
+ * the candidate is right.  Both the raw luks format and qcow2's LUKS
+ * encryption use this file.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qimg/qimg.h"
+#include "core/error.h"
+#include "crypto/cipher.h"
+#include "crypto/kdf.h"
+#include "crypto/luks1.h"
+#include "util/endian.h"
+
+/* Field offsets in the partition header. */
+#define LUKS_OFF_VERSION 6
+#define LUKS_OFF_CIPHER_NAME 8
+#define LUKS_OFF_CIPHER_MODE 40
+#define LUKS_OFF_HASH_SPEC 72
+#define LUKS_OFF_PAYLOAD 104
+#define LUKS_OFF_KEY_BYTES 108
+#define LUKS_OFF_MK_DIGEST 112
+#define LUKS_OFF_MK_SALT 132
+#define LUKS_OFF_MK_ITERS 164
+#define LUKS_OFF_UUID 168
+#define LUKS_OFF_SLOTS 208
+#define LUKS_NAME_LEN 32
+#define LUKS_UUID_LEN 40
+#define LUKS_SLOT_SIZE 48
+/* Within a slot. */
+#define LUKS_SLOT_ACTIVE 0
+#define LUKS_SLOT_ITERS 4
+#define LUKS_SLOT_SALT 8
+#define LUKS_SLOT_KEY_OFFSET 40
+#define LUKS_SLOT_STRIPES 44
+
+#define LUKS_VERSION 1
+#define LUKS_SLOT_ENABLED 0x00ac71f3u
+#define LUKS_SLOT_DISABLED 0x0000deadu
+/* [QEMU] only accepts the anti-forensic stripe count it writes. */
+#define LUKS_STRIPES 4000
+#define LUKS_SECTOR 512u
+/* The longest master key a known cipher takes: xts with two 256-bit keys. */
+#define LUKS_MAX_KEY_BYTES 64u
+/* The key material starts after the 4 KiB header area (8 sectors). */
+#define LUKS_HEADER_SECTORS 8u
+
+static const uint8_t luks_magic[6] = {'L', 'U', 'K', 'S', 0xba, 0xbe};
+
+/* A cipher family and the QAPI names of its key sizes (0 ends). */
+struct luks_cipher {
+    const char *name;
+    struct {
+        uint32_t key_bytes;
+        const char *alg;
+    } sizes[4];
+};
+
+static const struct luks_cipher luks_ciphers[] = {
+    {"aes", {{16, "aes-128"}, {24, "aes-192"}, {32, "aes-256"}, {0, NULL}}},
+    {"cast5", {{16, "cast5-128"}, {0, NULL}}},
+    {"serpent",
+     {{16, "serpent-128"}, {24, "serpent-192"}, {32, "serpent-256"},
+      {0, NULL}}},
+    {"twofish",
+     {{16, "twofish-128"}, {24, "twofish-192"}, {32, "twofish-256"},
+      {0, NULL}}},
+};
+
+/* QAPI QCryptoHashAlgorithm names and their digest lengths. */
+static const struct {
+    const char *name;
+    size_t digest;
+} luks_hashes[] = {
+    {"md5", 16},    {"sha1", 20},   {"sha224", 28},   {"sha256", 32},
+    {"sha384", 48}, {"sha512", 64}, {"ripemd160", 20},
+};
+
+static const char *const luks_modes[] = {"ecb", "cbc", "xts", "ctr"};
+static const char *const luks_ivgens[] = {"plain", "plain64", "essiv"};
+
+#define LUKS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Bytes past len read as zero, as they do past the end of a file. */
+static uint32_t luks_be32(const uint8_t *buf, size_t len, size_t off)
+{
+    uint8_t b[4] = {0};
+    for (size_t i = 0; i < 4; i++) {
+        if (off + i < len) {
+            b[i] = buf[off + i];
+        }
+    }
+    return load_be32(b);
+}
+
+static void luks_bytes(const uint8_t *buf, size_t len, size_t off, size_t n,
+                       uint8_t *dst)
+{
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = off + i < len ? buf[off + i] : 0;
+    }
+}
+
+/*
+ * Copy the bounded string at off into dst (n + 1 bytes); false if it has
+ * no NUL within its n bytes.
+ */
+static bool luks_string(const uint8_t *buf, size_t len, size_t off, size_t n,
+                        char *dst)
+{
+    bool terminated = false;
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = off + i < len ? (char)buf[off + i] : '\0';
+        if (dst[i] == '\0') {
+            terminated = true;
+        }
+    }
+    dst[n] = '\0';
+    return terminated;
+}
+
+static const char *luks_lookup(const char *const *names, size_t nb,
+                               const char *name)
+{
+    for (size_t i = 0; i < nb; i++) {
+        if (strcmp(names[i], name) == 0) {
+            return names[i];
+        }
+    }
+    return NULL;
+}
+
+static int luks_hash_lookup(const char *name, const char **out,
+                            size_t *digest)
+{
+    for (size_t i = 0; i < LUKS_ARRAY_SIZE(luks_hashes); i++) {
+        if (strcmp(luks_hashes[i].name, name) == 0) {
+            *out = luks_hashes[i].name;
+            if (digest) {
+                *digest = luks_hashes[i].digest;
+            }
+            return 0;
+        }
+    }
+    return error_set(EINVAL, "Hash algorithm '%s' not supported", name);
+}
+
+/*
+ * [QEMU] sectors of key material for one slot: key bytes times stripes,
+ * in 32-bit arithmetic as QEMU computes it (it wraps for huge key sizes),
+ * rounded up to sectors and then to the header size.
+ */
+static uint32_t luks_splitkey_sectors(uint32_t key_bytes, uint32_t stripes)
+{
+    uint32_t bytes = key_bytes * stripes;
+    uint32_t sectors = bytes / LUKS_SECTOR + (bytes % LUKS_SECTOR != 0);
+    return (sectors + LUKS_HEADER_SECTORS - 1) / LUKS_HEADER_SECTORS *
+           LUKS_HEADER_SECTORS;
+}
+
+/* [QEMU] the basic sanity checks, before any name is looked at. */
+static int luks_check_slots(const uint8_t *buf, size_t len,
+                            uint32_t key_bytes, uint32_t payload)
+{
+    uint32_t start[LUKS1_NUM_SLOTS];
+    uint32_t count[LUKS1_NUM_SLOTS];
+    for (size_t i = 0; i < LUKS1_NUM_SLOTS; i++) {
+        size_t s = LUKS_OFF_SLOTS + i * LUKS_SLOT_SIZE;
+        start[i] = luks_be32(buf, len, s + LUKS_SLOT_KEY_OFFSET);
+        count[i] = luks_splitkey_sectors(
+            key_bytes, luks_be32(buf, len, s + LUKS_SLOT_STRIPES));
+    }
+    for (size_t i = 0; i < LUKS1_NUM_SLOTS; i++) {
+        size_t s = LUKS_OFF_SLOTS + i * LUKS_SLOT_SIZE;
+        uint32_t active = luks_be32(buf, len, s + LUKS_SLOT_ACTIVE);
+        uint32_t stripes = luks_be32(buf, len, s + LUKS_SLOT_STRIPES);
+        if (stripes != LUKS_STRIPES) {
+            return error_set(EINVAL,
+                             "Keyslot %zu is corrupted (stripes %" PRIu32
+                             " != %d)",
+                             i, stripes, LUKS_STRIPES);
+        }
+        if (active != LUKS_SLOT_DISABLED && active != LUKS_SLOT_ENABLED) {
+            return error_set(EINVAL,
+                             "Keyslot %zu state (active/disable) is corrupted",
+                             i);
+        }
+        if (active == LUKS_SLOT_ENABLED &&
+            luks_be32(buf, len, s + LUKS_SLOT_ITERS) == 0) {
+            return error_set(EINVAL, "Keyslot %zu iteration count is zero", i);
+        }
+        /* 32-bit sums, as QEMU does them. */
+        if ((uint32_t)(start[i] + count[i]) > payload) {
+            return error_set(
+                EINVAL, "Keyslot %zu is overlapping with the encrypted payload",
+                i);
+        }
+        for (size_t j = i + 1; j < LUKS1_NUM_SLOTS; j++) {
+            if ((uint32_t)(start[i] + count[i]) > start[j] &&
+                (uint32_t)(start[j] + count[j]) > start[i]) {
+                return error_set(
+                    EINVAL, "Keyslots %zu and %zu are overlapping in the header",
+                    i, j);
+            }
+        }
+    }
+    return 0;
+}
+
+/* [QEMU] "<mode>-<ivgen>[:<ivhash>]" and the cipher, hash, ivgen names. */
+static int luks_parse_names(const char *cipher_name, char *mode,
+                            const char *hash_spec, uint32_t key_bytes,
+                            struct luks1_header *out)
+{
+    char *ivgen = strchr(mode, '-');
+    if (!ivgen) {
+        return error_set(EINVAL, "Unexpected cipher mode string format '%s'",
+                         mode);
+    }
+    *ivgen++ = '\0';
+    char *ivhash = strchr(ivgen, ':');
+    const char *ivhash_alg = NULL;
+    size_t ivhash_digest = 0;
+    if (ivhash) {
+        *ivhash++ = '\0';
+        int ret = luks_hash_lookup(ivhash, &ivhash_alg, &ivhash_digest);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    out->cipher_mode = luks_lookup(luks_modes, LUKS_ARRAY_SIZE(luks_modes),
+                                   mode);
+    if (!out->cipher_mode) {
+        return error_set(EINVAL, "Cipher mode '%s' not supported", mode);
+    }
+    /* XTS keys hold two cipher keys of half the size. */
+    uint32_t kb = strcmp(mode, "xts") == 0 ? key_bytes / 2 : key_bytes;
+    uint32_t family = 0;
+    out->cipher_alg = NULL;
+    for (size_t i = 0; !out->cipher_alg && i < LUKS_ARRAY_SIZE(luks_ciphers);
+         i++) {
+        if (strcmp(luks_ciphers[i].name, cipher_name) != 0) {
+            continue;
+        }
+        for (size_t j = 0; luks_ciphers[i].sizes[j].key_bytes; j++) {
+            if (luks_ciphers[i].sizes[j].key_bytes == kb) {
+                out->cipher_alg = luks_ciphers[i].sizes[j].alg;
+                family = (uint32_t)i;
+                break;
+            }
+        }
+    }
+    if (!out->cipher_alg) {
+        return error_set(EINVAL,
+                         "Algorithm '%s' with key size %" PRIu32
+                         " bytes not supported",
+                         cipher_name, kb);
+    }
+    int ret = luks_hash_lookup(hash_spec, &out->hash_alg, NULL);
+    if (ret < 0) {
+        return ret;
+    }
+    out->ivgen_alg = luks_lookup(luks_ivgens, LUKS_ARRAY_SIZE(luks_ivgens),
+                                 ivgen);
+    if (!out->ivgen_alg) {
+        return error_set(EINVAL, "IV generator '%s' not supported", ivgen);
+    }
+    /*
+     * Only essiv uses (and reports) the ivgen hash; plain and plain64
+     * ignore one, like dm-crypt.
+     */
+    out->ivgen_hash_alg = NULL;
+    if (strcmp(out->ivgen_alg, "essiv") == 0) {
+        if (!ivhash_alg) {
+            return error_set(EINVAL,
+                             "Missing IV generator hash specification");
+        }
+        /*
+         * [QEMU] essiv keys a cipher of the digest's size: it must exist
+         * in the same family (cast5 has only its own key size).
+         */
+        if (ivhash_digest != kb) {
+            const struct luks_cipher *c = &luks_ciphers[family];
+            bool found = false;
+            for (size_t j = 0; c->sizes[j].key_bytes; j++) {
+                found = found || c->sizes[j].key_bytes == ivhash_digest;
+            }
+            if (strcmp(c->name, "cast5") == 0) {
+                return error_set(EINVAL, "Cipher %s not supported with essiv",
+                                 out->cipher_alg);
+            }
+            if (!found) {
+                const char *fam = family == 0   ? "AES"
+                                  : family == 2 ? "Serpent"
+                                                : "Twofish";
+                return error_set(EINVAL,
+                                 "No %s cipher with key size %zu available",
+                                 fam, ivhash_digest);
+            }
+        }
+        out->ivgen_hash_alg = ivhash_alg;
+    }
+    return 0;
+}
+
+int luks1_decode(const uint8_t *buf, size_t len,
+                      struct luks1_header *out)
+{
+    memset(out, 0, sizeof(*out));
+    uint8_t magic[sizeof(luks_magic)] = {0};
+    memcpy(magic, buf, len < sizeof(magic) ? len : sizeof(magic));
+    if (memcmp(magic, luks_magic, sizeof(magic)) != 0) {
+        return error_set(EINVAL, "Volume is not in LUKS format");
+    }
+    uint32_t version = luks_be32(buf, len, LUKS_OFF_VERSION - 2) & 0xffff;
+    if (version != LUKS_VERSION) {
+        return error_set(EINVAL, "LUKS version %" PRIu32 " is not supported",
+                         version);
+    }
+    char cipher_name[LUKS_NAME_LEN + 1];
+    char cipher_mode[LUKS_NAME_LEN + 1];
+    char hash_spec[LUKS_NAME_LEN + 1];
+    if (!luks_string(buf, len, LUKS_OFF_CIPHER_NAME, LUKS_NAME_LEN,
+                     cipher_name)) {
+        return error_set(EINVAL, "LUKS header cipher name is not NUL "
+                                 "terminated");
+    }
+    if (!luks_string(buf, len, LUKS_OFF_CIPHER_MODE, LUKS_NAME_LEN,
+                     cipher_mode)) {
+        return error_set(EINVAL, "LUKS header cipher mode is not NUL "
+                                 "terminated");
+    }
+    if (!luks_string(buf, len, LUKS_OFF_HASH_SPEC, LUKS_NAME_LEN,
+                     hash_spec)) {
+        return error_set(EINVAL, "LUKS header hash spec is not NUL "
+                                 "terminated");
+    }
+    uint32_t payload = luks_be32(buf, len, LUKS_OFF_PAYLOAD);
+    if (payload < LUKS_HEADER_SECTORS) {
+        return error_set(EINVAL, "LUKS payload is overlapping with the "
+                                 "header");
+    }
+    uint32_t mk_iters = luks_be32(buf, len, LUKS_OFF_MK_ITERS);
+    if (mk_iters == 0) {
+        return error_set(EINVAL, "LUKS key iteration count is zero");
+    }
+    uint32_t key_bytes = luks_be32(buf, len, LUKS_OFF_KEY_BYTES);
+    int ret = luks_check_slots(buf, len, key_bytes, payload);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = luks_parse_names(cipher_name, cipher_mode, hash_spec, key_bytes,
+                           out);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /* [QEMU] shows the uuid as its first 40 bytes, up to a NUL. */
+    (void)luks_string(buf, len, LUKS_OFF_UUID, LUKS_UUID_LEN, out->uuid);
+    out->payload_offset = (uint64_t)payload * LUKS_SECTOR;
+    out->key_bytes = key_bytes;
+    out->master_key_iters = mk_iters;
+    luks_bytes(buf, len, LUKS_OFF_MK_DIGEST, LUKS1_DIGEST_SIZE,
+               out->mk_digest);
+    luks_bytes(buf, len, LUKS_OFF_MK_SALT, LUKS1_SALT_SIZE,
+               out->mk_digest_salt);
+    for (size_t i = 0; i < LUKS1_NUM_SLOTS; i++) {
+        size_t s = LUKS_OFF_SLOTS + i * LUKS_SLOT_SIZE;
+        struct luks1_slot *sl = &out->slots[i];
+        sl->active = luks_be32(buf, len, s + LUKS_SLOT_ACTIVE) ==
+                     LUKS_SLOT_ENABLED;
+        sl->iters = luks_be32(buf, len, s + LUKS_SLOT_ITERS);
+        sl->stripes = luks_be32(buf, len, s + LUKS_SLOT_STRIPES);
+        sl->key_offset =
+            (uint64_t)luks_be32(buf, len, s + LUKS_SLOT_KEY_OFFSET) *
+            LUKS_SECTOR;
+        luks_bytes(buf, len, s + LUKS_SLOT_SALT, LUKS1_SALT_SIZE, sl->salt);
+    }
+    return 0;
+}
+
+/* ---- unlocking ----------------------------------------------------------- */
+
+/*
+ * Try one active slot: its PBKDF2 key decrypts its key material (from
+ * sector 0, with the payload's cipher spec), the stripes merge into a
+ * candidate, and the candidate's digest must match the header's.
+ * Returns 1 with the key in mk, 0 for a wrong password, or -errno.
+ */
+static int luks_try_slot(const struct luks1_header *h,
+                         const struct luks1_slot *sl,
+                         const struct nettle_hash *hash,
+                         const uint8_t *password, size_t password_len,
+                         luks1_read_fn *read, void *opaque, uint8_t *split,
+                         uint8_t *mk)
+{
+    size_t kb = h->key_bytes;
+    size_t split_len = kb * sl->stripes;
+    uint8_t slot_key[LUKS_MAX_KEY_BYTES];
+    uint8_t digest[LUKS1_DIGEST_SIZE];
+    struct sector_cipher *c = NULL;
+
+    int ret = kdf_pbkdf2(hash, password, password_len, sl->salt,
+                         LUKS1_SALT_SIZE, sl->iters, slot_key, kb);
+    if (ret == 0) {
+        ret = read(opaque, split, split_len, sl->key_offset);
+    }
+    if (ret == 0) {
+        ret = sector_cipher_new(h->cipher_alg, h->cipher_mode, h->ivgen_alg,
+                                h->ivgen_hash_alg, slot_key, kb, &c);
+    }
+    if (ret == 0) {
+        ret = sector_cipher_decrypt(c, 0, split, split_len);
+    }
+    if (ret == 0) {
+        ret = kdf_af_merge(hash, split, kb, sl->stripes, mk);
+    }
+    if (ret == 0) {
+        ret = kdf_pbkdf2(hash, mk, kb, h->mk_digest_salt, LUKS1_SALT_SIZE,
+                         h->master_key_iters, digest, sizeof(digest));
+    }
+    if (ret == 0) {
+        ret = memcmp(digest, h->mk_digest, sizeof(digest)) == 0;
+    }
+    sector_cipher_free(c);
+    kdf_wipe(slot_key, sizeof(slot_key));
+    kdf_wipe(digest, sizeof(digest));
+    kdf_wipe(split, split_len);
+    return ret;
+}
+
+int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
+                 size_t password_len, luks1_read_fn *read, void *opaque,
+                 struct sector_cipher **out)
+{
+    *out = NULL;
+    const struct nettle_hash *hash = kdf_hash_lookup(h->hash_alg);
+    if (!hash) {
+        return error_set(EINVAL, "Hash algorithm '%s' not supported",
+                         h->hash_alg);
+    }
+    if (h->key_bytes == 0 || h->key_bytes > LUKS_MAX_KEY_BYTES) {
+        return error_set(EINVAL, "LUKS key size %" PRIu32 " not supported",
+                         h->key_bytes);
+    }
+    if (h->master_key_iters > LUKS1_MAX_ITERATIONS) {
+        return error_set(E2BIG, "LUKS master key iteration count %" PRIu32
+                         " is above qimg's limit of %u",
+                         h->master_key_iters, LUKS1_MAX_ITERATIONS);
+    }
+    /* Stripes were checked by luks1_decode (LUKS_STRIPES). */
+    uint8_t *split = malloc((size_t)h->key_bytes * LUKS_STRIPES);
+    uint8_t mk[LUKS_MAX_KEY_BYTES];
+    if (!split) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    uint64_t spent = 0;
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && i < LUKS1_NUM_SLOTS; i++) {
+        const struct luks1_slot *sl = &h->slots[i];
+        if (!sl->active) {
+            continue;
+        }
+        if (sl->iters > LUKS1_MAX_ITERATIONS) {
+            ret = error_set(E2BIG, "LUKS key slot %zu iteration count %" PRIu32
+                            " is above qimg's limit of %u",
+                            i, sl->iters, LUKS1_MAX_ITERATIONS);
+            break;
+        }
+        spent += (uint64_t)sl->iters + h->master_key_iters;
+        if (spent > LUKS1_MAX_UNLOCK_ITERATIONS) {
+            ret = error_set(E2BIG, "LUKS key slots need more than qimg's "
+                            "limit of %llu PBKDF2 iterations to try",
+                            LUKS1_MAX_UNLOCK_ITERATIONS);
+            break;
+        }
+        ret = luks_try_slot(h, sl, hash, password, password_len, read, opaque,
+                            split, mk);
+    }
+    free(split);
+    if (ret == 1) {
+        ret = sector_cipher_new(h->cipher_alg, h->cipher_mode, h->ivgen_alg,
+                                h->ivgen_hash_alg, mk, h->key_bytes, out);
+    } else if (ret == 0) {
+        ret = error_set(EPERM, "Invalid password, cannot unlock any keyslot");
+    }
+    kdf_wipe(mk, sizeof(mk));
+    return ret;
+}
+
+/* ---- info ---------------------------------------------------------------- */
+
+static int put(struct qimg_value *dict, const char *key,
+               struct qimg_value *item)
+{
+    return qimg_value_dict_set(dict, key, item) < 0 ? -ENOMEM : 0;
+}
+
+/* Each slot: active, iters and stripes (only when active), key-offset. */
+static struct qimg_value *luks_slot_value(const struct luks1_slot *sl)
+{
+    struct qimg_value *d = qimg_value_new_dict();
+    int ret = d ? put(d, "active", qimg_value_new_bool(sl->active)) : -ENOMEM;
+    if (ret == 0 && sl->active) {
+        ret = put(d, "iters", qimg_value_new_int(sl->iters));
+    }
+    if (ret == 0 && sl->active) {
+        ret = put(d, "stripes", qimg_value_new_int(sl->stripes));
+    }
+    if (ret == 0) {
+        ret = put(d, "key-offset", qimg_value_new_int((int64_t)sl->key_offset));
+    }
+    if (ret < 0) {
+        qimg_value_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+/*
+ * Schema order of QCryptoBlockInfoLUKS: cipher-alg, cipher-mode,
+ * ivgen-alg, ivgen-hash-alg (essiv only), hash-alg, payload-offset,
+ * master-key-iters, uuid, slots.  The value tree orders the keys as
+ * QEMU's QDict prints them.
+ */
+struct qimg_value *luks1_info_value(const struct luks1_header *l,
+                                    bool with_format)
+{
+    struct qimg_value *e = qimg_value_new_dict();
+    struct qimg_value *slots = qimg_value_new_list();
+    int ret = e && slots ? 0 : -ENOMEM;
+    if (ret == 0 && with_format) {
+        ret = put(e, "format", qimg_value_new_string("luks"));
+    }
+    if (ret == 0) {
+        ret = put(e, "cipher-alg", qimg_value_new_string(l->cipher_alg));
+    }
+    if (ret == 0) {
+        ret = put(e, "cipher-mode", qimg_value_new_string(l->cipher_mode));
+    }
+    if (ret == 0) {
+        ret = put(e, "ivgen-alg", qimg_value_new_string(l->ivgen_alg));
+    }
+    if (ret == 0 && l->ivgen_hash_alg) {
+        ret =
+            put(e, "ivgen-hash-alg", qimg_value_new_string(l->ivgen_hash_alg));
+    }
+    if (ret == 0) {
+        ret = put(e, "hash-alg", qimg_value_new_string(l->hash_alg));
+    }
+    if (ret == 0) {
+        ret = put(e, "payload-offset",
+                  qimg_value_new_int((int64_t)l->payload_offset));
+    }
+    if (ret == 0) {
+        ret =
+            put(e, "master-key-iters", qimg_value_new_int(l->master_key_iters));
+    }
+    if (ret == 0) {
+        ret = put(e, "uuid", qimg_value_new_string(l->uuid));
+    }
+    for (size_t i = 0; ret == 0 && i < LUKS1_NUM_SLOTS; i++) {
+        struct qimg_value *sv = luks_slot_value(&l->slots[i]);
+        /* list_append frees sv itself when it fails. */
+        ret = sv && qimg_value_list_append(slots, sv) == 0 ? 0 : -ENOMEM;
+    }
+    if (ret == 0) {
+        ret = put(e, "slots", slots);
+        slots = NULL;
+    }
+    qimg_value_free(slots);
+    if (ret < 0) {
+        qimg_value_free(e);
+        return NULL;
+    }
+    return e;
+}

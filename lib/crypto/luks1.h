@@ -1,0 +1,97 @@
+/*
+ * LUKS1 containers (crypto/luks1.c): the partition header, unlocking a
+ * key slot with a password, and QEMU's QCryptoBlockInfoLUKS value.  Used
+ * by the raw luks format and by qcow2's LUKS encryption, which keeps the
+ * same header (and key material) in clusters of its own.
+ */
+#ifndef QIMG_CRYPTO_LUKS1_H
+#define QIMG_CRYPTO_LUKS1_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LUKS1_HEADER_SIZE 592
+#define LUKS1_NUM_SLOTS 8
+#define LUKS1_SALT_SIZE 32
+#define LUKS1_DIGEST_SIZE 20
+
+/*
+ * The most PBKDF2 iterations one slot or the master key digest may ask
+ * for.  QEMU has no limit; LUKS tools calibrate to about 2 s of a fast
+ * machine (around 10^6 for sha256), so 2^24 leaves a wide margin while
+ * a hostile u32 (4 * 10^9, hours) is refused.
+ */
+#define LUKS1_MAX_ITERATIONS (1u << 24)
+/*
+ * The most PBKDF2 iterations one unlock may spend over all the slots it
+ * tries (each slot's and the digest's): bounds a wrong password on a
+ * hostile header with eight expensive slots to about a minute.
+ */
+#define LUKS1_MAX_UNLOCK_ITERATIONS (1ull << 26)
+
+/* One key slot (offsets in bytes from the start of the header). */
+struct luks1_slot {
+    bool active;
+    uint32_t iters;
+    uint32_t stripes;
+    uint64_t key_offset;
+    uint8_t salt[LUKS1_SALT_SIZE];
+};
+
+/*
+ * A decoded LUKS1 header, names already mapped to QEMU's QAPI enum
+ * strings (static storage), so info can print them as they are and the
+ * cipher code can take them.
+ */
+struct luks1_header {
+    const char *cipher_alg; /* of the payload: "aes-256" for aes-xts-256 */
+    const char *cipher_mode;
+    const char *ivgen_alg;
+    const char *ivgen_hash_alg; /* NULL unless the ivgen is essiv */
+    const char *hash_alg;
+    uint64_t payload_offset; /* bytes */
+    uint32_t key_bytes;      /* master key length (both xts halves) */
+    uint32_t master_key_iters;
+    uint8_t mk_digest[LUKS1_DIGEST_SIZE];
+    uint8_t mk_digest_salt[LUKS1_SALT_SIZE];
+    char uuid[41]; /* up to 40 bytes, NUL-terminated copy */
+    struct luks1_slot slots[LUKS1_NUM_SLOTS];
+};
+
+/*
+ * Decode and check the header in buf (len bytes; bytes past len read as
+ * zero), with QEMU's checks in QEMU's order and its messages.  No key is
+ * needed: this is what QEMU does for a metadata-only open.
+ */
+int luks1_decode(const uint8_t *buf, size_t len, struct luks1_header *out);
+
+/*
+ * Read len bytes at off, counted from the start of the LUKS header, into
+ * buf; 0 or -errno with the message set.
+ */
+typedef int luks1_read_fn(void *opaque, uint8_t *buf, size_t len,
+                          uint64_t off);
+
+struct sector_cipher;
+
+/*
+ * Find the master key with password: each active slot in turn, as QEMU
+ * does.  On success *out is the payload's sector cipher (IVs are sector
+ * numbers the caller chooses).  A password that opens no slot fails with
+ * -EPERM and QEMU's "Invalid password, cannot unlock any keyslot".
+ */
+int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
+                 size_t password_len, luks1_read_fn *read, void *opaque,
+                 struct sector_cipher **out);
+
+struct qimg_value;
+
+/*
+ * QCryptoBlockInfoLUKS in schema order, with "format": "luks" first when
+ * with_format (qcow2's encrypt), or NULL when out of memory.
+ */
+struct qimg_value *luks1_info_value(const struct luks1_header *h,
+                                    bool with_format);
+
+#endif
