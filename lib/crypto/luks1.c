@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -441,6 +442,85 @@ static int luks_try_slot(const struct luks1_header *h,
     return ret;
 }
 
+/*
+ * The key cache.  An entry matches only the same decoded header (the
+ * master key digest, its salt and iterations, key size and names among
+ * it) and the same password, so a cached key always passes the digest
+ * check the slots would have led to.  Entries live until the process
+ * ends; their keys are wiped when replaced.
+ */
+struct luks_cached_key {
+    bool used;
+    struct luks1_header hdr;
+    uint8_t *password; /* password_len bytes, private copy */
+    size_t password_len;
+    uint8_t key[LUKS_MAX_KEY_BYTES];
+};
+
+static pthread_mutex_t key_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct luks_cached_key key_cache[LUKS1_KEY_CACHE_SLOTS];
+static size_t key_cache_next;
+
+static bool same_header(const struct luks1_header *a,
+                        const struct luks1_header *b)
+{
+    return a->key_bytes == b->key_bytes &&
+           a->master_key_iters == b->master_key_iters &&
+           a->cipher_alg == b->cipher_alg && a->cipher_mode == b->cipher_mode &&
+           a->ivgen_alg == b->ivgen_alg &&
+           a->ivgen_hash_alg == b->ivgen_hash_alg &&
+           a->hash_alg == b->hash_alg &&
+           memcmp(a->mk_digest, b->mk_digest, sizeof(a->mk_digest)) == 0 &&
+           memcmp(a->mk_digest_salt, b->mk_digest_salt,
+                  sizeof(a->mk_digest_salt)) == 0 &&
+           strcmp(a->uuid, b->uuid) == 0;
+}
+
+static bool key_cache_find(const struct luks1_header *h,
+                           const uint8_t *password, size_t password_len,
+                           uint8_t *key)
+{
+    bool found = false;
+    pthread_mutex_lock(&key_cache_lock);
+    for (size_t i = 0; !found && i < LUKS1_KEY_CACHE_SLOTS; i++) {
+        const struct luks_cached_key *e = &key_cache[i];
+        if (e->used && e->password_len == password_len &&
+            memcmp(e->password, password, password_len) == 0 &&
+            same_header(&e->hdr, h)) {
+            memcpy(key, e->key, h->key_bytes);
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&key_cache_lock);
+    return found;
+}
+
+/* Best effort: a key that cannot be cached is simply derived again. */
+static void key_cache_add(const struct luks1_header *h,
+                          const uint8_t *password, size_t password_len,
+                          const uint8_t *key)
+{
+    uint8_t *copy = malloc(password_len ? password_len : 1);
+    if (!copy) {
+        return;
+    }
+    memcpy(copy, password, password_len);
+    pthread_mutex_lock(&key_cache_lock);
+    struct luks_cached_key *e = &key_cache[key_cache_next];
+    key_cache_next = (key_cache_next + 1) % LUKS1_KEY_CACHE_SLOTS;
+    if (e->used) {
+        kdf_wipe(e->password, e->password_len);
+        free(e->password);
+        kdf_wipe(e->key, sizeof(e->key));
+    }
+    e->used = true;
+    e->hdr = *h;
+    e->password = copy;
+    e->password_len = password_len;
+    memcpy(e->key, key, h->key_bytes);
+    pthread_mutex_unlock(&key_cache_lock);
+}
+
 int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
                  size_t password_len, luks1_read_fn *read, void *opaque,
                  struct sector_cipher **out)
@@ -460,9 +540,16 @@ int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
                          " is above qimg's limit of %u",
                          h->master_key_iters, LUKS1_MAX_ITERATIONS);
     }
+    uint8_t mk[LUKS_MAX_KEY_BYTES];
+    if (key_cache_find(h, password, password_len, mk)) {
+        int ret = sector_cipher_new(h->cipher_alg, h->cipher_mode,
+                                    h->ivgen_alg, h->ivgen_hash_alg, mk,
+                                    h->key_bytes, out);
+        kdf_wipe(mk, sizeof(mk));
+        return ret;
+    }
     /* Stripes were checked by luks1_decode (LUKS_STRIPES). */
     uint8_t *split = malloc((size_t)h->key_bytes * LUKS_STRIPES);
-    uint8_t mk[LUKS_MAX_KEY_BYTES];
     if (!split) {
         return error_set(ENOMEM, "Out of memory");
     }
@@ -491,6 +578,7 @@ int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
     }
     free(split);
     if (ret == 1) {
+        key_cache_add(h, password, password_len, mk);
         ret = sector_cipher_new(h->cipher_alg, h->cipher_mode, h->ivgen_alg,
                                 h->ivgen_hash_alg, mk, h->key_bytes, out);
     } else if (ret == 0) {

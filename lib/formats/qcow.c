@@ -713,6 +713,10 @@ static int qcow_block_status(struct qimg_node *node, uint64_t off,
     if (entry & QCOW_OFLAG_COMPRESSED) {
         return BS_DATA | BS_COMPRESSED;
     }
+    /* [QEMU] encrypted data has no host offset a reader could use. */
+    if (s->h.crypt_method != QCOW_CRYPT_NONE) {
+        return BS_DATA;
+    }
     *host_off = entry + in_cluster;
     return BS_DATA | BS_OFFSET_VALID;
 }
