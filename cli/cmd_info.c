@@ -119,10 +119,17 @@ int cmd_info(int argc, char **argv)
                                      ? cli_image_spec_open(&spec, flags)
                                      : NULL;
         if (top || !cli_image_spec_opts(&spec)) {
-            qimg_close(top);
             count = qimg_get_chain_info(spec.filename, spec.format, flags,
                                         &list);
         }
+        /* The top as opened with its options (a json: name with a key). */
+        struct qimg_image_info *top_info =
+            count > 0 && top ? qimg_get_info(top) : NULL;
+        if (top_info) {
+            qimg_image_info_free(list[0]);
+            list[0] = top_info;
+        }
+        qimg_close(top);
     } else {
         struct qimg_image *img = cli_image_spec_open(&spec, flags);
         struct qimg_image_info *info = img ? qimg_get_info(img) : NULL;

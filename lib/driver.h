@@ -139,6 +139,12 @@ struct qimg_format_ops {
     /* The name qemu-img uses with -f. */
     const char *name;
     /*
+     * Runtime options that change what the image reads as (NULL-ended;
+     * QEMU's strong_runtime_opts): an open given any of them is named
+     * "json:{...}" in info, as QEMU names it.  NULL: none.
+     */
+    const char *const *strong_opts;
+    /*
      * Score a file from its first bytes (buf holds min(file size, 2048)
      * bytes): 0 = not this format, 100 = certain.  Pure.
      */
@@ -329,6 +335,8 @@ struct qimg_node {
      */
     struct qimg_opts *open_opts;
     struct qimg_opts *open_opts_taken;
+    /* The name info shows when it is not filename (QEMU's json: names). */
+    char *display_name;
 };
 
 /*

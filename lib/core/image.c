@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/image.h"
+#include "util/json.h"
 
 /* Bytes of a file handed to probe functions. */
 #define PROBE_BUF_SIZE 2048
@@ -129,6 +130,7 @@ void node_close(struct qimg_node *node)
         }
         io_close(node->file);
         free(node->filename);
+        free(node->display_name);
         free(node->backing_name);
         free(node->backing_format);
         qimg_opts_free(node->open_opts);
@@ -193,6 +195,55 @@ const char *node_opt_take(struct qimg_node *node, const char *key)
 }
 
 /* A private copy of the caller's runtime options for a node. */
+/*
+ * [QEMU] a node opened with strong runtime options is named by them:
+ * json:{"driver": FMT, "file": {"driver": "file", "filename": F}, KEY:
+ * VALUE...}, keys in QDict order (the value tree's), in one line.
+ */
+static int node_set_display_name(struct qimg_node *node)
+{
+    const char *const *strong = node->drv->strong_opts;
+    bool any = false;
+    for (size_t i = 0; strong && strong[i] && node->open_opts_taken; i++) {
+        any = any || qimg_opts_get(node->open_opts_taken, strong[i]);
+    }
+    if (!any) {
+        return 0;
+    }
+    struct qimg_value *d = qimg_value_new_dict();
+    struct qimg_value *file = qimg_value_new_dict();
+    bool ok = d && file &&
+              qimg_value_dict_set(file, "driver",
+                                  qimg_value_new_string("file")) == 0 &&
+              qimg_value_dict_set(file, "filename",
+                                  qimg_value_new_string(node->filename)) ==
+                  0 &&
+              qimg_value_dict_set(d, "driver",
+                                  qimg_value_new_string(node->drv->name)) == 0;
+    if (ok) {
+        ok = qimg_value_dict_set(d, "file", file) == 0;
+        file = NULL;
+    }
+    for (size_t i = 0; ok && strong[i]; i++) {
+        const char *v = qimg_opts_get(node->open_opts_taken, strong[i]);
+        if (v) {
+            ok = qimg_value_dict_set(d, strong[i], qimg_value_new_string(v)) ==
+                 0;
+        }
+    }
+    char *json = ok ? json_compact(d) : NULL;
+    qimg_value_free(file);
+    qimg_value_free(d);
+    size_t n = json ? strlen(json) : 0;
+    node->display_name = json ? malloc(n + 6) : NULL;
+    if (node->display_name) {
+        memcpy(node->display_name, "json:", 5);
+        memcpy(node->display_name + 5, json, n + 1);
+    }
+    free(json);
+    return node->display_name ? 0 : error_set(ENOMEM, "Out of memory");
+}
+
 static int node_set_open_opts(struct qimg_node *node,
                               const struct qimg_opts *opts)
 {
@@ -264,6 +315,10 @@ static int node_open_leaf(struct qimg_io *file, const char *filename,
         ret = error_set(EINVAL, "Block format '%s' does not support the "
                         "option '%s'", drv->name,
                         qimg_opts_key(node->open_opts, 0));
+        goto fail;
+    }
+    ret = node_set_display_name(node);
+    if (ret < 0) {
         goto fail;
     }
     if (node->backing_name && !(flags & QIMG_OPEN_NO_BACKING)) {

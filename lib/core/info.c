@@ -52,7 +52,8 @@ static int node_get_info(struct qimg_node *node,
         return error_set(ENOMEM, "Out of memory");
     }
     int err = 0;
-    info->filename = dup_or_null(node->filename, &err);
+    info->filename = dup_or_null(
+        node->display_name ? node->display_name : node->filename, &err);
     info->format = dup_or_null(node->drv->name, &err);
     info->virtual_size = node->size;
     info->backing_filename = dup_or_null(node->backing_name, &err);

@@ -165,8 +165,12 @@ static int luks_get_info(struct qimg_node *node, struct qimg_image_info *info)
     return 0;
 }
 
+/* [QEMU] the key changes what the image reads as. */
+static const char *const luks_strong_opts[] = {"key-secret", NULL};
+
 const struct qimg_format_ops format_luks = {
     .name = "luks",
+    .strong_opts = luks_strong_opts,
     .probe = luks_probe,
     .open = luks_open,
     .close = luks_close,

@@ -842,8 +842,12 @@ static int qcow_create(const char *filename, const struct qimg_opts *opts)
     return 0;
 }
 
+/* [QEMU] the key changes what the image reads as. */
+static const char *const qcow_strong_opts[] = {"encrypt.key-secret", NULL};
+
 const struct qimg_format_ops format_qcow = {
     .name = "qcow",
+    .strong_opts = qcow_strong_opts,
     .probe = qcow_probe,
     .open = qcow_open,
     .close = qcow_close,

@@ -14,6 +14,9 @@
  * \b \f \n \r \t get their short escapes; other code points below 0x20 and
  * from 0x7F on are written as \uXXXX with uppercase hex, as a surrogate
  * pair above U+FFFF; each invalid UTF-8 sequence becomes one \uFFFD.
+ *
+ * json_compact: qobject_to_json()'s layout, one line with ", " and ": "
+ * between members (QEMU's "json:{...}" file names).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,9 +28,14 @@
 
 #include "core/error.h"
 #include "qimg/qimg.h"
+#include "util/json.h"
 
-/* Growable output; failed stays set after the first allocation failure. */
+/*
+ * Growable output; failed stays set after the first allocation failure.
+ * compact selects qobject_to_json()'s one-line layout instead.
+ */
 struct json_buf {
+    bool compact;
     char *data;
     size_t len;
     size_t cap;
@@ -233,23 +241,27 @@ static void json_value(struct json_buf *b, const struct qimg_value *v,
         count = qimg_value_count(v);
         for (size_t i = 0; i < count && !b->failed; i++) {
             if (i > 0) {
-                json_putc(b, ',');
+                json_puts(b, b->compact ? ", " : ",");
             }
-            json_newline(b, depth + 1);
+            if (!b->compact) {
+                json_newline(b, depth + 1);
+            }
             if (dict) {
                 json_string(b, qimg_value_key(v, i));
                 json_puts(b, ": ");
             }
             json_value(b, qimg_value_item(v, i), depth + 1);
         }
-        json_newline(b, depth);
+        if (!b->compact) {
+            json_newline(b, depth);
+        }
         json_putc(b, dict ? '}' : ']');
         break;
     }
     }
 }
 
-char *qimg_value_to_json(const struct qimg_value *v)
+static char *to_json(const struct qimg_value *v, bool compact)
 {
     if (!v) {
         error_set(EINVAL, "No value to serialise");
@@ -257,7 +269,7 @@ char *qimg_value_to_json(const struct qimg_value *v)
         return NULL;
     }
 
-    struct json_buf b = {0};
+    struct json_buf b = {.compact = compact};
     json_value(&b, v, 0);
     if (b.failed || !b.data) {
         free(b.data);
@@ -266,4 +278,14 @@ char *qimg_value_to_json(const struct qimg_value *v)
         return NULL;
     }
     return b.data;
+}
+
+char *qimg_value_to_json(const struct qimg_value *v)
+{
+    return to_json(v, false);
+}
+
+char *json_compact(const struct qimg_value *v)
+{
+    return to_json(v, true);
 }

@@ -50,6 +50,10 @@ keyed() {
     same_out "$name: compare" compare $SEC --image-opts "$spec,$k=sec0" \
         driver=raw,file.filename=want.raw
     same_out "$name: check" check $SEC --image-opts "$spec,$k=sec0"
+    # A key in the options names the image json:{...}, as in QEMU.
+    same_out "$name: info with key" info $SEC --image-opts "$spec,$k=sec0"
+    same_out "$name: info json with key" info --output=json --backing-chain \
+        $SEC --image-opts "$spec,$k=sec0"
 }
 
 # refusals NAME FILE DRIVER KEY: qemu-img's messages without a usable key.

@@ -1035,8 +1035,12 @@ static int64_t qcow2_get_allocated(struct qimg_node *node)
     return n + d;
 }
 
+/* [QEMU] the key changes what the image reads as. */
+static const char *const qcow2_strong_opts[] = {"encrypt.key-secret", NULL};
+
 const struct qimg_format_ops format_qcow2 = {
     .name = "qcow2",
+    .strong_opts = qcow2_strong_opts,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
