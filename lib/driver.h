@@ -344,6 +344,13 @@ struct qimg_node {
  * understood by the driver.  The string lives as long as the node.
  */
 const char *node_opt_take(struct qimg_node *node, const char *key);
+/*
+ * node_opt_take for a size (QemuOpts' rules: suffixes k..E, bytes by
+ * default, no sign), with QEMU's message for a bad value.  *given says
+ * whether the option was there; *out is 0 when not.
+ */
+int node_opt_take_size(struct qimg_node *node, const char *key, bool *given,
+                       uint64_t *out);
 
 const struct qimg_format_ops *format_lookup(const char *name);
 /* The best-scoring format for a header buffer (raw as the fallback). */

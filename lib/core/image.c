@@ -194,7 +194,21 @@ const char *node_opt_take(struct qimg_node *node, const char *key)
     return qimg_opts_get(node->open_opts_taken, key);
 }
 
-/* A private copy of the caller's runtime options for a node. */
+int node_opt_take_size(struct qimg_node *node, const char *key, bool *given,
+                       uint64_t *out)
+{
+    const char *v = node_opt_take(node, key);
+    *given = v != NULL;
+    *out = 0;
+    if (v && (qimg_parse_size(v, 'B', out) < 0 || v[0] == '-')) {
+        return error_set(EINVAL, "Parameter '%s' expects a non-negative "
+                         "number below 2^64\nOptional suffix k, M, G, T, "
+                         "P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                         "and exabytes, respectively.", key);
+    }
+    return 0;
+}
+
 /*
  * [QEMU] a node opened with strong runtime options is named by them:
  * json:{"driver": FMT, "file": {"driver": "file", "filename": F}, KEY:
@@ -244,6 +258,7 @@ static int node_set_display_name(struct qimg_node *node)
     return node->display_name ? 0 : error_set(ENOMEM, "Out of memory");
 }
 
+/* A private copy of the caller's runtime options for a node. */
 static int node_set_open_opts(struct qimg_node *node,
                               const struct qimg_opts *opts)
 {

@@ -246,4 +246,26 @@ grep -q 'parallels: Image was not closed correctly; cannot be opened' \
 expect_same "in-use write: unchanged" inuse.prl ro.prl
 same_raw "in-use read" inuse.prl
 
+# The runtime options prealloc-mode and prealloc-size: checked as QEMU
+# checks them; a write with them leaves qemu-img's file.
+"$QEMU_IMG" create -q -f parallels opt.prl 4M
+for o in prealloc-mode=falloc prealloc-mode=truncate prealloc-mode=bad \
+    prealloc-mode= prealloc-size=1M prealloc-size=0 prealloc-size=abc \
+    prealloc-size=-1 prealloc-size=16k,prealloc-mode=truncate; do
+    same_out "option $o" info --image-opts \
+        "driver=parallels,file.filename=opt.prl,$o"
+done
+cp opt.prl q.prl
+cp opt.prl i.prl
+"$QEMU_IO" -c 'write -P 0x5a 1M 8k' --image-opts \
+    driver=parallels,file.filename=q.prl,prealloc-mode=truncate,prealloc-size=64k \
+    >/dev/null || fail "qemu-io with prealloc options"
+"$QIMG" convert -n q.prl --target-image-opts \
+    driver=parallels,file.filename=i.prl,prealloc-mode=truncate,prealloc-size=64k ||
+    fail "qimg convert -n with prealloc options"
+"$QEMU_IMG" convert -O raw q.prl want.raw
+"$QEMU_IMG" convert -O raw i.prl got.raw
+expect_same "prealloc options: contents" want.raw got.raw
+qemu_ok "prealloc options: check" i.prl
+
 finish

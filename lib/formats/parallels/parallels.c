@@ -194,6 +194,20 @@ static int prl_open(struct qimg_node *node, unsigned flags)
     } else {
         ret = prl_parse(node, s, s->header);
     }
+    /*
+     * [QEMU] the runtime options prealloc-mode (falloc, truncate) and
+     * prealloc-size only change how the file grows while it is written,
+     * never what it holds once closed, so they are checked and left.
+     */
+    if (ret == 0) {
+        bool given;
+        uint64_t size;
+        ret = node_opt_take_size(node, "prealloc-size", &given, &size);
+    }
+    const char *mode = ret == 0 ? node_opt_take(node, "prealloc-mode") : NULL;
+    if (mode && strcmp(mode, "falloc") != 0 && strcmp(mode, "truncate") != 0) {
+        ret = error_set(EINVAL, "invalid parameter value: %s", mode);
+    }
     /* Only QEMU's mark counts: other values are ignored, as QEMU does. */
     s->inuse_at_open = load_le32(s->header + PRL_OFF_INUSE) ==
                        PRL_INUSE_MAGIC;

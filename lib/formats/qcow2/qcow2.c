@@ -277,22 +277,6 @@ static int read_bitmaps(struct qimg_node *node, struct qcow2_state *s)
     return ret;
 }
 
-/* A size runtime option, with QemuOpts' message for a bad value. */
-static int take_size_opt(struct qimg_node *node, const char *key,
-                         bool *given, uint64_t *out)
-{
-    const char *v = node_opt_take(node, key);
-    *given = v != NULL;
-    *out = 0;
-    if (v && (qimg_parse_size(v, 'B', out) < 0 || v[0] == '-')) {
-        return error_set(EINVAL, "Parameter '%s' expects a non-negative "
-                         "number below 2^64\nOptional suffix k, M, G, T, "
-                         "P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                         "and exabytes, respectively.", key);
-    }
-    return 0;
-}
-
 /*
  * QEMU's qcow2 cache options (--image-opts): checked as QEMU checks
  * them, then left alone, as qimg's metadata cache sizes itself (they
@@ -303,15 +287,15 @@ static int take_cache_opts(struct qimg_node *node,
 {
     bool has_all, has_l2, has_rc, has_entry;
     uint64_t all, l2, rc, entry;
-    int ret = take_size_opt(node, "cache-size", &has_all, &all);
+    int ret = node_opt_take_size(node, "cache-size", &has_all, &all);
     if (ret == 0) {
-        ret = take_size_opt(node, "l2-cache-size", &has_l2, &l2);
+        ret = node_opt_take_size(node, "l2-cache-size", &has_l2, &l2);
     }
     if (ret == 0) {
-        ret = take_size_opt(node, "refcount-cache-size", &has_rc, &rc);
+        ret = node_opt_take_size(node, "refcount-cache-size", &has_rc, &rc);
     }
     if (ret == 0) {
-        ret = take_size_opt(node, "l2-cache-entry-size", &has_entry,
+        ret = node_opt_take_size(node, "l2-cache-entry-size", &has_entry,
                             &entry);
     }
     if (ret < 0) {
