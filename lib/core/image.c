@@ -190,8 +190,10 @@ const char *node_opt_take(struct qimg_node *node, const char *key)
         qimg_opts_set(node->open_opts_taken, key, value) < 0) {
         return NULL;
     }
+    /* Looked up first: key may be open_opts' own copy, freed by unset. */
+    const char *taken = qimg_opts_get(node->open_opts_taken, key);
     qimg_opts_unset(node->open_opts, key);
-    return qimg_opts_get(node->open_opts_taken, key);
+    return taken;
 }
 
 int node_opt_take_size(struct qimg_node *node, const char *key, bool *given,

@@ -25,10 +25,12 @@ fill() {
 # times when it cannot time PBKDF2 on a busy machine (see
 # qemu_create_luks in functions.sh).
 qemu_create() {
-    local t args=("$@")
-    for t in 10 50 100 200 400; do
+    local t i args=("$@")
+    for t in 50 100 200 400 800 1600; do
         "$QEMU_IMG" create -q $SEC "${args[@]}" >/dev/null 2>&1 && return 0
-        args=("${args[@]/iter-time=[0-9]*/iter-time=$t}")
+        for i in "${!args[@]}"; do
+            args[i]=$(sed "s/iter-time=[0-9]*/iter-time=$t/" <<<"${args[i]}")
+        done
     done
     fail "qemu-img create $*"
     return 1
