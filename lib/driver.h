@@ -252,6 +252,11 @@ struct qimg_format_ops {
     const struct qimg_opt_desc *amend_opts;
     int (*amend)(struct qimg_node *node, const struct qimg_opts *opts,
                  qimg_progress_fn progress, void *opaque, unsigned flags);
+    /*
+     * A new image does not read as zeros (luks: zero bytes in the file
+     * decrypt to noise), so convert writes the zero ranges too.
+     */
+    bool no_zero_init;
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);

@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include <nettle/hmac.h>
 #include <nettle/nettle-meta.h>
@@ -142,5 +144,98 @@ int kdf_af_merge(const struct nettle_hash *hash, const uint8_t *split,
     for (size_t i = 0; i < block_len; i++) {
         out[i] ^= last[i];
     }
+    return 0;
+}
+
+int kdf_random(uint8_t *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = getrandom(buf + done, len - done, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return error_set_errno(n < 0 ? errno : EIO,
+                                   "Could not get random bytes");
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+int kdf_af_split(const struct nettle_hash *hash, const uint8_t *key,
+                 size_t block_len, uint32_t stripes, uint8_t *split)
+{
+    if (stripes == 0 || hash->context_size > KDF_CTX_MAX ||
+        hash->digest_size > KDF_DIGEST_MAX) {
+        return error_set(EINVAL, "Anti-forensic split parameters not "
+                         "supported");
+    }
+    uint8_t *d = calloc(1, block_len);
+    if (!d) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = kdf_random(split, (size_t)(stripes - 1) * block_len);
+    for (uint32_t s = 0; ret == 0 && s + 1 < stripes; s++) {
+        const uint8_t *blk = split + (size_t)s * block_len;
+        for (size_t i = 0; i < block_len; i++) {
+            d[i] ^= blk[i];
+        }
+        af_diffuse(hash, d, block_len);
+    }
+    uint8_t *last = split + (size_t)(stripes - 1) * block_len;
+    for (size_t i = 0; ret == 0 && i < block_len; i++) {
+        last[i] = d[i] ^ key[i];
+    }
+    kdf_wipe(d, block_len);
+    free(d);
+    return ret;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Time trial runs (growing until one takes 100 ms of CPU; QEMU goes to
+ * 500 ms with a millisecond clock) and scale to iter_ms / divisor.
+ */
+int kdf_pbkdf2_iterations(const struct nettle_hash *hash,
+                          const uint8_t *password, size_t password_len,
+                          const uint8_t *salt, size_t salt_len,
+                          size_t out_len, uint64_t iter_ms, uint32_t divisor,
+                          uint32_t min_iters, uint32_t *iters)
+{
+    uint8_t out[128];
+    if (out_len > sizeof(out)) {
+        return error_set(EINVAL, "PBKDF2 output too long");
+    }
+    uint64_t n = 1 << 12, ns;
+    for (;;) {
+        uint64_t start = thread_cpu_ns();
+        int ret = kdf_pbkdf2(hash, password, password_len, salt, salt_len,
+                             (uint32_t)n, out, out_len);
+        if (ret < 0) {
+            return ret;
+        }
+        ns = thread_cpu_ns() - start;
+        if (ns >= 100000000u || n >= (1u << 30)) {
+            break;
+        }
+        n = ns < 10000000u ? n * 10 : n * 100000000u / ns + 1;
+    }
+    kdf_wipe(out, sizeof(out));
+    /* Iterations per millisecond, scaled (in double: no overflow). */
+    double per_ms = (double)n * 1e6 / (double)(ns ? ns : 1);
+    double want = per_ms * (double)iter_ms / (double)divisor;
+    if (want > (double)UINT32_MAX) {
+        return error_set(E2BIG, "PBKDF iterations %.0f too large for a "
+                         "LUKS header", want);
+    }
+    *iters = want < (double)min_iters ? min_iters : (uint32_t)want;
     return 0;
 }

@@ -36,6 +36,27 @@ int kdf_pbkdf2(const struct nettle_hash *hash, const uint8_t *password,
 int kdf_af_merge(const struct nettle_hash *hash, const uint8_t *split,
                  size_t block_len, uint32_t stripes, uint8_t *out);
 
+/*
+ * The LUKS1 anti-forensic split, kdf_af_merge's inverse: key (block_len
+ * bytes) becomes stripes blocks in split, all but the last random.
+ */
+int kdf_af_split(const struct nettle_hash *hash, const uint8_t *key,
+                 size_t block_len, uint32_t stripes, uint8_t *split);
+
+/* len bytes from the kernel's random source (getrandom). */
+int kdf_random(uint8_t *buf, size_t len);
+
+/*
+ * QEMU's PBKDF2 calibration: the iterations that take about iter_ms
+ * milliseconds of this thread's CPU for this password, salt and output
+ * length, at least min_iters; -E2BIG (message set) above UINT32_MAX.
+ */
+int kdf_pbkdf2_iterations(const struct nettle_hash *hash,
+                          const uint8_t *password, size_t password_len,
+                          const uint8_t *salt, size_t salt_len,
+                          size_t out_len, uint64_t iter_ms, uint32_t divisor,
+                          uint32_t min_iters, uint32_t *iters);
+
 /* Zero len bytes at p in a way the compiler keeps (key material). */
 void kdf_wipe(void *p, size_t len);
 

@@ -92,6 +92,28 @@ int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
                  size_t password_len, luks1_read_fn *read, void *opaque,
                  struct sector_cipher **out);
 
+/* The choices of a new container (QAPI names, as luks1_header's). */
+struct luks1_create_opts {
+    const char *cipher_alg;     /* aes-256 */
+    const char *cipher_mode;    /* xts */
+    const char *ivgen_alg;      /* plain64 */
+    const char *ivgen_hash_alg; /* NULL: none (sha256 for essiv) */
+    const char *hash_alg;       /* sha256 */
+    uint64_t iter_time_ms;      /* PBKDF2 time of the slot: 2000 */
+};
+
+/*
+ * A new container as QEMU makes one: a random master key, its digest
+ * (PBKDF2 calibrated to iter_time / 8), eight slots of key material
+ * after the 4 KiB header, slot 0 holding the master key under password
+ * (PBKDF2 calibrated to iter_time), a random uuid.  *area is the
+ * header area (payload_offset bytes: header, then each slot's material,
+ * unused slots zero), *out the payload's cipher.
+ */
+int luks1_create(const struct luks1_create_opts *o, const uint8_t *password,
+                 size_t password_len, uint8_t **area, size_t *area_len,
+                 struct sector_cipher **out);
+
 struct qimg_value;
 
 /*

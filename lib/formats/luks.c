@@ -1,5 +1,6 @@
 /*
- * luks: a LUKS1 container as a disk (QEMU's "luks" format), read only.
+ * luks: a LUKS1 container as a disk (QEMU's "luks" format): create,
+ * read, write.
  *
  * The file starts with the LUKS1 header and key material
  * (crypto/luks1.c); the encrypted payload starts at the header's payload
@@ -8,20 +9,27 @@
  * up to whole sectors as QEMU's block layer does.
  *
  * [QEMU] opening for I/O needs the password (runtime option key-secret);
- * info opens without it.
+ * info opens without it.  Writes encrypt whole sectors; a partial sector
+ * is read, decrypted, merged and encrypted again.  A new container does
+ * not read as zeros (zero bytes in the file decrypt to noise), so zero
+ * writes write encrypted zeros, as QEMU's do.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "core/secret.h"
 #include "crypto/cipher.h"
+#include "crypto/kdf.h"
 #include "crypto/luks1.h"
 #include "driver.h"
 #include "util/checked.h"
 
 #define LUKS_SECTOR 512u
+/* Guest bytes encrypted per write call: bounds the bounce buffer. */
+#define LUKS_WRITE_CHUNK (1u << 20)
 
 struct luks_state {
     struct luks1_header hdr;
@@ -144,6 +152,301 @@ static int luks_block_status(struct qimg_node *node, uint64_t off,
     return BS_DATA;
 }
 
+static int luks_file_write(struct qimg_node *node, const uint8_t *buf,
+                           size_t len, uint64_t off)
+{
+    int ret = io_pwrite(node->file, buf, len, off);
+    if (ret < 0) {
+        return error_set_errno(-ret, "%s: could not write encrypted data",
+                               node->filename);
+    }
+    return 0;
+}
+
+/* One partial sector: read, decrypt, merge n bytes at head, encrypt. */
+static int luks_write_partial(struct qimg_node *node,
+                              const struct luks_state *s, const uint8_t *src,
+                              size_t n, uint64_t off)
+{
+    _Alignas(16) uint8_t sector[LUKS_SECTOR];
+    uint64_t start = off - off % LUKS_SECTOR;
+    int ret = sector_cipher_pread(s->cipher, luks_file_read, node->file,
+                                  sector, sizeof(sector),
+                                  s->hdr.payload_offset + start, start);
+    if (ret == 0) {
+        memcpy(sector + off % LUKS_SECTOR, src, n);
+        ret = sector_cipher_encrypt(s->cipher, start / LUKS_SECTOR, sector,
+                                    sizeof(sector));
+    }
+    if (ret == 0) {
+        ret = luks_file_write(node, sector, sizeof(sector),
+                              s->hdr.payload_offset + start);
+    }
+    kdf_wipe(sector, sizeof(sector));
+    return ret;
+}
+
+/* src NULL: zeros. */
+static int luks_write(struct qimg_node *node, const uint8_t *src, size_t len,
+                      uint64_t off)
+{
+    const struct luks_state *s = node->opaque;
+    if (!s->cipher) {
+        return error_set(EINVAL, "%s: image opened for metadata only",
+                         node->filename);
+    }
+    static const uint8_t zeros[LUKS_SECTOR];
+    uint8_t *bounce = NULL;
+    int ret = 0;
+    /* Invariant: src[0, len) is still to be written at guest offset off. */
+    while (ret == 0 && len > 0) {
+        size_t head = (size_t)(off % LUKS_SECTOR);
+        size_t n;
+        if (head != 0 || len < LUKS_SECTOR) {
+            n = LUKS_SECTOR - head < len ? LUKS_SECTOR - head : len;
+            ret = luks_write_partial(node, s, src ? src : zeros, n, off);
+        } else {
+            n = len - len % LUKS_SECTOR;
+            if (n > LUKS_WRITE_CHUNK) {
+                n = LUKS_WRITE_CHUNK;
+            }
+            if (!bounce) {
+                bounce = malloc(LUKS_WRITE_CHUNK);
+                if (!bounce) {
+                    ret = error_set(ENOMEM, "Out of memory");
+                    break;
+                }
+            }
+            if (src) {
+                memcpy(bounce, src, n);
+            } else {
+                memset(bounce, 0, n);
+            }
+            ret = sector_cipher_encrypt(s->cipher, off / LUKS_SECTOR, bounce,
+                                        n);
+            if (ret == 0) {
+                ret = luks_file_write(node, bounce, n,
+                                      s->hdr.payload_offset + off);
+            }
+        }
+        if (src) {
+            src += n;
+        }
+        off += n;
+        len -= n;
+    }
+    free(bounce);
+    return ret;
+}
+
+static int luks_pwrite(struct qimg_node *node, const void *buf, size_t len,
+                       uint64_t off)
+{
+    return luks_write(node, buf, len, off);
+}
+
+static int luks_pwrite_zeroes(struct qimg_node *node, uint64_t off,
+                              uint64_t len, unsigned flags)
+{
+    (void)flags;
+    while (len > 0) {
+        size_t n = len > LUKS_WRITE_CHUNK ? LUKS_WRITE_CHUNK : (size_t)len;
+        int ret = luks_write(node, NULL, n, off);
+        if (ret < 0) {
+            return ret;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int luks_flush(struct qimg_node *node)
+{
+    return node_sync(node, node->file);
+}
+
+/* ---- create -------------------------------------------------------------- */
+
+static const struct qimg_opt_desc luks_create_opts[] = {
+    {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
+    {"key-secret", QIMG_OPT_STRING,
+     "ID of the secret that provides the keyslot passphrase", NULL},
+    {"cipher-alg", QIMG_OPT_STRING, "Name of encryption cipher algorithm",
+     NULL},
+    {"cipher-mode", QIMG_OPT_STRING, "Name of encryption cipher mode", NULL},
+    {"ivgen-alg", QIMG_OPT_STRING, "Name of IV generator algorithm", NULL},
+    {"ivgen-hash-alg", QIMG_OPT_STRING, "Name of IV generator hash algorithm",
+     NULL},
+    {"hash-alg", QIMG_OPT_STRING, "Name of encryption hash algorithm", NULL},
+    {"iter-time", QIMG_OPT_NUMBER, "Time to spend in PBKDF in milliseconds",
+     NULL},
+    {"preallocation", QIMG_OPT_STRING,
+     "Preallocation mode (allowed values: off, falloc, full)", NULL},
+    {NULL, 0, NULL, NULL},
+};
+
+/* QAPI's enums for the names (QEMU checks them before anything else). */
+static const char *const cipher_alg_names[] = {
+    "aes-128",     "aes-192",     "aes-256",     "des",
+    "3des",        "cast5-128",   "serpent-128", "serpent-192",
+    "serpent-256", "twofish-128", "twofish-192", "twofish-256", NULL};
+static const char *const cipher_mode_names[] = {"ecb", "cbc", "xts", "ctr",
+                                                NULL};
+static const char *const ivgen_names[] = {"plain", "plain64", "essiv", NULL};
+static const char *const hash_names[] = {"md5",    "sha1",   "sha224",
+                                         "sha256", "sha384", "sha512",
+                                         "ripemd160", NULL};
+
+static int luks_enum_opt(const struct qimg_opts *opts, const char *key,
+                         const char *const *names, const char *def,
+                         const char **out)
+{
+    const char *v = qimg_opts_get(opts, key);
+    *out = def;
+    if (!v) {
+        return 0;
+    }
+    for (size_t i = 0; names[i]; i++) {
+        if (strcmp(names[i], v) == 0) {
+            *out = names[i];
+            return 0;
+        }
+    }
+    return error_set(EINVAL, "Parameter '%s' does not accept value '%s'", key,
+                     v);
+}
+
+static int luks_create_check(const struct qimg_opts *opts,
+                             struct luks1_create_opts *o, uint64_t *size)
+{
+    int ret = luks_enum_opt(opts, "cipher-alg", cipher_alg_names, "aes-256",
+                            &o->cipher_alg);
+    if (ret == 0) {
+        ret = luks_enum_opt(opts, "cipher-mode", cipher_mode_names, "xts",
+                            &o->cipher_mode);
+    }
+    if (ret == 0) {
+        ret = luks_enum_opt(opts, "ivgen-alg", ivgen_names, "plain64",
+                            &o->ivgen_alg);
+    }
+    if (ret == 0) {
+        ret = luks_enum_opt(opts, "ivgen-hash-alg", hash_names, NULL,
+                            &o->ivgen_hash_alg);
+    }
+    if (ret == 0) {
+        ret = luks_enum_opt(opts, "hash-alg", hash_names, "sha256",
+                            &o->hash_alg);
+    }
+    const char *text = qimg_opts_get(opts, "iter-time");
+    o->iter_time_ms = 2000;
+    if (ret == 0 && text) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(text, &end, 0);
+        if (!*text || *end || errno || text[0] == '-') {
+            ret = error_set(EINVAL, "Parameter 'iter-time' expects a number");
+        }
+        o->iter_time_ms = v;
+    }
+    text = qimg_opts_get(opts, "size");
+    *size = 0;
+    if (ret == 0 && text && qimg_parse_size(text, 'B', size) < 0) {
+        ret = error_set(EINVAL, "Parameter 'size' expects a non-negative "
+                        "number below 2^64");
+    }
+    /* [QEMU] takes metadata too, and then preallocates nothing. */
+    const char *pa = qimg_opts_get(opts, "preallocation");
+    if (ret == 0 && pa && strcmp(pa, "off") && strcmp(pa, "metadata") &&
+        strcmp(pa, "falloc") && strcmp(pa, "full")) {
+        ret = error_set(EINVAL, "invalid parameter value: %s", pa);
+    }
+    return ret;
+}
+
+static int luks_create(const char *filename, const struct qimg_opts *opts)
+{
+    struct luks1_create_opts o;
+    uint64_t size;
+    int ret = luks_create_check(opts, &o, &size);
+    const char *key_secret = qimg_opts_get(opts, "key-secret");
+    char *password = NULL;
+    size_t password_len = 0;
+    if (ret == 0) {
+        ret = key_secret ? secret_lookup_utf8(key_secret, &password,
+                                              &password_len)
+                         : error_set(EINVAL, "Parameter 'key-secret' is "
+                                     "required for cipher");
+    }
+    uint8_t *area = NULL;
+    size_t area_len = 0;
+    struct sector_cipher *cipher = NULL;
+    if (ret == 0) {
+        ret = luks1_create(&o, (const uint8_t *)password, password_len,
+                           &area, &area_len, &cipher);
+    }
+    secret_free(password, password_len);
+    sector_cipher_free(cipher);
+    uint64_t total = 0;
+    if (ret == 0 && add_overflow_u64(size, area_len, &total)) {
+        ret = error_set(EFBIG, "Image size too large");
+    }
+    /* The file protocol sizes (and preallocates) the whole file. */
+    struct qimg_opts *file_opts = ret == 0 ? qimg_opts_new() : NULL;
+    char total_text[32];
+    snprintf(total_text, sizeof(total_text), "%llu",
+             (unsigned long long)total);
+    const char *keep[] = {"preallocation", "nocow", "extent_size_hint"};
+    if (ret == 0 && (!file_opts ||
+                     qimg_opts_set(file_opts, "size", total_text) < 0)) {
+        ret = error_set(ENOMEM, "Out of memory");
+    }
+    const char *pa = qimg_opts_get(opts, "preallocation");
+    if (pa && strcmp(pa, "metadata") == 0) {
+        keep[0] = NULL;
+    }
+    for (size_t i = 0; ret == 0 && i < sizeof(keep) / sizeof(keep[0]); i++) {
+        const char *v = keep[i] ? qimg_opts_get(opts, keep[i]) : NULL;
+        if (v && qimg_opts_set(file_opts, keep[i], v) < 0) {
+            ret = error_set(ENOMEM, "Out of memory");
+        }
+    }
+    struct qimg_io *io = NULL;
+    if (ret == 0) {
+        ret = create_file(filename, file_opts, &io);
+    }
+    qimg_opts_free(file_opts);
+    /*
+     * [QEMU] writes the header and slot 0's key material only: the other
+     * slots stay holes.
+     */
+    struct luks1_header hdr;
+    if (ret == 0) {
+        ret = luks1_decode(area, area_len, &hdr);
+    }
+    if (ret == 0) {
+        const struct luks1_slot *sl = &hdr.slots[0];
+        size_t material = (size_t)hdr.key_bytes * sl->stripes;
+        ret = io_pwrite(io, area, LUKS1_HEADER_SIZE, 0);
+        if (ret == 0) {
+            ret = io_pwrite(io, area + sl->key_offset, material,
+                            sl->key_offset);
+        }
+        if (ret == 0) {
+            ret = io_flush(io);
+        }
+        if (ret < 0) {
+            ret = error_set_errno(-ret, "Could not write encryption header");
+        }
+    }
+    io_close(io);
+    if (area) {
+        kdf_wipe(area, area_len);
+        free(area);
+    }
+    return ret;
+}
+
 /* ImageInfoSpecific {type: luks, data: QCryptoBlockInfoLUKS}. */
 static int luks_get_info(struct qimg_node *node, struct qimg_image_info *info)
 {
@@ -175,6 +478,12 @@ const struct qimg_format_ops format_luks = {
     .open = luks_open,
     .close = luks_close,
     .pread = luks_pread,
+    .pwrite = luks_pwrite,
+    .pwrite_zeroes = luks_pwrite_zeroes,
+    .flush = luks_flush,
     .block_status = luks_block_status,
     .get_info = luks_get_info,
+    .create_opts = luks_create_opts,
+    .create = luks_create,
+    .no_zero_init = true,
 };

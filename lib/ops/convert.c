@@ -1253,6 +1253,31 @@ static int check_params(const struct qimg_convert_params *p)
     return 0;
 }
 
+/* The creation options naming key secrets, or *out NULL if none. */
+static int key_secret_opts(const struct qimg_opts *opts,
+                           struct qimg_opts **out)
+{
+    *out = NULL;
+    size_t n = opts ? qimg_opts_count(opts) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *k = qimg_opts_key(opts, i);
+        size_t kl = strlen(k);
+        if (strcmp(k, "key-secret") != 0 &&
+            (kl < 11 || strcmp(k + kl - 11, ".key-secret") != 0)) {
+            continue;
+        }
+        if (!*out && !(*out = qimg_opts_new())) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        if (qimg_opts_set(*out, k, qimg_opts_get(opts, k)) < 0) {
+            qimg_opts_free(*out);
+            *out = NULL;
+            return error_set(ENOMEM, "Out of memory");
+        }
+    }
+    return 0;
+}
+
 int qimg_convert(const struct qimg_convert_params *params)
 {
     struct convert c = {.p = params};
@@ -1299,9 +1324,19 @@ int qimg_convert(const struct qimg_convert_params *params)
         }
         created = removable;
     }
+    /*
+     * [QEMU] a created target is opened with the creation options that
+     * name key secrets (key-secret, encrypt.key-secret) as runtime
+     * options, so that an encrypted target is opened with its key.
+     */
+    struct qimg_opts *key_opts = NULL;
+    if (!params->no_create && key_secret_opts(opts, &key_opts) < 0) {
+        goto out;
+    }
     c.dst = qimg_open_opts(params->target, fmt,
                            QIMG_OPEN_RDWR | params->target_flags,
-                           params->target_driver_opts);
+                           key_opts ? key_opts : params->target_driver_opts);
+    qimg_opts_free(key_opts);
     if (!c.dst) {
         goto out;
     }
@@ -1360,7 +1395,7 @@ int qimg_convert(const struct qimg_convert_params *params)
      */
     c.zero_init = params->target_is_zero ||
                   (!params->no_create && params->sparse_size != 0 &&
-                   !c.has_backing);
+                   !c.has_backing && !c.dst->top->drv->no_zero_init);
 
     if (start_workers(&c) < 0) {
         stop_workers(&c);

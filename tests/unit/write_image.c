@@ -11,7 +11,10 @@
  *   f                flush
  *   o                close and reopen
  * Numbers are decimal or 0x hex.  Prints the error and exits 1 on failure.
- * Used by tests/compat/qcow2_write.sh.
+ * With QIMG_WRITE_KEY=OPTION:PASSWORD in the environment the image is
+ * opened with the runtime option OPTION (key-secret, encrypt.key-secret)
+ * naming a secret holding PASSWORD.
+ * Used by tests/compat/qcow2_write.sh and encrypted.sh.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +24,12 @@
 #include "qimg/qimg.h"
 
 static struct qimg_image *img;
+static struct qimg_opts *open_opts;
+
+static struct qimg_image *open_image(const char *file, const char *format)
+{
+    return qimg_open_opts(file, format, QIMG_OPEN_RDWR, open_opts);
+}
 
 static int fail(const char *op)
 {
@@ -86,7 +95,7 @@ static int apply(const char *file, const char *format, const char *op)
             img = NULL;
             return fail(op);
         }
-        img = qimg_open(file, format, QIMG_OPEN_RDWR);
+        img = open_image(file, format);
         return img ? 0 : fail(op);
     default:
         fprintf(stderr, "unknown operation '%s'\n", op);
@@ -100,7 +109,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: write_image FILE FORMAT OP...\n");
         return 2;
     }
-    img = qimg_open(argv[1], argv[2], QIMG_OPEN_RDWR);
+    const char *key = getenv("QIMG_WRITE_KEY");
+    const char *colon = key ? strchr(key, ':') : NULL;
+    if (colon) {
+        char option[64];
+        snprintf(option, sizeof(option), "%.*s", (int)(colon - key), key);
+        open_opts = qimg_opts_new();
+        if (!open_opts || qimg_secret_add("wkey", colon + 1,
+                                          strlen(colon + 1)) < 0 ||
+            qimg_opts_set(open_opts, option, "wkey") < 0) {
+            return fail("key");
+        }
+    }
+    img = open_image(argv[1], argv[2]);
     if (!img) {
         return fail("open");
     }
