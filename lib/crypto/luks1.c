@@ -619,30 +619,109 @@ static int luks_uuid(char *out)
     return 0;
 }
 
-int luks1_create(const struct luks1_create_opts *o, const uint8_t *password,
-                 size_t password_len, uint8_t **area, size_t *area_len,
-                 struct sector_cipher **out)
+/* QAPI's enums for the names (QEMU checks them before anything else). */
+static const char *const cipher_alg_names[] = {
+    "aes-128",     "aes-192",     "aes-256",     "des",
+    "3des",        "cast5-128",   "serpent-128", "serpent-192",
+    "serpent-256", "twofish-128", "twofish-192", "twofish-256", NULL};
+static const char *const cipher_mode_names[] = {"ecb", "cbc", "xts", "ctr",
+                                                NULL};
+static const char *const ivgen_names[] = {"plain", "plain64", "essiv", NULL};
+static const char *const hash_names[] = {"md5",    "sha1",   "sha224",
+                                         "sha256", "sha384", "sha512",
+                                         "ripemd160", NULL};
+
+static int enum_opt(const struct qimg_opts *opts, const char *prefix,
+                    const char *name, const char *const *names,
+                    const char *def, const char **out)
 {
-    *area = NULL;
-    *area_len = 0;
-    *out = NULL;
-    const struct nettle_hash *hash = kdf_hash_lookup(o->hash_alg);
+    char key[64];
+    snprintf(key, sizeof(key), "%s%s", prefix, name);
+    const char *v = qimg_opts_get(opts, key);
+    *out = def;
+    if (!v) {
+        return 0;
+    }
+    for (size_t i = 0; names[i]; i++) {
+        if (strcmp(names[i], v) == 0) {
+            *out = names[i];
+            return 0;
+        }
+    }
+    /* [QEMU] names the member of the encrypt. group without its prefix. */
+    return error_set(EINVAL, "Parameter '%s' does not accept value '%s'",
+                     name, v);
+}
+
+int luks1_create_opts_parse(const struct qimg_opts *opts, const char *prefix,
+                            struct luks1_create_opts *o)
+{
+    int ret = enum_opt(opts, prefix, "cipher-alg", cipher_alg_names,
+                       "aes-256", &o->cipher_alg);
+    if (ret == 0) {
+        ret = enum_opt(opts, prefix, "cipher-mode", cipher_mode_names, "xts",
+                       &o->cipher_mode);
+    }
+    if (ret == 0) {
+        ret = enum_opt(opts, prefix, "ivgen-alg", ivgen_names, "plain64",
+                       &o->ivgen_alg);
+    }
+    if (ret == 0) {
+        ret = enum_opt(opts, prefix, "ivgen-hash-alg", hash_names, NULL,
+                       &o->ivgen_hash_alg);
+    }
+    if (ret == 0) {
+        ret = enum_opt(opts, prefix, "hash-alg", hash_names, "sha256",
+                       &o->hash_alg);
+    }
+    char key[64];
+    snprintf(key, sizeof(key), "%siter-time", prefix);
+    const char *text = qimg_opts_get(opts, key);
+    o->iter_time_ms = 2000;
+    if (ret == 0 && text) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(text, &end, 0);
+        if (!*text || *end || errno || text[0] == '-') {
+            ret = error_set(EINVAL, "Parameter '%s' expects a number", key);
+        }
+        o->iter_time_ms = v;
+    }
+    return ret;
+}
+
+/* The master key length: the cipher's key, twice for xts. */
+static uint32_t create_key_bytes(const struct luks1_create_opts *o)
+{
     size_t alg_bytes = crypto_cipher_key_bytes(o->cipher_alg);
-    if (alg_bytes == 0) {
+    return (uint32_t)(strcmp(o->cipher_mode, "xts") == 0 ? 2 * alg_bytes
+                                                         : alg_bytes);
+}
+
+int luks1_create_check(const struct luks1_create_opts *o, uint64_t *area)
+{
+    if (crypto_cipher_key_bytes(o->cipher_alg) == 0) {
         return error_set(EINVAL, "Algorithm '%s' not supported",
                          o->cipher_alg);
     }
-    if (!hash) {
+    if (!kdf_hash_lookup(o->hash_alg)) {
         return error_set(EINVAL, "Hash algorithm '%s' not supported",
                          o->hash_alg);
     }
+    uint32_t kb = create_key_bytes(o);
+    /* The names' combination, checked by making a cipher of them. */
+    uint8_t key[LUKS_MAX_KEY_BYTES] = {0};
+    struct sector_cipher *c;
     const char *ivhash = o->ivgen_hash_alg;
     if (!ivhash && strcmp(o->ivgen_alg, "essiv") == 0) {
         ivhash = "sha256";
     }
-    uint32_t kb = (uint32_t)(strcmp(o->cipher_mode, "xts") == 0
-                                 ? 2 * alg_bytes
-                                 : alg_bytes);
+    int ret = sector_cipher_new(o->cipher_alg, o->cipher_mode, o->ivgen_alg,
+                                ivhash, key, kb, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    sector_cipher_free(c);
     /*
      * [QEMU] 7.2 asserts that a slot's key material is whole sectors, so
      * it cannot open (nor make) a container whose material is not: 24-
@@ -654,6 +733,31 @@ int luks1_create(const struct luks1_create_opts *o, const uint8_t *password,
                          "not a whole number of sectors, which QEMU cannot "
                          "open", o->cipher_alg, o->cipher_mode);
     }
+    *area = ((uint64_t)LUKS_HEADER_SECTORS +
+             LUKS1_NUM_SLOTS * (uint64_t)luks_splitkey_sectors(
+                                   kb, LUKS_STRIPES)) *
+            LUKS_SECTOR;
+    return 0;
+}
+
+int luks1_create(const struct luks1_create_opts *o, const uint8_t *password,
+                 size_t password_len, uint8_t **area, size_t *area_len,
+                 struct sector_cipher **out)
+{
+    *area = NULL;
+    *area_len = 0;
+    *out = NULL;
+    uint64_t area_bytes;
+    int check = luks1_create_check(o, &area_bytes);
+    if (check < 0) {
+        return check;
+    }
+    const struct nettle_hash *hash = kdf_hash_lookup(o->hash_alg);
+    const char *ivhash = o->ivgen_hash_alg;
+    if (!ivhash && strcmp(o->ivgen_alg, "essiv") == 0) {
+        ivhash = "sha256";
+    }
+    uint32_t kb = create_key_bytes(o);
     uint8_t mk[LUKS_MAX_KEY_BYTES];
     uint8_t slot_key[LUKS_MAX_KEY_BYTES];
     uint8_t mk_salt[LUKS1_SALT_SIZE], slot_salt[LUKS1_SALT_SIZE];

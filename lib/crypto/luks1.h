@@ -102,6 +102,24 @@ struct luks1_create_opts {
     uint64_t iter_time_ms;      /* PBKDF2 time of the slot: 2000 */
 };
 
+struct qimg_opts;
+
+/*
+ * QEMU's LUKS creation options PREFIX + cipher-alg, cipher-mode,
+ * ivgen-alg, ivgen-hash-alg, hash-alg, iter-time (prefix "" for luks,
+ * "encrypt." for qcow2), with QEMU's defaults and messages for names
+ * outside its enums.
+ */
+int luks1_create_opts_parse(const struct qimg_opts *opts, const char *prefix,
+                            struct luks1_create_opts *o);
+
+/*
+ * Check the choices' combination as creation would (QEMU's messages)
+ * and give the header area a container of them takes (its payload
+ * offset in bytes).
+ */
+int luks1_create_check(const struct luks1_create_opts *o, uint64_t *area);
+
 /*
  * A new container as QEMU makes one: a random master key, its digest
  * (PBKDF2 calibrated to iter_time / 8), eight slots of key material

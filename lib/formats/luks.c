@@ -286,69 +286,11 @@ static const struct qimg_opt_desc luks_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
-/* QAPI's enums for the names (QEMU checks them before anything else). */
-static const char *const cipher_alg_names[] = {
-    "aes-128",     "aes-192",     "aes-256",     "des",
-    "3des",        "cast5-128",   "serpent-128", "serpent-192",
-    "serpent-256", "twofish-128", "twofish-192", "twofish-256", NULL};
-static const char *const cipher_mode_names[] = {"ecb", "cbc", "xts", "ctr",
-                                                NULL};
-static const char *const ivgen_names[] = {"plain", "plain64", "essiv", NULL};
-static const char *const hash_names[] = {"md5",    "sha1",   "sha224",
-                                         "sha256", "sha384", "sha512",
-                                         "ripemd160", NULL};
-
-static int luks_enum_opt(const struct qimg_opts *opts, const char *key,
-                         const char *const *names, const char *def,
-                         const char **out)
-{
-    const char *v = qimg_opts_get(opts, key);
-    *out = def;
-    if (!v) {
-        return 0;
-    }
-    for (size_t i = 0; names[i]; i++) {
-        if (strcmp(names[i], v) == 0) {
-            *out = names[i];
-            return 0;
-        }
-    }
-    return error_set(EINVAL, "Parameter '%s' does not accept value '%s'", key,
-                     v);
-}
-
 static int luks_create_check(const struct qimg_opts *opts,
                              struct luks1_create_opts *o, uint64_t *size)
 {
-    int ret = luks_enum_opt(opts, "cipher-alg", cipher_alg_names, "aes-256",
-                            &o->cipher_alg);
-    if (ret == 0) {
-        ret = luks_enum_opt(opts, "cipher-mode", cipher_mode_names, "xts",
-                            &o->cipher_mode);
-    }
-    if (ret == 0) {
-        ret = luks_enum_opt(opts, "ivgen-alg", ivgen_names, "plain64",
-                            &o->ivgen_alg);
-    }
-    if (ret == 0) {
-        ret = luks_enum_opt(opts, "ivgen-hash-alg", hash_names, NULL,
-                            &o->ivgen_hash_alg);
-    }
-    if (ret == 0) {
-        ret = luks_enum_opt(opts, "hash-alg", hash_names, "sha256",
-                            &o->hash_alg);
-    }
-    const char *text = qimg_opts_get(opts, "iter-time");
-    o->iter_time_ms = 2000;
-    if (ret == 0 && text) {
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(text, &end, 0);
-        if (!*text || *end || errno || text[0] == '-') {
-            ret = error_set(EINVAL, "Parameter 'iter-time' expects a number");
-        }
-        o->iter_time_ms = v;
-    }
+    int ret = luks1_create_opts_parse(opts, "", o);
+    const char *text;
     text = qimg_opts_get(opts, "size");
     *size = 0;
     if (ret == 0 && text && qimg_parse_size(text, 'B', size) < 0) {

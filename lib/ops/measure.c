@@ -10,12 +10,16 @@
  * source has data; metadata is counted for the whole disk.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "qimg/qimg.h"
 #include "core/error.h"
 #include "core/image.h"
+#include "core/secret.h"
+#include "crypto/encrypt_opts.h"
+#include "crypto/luks1.h"
 #include "driver.h"
 #include "util/checked.h"
 
@@ -67,6 +71,43 @@ static const struct qimg_opt_desc raw_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const struct qimg_opt_desc luks_opts[] = {
+    {"key-secret", QIMG_OPT_STRING, NULL, NULL},
+    {"cipher-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"cipher-mode", QIMG_OPT_STRING, NULL, NULL},
+    {"ivgen-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"ivgen-hash-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"hash-alg", QIMG_OPT_STRING, NULL, NULL},
+    {"iter-time", QIMG_OPT_NUMBER, NULL, NULL},
+    {NULL, 0, NULL, NULL},
+};
+
+/*
+ * The LUKS header area a target with these options takes.  [QEMU] makes
+ * a throw-away header to learn it, so the names are checked, then the
+ * key secret must exist and be a password, then the combination.
+ */
+static int luks_area(const struct qimg_opts *opts, const char *prefix,
+                     uint64_t *area)
+{
+    struct luks1_create_opts o;
+    int ret = luks1_create_opts_parse(opts, prefix, &o);
+    if (ret < 0) {
+        return ret;
+    }
+    char key[32];
+    snprintf(key, sizeof(key), "%skey-secret", prefix);
+    char *password;
+    size_t len;
+    ret = crypto_password(opts ? qimg_opts_get(opts, key) : NULL, key,
+                          &password, &len);
+    if (ret < 0) {
+        return ret;
+    }
+    secret_free(password, len);
+    return luks1_create_check(&o, area);
+}
+
 static const struct qimg_opt_desc *find_opt(const struct qimg_opt_desc *list,
                                           const char *key)
 {
@@ -115,6 +156,7 @@ struct qcow2_target {
     bool extended_l2;
     bool v3;
     bool prealloc_data; /* falloc or full: every data cluster exists */
+    uint64_t luks_area;  /* bytes of the LUKS header (0: none) */
 };
 
 static int qcow2_target_parse(const struct qimg_opts *opts,
@@ -127,14 +169,13 @@ static int qcow2_target_parse(const struct qimg_opts *opts,
     t->v3 = true;
     t->prealloc_data = false;
 
+    t->luks_area = 0;
     const char *enc = opts ? qimg_opts_get(opts, "encrypt.format") : NULL;
     if (enc && strcmp(enc, "luks") == 0) {
-        if (!qimg_opts_get(opts, "encrypt.key-secret")) {
-            return error_set(EINVAL, "Parameter 'encrypt.key-secret' is "
-                             "required for cipher");
+        int ret = luks_area(opts, "encrypt.", &t->luks_area);
+        if (ret < 0) {
+            return ret;
         }
-        return error_set(ENOTSUP, "Measuring LUKS-encrypted qcow2 targets "
-                         "is not supported yet");
     }
     if (opts && (v = qimg_opts_get(opts, "cluster_size"))) {
         uint64_t cs = 0;
@@ -337,11 +378,6 @@ static int other_format_error(const char *format)
         return error_set(ENOTSUP, "Format driver '%s' does not support "
                          "image creation", format);
     }
-    if (strcmp(format, "luks") == 0) {
-        /* Without a secret QEMU stops here; with one qimg cannot go on. */
-        return error_set(ENOTSUP, "Parameter 'key-secret' is required for "
-                         "cipher");
-    }
     return error_set(EINVAL, "Unknown file format '%s'", format);
 }
 
@@ -379,20 +415,29 @@ static int measure(const struct qimg_measure_params *p,
     }
     bool is_raw = strcmp(format, "raw") == 0;
     bool is_qcow2 = strcmp(format, "qcow2") == 0;
-    if (!is_raw && !is_qcow2) {
+    bool is_luks = strcmp(format, "luks") == 0;
+    if (!is_raw && !is_qcow2 && !is_luks) {
         ret = other_format_error(format);
         goto out;
     }
-    ret = check_opts(format, is_qcow2 ? qcow2_opts : raw_opts,
+    ret = check_opts(format,
+                     is_qcow2  ? qcow2_opts
+                     : is_luks ? luks_opts
+                               : raw_opts,
                      p->target_opts);
     if (ret < 0) {
         goto out;
     }
-    /* Both formats store whole 512-byte sectors. */
+    /* Every format stores whole 512-byte sectors. */
     (void)align_up_overflow_u64(size, 512, &size);
-    if (is_raw) {
-        out->required = size;
-        out->fully_allocated = size;
+    if (is_raw || is_luks) {
+        /* [QEMU] a LUKS target is its header area and every sector. */
+        uint64_t area = 0;
+        ret = is_luks ? luks_area(p->target_opts, "", &area) : 0;
+        if (ret == 0 && add_overflow_u64(size, area, &out->required)) {
+            ret = error_set(EFBIG, "Image size too large");
+        }
+        out->fully_allocated = out->required;
         goto out;
     }
 
@@ -412,6 +457,10 @@ static int measure(const struct qimg_measure_params *p,
         goto out;
     }
     uint64_t meta = qcow2_meta_size(&t, aligned / t.cluster_size);
+    /* [QEMU] the LUKS header area takes whole clusters of its own. */
+    uint64_t luks_clusters = 0;
+    (void)align_up_overflow_u64(t.luks_area, t.cluster_size, &luks_clusters);
+    meta += luks_clusters;
     uint64_t data = aligned;
     if (img && !t.prealloc_data) {
         ret = count_data(img, size, t.cluster_size, &data);
