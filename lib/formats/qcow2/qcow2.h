@@ -503,6 +503,11 @@ struct qcow2_state {
     /* Scratch buffers of one cluster (COW, compression). */
     uint8_t *cow_buf;
     uint8_t *zbuf;
+    /*
+     * A second COW buffer, for a write batch (write.c) whose first and
+     * last clusters both copy bytes in; allocated at its first use.
+     */
+    uint8_t *cow_buf2;
 };
 
 /* ---- header.c ---------------------------------------------------------- */
