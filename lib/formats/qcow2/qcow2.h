@@ -341,6 +341,11 @@ struct qcow2_luks_info {
  */
 #define QCOW2_L2_SLICE_MAX 4096u
 #define QCOW2_L2_CACHE_SLOTS 256u
+/*
+ * At most this many slices of one L2 table are read at once (a miss
+ * reads the slices after it too, into empty slots; cluster.c).
+ */
+#define QCOW2_L2_READAHEAD 16u
 
 struct qcow2_l2_slot {
     uint64_t host_off; /* file offset of the slice; 0 = empty slot */
@@ -353,6 +358,8 @@ struct qcow2_l2_cache {
     struct qcow2_l2_slot slot[QCOW2_L2_CACHE_SLOTS];
     uint64_t clock;
     size_t slice_size; /* min(cluster_size, QCOW2_L2_SLICE_MAX) */
+    /* QCOW2_L2_READAHEAD slices, for a read ahead; allocated at its use. */
+    uint8_t *ra_buf;
 };
 
 /* QEMU's (sub)cluster types [spec: Cluster mapping, Extended L2 Entries]. */
