@@ -19,6 +19,10 @@
 /* ---- I/O leaves -------------------------------------------------------- */
 
 struct qimg_io;
+struct iovec;
+
+/* The most buffers one io_pwritev takes (within every Linux's IOV_MAX). */
+#define IO_IOV_MAX 64
 
 /* Flags for io_*_open. */
 #define IO_RDWR (1u << 0)
@@ -55,6 +59,12 @@ struct qimg_io_ops {
     int (*pread)(struct qimg_io *io, void *buf, size_t len, uint64_t off);
     int (*pwrite)(struct qimg_io *io, const void *buf, size_t len,
                   uint64_t off);
+    /*
+     * Optional: the cnt buffers of iov written one after the other from
+     * off, as one request (a leaf without it gets one pwrite each).
+     */
+    int (*pwritev)(struct qimg_io *io, const struct iovec *iov, int cnt,
+                   uint64_t off);
     /* Zero a range; with may_unmap it may become a hole. */
     int (*pwrite_zeroes)(struct qimg_io *io, uint64_t off, uint64_t len,
                          bool may_unmap);
@@ -107,6 +117,9 @@ void io_close(struct qimg_io *io);
 int64_t io_get_size(struct qimg_io *io);
 int io_pread(struct qimg_io *io, void *buf, size_t len, uint64_t off);
 int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off);
+/* Gathered write: iov[0, cnt) back to back from off (cnt <= IO_IOV_MAX). */
+int io_pwritev(struct qimg_io *io, const struct iovec *iov, int cnt,
+               uint64_t off);
 int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
                      bool may_unmap);
 int io_flush(struct qimg_io *io);

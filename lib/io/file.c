@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -649,6 +650,74 @@ static int io_file_pwrite(struct qimg_io *io, const void *buf, size_t len,
     return io_file_pwrite_fd(f, buf, len, off);
 }
 
+/*
+ * One pwritev for buffers that io_file_pwrite would write one by one
+ * (qcow2 sends a new cluster's data and its copied-in tail together).
+ * A short write goes on from where it stopped.
+ */
+static int io_file_pwritev(struct qimg_io *io, const struct iovec *iov,
+                           int cnt, uint64_t off)
+{
+    struct io_file *f = io_file_from(io);
+    if (cnt < 0 || cnt > IO_IOV_MAX) {
+        return error_set(EINVAL, "'%s': too many buffers in one write",
+                         f->io.filename);
+    }
+    struct iovec v[IO_IOV_MAX];
+    uint64_t len = 0;
+    bool aligned = f->fd_direct >= 0 && f->fd_direct_rw &&
+                   off % IO_FILE_DIRECT_ALIGN == 0;
+    for (int i = 0; i < cnt; i++) {
+        v[i] = iov[i];
+        len += iov[i].iov_len;
+        aligned = aligned &&
+                  (uintptr_t)iov[i].iov_base % IO_FILE_DIRECT_ALIGN == 0 &&
+                  iov[i].iov_len % IO_FILE_DIRECT_ALIGN == 0;
+    }
+    int ret = io_file_check_range(f, off, len);
+    if (ret < 0) {
+        return ret;
+    }
+    /* O_DIRECT only when every buffer is aligned in memory and the file. */
+    int fd = aligned ? f->fd_direct : f->fd;
+    int first = 0;
+    while (first < cnt) {
+        if (v[first].iov_len == 0) {
+            first++;
+            continue;
+        }
+        ssize_t n = pwritev(fd, v + first, cnt - first, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EINVAL && fd != f->fd) {
+                /* An alignment O_DIRECT wants that we did not know. */
+                fd = f->fd;
+                continue;
+            }
+            return error_set_errno(errno, "Could not write to '%s'",
+                                   f->io.filename);
+        }
+        if (n == 0) {
+            /* No progress and no error: give up rather than spin. */
+            return error_set_errno(EIO, "Could not write to '%s'",
+                                   f->io.filename);
+        }
+        off += (uint64_t)n;
+        size_t left = (size_t)n;
+        while (left > 0 && left >= v[first].iov_len) {
+            left -= v[first].iov_len;
+            first++;
+        }
+        if (left > 0) {
+            v[first].iov_base = (uint8_t *)v[first].iov_base + left;
+            v[first].iov_len -= left;
+        }
+    }
+    return 0;
+}
+
 /* Errors by which fallocate says "not this mode here", not a failure. */
 static bool io_file_falloc_unsupported(int err)
 {
@@ -874,6 +943,7 @@ static const struct qimg_io_ops io_file_ops = {
     .get_allocated = io_file_get_allocated,
     .pread = io_file_pread,
     .pwrite = io_file_pwrite,
+    .pwritev = io_file_pwritev,
     .pwrite_zeroes = io_file_pwrite_zeroes,
     .discard = io_file_discard,
     .flush = io_file_flush,

@@ -4,6 +4,7 @@
  * its own error messages.
  */
 #include <stddef.h>
+#include <sys/uio.h>
 
 #include "driver.h"
 
@@ -28,6 +29,22 @@ int io_pread(struct qimg_io *io, void *buf, size_t len, uint64_t off)
 int io_pwrite(struct qimg_io *io, const void *buf, size_t len, uint64_t off)
 {
     return io->ops->pwrite(io, buf, len, off);
+}
+
+int io_pwritev(struct qimg_io *io, const struct iovec *iov, int cnt,
+               uint64_t off)
+{
+    if (io->ops->pwritev) {
+        return io->ops->pwritev(io, iov, cnt, off);
+    }
+    for (int i = 0; i < cnt; i++) {
+        int ret = io->ops->pwrite(io, iov[i].iov_base, iov[i].iov_len, off);
+        if (ret < 0) {
+            return ret;
+        }
+        off += iov[i].iov_len;
+    }
+    return 0;
 }
 
 int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,

@@ -5,10 +5,18 @@
  * written into the image (as zero writes where the old backing file has
  * ended); then the header names the new backing file.  Unsafe mode only
  * changes the header.
+ *
+ * When the new backing file is a layer of the old chain (rebasing onto a
+ * base further down, the usual case), that layer is read as the new
+ * backing file (QEMU's "prefix chain", not opened again), and a range
+ * that no layer above it allocates reads the same through both, so it is
+ * skipped unread: only what the layers in between allocate is read and
+ * compared.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/error.h"
 #include "core/image.h"
@@ -59,15 +67,65 @@ static int read_backing(struct qimg_node *b, uint8_t *buf, size_t n,
     return 0;
 }
 
-/* The safe-mode copy (see the file comment); new_b may be NULL. */
+/* Are a and b the same file (device and inode)? */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/*
+ * Whether a layer from `from` down to (not including) `prefix` allocates
+ * [off, off + n) or could read otherwise than prefix there (a layer or
+ * its backing file ends before): false with *pnum the bytes from off that
+ * read through to prefix in every layer, or true with *pnum the bytes
+ * to compare (the allocated run of the first layer that allocates off).
+ */
+static int allocated_above(struct qimg_node *from, struct qimg_node *prefix,
+                           uint64_t off, uint64_t n, bool *alloc,
+                           uint64_t *pnum)
+{
+    *alloc = true;
+    *pnum = n;
+    uint64_t m = n;
+    for (struct qimg_node *l = from; l != prefix; l = l->backing) {
+        if (!l->backing || off >= l->backing->size) {
+            return 0;
+        }
+        m = min_u64(m, l->backing->size - off);
+        struct chain_status st;
+        int ret = layer_block_status(l, off, m, &st);
+        if (ret < 0) {
+            return ret;
+        }
+        if (st.pnum == 0) {
+            return 0;
+        }
+        if (st.flags & BS_ALLOCATED) {
+            *pnum = min_u64(n, st.pnum);
+            return 0;
+        }
+        m = min_u64(m, st.pnum);
+    }
+    *alloc = false;
+    *pnum = m;
+    return 0;
+}
+
+/*
+ * The safe-mode copy (see the file comment); new_b may be NULL.  in_chain:
+ * new_b is a layer of the old chain.
+ */
 static int rebase_copy(const struct qimg_rebase_params *p,
                        struct qimg_node *top, struct qimg_node *new_b,
-                       uint8_t *buf_old, uint8_t *buf_new)
+                       bool in_chain, uint8_t *buf_old, uint8_t *buf_new)
 {
     struct qimg_node *old_b = top->backing;
     const uint64_t size = top->size;
     const uint64_t old_size = old_b ? old_b->size : 0;
     const uint64_t new_size = new_b ? new_b->size : 0;
+    struct qimg_node *prefix = in_chain ? new_b : NULL;
     uint64_t n;
     for (uint64_t off = 0; off < size; off += n) {
         n = min_u64(REBASE_BUF_SIZE, size - off);
@@ -79,6 +137,40 @@ static int rebase_copy(const struct qimg_rebase_params *p,
         n = st.pnum > 0 ? st.pnum : n;
         if (st.flags & BS_ALLOCATED) {
             continue;
+        }
+        if (prefix && off < old_size && off < new_size) {
+            bool alloc;
+            uint64_t m;
+            ret = allocated_above(old_b, prefix, off, n, &alloc, &m);
+            /*
+             * An allocated range is compared up to the next range that
+             * reads through (the runs of the layers are cut where their
+             * host offsets or flags change): a differing run is then
+             * written whole, as with the whole step.
+             */
+            while (ret == 0 && alloc && m < n) {
+                bool more;
+                uint64_t k;
+                ret = allocated_above(old_b, prefix, off + m, n - m, &more,
+                                      &k);
+                if (ret == 0 && !more) {
+                    break;
+                }
+                m += k;
+            }
+            if (ret < 0) {
+                return error_prefix(-ret,
+                                    "error while reading image metadata");
+            }
+            n = m;
+            if (!alloc) {
+                /* The same bytes through both: nothing to write. */
+                if (p->progress) {
+                    p->progress(100.0 * (double)(off + n) / (double)size,
+                                p->opaque);
+                }
+                continue;
+            }
         }
         bool old_zero = false;
         if (off >= old_size) {
@@ -128,13 +220,28 @@ static int rebase_copy(const struct qimg_rebase_params *p,
     return 0;
 }
 
-/* Open the new backing file, resolved against the image's folder. */
+/*
+ * Open the new backing file, resolved against the image's folder.
+ * [QEMU] A file that is a layer of the old chain is not opened again:
+ * that layer is the new backing file (as it was opened, whatever -F says),
+ * and *in_chain is set.
+ */
 static int open_new_backing(const struct qimg_rebase_params *p,
-                            struct qimg_node *top, struct qimg_node **out)
+                            struct qimg_node *top, struct qimg_node **out,
+                            bool *in_chain)
 {
     char *path = path_combine(top->filename, p->backing_file);
     if (!path) {
         return error_set(ENOMEM, "Out of memory");
+    }
+    *in_chain = false;
+    for (struct qimg_node *l = top->backing; l; l = l->backing) {
+        if (same_file(l->filename, path)) {
+            free(path);
+            *out = l;
+            *in_chain = true;
+            return 0;
+        }
     }
     unsigned f = p->backing_flags & (QIMG_OPEN_FORCE_SHARE |
                                      QIMG_OPEN_CACHE_DIRECT);
@@ -197,9 +304,10 @@ static int do_rebase(const struct qimg_rebase_params *p,
         return change_backing(p, top);
     }
     struct qimg_node *new_b = NULL;
+    bool in_chain = false;
     int ret = 0;
     if (p->backing_file && p->backing_file[0]) {
-        ret = open_new_backing(p, top, &new_b);
+        ret = open_new_backing(p, top, &new_b, &in_chain);
         if (ret < 0) {
             return ret;
         }
@@ -212,11 +320,11 @@ static int do_rebase(const struct qimg_rebase_params *p,
         if (p->progress) {
             p->progress(0.0, p->opaque);
         }
-        ret = rebase_copy(p, top, new_b, buf_old, buf_new);
+        ret = rebase_copy(p, top, new_b, in_chain, buf_old, buf_new);
     }
     free(buf_old);
     free(buf_new);
-    if (new_b) {
+    if (new_b && !in_chain) {
         node_close(new_b);
     }
     if (ret == 0) {

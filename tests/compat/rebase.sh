@@ -144,6 +144,19 @@ three() {
     io -c 'write -P 3 1536k 1M' top.qcow2
 }
 
+# base <- m1 <- m2 <- top, m2 shorter than base and top: rebasing onto a
+# layer of the chain skips what the layers above it do not allocate.
+four() {
+    bases
+    mk -f qcow2 -b base.raw -F raw m1.qcow2
+    io -c 'write -P 2 512k 1M' -c 'write -z 2M 128k' -c 'write -P 1 3M 64k' \
+        m1.qcow2
+    mk -f qcow2 -b m1.qcow2 -F qcow2 m2.qcow2 3M
+    io -c 'write -P 5 1280k 64k' -c 'write -P 6 2560k 100k' m2.qcow2
+    mk -f qcow2 -b m2.qcow2 -F qcow2 top.qcow2 6M
+    io -c 'write -P 3 1536k 1M' -c 'write -P 7 5M 64k' top.qcow2
+}
+
 # An old backing file shorter than the image: past its end it reads zero.
 short_old() {
     bases
@@ -187,6 +200,14 @@ SAME_BYTES=top.qcow2 same "onto the bottom of the chain" three -b base.raw \
 SAME_BYTES=top.qcow2 same "onto a new base, 3 layers" three -b new.qcow2 \
     -F qcow2 top.qcow2
 SAME_BYTES=top.qcow2 same "flatten, 3 layers" three -b "" top.qcow2
+SAME_BYTES=top.qcow2 same "onto the bottom, 4 layers" four -b base.raw \
+    -F raw top.qcow2
+SAME_BYTES=top.qcow2 same "onto a middle layer" four -b m1.qcow2 \
+    -F qcow2 top.qcow2
+SAME_BYTES=top.qcow2 same "onto the same backing file" four -b m2.qcow2 \
+    -F qcow2 top.qcow2
+SAME_BYTES=top.qcow2 same "onto a layer, as another format" four \
+    -b m1.qcow2 -F raw top.qcow2
 SAME_BYTES=top.qcow2 same "old base shorter" short_old -b new.qcow2 \
     -F qcow2 top.qcow2
 SAME_BYTES=sub/o.qcow2 same "subfolder, relative name" top_raw \

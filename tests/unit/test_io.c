@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "driver.h"
@@ -385,11 +386,58 @@ static void test_locking(void)
 
 static void cleanup(void)
 {
-    static const char *const names[] = {"exists", "data", "locked"};
+    static const char *const names[] = {"exists", "data", "locked", "vec"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         unlink(tmp_path(names[i]));
     }
     rmdir(tmpdir);
+}
+
+/* io_pwritev: the file leaf's pwritev and the one-by-one fallback. */
+static void test_pwritev_on(struct qimg_io *io, const char *what)
+{
+    uint8_t a[5000], c[3];
+    memset(a, 0x11, sizeof(a));
+    memset(c, 0x33, sizeof(c));
+    struct iovec iov[4] = {
+        {a, sizeof(a)}, {c, 0}, {c, sizeof(c)}, {a, 100},
+    };
+    /* Past the end: the gap before reads zero. */
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s: pwritev of 4 buffers", what);
+    tap_ok(io_pwritev(io, iov, 4, 1000) == 0, msg);
+    uint8_t buf[7000];
+    memset(buf, 0xee, sizeof(buf));
+    int ret = io_pread(io, buf, 1000 + 5103, 0);
+    snprintf(msg, sizeof(msg), "%s: pwritev wrote the buffers back to back",
+             what);
+    tap_ok(ret == 0 && all_bytes(buf, 1000, 0) &&
+               all_bytes(buf + 1000, 5000, 0x11) &&
+               all_bytes(buf + 6000, 3, 0x33) &&
+               all_bytes(buf + 6003, 100, 0x11),
+           msg);
+    snprintf(msg, sizeof(msg), "%s: size after pwritev", what);
+    tap_eq_u64((uint64_t)io_get_size(io), 6103, msg);
+}
+
+static void test_pwritev(void)
+{
+    struct qimg_io *io;
+    TAP_OK(io_file_open(tmp_path("vec"), IO_CREATE, &io) == 0);
+    test_pwritev_on(io, "file");
+    struct iovec many[IO_IOV_MAX + 1];
+    uint8_t b = 1;
+    for (int i = 0; i <= IO_IOV_MAX; i++) {
+        many[i] = (struct iovec){&b, 1};
+    }
+    tap_ok(io_pwritev(io, many, IO_IOV_MAX + 1, 0) == -EINVAL,
+           "file: pwritev refuses more than IO_IOV_MAX buffers");
+    tap_ok(io_pwritev(io, many, IO_IOV_MAX, 0) == 0,
+           "file: pwritev of IO_IOV_MAX buffers");
+    io_close(io);
+    TAP_OK(io_mem_open("vec", NULL, 0, IO_RDWR, &io) == 0);
+    test_pwritev_on(io, "mem");
+    io_close(io);
 }
 
 int main(void)
@@ -401,6 +449,7 @@ int main(void)
     }
     test_file_errors();
     test_file_io();
+    test_pwritev();
     test_locking();
     cleanup();
     return tap_done();

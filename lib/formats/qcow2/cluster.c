@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "core/error.h"
 #include "driver.h"
@@ -53,6 +54,8 @@ void qcow2_cluster_free(struct qcow2_state *s)
         s->l2_cache.slot[i].data = NULL;
         s->l2_cache.slot[i].host_off = 0;
     }
+    free(s->l2_cache.ra_buf);
+    s->l2_cache.ra_buf = NULL;
     free(s->z_in);
     free(s->z_out);
     s->z_in = NULL;
@@ -111,25 +114,67 @@ static int l2_write_slot(struct qimg_node *node, struct qcow2_state *s,
  * them (nothing else is written in between, so one sync orders them
  * all; a sync per slice cost rebase a fdatasync per dirty slice).
  */
+static int slot_by_offset(const void *a, const void *b)
+{
+    const struct qcow2_l2_slot *x = *(struct qcow2_l2_slot *const *)a;
+    const struct qcow2_l2_slot *y = *(struct qcow2_l2_slot *const *)b;
+    return x->host_off < y->host_off ? -1 : x->host_off > y->host_off;
+}
+
 int qcow2_l2_writeback(struct qimg_node *node, struct qcow2_state *s)
 {
-    bool synced = false;
+    /*
+     * In file order, and slices that follow each other on disk (the
+     * slices of one table) in one gathered write: one write per table,
+     * not per 4 KiB slice.
+     */
+    struct qcow2_l2_slot *dirty[QCOW2_L2_CACHE_SLOTS];
+    size_t nb = 0;
     for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
-        struct qcow2_l2_slot *sl = &s->l2_cache.slot[i];
-        if (!sl->dirty) {
-            continue;
+        if (s->l2_cache.slot[i].dirty) {
+            dirty[nb++] = &s->l2_cache.slot[i];
         }
-        int ret = 0;
-        if (!synced) {
-            ret = l2_sync_refcounts(node, s);
-            synced = true;
+    }
+    if (nb == 0) {
+        return 0;
+    }
+    int ret = l2_sync_refcounts(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    qsort(dirty, nb, sizeof(dirty[0]), slot_by_offset);
+    const size_t ss = s->l2_cache.slice_size;
+    size_t k = 0;
+    while (k < nb) {
+        size_t end = k + 1;
+        while (end < nb && end - k < IO_IOV_MAX &&
+               dirty[end]->host_off == dirty[end - 1]->host_off + ss) {
+            end++;
         }
-        if (ret == 0) {
-            ret = l2_write_synced(node, s, sl);
+        if (end == k + 1) {
+            ret = l2_write_synced(node, s, dirty[k]);
+        } else {
+            struct iovec iov[IO_IOV_MAX];
+            for (size_t i = k; i < end; i++) {
+                iov[i - k].iov_base = dirty[i]->data;
+                iov[i - k].iov_len = ss;
+            }
+            ret = io_pwritev(node->file, iov, (int)(end - k),
+                             dirty[k]->host_off);
+            if (ret < 0) {
+                return error_set_errno(-ret,
+                                       "%s: could not write the L2 table at "
+                                       "%#" PRIx64,
+                                       node->filename, dirty[k]->host_off);
+            }
+            for (size_t i = k; i < end; i++) {
+                dirty[i]->dirty = false;
+            }
         }
         if (ret < 0) {
             return ret;
         }
+        k = end;
     }
     return 0;
 }
@@ -167,6 +212,65 @@ int qcow2_l2_slice_rw(struct qimg_node *node, struct qcow2_state *s,
         }
     }
     return error_set(EIO, "qcow2: L2 cache lost a slice");
+}
+
+/* Is the slice at host offset off in the cache? */
+static bool slice_cached(const struct qcow2_l2_cache *c, uint64_t off)
+{
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        if (c->slot[i].host_off == off && c->slot[i].data) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A miss on the slice at slice_off reads the slices after it in its L2
+ * table too (QEMU reads whole tables when its cache covers the disk), so
+ * a walk over a table costs one read, not one per slice: those not
+ * cached (a cached one may be dirty and stops the run), into empty slots
+ * only (a read ahead never evicts), within QCOW2_L2_READAHEAD slices.
+ * Fills ahead[1, k) with the slots (ahead[0] is victim, the slot of
+ * slice_off) and returns k; 1: no read ahead (also when its buffer
+ * cannot be had).
+ */
+static size_t readahead_slots(struct qcow2_state *s, uint64_t slice_off,
+                              struct qcow2_l2_slot *victim,
+                              struct qcow2_l2_slot **ahead)
+{
+    struct qcow2_l2_cache *c = &s->l2_cache;
+    const uint64_t ss = c->slice_size;
+    uint64_t table_end = align_down_u64(slice_off, s->cluster_size) +
+                         s->cluster_size;
+    uint64_t max = min_u64((table_end - slice_off) / ss, QCOW2_L2_READAHEAD);
+    size_t k = 1;
+    ahead[0] = victim;
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS && k < max; i++) {
+        struct qcow2_l2_slot *sl = &c->slot[i];
+        if (sl == victim || sl->host_off != 0) {
+            continue;
+        }
+        uint64_t off = slice_off + k * ss;
+        if (slice_cached(c, off) || !qcow2_read_in_range(slice_off,
+                                                         (k + 1) * ss)) {
+            break;
+        }
+        if (!sl->data) {
+            sl->data = malloc(ss);
+            if (!sl->data) {
+                break;
+            }
+        }
+        ahead[k++] = sl;
+    }
+    if (k > 1 && !c->ra_buf) {
+        c->ra_buf = malloc(QCOW2_L2_READAHEAD * ss);
+        if (!c->ra_buf) {
+            return 1;
+        }
+    }
+    return k;
 }
 
 /*
@@ -217,15 +321,30 @@ static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
     victim->host_off = 0;
     victim->last_use = 0;
     victim->dirty = false;
-    int ret = io_pread(node->file, victim->data, c->slice_size, slice_off);
+    struct qcow2_l2_slot *ahead[QCOW2_L2_READAHEAD];
+    size_t k = readahead_slots(s, slice_off, victim, ahead);
+    int ret = k > 1 ? io_pread(node->file, c->ra_buf, k * c->slice_size,
+                               slice_off)
+                    : io_pread(node->file, victim->data, c->slice_size,
+                               slice_off);
     if (ret < 0) {
         return error_set_errno(-ret,
                                "qcow2: could not read L2 table of "
                                "'%s' at offset %#" PRIx64,
                                node->filename, slice_off);
     }
+    if (k > 1) {
+        memcpy(victim->data, c->ra_buf, c->slice_size);
+    }
     victim->host_off = slice_off;
     victim->last_use = ++c->clock;
+    for (size_t i = 1; i < k; i++) {
+        memcpy(ahead[i]->data, c->ra_buf + i * c->slice_size,
+               c->slice_size);
+        ahead[i]->host_off = slice_off + i * c->slice_size;
+        ahead[i]->last_use = victim->last_use;
+        ahead[i]->dirty = false;
+    }
     *out = victim->data;
     return 0;
 }

@@ -312,6 +312,11 @@ struct qcow2_bitmap_list {
  */
 #define QCOW2_L2_SLICE_MAX 4096u
 #define QCOW2_L2_CACHE_SLOTS 256u
+/*
+ * At most this many slices of one L2 table are read at once (a miss
+ * reads the slices after it too, into empty slots; cluster.c).
+ */
+#define QCOW2_L2_READAHEAD 16u
 
 struct qcow2_l2_slot {
     uint64_t host_off; /* file offset of the slice; 0 = empty slot */
@@ -324,6 +329,8 @@ struct qcow2_l2_cache {
     struct qcow2_l2_slot slot[QCOW2_L2_CACHE_SLOTS];
     uint64_t clock;
     size_t slice_size; /* min(cluster_size, QCOW2_L2_SLICE_MAX) */
+    /* QCOW2_L2_READAHEAD slices, for a read ahead; allocated at its use. */
+    uint8_t *ra_buf;
 };
 
 /* QEMU's (sub)cluster types [spec: Cluster mapping, Extended L2 Entries]. */
@@ -481,6 +488,11 @@ struct qcow2_state {
     /* Scratch buffers of one cluster (COW, compression). */
     uint8_t *cow_buf;
     uint8_t *zbuf;
+    /*
+     * A second COW buffer, for a write batch (write.c) whose first and
+     * last clusters both copy bytes in; allocated at its first use.
+     */
+    uint8_t *cow_buf2;
 };
 
 /* ---- header.c ---------------------------------------------------------- */

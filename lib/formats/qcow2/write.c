@@ -12,12 +12,15 @@
  * backing file copies one subcluster, not a whole cluster.
  *
  * Whole-cluster runs that need new clusters are written with one host
- * write into contiguous new clusters (the path convert takes).
+ * write into contiguous new clusters (the path convert takes), and the
+ * partial clusters at either end of a guest write join that host write
+ * when they follow on the host (see struct batch).
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "core/error.h"
 #include "driver.h"
@@ -125,7 +128,8 @@ void qcow2_write_free(struct qcow2_state *s)
     qcow2_refcount_free(s);
     free(s->cow_buf);
     free(s->zbuf);
-    s->cow_buf = s->zbuf = NULL;
+    free(s->cow_buf2);
+    s->cow_buf = s->zbuf = s->cow_buf2 = NULL;
     s->write_ready = false;
 }
 
@@ -499,6 +503,200 @@ static int write_host(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
+/* The whole-cluster mask of an extended L2 bitmap. */
+static uint64_t all_alloc(const struct qcow2_state *s)
+{
+    return s->subclusters_per_cluster > 1 ? BITMAP_ALLOC_MASK : 0;
+}
+
+/* ---- Write batches ---------------------------------------------------- */
+
+/*
+ * The clusters of one guest write are prepared first (entries loaded,
+ * new clusters allocated, bytes to copy in read), their host bytes
+ * queued as segments; then every run of segments that follow each other
+ * on the host goes out as one write; then the L2 entries are stored and
+ * old clusters released, in cluster order.  So a convert chunk that
+ * starts inside a cluster it owns already and ends inside a new one is
+ * one host write (it was three: the head in place, the whole clusters,
+ * the tail with its zero padding), and no entry names a cluster before
+ * its data was issued, as before.
+ *
+ * Invariants: a batch's clusters are in one L2 table, so only its first
+ * L2 access can copy a shared table (l2_table_rw, through cow_buf), and
+ * that comes before any bytes of the batch are in cow_buf.  Segments
+ * point into the caller's buffer or into one of the two COW buffers, at
+ * most one partial cluster each, untouched until the batch is written.
+ * Allocations happen in the same order as cluster by cluster, so the
+ * file's layout (and its bytes) are the same.
+ */
+#define BATCH_SEGS IO_IOV_MAX
+#define BATCH_STORES 16
+
+struct batch_seg {
+    uint64_t host;
+    const uint8_t *p;
+    uint64_t len;
+};
+
+enum batch_store_kind {
+    STORE_PARTIAL, /* one cluster: entry and bitmap, maybe release old */
+    STORE_OWNED,   /* count owned clusters rewritten in place from host */
+    STORE_NEW,     /* count new clusters from host, old ones released */
+};
+
+struct batch_store {
+    enum batch_store_kind kind;
+    uint64_t cluster, count, host;
+    uint64_t entry, bitmap;   /* STORE_PARTIAL */
+    bool release;             /* STORE_PARTIAL: the old cluster goes */
+    struct cluster_state old; /* STORE_PARTIAL */
+};
+
+struct batch {
+    struct batch_seg seg[BATCH_SEGS];
+    int nb_seg;
+    struct batch_store st[BATCH_STORES];
+    int nb_st;
+    unsigned nb_cow; /* COW buffers holding bytes of the batch */
+    uint64_t table;  /* the L1 index of its clusters (nb_st > 0) */
+};
+
+static void batch_init(struct batch *b)
+{
+    b->nb_seg = 0;
+    b->nb_st = 0;
+    b->nb_cow = 0;
+    b->table = 0;
+}
+
+/* Queue host bytes; merged with the last segment when both follow on. */
+static void batch_seg(struct batch *b, uint64_t host, const uint8_t *p,
+                      uint64_t len)
+{
+    if (b->nb_seg > 0) {
+        struct batch_seg *l = &b->seg[b->nb_seg - 1];
+        if (l->host + l->len == host && l->p + l->len == p) {
+            l->len += len;
+            return;
+        }
+    }
+    b->seg[b->nb_seg++] = (struct batch_seg){host, p, len};
+}
+
+static struct batch_store *batch_store(struct batch *b,
+                                       enum batch_store_kind kind,
+                                       uint64_t cluster)
+{
+    struct batch_store *st = &b->st[b->nb_st++];
+    memset(st, 0, sizeof(*st));
+    st->kind = kind;
+    st->cluster = cluster;
+    return st;
+}
+
+/* A COW buffer no segment of the batch points into yet. */
+static uint8_t *batch_cow_buf(struct qcow2_state *s, struct batch *b)
+{
+    if (b->nb_cow == 0) {
+        return s->cow_buf;
+    }
+    if (!s->cow_buf2) {
+        s->cow_buf2 = malloc((size_t)s->cluster_size);
+        if (!s->cow_buf2) {
+            error_set(ENOMEM, "Out of memory");
+        }
+    }
+    return s->cow_buf2;
+}
+
+/* The segments: one write per run that is contiguous on the host. */
+static int batch_write(struct qimg_node *node, struct qcow2_state *s,
+                       const struct batch *b)
+{
+    int k = 0;
+    while (k < b->nb_seg) {
+        int end = k + 1;
+        uint64_t host = b->seg[k].host;
+        uint64_t next = host + b->seg[k].len;
+        while (end < b->nb_seg && b->seg[end].host == next) {
+            next += b->seg[end].len;
+            end++;
+        }
+        if (end == k + 1) {
+            int ret = write_host(node, s, b->seg[k].p, b->seg[k].len, host);
+            if (ret < 0) {
+                return ret;
+            }
+            k = end;
+            continue;
+        }
+        struct iovec iov[BATCH_SEGS];
+        for (int i = k; i < end; i++) {
+            iov[i - k].iov_base = (void *)b->seg[i].p;
+            iov[i - k].iov_len = (size_t)b->seg[i].len;
+        }
+        int ret = io_pwritev(data_io(node, s), iov, end - k, host);
+        if (ret < 0) {
+            return error_set_errno(-ret,
+                                   "%s: could not write guest data at host "
+                                   "offset %#" PRIx64,
+                                   data_io(node, s)->filename, host);
+        }
+        k = end;
+    }
+    return 0;
+}
+
+/* Write the batch's data, then store its entries; empties it. */
+static int batch_finish(struct qimg_node *node, struct qcow2_state *s,
+                        struct batch *b)
+{
+    const uint64_t cs = s->cluster_size;
+    int ret = batch_write(node, s, b);
+    for (int k = 0; ret == 0 && k < b->nb_st; k++) {
+        const struct batch_store *st = &b->st[k];
+        switch (st->kind) {
+        case STORE_PARTIAL:
+            ret = store_cluster(node, s, st->cluster, st->entry, st->bitmap);
+            if (ret == 0 && st->release) {
+                ret = release_old(node, s, &st->old);
+            }
+            if (st->old.compressed) {
+                s->z_valid = false;
+            }
+            break;
+        case STORE_OWNED:
+            for (uint64_t i = 0; ret == 0 && i < st->count; i++) {
+                ret = store_cluster(node, s, st->cluster + i,
+                                    (st->host + i * cs) | QCOW2_OFLAG_COPIED,
+                                    all_alloc(s));
+            }
+            break;
+        case STORE_NEW:
+            for (uint64_t i = 0; ret == 0 && i < st->count; i++) {
+                struct cluster_state d = {0};
+                ret = load_cluster(node, s, st->cluster + i, &d);
+                if (ret == 0) {
+                    ret = store_cluster(node, s, st->cluster + i,
+                                        (st->host + i * cs) |
+                                            QCOW2_OFLAG_COPIED,
+                                        all_alloc(s));
+                }
+                if (ret == 0) {
+                    ret = release_old(node, s, &d);
+                }
+                if (d.compressed) {
+                    s->z_valid = false;
+                }
+            }
+            break;
+        }
+    }
+    batch_init(b);
+    return ret;
+}
+
 /*
  * The current guest bytes [lo, lo + n) of cluster (offsets within the
  * cluster, inside one subcluster) into buf.
@@ -537,10 +735,12 @@ static int read_old(struct qimg_node *node, struct qcow2_state *s,
  * Write buf (NULL: zeros) over [in, in + n) of one guest cluster, the
  * general case: per subcluster, the bytes the write does not cover are
  * filled from the old contents when the subcluster gets a new home.
+ * Queued in batch b (which has room for a segment per subcluster and a
+ * store, and a COW buffer free).
  */
 static int write_partial(struct qimg_node *node, struct qcow2_state *s,
-                         uint64_t cluster, const uint8_t *buf, uint64_t in,
-                         uint64_t n)
+                         struct batch *b, uint64_t cluster,
+                         const uint8_t *buf, uint64_t in, uint64_t n)
 {
     struct cluster_state c;
     int ret = load_cluster(node, s, cluster, &c);
@@ -558,9 +758,10 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
             return ret;
         }
     }
-    uint8_t *cb = s->cow_buf;
+    /* Taken at its first use: an in-place data write needs none. */
+    uint8_t *cb = NULL;
     uint64_t alloc_bits = 0;
-    /* Byte runs of cb to write, coalesced. */
+    /* Byte runs of the cluster written in place, for the overlap check. */
     uint64_t run_lo = 0, run_hi = 0;
     for (unsigned j = 0; j < spc; j++) {
         uint64_t lo = (uint64_t)j * scs, hi = lo + scs;
@@ -574,96 +775,101 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
             }
             continue;
         }
-        uint64_t a = lo, b = hi; /* bytes of cb to write for j */
-        if (touched) {
-            uint64_t wlo = max_u64(in, lo), whi = min_u64(in + n, hi);
-            if (in_place && k == SC_DATA) {
-                /* Ours already: only the new bytes go out. */
-                a = wlo;
-                b = whi;
-            } else if (wlo > lo || whi < hi) {
-                ret = read_old(node, s, cluster, &c, k, cb + lo, 0 + lo,
-                               scs);
+        uint64_t a = lo, e = hi; /* bytes of the cluster to write for j */
+        const uint8_t *from = NULL; /* where they are */
+        if (touched && in_place && k == SC_DATA && buf) {
+            /* Ours already: only the new bytes go out, from buf. */
+            a = max_u64(in, lo);
+            e = min_u64(in + n, hi);
+            from = buf + (a - in);
+        } else {
+            if (!cb) {
+                cb = batch_cow_buf(s, b);
+                if (!cb) {
+                    return -ENOMEM;
+                }
+                b->nb_cow++;
+            }
+            if (touched) {
+                uint64_t wlo = max_u64(in, lo), whi = min_u64(in + n, hi);
+                if (in_place && k == SC_DATA) {
+                    /* Ours already: only the new (zero) bytes go out. */
+                    a = wlo;
+                    e = whi;
+                } else if (wlo > lo || whi < hi) {
+                    ret = read_old(node, s, cluster, &c, k, cb + lo, lo,
+                                   scs);
+                    if (ret < 0) {
+                        return ret;
+                    }
+                }
+                if (buf) {
+                    memcpy(cb + wlo, buf + (wlo - in), (size_t)(whi - wlo));
+                } else {
+                    memset(cb + wlo, 0, (size_t)(whi - wlo));
+                }
+            } else {
+                ret = read_old(node, s, cluster, &c, k, cb + lo, lo, scs);
                 if (ret < 0) {
                     return ret;
                 }
             }
-            if (buf) {
-                memcpy(cb + wlo, buf + (wlo - in), (size_t)(whi - wlo));
-            } else {
-                memset(cb + wlo, 0, (size_t)(whi - wlo));
-            }
-        } else {
-            ret = read_old(node, s, cluster, &c, k, cb + lo, lo, scs);
-            if (ret < 0) {
-                return ret;
-            }
+            from = cb + a;
         }
         alloc_bits |= 1ull << j;
+        batch_seg(b, target + a, from, e - a);
         if (run_hi == a && run_hi > run_lo) {
-            run_hi = b;
+            run_hi = e;
             continue;
         }
-        if (run_hi > run_lo) {
-            if (in_place && !s->has_data_file) {
-                ret = qcow2_overlap_check(node, s, target + run_lo,
-                                          run_hi - run_lo);
-            }
-            if (ret == 0) {
-                ret = write_host(node, s, cb + run_lo, run_hi - run_lo,
-                                 target + run_lo);
-            }
+        if (run_hi > run_lo && in_place && !s->has_data_file) {
+            ret = qcow2_overlap_check(node, s, target + run_lo,
+                                      run_hi - run_lo);
             if (ret < 0) {
                 return ret;
             }
         }
         run_lo = a;
-        run_hi = b;
+        run_hi = e;
     }
-    if (run_hi > run_lo) {
-        if (in_place && !s->has_data_file) {
-            ret = qcow2_overlap_check(node, s, target + run_lo,
-                                      run_hi - run_lo);
-        }
-        if (ret == 0) {
-            ret = write_host(node, s, cb + run_lo, run_hi - run_lo,
-                             target + run_lo);
-        }
+    if (run_hi > run_lo && in_place && !s->has_data_file) {
+        ret = qcow2_overlap_check(node, s, target + run_lo, run_hi - run_lo);
         if (ret < 0) {
             return ret;
         }
     }
-    uint64_t entry = target | QCOW2_OFLAG_COPIED;
-    uint64_t bitmap = 0;
+    struct batch_store *st = batch_store(b, STORE_PARTIAL, cluster);
+    st->entry = target | QCOW2_OFLAG_COPIED;
     if (spc > 1) {
         uint64_t zero = c.compressed ? 0 : (c.bitmap >> 32);
-        bitmap = alloc_bits | ((zero & ~alloc_bits) << 32);
+        st->bitmap = alloc_bits | ((zero & ~alloc_bits) << 32);
     }
-    ret = store_cluster(node, s, cluster, entry, bitmap);
-    if (ret == 0 && !in_place) {
-        ret = release_old(node, s, &c);
-    }
-    if (c.compressed) {
-        s->z_valid = false;
-    }
-    return ret;
+    st->release = !in_place;
+    st->old = c;
+    return 0;
 }
 
-/* The whole-cluster mask of an extended L2 bitmap. */
-static uint64_t all_alloc(const struct qcow2_state *s)
+/* write_partial on its own (the zero paths): queued and written at once. */
+static int write_partial_now(struct qimg_node *node, struct qcow2_state *s,
+                             uint64_t cluster, const uint8_t *buf,
+                             uint64_t in, uint64_t n)
 {
-    return s->subclusters_per_cluster > 1 ? BITMAP_ALLOC_MASK : 0;
+    struct batch b;
+    batch_init(&b);
+    int ret = write_partial(node, s, &b, cluster, buf, in, n);
+    return ret < 0 ? ret : batch_finish(node, s, &b);
 }
 
 /*
  * Whole clusters [cluster, cluster + count) from buf, count > 0, all in
- * one L2 slice.  Returns the clusters written (a prefix of one kind:
- * new contiguous clusters, or owned clusters that are contiguous on the
- * host), or -errno.
+ * one L2 slice, queued in batch b (room for a segment and a store).
+ * Returns the clusters queued (a prefix of one kind: new contiguous
+ * clusters, or owned clusters that are contiguous on the host), or
+ * -errno.
  */
 static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
-                           uint64_t cluster, const uint8_t *buf,
-                           uint64_t count)
+                           struct batch *b, uint64_t cluster,
+                           const uint8_t *buf, uint64_t count)
 {
     const uint64_t cs = s->cluster_size;
     struct cluster_state c;
@@ -689,16 +895,15 @@ static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
         }
         if (!s->has_data_file) {
             ret = qcow2_overlap_check(node, s, host, n * cs);
+            if (ret < 0) {
+                return ret;
+            }
         }
-        if (ret == 0) {
-            ret = write_host(node, s, buf, n * cs, host);
-        }
-        for (uint64_t i = 0; ret == 0 && i < n; i++) {
-            ret = store_cluster(node, s, cluster + i,
-                                (host + i * cs) | QCOW2_OFLAG_COPIED,
-                                all_alloc(s));
-        }
-        return ret < 0 ? ret : (int64_t)n;
+        batch_seg(b, host, buf, n * cs);
+        struct batch_store *st = batch_store(b, STORE_OWNED, cluster);
+        st->count = n;
+        st->host = host;
+        return (int64_t)n;
     }
     /* New clusters: as many of the following non-owned ones as fit. */
     while (n < count) {
@@ -717,23 +922,11 @@ static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
     if (ret < 0) {
         return ret;
     }
-    ret = write_host(node, s, buf, got * cs, host);
-    for (uint64_t i = 0; ret == 0 && i < got; i++) {
-        struct cluster_state d;
-        ret = load_cluster(node, s, cluster + i, &d);
-        if (ret == 0) {
-            ret = store_cluster(node, s, cluster + i,
-                                (host + i * cs) | QCOW2_OFLAG_COPIED,
-                                all_alloc(s));
-        }
-        if (ret == 0) {
-            ret = release_old(node, s, &d);
-        }
-        if (d.compressed) {
-            s->z_valid = false;
-        }
-    }
-    return ret < 0 ? ret : (int64_t)got;
+    batch_seg(b, host, buf, got * cs);
+    struct batch_store *st = batch_store(b, STORE_NEW, cluster);
+    st->count = got;
+    st->host = host;
+    return (int64_t)got;
 }
 
 /* Clusters from cluster to the end of its L2 slice. */
@@ -751,12 +944,26 @@ int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
     int ret = write_prepare(node, s);
     const uint8_t *p = buf;
     const uint64_t cs = s->cluster_size;
+    struct batch b;
+    batch_init(&b);
     while (ret == 0 && len > 0) {
         uint64_t cluster = off >> s->cluster_bits;
         uint64_t in = off & (cs - 1);
+        uint64_t table = cluster >> s->l2_bits;
+        /* A new batch at a new L2 table, or when this one is full. */
+        if (b.nb_st > 0 &&
+            (table != b.table || b.nb_st == BATCH_STORES ||
+             b.nb_seg + (int)s->subclusters_per_cluster > BATCH_SEGS ||
+             b.nb_cow == 2)) {
+            ret = batch_finish(node, s, &b);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        b.table = table;
         if (in == 0 && len >= cs) {
             uint64_t count = min_u64(len / cs, slice_left(s, cluster));
-            int64_t done = write_whole(node, s, cluster, p, count);
+            int64_t done = write_whole(node, s, &b, cluster, p, count);
             if (done < 0) {
                 return (int)done;
             }
@@ -766,10 +973,13 @@ int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
             continue;
         }
         uint64_t n = min_u64(len, cs - in);
-        ret = write_partial(node, s, cluster, p, in, n);
+        ret = write_partial(node, s, &b, cluster, p, in, n);
         p += n;
         off += n;
         len -= n;
+    }
+    if (ret == 0) {
+        ret = batch_finish(node, s, &b);
     }
     return ret;
 }
@@ -858,7 +1068,8 @@ static int zero_cluster(struct qimg_node *node, struct qcow2_state *s,
             ret = store_cluster(node, s, cluster, 0, 0);
             return ret < 0 ? ret : release_old(node, s, &c);
         }
-        return write_partial(node, s, cluster, NULL, 0, s->cluster_size);
+        return write_partial_now(node, s, cluster, NULL, 0,
+                                 s->cluster_size);
     }
     bool keep = c.owned && (!unmap || s->has_data_file);
     uint64_t entry, bitmap = 0;
@@ -904,8 +1115,8 @@ static int zero_subclusters(struct qimg_node *node, struct qcow2_state *s,
     if (c.compressed || (c.has_host && !c.owned)) {
         /* Shared or compressed: rewrite the cluster with zeros there. */
         uint64_t scs = s->subcluster_size;
-        return write_partial(node, s, cluster, NULL, j0 * scs,
-                             (uint64_t)(j1 - j0 + 1) * scs);
+        return write_partial_now(node, s, cluster, NULL, j0 * scs,
+                                 (uint64_t)(j1 - j0 + 1) * scs);
     }
     uint64_t mask = 0;
     for (unsigned j = j0; j <= j1; j++) {
@@ -929,7 +1140,7 @@ static int zero_in_cluster(struct qimg_node *node, struct qcow2_state *s,
     const bool extl2 = s->subclusters_per_cluster > 1;
     const uint64_t g = extl2 ? s->subcluster_size : s->cluster_size;
     if (s->hdr.version < 3 && node->backing) {
-        return write_partial(node, s, cluster, NULL, lo, hi - lo);
+        return write_partial_now(node, s, cluster, NULL, lo, hi - lo);
     }
     int ret = 0;
     uint64_t pos = lo;
@@ -947,7 +1158,8 @@ static int zero_in_cluster(struct qimg_node *node, struct qcow2_state *s,
                 break;
             }
             if (ret == 0) {
-                ret = write_partial(node, s, cluster, NULL, pos, end - pos);
+                ret = write_partial_now(node, s, cluster, NULL, pos,
+                                        end - pos);
                 pos = end;
                 continue;
             }
@@ -986,7 +1198,7 @@ int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
         }
         if (s->hdr.version < 3 && (flags & ZERO_UNDER_NEW_BACKING)) {
             /* v2 has no zero entries to keep a backing file hidden. */
-            ret = write_partial(node, s, cluster, NULL, in, hi - in);
+            ret = write_partial_now(node, s, cluster, NULL, in, hi - in);
         } else {
             ret = zero_in_cluster(node, s, cluster, in, hi, unmap);
         }
