@@ -266,10 +266,11 @@ struct qimg_format_ops {
     int (*amend)(struct qimg_node *node, const struct qimg_opts *opts,
                  qimg_progress_fn progress, void *opaque, unsigned flags);
     /*
-     * A new image does not read as zeros (luks: zero bytes in the file
-     * decrypt to noise), so convert writes the zero ranges too.
+     * False when a freshly created image does not read as zeros (luks,
+     * or preallocated encrypted qcow2: zero bytes in the file decrypt
+     * to noise), so convert writes the zero ranges too.  NULL: true.
      */
-    bool no_zero_init;
+    bool (*has_zero_init)(struct qimg_node *node);
     /* Creation: option table and the function. */
     const struct qimg_opt_desc *create_opts;
     int (*create)(const char *filename, const struct qimg_opts *opts);

@@ -261,6 +261,13 @@ static int luks_pwrite_zeroes(struct qimg_node *node, uint64_t off,
     return 0;
 }
 
+/* Zero bytes in the file decrypt to noise. */
+static bool luks_has_zero_init(struct qimg_node *node)
+{
+    (void)node;
+    return false;
+}
+
 static int luks_flush(struct qimg_node *node)
 {
     return node_sync(node, node->file);
@@ -427,5 +434,5 @@ const struct qimg_format_ops format_luks = {
     .get_info = luks_get_info,
     .create_opts = luks_create_opts,
     .create = luks_create,
-    .no_zero_init = true,
+    .has_zero_init = luks_has_zero_init,
 };

@@ -1395,7 +1395,9 @@ int qimg_convert(const struct qimg_convert_params *params)
      */
     c.zero_init = params->target_is_zero ||
                   (!params->no_create && params->sparse_size != 0 &&
-                   !c.has_backing && !c.dst->top->drv->no_zero_init);
+                   !c.has_backing &&
+                   (!c.dst->top->drv->has_zero_init ||
+                    c.dst->top->drv->has_zero_init(c.dst->top)));
 
     if (start_workers(&c) < 0) {
         stop_workers(&c);

@@ -308,6 +308,73 @@ for f in w1.luks w3.luks w4.luks; do
     pass
 done
 
+# 6. Encrypted qcow2 written by qimg: create's refusals as qemu-img's;
+# created and converted images (LUKS in several families, legacy AES, v2,
+# 4 KiB clusters, extended L2, preallocation) read back by qemu-img as
+# the source and check clean; guest writes into qemu-img's encrypted
+# images read as qemu-io's same writes.
+for o in "encrypt.format=foo" "encrypt.format=luks" "encrypt.format=aes" \
+    "encryption=on" "encryption=on,encrypt.format=luks,encrypt.key-secret=sec0" \
+    "encrypt.key-secret=sec0" "encrypt.cipher-alg=aes-128" \
+    "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=foo" \
+    "encrypt.format=aes,encrypt.key-secret=sec0,encrypt.cipher-alg=aes-128" \
+    "encrypt.format=luks,encrypt.key-secret=nosuch" \
+    "encrypt.format=aes,encrypt.key-secret=nosuch"; do
+    rm -f ce.qcow2
+    same_out "qcow2 create $o" create -f qcow2 $SEC -o "$o" ce.qcow2 1M
+done
+n=0
+for o in "encrypt.format=luks" \
+    "encrypt.format=luks,cluster_size=4k,encrypt.cipher-alg=twofish-128" \
+    "encrypt.format=luks,compat=0.10,encrypt.cipher-alg=serpent-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv" \
+    "encrypt.format=luks,extended_l2=on" \
+    "encrypt.format=luks,preallocation=metadata" \
+    "encrypt.format=luks,preallocation=falloc" \
+    "encrypt.format=aes" "encryption=on,compat=0.10" \
+    "encrypt.format=aes,preallocation=full"; do
+    n=$((n + 1))
+    f=cv$n.qcow2
+    rm -f "$f"
+    lo=$o
+    [[ $o == *luks* ]] && lo="$o,encrypt.iter-time=1"
+    "$QIMG" convert $SEC -O qcow2 -o "encrypt.key-secret=sec0,$lo" src.raw \
+        "$f" 2>got.err ||
+        { fail "qimg convert -O qcow2 $o" "$(cat got.err)"; continue; }
+    out=$("$QEMU_IMG" compare $SEC --image-opts \
+        "driver=qcow2,file.filename=$f,encrypt.key-secret=sec0" \
+        driver=raw,file.filename=src.raw 2>&1) ||
+        fail "convert -O qcow2 $o: qemu-img compare" "$out"
+    out=$("$QEMU_IMG" check $SEC --image-opts \
+        "driver=qcow2,file.filename=$f,encrypt.key-secret=sec0" 2>&1) ||
+        fail "convert -O qcow2 $o: qemu-img check" "$out"
+    pass
+done
+same_out "qcow2: compressed and encrypted" convert -c $SEC -O qcow2 \
+    -o encrypt.format=aes,encrypt.key-secret=sec0 src.raw cc.qcow2
+for f in q1.qcow2 q3.qcow2 aes.qcow2; do
+    [ -f "$f" ] || continue
+    cp "$f" "i$f"
+    cp "$f" "w$f"
+    QIMG_WRITE_KEY=encrypt.key-secret:abc "$W" "i$f" qcow2 \
+        w:1000:3000:0x66 w:4097:1:0x67 z:5000:700 w:8192:1048576:0x11 \
+        z:2M:64k w:3145000:732:0x22 w:0:65536:0x44 w:131072:200000:0x55 \
+        z:3145728:65536 o w:777:1:0x01 || fail "$f: qimg writes"
+    io $SEC --image-opts "driver=qcow2,file.filename=w$f,encrypt.key-secret=sec0" \
+        -c 'write -P 0x66 1000 3000' -c 'write -P 0x67 4097 1' \
+        -c 'write -z 5000 700' -c 'write -P 0x11 8192 1M' \
+        -c 'write -z 2M 64k' -c 'write -P 0x22 3145000 732' \
+        -c 'write -P 0x44 0 65536' -c 'write -P 0x55 131072 200000' \
+        -c 'write -z 3145728 65536' -c 'write -P 0x01 777 1'
+    out=$("$QEMU_IMG" compare $SEC --image-opts \
+        "driver=qcow2,file.filename=i$f,encrypt.key-secret=sec0" \
+        "driver=qcow2,file.filename=w$f,encrypt.key-secret=sec0" 2>&1) ||
+        fail "$f: writes read differently" "$out"
+    out=$("$QEMU_IMG" check $SEC --image-opts \
+        "driver=qcow2,file.filename=i$f,encrypt.key-secret=sec0" 2>&1) ||
+        fail "$f: qemu-img check after writes" "$out"
+    pass
+done
+
 # qcow's encrypted clusters are not written by qimg (yet): refused.
 expect_status "aes qcow: write refused" 1 "$QIMG" convert -n -O qcow \
     $SEC --target-image-opts plain.qcow2 \

@@ -10,8 +10,14 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/secret.h"
+#include "crypto/cipher.h"
+#include "crypto/encrypt_opts.h"
+#include "crypto/kdf.h"
+#include "crypto/luks1.h"
 #include "driver.h"
 #include "formats/qcow2/qcow2.h"
+#include "util/checked.h"
 #include "util/endian.h"
 
 /* The order is QEMU's: it governs the "Formatting ..." line. */
@@ -73,6 +79,7 @@ static const struct {
 #define EXT_BACKING_FORMAT 0xE2792ACAu
 #define EXT_FEATURE_TABLE 0x6803F857u
 #define EXT_DATA_FILE 0x44415441u
+#define EXT_CRYPTO_HEADER 0x0537BE77u
 /* QEMU's limit on the active L1 table. */
 #define MAX_L1_BYTES (32u * 1024 * 1024)
 
@@ -94,6 +101,12 @@ struct create_params {
     unsigned refcount_order;
     uint8_t compression_type;
     const char *backing_file, *backing_fmt, *data_file;
+    /* Encryption: QCOW2_CRYPT_NONE, _AES or _LUKS, with its choices. */
+    uint32_t crypt_method;
+    const char *key_secret;
+    struct luks1_create_opts luks;
+    /* Set by write_image: the LUKS header area's place (bytes). */
+    uint64_t crypto_offset, crypto_length;
 };
 
 /* A boolean option (already type-checked), or def when unset. */
@@ -110,6 +123,56 @@ static const char *v3_only = "only supported with compatibility level 1.1 "
                              "and above (use version=v3 or greater)";
 
 /* The checks of qcow2_co_create, in QEMU's order and with its words. */
+/*
+ * [QEMU] encrypt.format (or its deprecated alias encryption=on, meaning
+ * aes) picks the method; the other encrypt.* options belong to it: aes
+ * takes only key-secret, luks the LUKS choices (crypto/luks1.c).
+ */
+static int parse_encryption(const struct qimg_opts *opts,
+                            struct create_params *p)
+{
+    static const char *const luks_only[] = {
+        "encrypt.cipher-alg", "encrypt.cipher-mode", "encrypt.ivgen-alg",
+        "encrypt.ivgen-hash-alg", "encrypt.hash-alg", "encrypt.iter-time"};
+    const char *format = qimg_opts_get(opts, "encrypt.format");
+    const char *alias = qimg_opts_get(opts, "encryption");
+    bool aes_alias = alias && bool_text(alias, false);
+    if (format && alias) {
+        return error_set(EINVAL, "'encrypt.format' and its alias "
+                         "'encryption' can't be used at the same time");
+    }
+    if (aes_alias) {
+        format = "aes";
+    }
+    p->key_secret = qimg_opts_get(opts, "encrypt.key-secret");
+    bool any = p->key_secret != NULL;
+    for (size_t i = 0; i < sizeof(luks_only) / sizeof(luks_only[0]); i++) {
+        any = any || qimg_opts_get(opts, luks_only[i]);
+    }
+    if (!format) {
+        return any ? error_set(EINVAL, "Parameter 'encrypt.format' is "
+                               "missing")
+                   : 0;
+    }
+    if (strcmp(format, "aes") == 0) {
+        for (size_t i = 0; i < sizeof(luks_only) / sizeof(luks_only[0]);
+             i++) {
+            if (qimg_opts_get(opts, luks_only[i])) {
+                return error_set(EINVAL, "Parameter '%s' is unexpected",
+                                 luks_only[i]);
+            }
+        }
+        p->crypt_method = QCOW2_CRYPT_AES;
+        return 0;
+    }
+    if (strcmp(format, "luks") != 0) {
+        return error_set(EINVAL, "Parameter 'format' does not accept value "
+                         "'%s'", format);
+    }
+    p->crypt_method = QCOW2_CRYPT_LUKS;
+    return luks1_create_opts_parse(opts, "encrypt.", &p->luks);
+}
+
 static int parse_params(const struct qimg_opts *opts,
                         struct create_params *p)
 {
@@ -145,17 +208,9 @@ static int parse_params(const struct qimg_opts *opts,
                          "accept value '%s'", v);
     }
     p->compression_type = v && strcmp(v, "zstd") == 0 ? 1 : 0;
-    if (qimg_opts_get(opts, "encryption") &&
-        bool_text(qimg_opts_get(opts, "encryption"), false)) {
-        return error_set(ENOTSUP, "Encrypted qcow2 creation is not "
-                         "implemented yet");
-    }
-    for (const struct qimg_opt_desc *d = qcow2_create_opts; d->name; d++) {
-        if (strncmp(d->name, "encrypt.", 8) == 0 &&
-            qimg_opts_get(opts, d->name)) {
-            return error_set(ENOTSUP, "Encrypted qcow2 creation is not "
-                             "implemented yet");
-        }
+    int ret = parse_encryption(opts, p);
+    if (ret < 0) {
+        return ret;
     }
 
     p->cluster_size = 65536;
@@ -264,6 +319,7 @@ static int build_header(const struct create_params *p, uint64_t l1_size,
     store_be64(buf + 24, p->size);
     store_be32(buf + 36, (uint32_t)l1_size);
     store_be64(buf + 40, l1_offset);
+    store_be32(buf + 32, p->crypt_method);
     store_be64(buf + 48, cs);
     store_be32(buf + 56, 1);
     size_t pos = 72;
@@ -300,6 +356,12 @@ static int build_header(const struct create_params *p, uint64_t l1_size,
     if (ok && p->data_file) {
         ok = put_ext(buf, cs, &pos, EXT_DATA_FILE, p->data_file,
                      strlen(p->data_file));
+    }
+    if (ok && p->crypto_length) {
+        uint8_t ext[16];
+        store_be64(ext, p->crypto_offset);
+        store_be64(ext + 8, p->crypto_length);
+        ok = put_ext(buf, cs, &pos, EXT_CRYPTO_HEADER, ext, sizeof(ext));
     }
     if (ok && p->version >= 3 && cs > 4096) {
         uint8_t table[sizeof(feature_names) / sizeof(feature_names[0])][48];
@@ -727,7 +789,35 @@ static int write_refblocks(struct qimg_io *io, const struct create_params *p,
     return 0;
 }
 
-static int write_image(struct qimg_io *io, const struct create_params *p)
+/*
+ * The key of an encrypted image: legacy AES needs only its password
+ * checked; LUKS makes its header area (crypto/luks1.c) for write_image.
+ */
+static int make_crypto_area(const struct create_params *p, uint8_t **area,
+                            size_t *len)
+{
+    *area = NULL;
+    *len = 0;
+    if (p->crypt_method == QCOW2_CRYPT_NONE) {
+        return 0;
+    }
+    char *password;
+    size_t plen;
+    int ret = crypto_password(p->key_secret, "encrypt.key-secret", &password,
+                              &plen);
+    if (ret < 0 || p->crypt_method == QCOW2_CRYPT_AES) {
+        secret_free(password, plen);
+        return ret;
+    }
+    struct sector_cipher *cipher = NULL;
+    ret = luks1_create(&p->luks, (const uint8_t *)password, plen, area, len,
+                       &cipher);
+    sector_cipher_free(cipher);
+    secret_free(password, plen);
+    return ret;
+}
+
+static int write_image(struct qimg_io *io, struct create_params *p)
 {
     uint64_t cs = p->cluster_size;
     uint64_t l1_size = qcow2_size_to_l1(p->size, p->cluster_bits,
@@ -748,6 +838,8 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     };
     bool truncate_path = p->reserve && !p->data_file;
     uint64_t l1_first = 0, first;
+    uint8_t *crypto_area = NULL;
+    size_t crypto_len = 0;
     uint8_t *buf = calloc(1, cs);
     uint8_t *l1 = calloc(l1_size ? l1_size : 1, 8);
     lo.reft = calloc(lo.reft_entries, sizeof(uint64_t));
@@ -761,6 +853,30 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
     ret = layout_alloc(&lo, 3, &first);
     if (ret == 0 && l1_size) {
         ret = layout_alloc(&lo, l1_clusters, &l1_first);
+    }
+    /*
+     * [QEMU] the LUKS header area comes next, in whole clusters of its
+     * own, written in full (the header, slot 0's key material, zeros).
+     */
+    if (ret == 0) {
+        ret = make_crypto_area(p, &crypto_area, &crypto_len);
+    }
+    if (ret == 0 && crypto_area) {
+        uint64_t clusters = div_round_up_u64(crypto_len, cs);
+        uint64_t crypto_first = 0;
+        ret = layout_alloc(&lo, clusters, &crypto_first);
+        uint8_t *padded = ret == 0 ? calloc(clusters, cs) : NULL;
+        if (ret == 0 && !padded) {
+            ret = error_set(ENOMEM, "Out of memory");
+        }
+        if (ret == 0) {
+            memcpy(padded, crypto_area, crypto_len);
+            ret = io_pwrite(io, padded, clusters * cs, crypto_first * cs);
+            kdf_wipe(padded, clusters * cs);
+            free(padded);
+        }
+        p->crypto_offset = crypto_first * cs;
+        p->crypto_length = crypto_len;
     }
     if (ret == 0 && truncate_path) {
         ret = prealloc_truncate(io, p, &lo, buf, l1, l1_size);
@@ -806,6 +922,10 @@ static int write_image(struct qimg_io *io, const struct create_params *p)
         ret = io_flush(io);
     }
 out:
+    if (crypto_area) {
+        kdf_wipe(crypto_area, crypto_len);
+        free(crypto_area);
+    }
     free(buf);
     free(l1);
     free(lo.reft);

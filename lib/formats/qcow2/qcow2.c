@@ -799,6 +799,17 @@ static int qcow2_snapshot_load(struct qimg_node *node,
     return ret;
 }
 
+/*
+ * [QEMU] a preallocated image (the first L2 table exists) that is
+ * encrypted holds zero bytes that decrypt to noise.
+ */
+static bool qcow2_has_zero_init(struct qimg_node *node)
+{
+    const struct qcow2_state *s = node->opaque;
+    bool preallocated = s->l1_size > 0 && s->l1_table && s->l1_table[0];
+    return !(preallocated && s->hdr.crypt_method != QCOW2_CRYPT_NONE);
+}
+
 static int qcow2_flush(struct qimg_node *node)
 {
     return qcow2_write_flush(node, node->opaque);
@@ -1024,6 +1035,7 @@ static const char *const qcow2_strong_opts[] = {"encrypt.key-secret", NULL};
 
 const struct qimg_format_ops format_qcow2 = {
     .name = "qcow2",
+    .has_zero_init = qcow2_has_zero_init,
     .strong_opts = qcow2_strong_opts,
     .probe = qcow2_probe,
     .open = qcow2_open,

@@ -23,6 +23,7 @@
 #include <sys/uio.h>
 
 #include "core/error.h"
+#include "crypto/cipher.h"
 #include "driver.h"
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
@@ -70,10 +71,9 @@ int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s)
     if (s->write_ready) {
         return 0;
     }
-    if (s->hdr.crypt_method != QCOW2_CRYPT_NONE) {
-        return error_set(ENOTSUP,
-                         "%s: writing encrypted qcow2 images is not "
-                         "supported yet",
+    if (s->hdr.crypt_method != QCOW2_CRYPT_NONE && !s->cipher &&
+        !(s->open_flags & QIMG_OPEN_NO_IO)) {
+        return error_set(EINVAL, "%s: the image was opened without its key",
                          node->filename);
     }
     if (s->has_data_file && !s->data_file) {
@@ -535,6 +535,7 @@ static uint64_t all_alloc(const struct qcow2_state *s)
 
 struct batch_seg {
     uint64_t host;
+    uint64_t guest; /* for the IVs of legacy AES */
     const uint8_t *p;
     uint64_t len;
 };
@@ -571,17 +572,18 @@ static void batch_init(struct batch *b)
 }
 
 /* Queue host bytes; merged with the last segment when both follow on. */
-static void batch_seg(struct batch *b, uint64_t host, const uint8_t *p,
-                      uint64_t len)
+static void batch_seg(struct batch *b, uint64_t host, uint64_t guest,
+                      const uint8_t *p, uint64_t len)
 {
     if (b->nb_seg > 0) {
         struct batch_seg *l = &b->seg[b->nb_seg - 1];
-        if (l->host + l->len == host && l->p + l->len == p) {
+        if (l->host + l->len == host && l->guest + l->len == guest &&
+            l->p + l->len == p) {
             l->len += len;
             return;
         }
     }
-    b->seg[b->nb_seg++] = (struct batch_seg){host, p, len};
+    b->seg[b->nb_seg++] = (struct batch_seg){host, guest, p, len};
 }
 
 static struct batch_store *batch_store(struct batch *b,
@@ -610,10 +612,58 @@ static uint8_t *batch_cow_buf(struct qcow2_state *s, struct batch *b)
     return s->cow_buf2;
 }
 
+/*
+ * An encrypted image's segments (whole sectors: requests are aligned by
+ * encrypted_align) go out encrypted from a bounce buffer, each run of
+ * host-contiguous ones in one write.
+ */
+static int batch_write_encrypted(struct qimg_node *node,
+                                 struct qcow2_state *s, const struct batch *b)
+{
+    int ret = 0;
+    for (int k = 0; ret == 0 && k < b->nb_seg;) {
+        int end = k + 1;
+        uint64_t host = b->seg[k].host;
+        uint64_t total = b->seg[k].len;
+        while (end < b->nb_seg && b->seg[end].host == host + total) {
+            total += b->seg[end].len;
+            end++;
+        }
+        uint8_t *bounce = malloc((size_t)total);
+        if (!bounce) {
+            return error_set(ENOMEM, "Out of memory");
+        }
+        uint64_t at = 0;
+        for (int i = k; ret == 0 && i < end; i++) {
+            const struct batch_seg *sg = &b->seg[i];
+            if (sg->len % CRYPTO_SECTOR_SIZE != 0 ||
+                sg->host % CRYPTO_SECTOR_SIZE != 0) {
+                ret = error_set(EIO, "%s: an encrypted write is not whole "
+                                "sectors", node->filename);
+                break;
+            }
+            memcpy(bounce + at, sg->p, (size_t)sg->len);
+            uint64_t iv = s->cipher_host_sectors ? sg->host : sg->guest;
+            ret = sector_cipher_encrypt(s->cipher, iv / CRYPTO_SECTOR_SIZE,
+                                        bounce + at, (size_t)sg->len);
+            at += sg->len;
+        }
+        if (ret == 0) {
+            ret = write_host(node, s, bounce, total, host);
+        }
+        free(bounce);
+        k = end;
+    }
+    return ret;
+}
+
 /* The segments: one write per run that is contiguous on the host. */
 static int batch_write(struct qimg_node *node, struct qcow2_state *s,
                        const struct batch *b)
 {
+    if (s->cipher) {
+        return batch_write_encrypted(node, s, b);
+    }
     int k = 0;
     while (k < b->nb_seg) {
         int end = k + 1;
@@ -720,6 +770,12 @@ static int read_old(struct qimg_node *node, struct qcow2_state *s,
             ret = error_set_errno(-ret, "%s: could not read guest data",
                                   data_io(node, s)->filename);
         }
+        /* Whole sectors here: requests are aligned by encrypted_align. */
+        if (ret == 0 && s->cipher) {
+            uint64_t iv = s->cipher_host_sectors ? c->host + lo : guest;
+            ret = sector_cipher_decrypt(s->cipher, iv / CRYPTO_SECTOR_SIZE,
+                                        buf, (size_t)n);
+        }
         break;
     case SC_COMPRESSED:
         ret = qcow2_read_compressed(node, s, c->entry);
@@ -817,7 +873,8 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
             from = cb + a;
         }
         alloc_bits |= 1ull << j;
-        batch_seg(b, target + a, from, e - a);
+        batch_seg(b, target + a, (cluster << s->cluster_bits) + a, from,
+                  e - a);
         if (run_hi == a && run_hi > run_lo) {
             run_hi = e;
             continue;
@@ -899,7 +956,7 @@ static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
                 return ret;
             }
         }
-        batch_seg(b, host, buf, n * cs);
+        batch_seg(b, host, cluster << s->cluster_bits, buf, n * cs);
         struct batch_store *st = batch_store(b, STORE_OWNED, cluster);
         st->count = n;
         st->host = host;
@@ -922,7 +979,7 @@ static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
     if (ret < 0) {
         return ret;
     }
-    batch_seg(b, host, buf, got * cs);
+    batch_seg(b, host, cluster << s->cluster_bits, buf, got * cs);
     struct batch_store *st = batch_store(b, STORE_NEW, cluster);
     st->count = got;
     st->host = host;
@@ -937,10 +994,56 @@ static uint64_t slice_left(const struct qcow2_state *s, uint64_t cluster)
     return per_slice - (cluster & (s->l2_entries - 1)) % per_slice;
 }
 
+static int pwrite_aligned(struct qimg_node *node, struct qcow2_state *s,
+                          const void *buf, size_t len, uint64_t off);
+
+/*
+ * [QEMU] an encrypted image takes whole 512-byte sectors only (its
+ * request alignment): a request's partial first and last sectors are
+ * read (decrypted), merged with buf (NULL: zeros) and written whole.
+ * Returns 1 when it wrote the request, 0 when it was aligned already.
+ */
+static int encrypted_align(struct qimg_node *node, struct qcow2_state *s,
+                           const uint8_t *buf, uint64_t len, uint64_t off)
+{
+    const uint64_t ss = CRYPTO_SECTOR_SIZE;
+    if (!s->cipher || ((off | len) & (ss - 1)) == 0) {
+        return 0;
+    }
+    uint64_t start = align_down_u64(off, ss);
+    uint64_t end = align_down_u64(off + len + ss - 1, ss);
+    uint8_t *bounce = malloc((size_t)(end - start));
+    if (!bounce) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = node->drv->pread(node, bounce, (size_t)ss, start);
+    if (ret == 0 && end - ss > start) {
+        ret = node->drv->pread(node, bounce + (end - ss - start),
+                               (size_t)ss, end - ss);
+    }
+    if (ret == 0) {
+        if (buf) {
+            memcpy(bounce + (off - start), buf, (size_t)len);
+        } else {
+            memset(bounce + (off - start), 0, (size_t)len);
+        }
+        ret = pwrite_aligned(node, s, bounce, (size_t)(end - start), start);
+    }
+    free(bounce);
+    return ret < 0 ? ret : 1;
+}
+
 int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
                  uint64_t off)
 {
     struct qcow2_state *s = node->opaque;
+    int ret = encrypted_align(node, s, buf, len, off);
+    return ret < 0 ? ret : ret == 1 ? 0 : pwrite_aligned(node, s, buf, len, off);
+}
+
+static int pwrite_aligned(struct qimg_node *node, struct qcow2_state *s,
+                          const void *buf, size_t len, uint64_t off)
+{
     int ret = write_prepare(node, s);
     const uint8_t *p = buf;
     const uint64_t cs = s->cluster_size;
@@ -1185,6 +1288,21 @@ int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
 {
     struct qcow2_state *s = node->opaque;
     int ret = write_prepare(node, s);
+    /* Encrypted: partial sectors at either end are zeroed as data. */
+    if (ret == 0 && s->cipher && (off & (CRYPTO_SECTOR_SIZE - 1))) {
+        uint64_t n = min_u64(len, CRYPTO_SECTOR_SIZE -
+                                      (off & (CRYPTO_SECTOR_SIZE - 1)));
+        ret = encrypted_align(node, s, NULL, n, off);
+        ret = ret < 0 ? ret : 0;
+        off += n;
+        len -= n;
+    }
+    if (ret == 0 && s->cipher && (len & (CRYPTO_SECTOR_SIZE - 1))) {
+        uint64_t n = len & (CRYPTO_SECTOR_SIZE - 1);
+        ret = encrypted_align(node, s, NULL, n, off + len - n);
+        ret = ret < 0 ? ret : 0;
+        len -= n;
+    }
     const uint64_t cs = s->cluster_size;
     bool unmap = (flags & QIMG_ZERO_MAY_UNMAP) != 0;
     while (ret == 0 && len > 0) {
@@ -1266,6 +1384,11 @@ static int compressed_request_ok(struct qimg_node *node,
                          "%s: compressed writes are not supported with an "
                          "external data file",
                          node->filename);
+    }
+    /* Compressed clusters are stored unencrypted: QEMU refuses them. */
+    if (s->hdr.crypt_method != QCOW2_CRYPT_NONE) {
+        return error_set(ENOTSUP, "%s: compressed writes are not supported "
+                         "in encrypted images", node->filename);
     }
     if (!is_aligned_u64(off, cs) || len > cs ||
         (len < cs && off + len != node->size)) {
