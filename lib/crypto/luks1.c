@@ -554,6 +554,22 @@ static uint64_t luks_pbkdf2_cost(uint64_t weight, uint32_t iters,
     return weight * iters * blocks;
 }
 
+void luks1_key_cache_clear(void)
+{
+    pthread_mutex_lock(&key_cache_lock);
+    for (size_t i = 0; i < LUKS1_KEY_CACHE_SLOTS; i++) {
+        struct luks_cached_key *e = &key_cache[i];
+        if (e->used) {
+            kdf_wipe(e->password, e->password_len);
+            free(e->password);
+            kdf_wipe(e->key, sizeof(e->key));
+        }
+        memset(e, 0, sizeof(*e));
+    }
+    key_cache_next = 0;
+    pthread_mutex_unlock(&key_cache_lock);
+}
+
 int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
                  size_t password_len, luks1_read_fn *read, void *opaque,
                  struct sector_cipher **out)

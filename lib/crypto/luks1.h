@@ -94,6 +94,12 @@ struct sector_cipher;
 int luks1_unlock(const struct luks1_header *h, const uint8_t *password,
                  size_t password_len, luks1_read_fn *read, void *opaque,
                  struct sector_cipher **out);
+/*
+ * Forget (and wipe) every cached master key.  The fuzz target calls it
+ * before each input, so that an input's run does not depend on the ones
+ * before it (a cached key skips the key material an input may mutate).
+ */
+void luks1_key_cache_clear(void);
 
 struct qimg_value;
 
