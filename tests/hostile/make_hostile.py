@@ -1185,6 +1185,13 @@ def luks_cases(c):
         (luks_slot(0, 4), '>I', 0xffffffff))
     add('slot-iters-2-27', 'slot 0 iterations 2^27 - 1 (minutes of sha256)',
         (luks_slot(0, 4), '>I', (1 << 27) - 1))
+    # The most one unlock may spend (LUKS1_MAX_UNLOCK_COST, 3 * 2^24
+    # sha256 units; a 64-byte key is two blocks): the worst case that
+    # runs, about 6 s, inside the 10 s budget.
+    mk = struct.unpack_from('>I', d, 164)[0]
+    add('slot-iters-at-limit', 'slot 0 iterations just inside the '
+        'unlock budget', (luks_slot(0, 4), '>I',
+                          ((3 << 24) - mk) // 2 - 1000))
     add('slot-iters-ripemd', 'slot 0 iterations 2^24 with ripemd160 '
         '(a slow hash, four blocks a key)', name32(72, 'ripemd160'),
         (luks_slot(0, 4), '>I', 1 << 24))
