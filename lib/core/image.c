@@ -559,6 +559,13 @@ struct qimg_image *qimg_open_opts(const char *filename, const char *format,
 int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out)
 {
+    return image_open_leaf_opts(file, format, flags, NULL, out);
+}
+
+int image_open_leaf_opts(struct qimg_io *file, const char *format,
+                         unsigned flags, const struct qimg_opts *driver_opts,
+                         struct qimg_image **out)
+{
     *out = NULL;
     error_clear();
     const struct qimg_format_ops *drv;
@@ -573,7 +580,7 @@ int image_open_leaf(struct qimg_io *file, const char *format,
         return error_set(ENOMEM, "Out of memory");
     }
     /* The node keeps its own copy; the leaf's name lives as long. */
-    ret = node_open_leaf(file, file->filename, drv, flags, NULL, NULL,
+    ret = node_open_leaf(file, file->filename, drv, flags, driver_opts, NULL,
                          &img->top);
     if (ret < 0) {
         free(img);

@@ -56,6 +56,13 @@ image_open_snapshot_opts(const char *filename, const char *format,
                          const struct qimg_snapshot_select *sel);
 int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out);
+/*
+ * image_open_leaf with runtime options for the format, as qimg_open_opts
+ * takes them (a fuzz target's key-secret); NULL is image_open_leaf.
+ */
+int image_open_leaf_opts(struct qimg_io *file, const char *format,
+                         unsigned flags, const struct qimg_opts *driver_opts,
+                         struct qimg_image **out);
 /* The flags qimg_set_open_policy() adds to every open. */
 unsigned image_open_policy(void);
 /*

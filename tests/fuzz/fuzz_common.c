@@ -93,7 +93,15 @@ static int fuzz_open(const struct fuzz_target *t, const uint8_t *data,
     if (ret < 0) {
         return ret;
     }
-    ret = image_open_leaf(io, t->format, flags, img);
+    struct qimg_opts *opts = NULL;
+    if (t->open_options) {
+        opts = qimg_opts_new();
+        if (!opts || qimg_opts_parse(opts, t->open_options) < 0) {
+            fuzz_finding("bad open options", t->open_options);
+        }
+    }
+    ret = image_open_leaf_opts(io, t->format, flags, opts, img);
+    qimg_opts_free(opts);
     if (ret < 0) {
         fuzz_expect_error_set("open");
     }

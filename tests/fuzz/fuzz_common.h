@@ -25,6 +25,11 @@ struct fuzz_target {
      * copy, and check the repaired image again.
      */
     bool repair;
+    /*
+     * Runtime options for every open (qimg_opts_parse text, e.g.
+     * "key-secret=sec0" for a keyed luks open); NULL for none.
+     */
+    const char *open_options;
 };
 
 /* Run one input; findings abort (sanitizers report the rest). */

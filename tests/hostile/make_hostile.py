@@ -78,7 +78,7 @@ class Corpus:
         return os.path.join(d, name)
 
     def add(self, fmt, name, desc, data=None, path=None, cmds=(),
-            probe=True, only=None):
+            probe=True, only=None, key=None):
         """Record a case; write data (bytes) to its file unless path is
         given (files the builder wrote itself)."""
         if path is None:
@@ -87,13 +87,15 @@ class Corpus:
         self.cases.append({'format': fmt, 'name': fmt + '/' + name,
                            'desc': desc, 'path': path,
                            'cmds': list(cmds), 'probe': probe,
-                           'only': only})
+                           'only': only, 'key': key})
 
 
 def poke(d, off, fmt, val):
     """A copy of d with struct fmt (with its byte order) val at off."""
     d = bytearray(d)
     if isinstance(val, (bytes, bytearray)):
+        if len(d) < off + len(val):
+            d += bytes(off + len(val) - len(d))
         d[off:off + len(val)] = val
     else:
         need = off + struct.calcsize(fmt)
@@ -1099,6 +1101,222 @@ def dmg_cases(c):
           bytes(x) + bytes(t))
 
 
+# ----------------------------------------------------------------- luks
+
+SECRET = ['--object', 'secret,id=sec0,data=abc']
+
+
+def create_keyed(argv):
+    """qemu-img create with a secret; qemu-img refuses a tiny iter-time
+    now and then ("Unable to get accurate CPU usage"): retry, longer."""
+    for t in (10, 20, 50, 100):
+        r = subprocess.run([QEMU_IMG, 'create', '-q'] + SECRET +
+                           [x.replace('ITER', str(t)) for x in argv],
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode == 0:
+            return
+        if 'accurate CPU usage' not in r.stderr:
+            raise RuntimeError(r.stderr)
+    raise RuntimeError(r.stderr)
+
+
+def qio_keyed(opts, *cmds):
+    argv = [QEMU_IO] + SECRET + ['--image-opts']
+    for x in cmds:
+        argv += ['-c', x]
+    run(*argv, opts)
+
+
+# What run_hostile.py adds to open an image with the key (the password
+# the containers were made with): the driver and its key option.
+LUKS_KEY = {'driver': 'luks', 'opt': 'key-secret'}
+QCOW2_KEY = {'driver': 'qcow2', 'opt': 'encrypt.key-secret'}
+
+
+def luks_slot(i, field):
+    return 208 + 48 * i + field
+
+
+def luks_cases(c):
+    base = c.path('luks', 'base.luks')
+    create_keyed(['-f', 'luks', '-o', 'key-secret=sec0,iter-time=ITER',
+                  base, '64k'])
+    qio_keyed('driver=luks,file.filename=%s,key-secret=sec0' % base,
+              'write -P 0x11 0 8k', 'write -P 0x22 32k 4k')
+    d = load(base)
+    payload = struct.unpack_from('>I', d, 104)[0]
+    key0 = struct.unpack_from('>I', d, luks_slot(0, 40))[0]
+    key1 = struct.unpack_from('>I', d, luks_slot(1, 40))[0]
+    sectors = len(d) // 512
+
+    def add(name, desc, *edits, **kw):
+        c.add('luks', name, desc, pokes(d, *edits), key=LUKS_KEY, **kw)
+
+    def name32(off, text):
+        return (off, None, text.encode().ljust(32, b'\0'))
+
+    c.add('luks', 'valid', 'the unmodified container (keyed runs succeed)',
+          d, key=LUKS_KEY)
+    add('magic', 'magic LUKS\\xba\\xbf', (5, 'B', 0xbf))
+    add('version-2', 'version 2', (6, '>H', 2))
+    add('version-0', 'version 0', (6, '>H', 0))
+    add('payload-huge', 'payload offset 0xffffffff sectors',
+        (104, '>I', 0xffffffff))
+    add('payload-past-eof', 'payload offset 1 TiB, past EOF',
+        (104, '>I', 1 << 31))
+    add('payload-after-eof', 'payload offset just past EOF',
+        (104, '>I', sectors + 8))
+    add('payload-in-header', 'payload offset 1 (the header)',
+        (104, '>I', 1))
+    add('payload-in-keys', 'payload offset inside slot 0 key material',
+        (104, '>I', key0 + 8))
+    add('keys-past-eof', 'slot 0 key material 1 TiB past EOF (payload '
+        'after it)', (luks_slot(0, 40), '>I', 1 << 31),
+        (104, '>I', (1 << 31) + 1024))
+    add('keys-overlap', 'slots 0 and 1 share key material',
+        (luks_slot(1, 40), '>I', key0))
+    add('keys-on-header', 'slot 0 key material at sector 0',
+        (luks_slot(0, 40), '>I', 0))
+    add('keys-wrap', 'slot 7 key material at 0xfffffff0 (wraps)',
+        (luks_slot(7, 40), '>I', 0xfffffff0))
+    add('slot-iters-0', 'slot 0 iterations 0', (luks_slot(0, 4), '>I', 0))
+    add('slot-iters-huge', 'slot 0 iterations 0xffffffff',
+        (luks_slot(0, 4), '>I', 0xffffffff))
+    add('slot-iters-2-27', 'slot 0 iterations 2^27 - 1 (minutes of sha256)',
+        (luks_slot(0, 4), '>I', (1 << 27) - 1))
+    # The most one unlock may spend (LUKS1_MAX_UNLOCK_COST, 3 * 2^24
+    # sha256 units; a 64-byte key is two blocks): the worst case that
+    # runs, about 6 s, inside the 10 s budget.
+    mk = struct.unpack_from('>I', d, 164)[0]
+    add('slot-iters-at-limit', 'slot 0 iterations just inside the '
+        'unlock budget', (luks_slot(0, 4), '>I',
+                          ((3 << 24) - mk) // 2 - 1000))
+    add('slot-iters-ripemd', 'slot 0 iterations 2^24 with ripemd160 '
+        '(a slow hash, four blocks a key)', name32(72, 'ripemd160'),
+        (luks_slot(0, 4), '>I', 1 << 24))
+    edits = []
+    for i in range(8):
+        edits += [(luks_slot(i, 0), '>I', 0x00ac71f3),
+                  (luks_slot(i, 4), '>I', 1 << 23)]
+    # Each slot fits the unlock budget, all eight do not.
+    add('slots-all-expensive', 'eight active slots of 2^23 iterations',
+        *edits)
+    add('slot-active-bad', 'slot 3 state 0x12345678',
+        (luks_slot(3, 0), '>I', 0x12345678))
+    add('mk-iters-0', 'master key digest iterations 0', (164, '>I', 0))
+    add('mk-iters-huge', 'master key digest iterations 0xffffffff',
+        (164, '>I', 0xffffffff))
+    add('mk-iters-2-27', 'master key digest iterations 2^27 - 1',
+        (164, '>I', (1 << 27) - 1))
+    add('stripes-1', 'slot 0 stripes 1', (luks_slot(0, 44), '>I', 1))
+    add('stripes-huge', 'slot 2 stripes 0xffffffff',
+        (luks_slot(2, 44), '>I', 0xffffffff))
+    add('key-bytes-0', 'key bytes 0', (108, '>I', 0))
+    add('key-bytes-odd', 'key bytes 33', (108, '>I', 33))
+    add('key-bytes-huge', 'key bytes 0xffffffff', (108, '>I', 0xffffffff))
+    add('key-bytes-wraps', 'key bytes 2^30 (key bytes * stripes wraps)',
+        (108, '>I', 1 << 30))
+    add('key-bytes-32', 'key bytes 32 (aes-128-xts, wrong key)',
+        (108, '>I', 32))
+    add('cipher-unknown', 'cipher name des', name32(8, 'des'))
+    add('cipher-empty', 'cipher name empty', name32(8, ''))
+    add('mode-unknown', 'cipher mode gcm-plain64', name32(40, 'gcm-plain64'))
+    add('mode-no-ivgen', 'cipher mode xts (no IV generator)',
+        name32(40, 'xts'))
+    add('ivgen-unknown', 'cipher mode xts-benbi', name32(40, 'xts-benbi'))
+    add('hash-unknown', 'hash spec whirlpool', name32(72, 'whirlpool'))
+    add('essiv-no-hash', 'cipher mode cbc-essiv (no hash)',
+        name32(40, 'cbc-essiv'), (108, '>I', 32))
+    add('essiv-bad-hash', 'cipher mode cbc-essiv:whirlpool',
+        name32(40, 'cbc-essiv:whirlpool'), (108, '>I', 32))
+    add('essiv-size', 'aes-256-cbc-essiv:sha512 (no AES-512)',
+        name32(40, 'cbc-essiv:sha512'), (108, '>I', 32))
+    add('essiv-md5', 'aes-256-cbc-essiv:md5 (valid names, wrong key)',
+        name32(40, 'cbc-essiv:md5'), (108, '>I', 32))
+    add('cast5-essiv', 'cast5-128-cbc-essiv:sha256',
+        name32(8, 'cast5'), name32(40, 'cbc-essiv:sha256'),
+        (108, '>I', 16))
+    add('ecb', 'aes-256-ecb (valid names, wrong key)', name32(40, 'ecb'),
+        (108, '>I', 32))
+    add('ecb-plain', 'cipher mode ecb-plain (wrong key)',
+        name32(40, 'ecb-plain'), (108, '>I', 32))
+    add('name-unterminated', 'cipher name: 32 bytes, no NUL',
+        (8, None, b'a' * 32))
+    add('mode-unterminated', 'cipher mode: 32 bytes, no NUL',
+        (40, None, b'x' * 32))
+    add('hash-unterminated', 'hash spec: 32 bytes, no NUL',
+        (72, None, b's' * 32))
+    add('uuid-unterminated', 'uuid: 40 bytes, no NUL',
+        (168, None, b'u' * 40))
+    add('digest-bad', 'master key digest flipped (wrong key)',
+        (112, 'B', d[112] ^ 1))
+    add('keys-zero', 'slot 0 key material zeroed (wrong key)',
+        (key0 * 512, None, bytes(4096)))
+    for n, desc, cut in (
+            ('truncated-100', 'file cut to 100 bytes', 100),
+            ('truncated-header', 'file cut to the 592-byte header', 592),
+            ('truncated-keys', 'file cut inside slot 0 key material',
+             key0 * 512 + 1000),
+            ('truncated-slot1', 'file cut at slot 1 key material',
+             key1 * 512),
+            ('truncated-payload', 'file cut 1000 bytes into the payload',
+             payload * 512 + 1000),
+            ('truncated-odd', 'payload cut to an odd length',
+             len(d) - 7)):
+        c.add('luks', n, desc, d[:cut], key=LUKS_KEY)
+
+    # qcow2 with LUKS encryption: the LUKS header sits in clusters the
+    # full disk encryption header extension (0x0537be77) names.
+    q = c.path('qcow2', 'base-luks.qcow2')
+    create_keyed(['-f', 'qcow2', '-o', 'encrypt.format=luks,'
+                  'encrypt.key-secret=sec0,encrypt.iter-time=ITER,'
+                  'cluster_size=4096', q, '1M'])
+    qio_keyed('driver=qcow2,file.filename=%s,encrypt.key-secret=sec0' % q,
+              'write -P 0x33 0 8k')
+    d = load(q)
+    ext = None
+    p = 112
+    while p + 8 <= 4096:
+        t, n = struct.unpack_from('>II', d, p)
+        if t == 0:
+            break
+        if t == 0x0537be77:
+            ext = p + 8
+        p += 8 + ((n + 7) & ~7)
+    hdr = struct.unpack_from('>Q', d, ext)[0]
+
+    def qadd(name, desc, *edits):
+        c.add('qcow2', name, desc, pokes(d, *edits), key=QCOW2_KEY)
+
+    qadd('luks-valid', 'LUKS-encrypted image, unmodified')
+    qadd('luks-hdr-past-eof', 'LUKS header offset 1 TiB, past EOF',
+         (ext, '>Q', 1 << 40))
+    qadd('luks-hdr-len-huge', 'LUKS header length 2^62',
+         (ext + 8, '>Q', 1 << 62))
+    qadd('luks-hdr-len-0', 'LUKS header length 0', (ext + 8, '>Q', 0))
+    qadd('luks-hdr-unaligned', 'LUKS header offset not cluster-aligned',
+         (ext, '>Q', hdr + 512))
+    qadd('luks-hdr-on-header', 'LUKS header at offset 0 (the qcow2 header)',
+         (ext, '>Q', 0))
+    qadd('luks-magic', 'LUKS magic broken', (hdr, 'B', 0))
+    qadd('luks-slot-iters-huge', 'LUKS slot 0 iterations 0xffffffff',
+         (hdr + luks_slot(0, 4), '>I', 0xffffffff))
+    qadd('luks-slot-iters-2-27', 'LUKS slot 0 iterations 2^27 - 1',
+         (hdr + luks_slot(0, 4), '>I', (1 << 27) - 1))
+    qadd('luks-mk-iters-huge', 'LUKS master key digest iterations '
+         '0xffffffff', (hdr + 164, '>I', 0xffffffff))
+    qadd('luks-keys-past-eof', 'LUKS slot 0 key material past EOF',
+         (hdr + luks_slot(0, 40), '>I', 1 << 31),
+         (hdr + 104, '>I', (1 << 31) + 1024))
+    qadd('luks-key-bytes-huge', 'LUKS key bytes 0xffffffff',
+         (hdr + 108, '>I', 0xffffffff))
+    qadd('luks-cipher-unknown', 'LUKS cipher name des',
+         (hdr + 8, None, b'des'.ljust(32, b'\0')))
+    qadd('luks-method-aes', 'crypt_method 1 (AES) over a LUKS image',
+         (32, '>I', 1))
+
+
 # ------------------------------------------------------------ parallels
 
 def parallels_cases(c):
@@ -1160,6 +1378,7 @@ BUILDERS = [
     ('parallels', parallels_cases),
     ('dmg', dmg_cases),
     ('raw', raw_cases),
+    ('luks', luks_cases),
 ]
 
 

@@ -6,7 +6,9 @@
 QIMG names the binary (as in every test here).  Each image is run
 through info (with -f and probed), check, map and convert (-O raw and
 -O qcow2, into a scratch file), plus the commands its case adds (info
---backing-chain, check -r all on a copy).  One TAP line per image and
+--backing-chain, check -r all on a copy); encrypted images (a case with
+a 'key') also convert -O raw, map and check opened with their key
+(--object secret + --image-opts).  One TAP line per image and
 command.  A run passes when the child:
 
   * ends by itself within CPU_TIMEOUT seconds of CPU time (and
@@ -45,9 +47,27 @@ SANITIZER = ('ERROR: AddressSanitizer', 'runtime error:',
              'ERROR: LeakSanitizer', 'SUMMARY: UndefinedBehaviorSanitizer')
 DEFAULT_CMDS = ['info', 'info-probe', 'check', 'map', 'convert-raw',
                 'convert-qcow2']
+# Encrypted images also run opened with the key they were made with
+# (make_hostile.py: the case's 'key' names the driver and its option):
+# unlocking, key material and payload reads are hostile input too.
+KEYED_CMDS = ['keyed-convert-raw', 'keyed-map', 'keyed-check']
+SECRET = ['--object', 'secret,id=sec0,data=abc']
+
+
+def keyed_argv(tool, case, cmd, scratch):
+    key = case['key']
+    spec = 'driver=%s,file.filename=%s,%s=sec0' % (
+        key['driver'], case['path'], key['opt'])
+    opts = SECRET + ['--image-opts', spec]
+    if cmd == 'keyed-convert-raw':
+        return [tool, 'convert'] + opts + ['-O', 'raw',
+                                           os.path.join(scratch, 'out')]
+    return [tool, cmd.split('-')[1]] + opts
 
 
 def argv_for(tool, case, cmd, scratch):
+    if cmd.startswith('keyed-'):
+        return keyed_argv(tool, case, cmd, scratch)
     fmt = ['-f', case['format']]
     path = case['path']
     if cmd == 'info':
@@ -179,7 +199,7 @@ def verdict(cmd, r):
     if code == 0:
         return None
     lines = err.splitlines()
-    if cmd.startswith('check'):
+    if cmd.startswith(('check', 'keyed-check')):
         # Exit 2 and 3 report corruptions and leaks (stdout, with
         # "ERROR ..." lines on stderr, as in qemu-img); exit 1 with
         # "internal errors" likewise; else the last line says why.
@@ -239,6 +259,8 @@ def main(argv):
             done = []
             cmds = c['only'] or DEFAULT_CMDS + [x for x in c['cmds']
                                                 if x not in DEFAULT_CMDS]
+            if c.get('key'):
+                cmds = cmds + KEYED_CMDS
             scratch = tempfile.mkdtemp(dir=os.path.join(root, 'run'))
             for cmd in cmds:
                 if cmd == 'convert-qcow2' and done and \
