@@ -864,6 +864,19 @@ int luks1_create(const struct luks1_create_opts *o, const uint8_t *password,
                                     sizeof(slot_salt), kb, o->iter_time_ms,
                                     1, LUKS_MIN_ITERS, &slot_iters);
     }
+    /* Never make what luks1_unlock would refuse to open. */
+    if (ret == 0) {
+        uint64_t weight = luks_hash_weight(o->hash_alg);
+        uint64_t cost =
+            luks_pbkdf2_cost(weight, slot_iters, kb, hash->digest_size) +
+            luks_pbkdf2_cost(weight, mk_iters, LUKS1_DIGEST_SIZE,
+                             hash->digest_size);
+        if (cost > LUKS1_MAX_UNLOCK_COST) {
+            ret = error_set(E2BIG, "iter-time %llu ms needs more PBKDF2 "
+                            "work than qimg's unlock limit allows",
+                            (unsigned long long)o->iter_time_ms);
+        }
+    }
     if (ret == 0) {
         ret = kdf_pbkdf2(hash, password, password_len, slot_salt,
                          sizeof(slot_salt), slot_iters, slot_key, kb);
