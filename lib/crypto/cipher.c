@@ -367,7 +367,9 @@ int sector_cipher_pread(const struct sector_cipher *c, sector_read_fn *read,
                 ret = sector_cipher_decrypt(c, iv_off / CRYPTO_SECTOR_SIZE,
                                             sector, sizeof(sector));
             }
-            memcpy(buf, sector + head, n);
+            if (ret == 0) {
+                memcpy(buf, sector + head, n);
+            }
             kdf_wipe(sector, sizeof(sector));
         }
         if (ret < 0) {
