@@ -103,6 +103,15 @@ struct qimg_io {
     bool writable;
     /* A device: its size is fixed, truncate can only hide its end. */
     bool fixed_size;
+    /*
+     * Nothing was changed through this handle since its last successful
+     * flush, so io_flush has nothing to make durable and returns at once
+     * (an ordered flush sequence then costs a sync only per step that
+     * wrote).  False at open: the first flush always syncs, for whatever
+     * was written before.  Read and written with __atomic builtins:
+     * several threads may write through one handle.
+     */
+    bool synced;
 };
 
 int io_file_open(const char *filename, unsigned flags, struct qimg_io **out);
@@ -122,7 +131,10 @@ int io_pwritev(struct qimg_io *io, const struct iovec *iov, int cnt,
                uint64_t off);
 int io_pwrite_zeroes(struct qimg_io *io, uint64_t off, uint64_t len,
                      bool may_unmap);
+/* Sync to stable storage; nothing to do if io->synced. */
 int io_flush(struct qimg_io *io);
+/* Advisory deallocation (ops->discard; -ENOTSUP without one). */
+int io_discard(struct qimg_io *io, uint64_t off, uint64_t len);
 /*
  * Reserve [off, off + len) (QEMU's preallocation=falloc) with the leaf's
  * allocate, or by zero writes on leaves without one.

@@ -108,7 +108,7 @@ static int raw_pwrite_zeroes(struct qimg_node *node, uint64_t off,
 
 static int raw_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
 {
-    return node->file->ops->discard(node->file, off, len);
+    return io_discard(node->file, off, len);
 }
 
 static int raw_flush(struct qimg_node *node)
@@ -211,9 +211,7 @@ static int raw_truncate(struct qimg_node *node, uint64_t size,
         /* posix_fallocate extends the file itself. */
         ret = 0;
         if (size != cur) {
-            ret = file->ops->allocate
-                      ? file->ops->allocate(file, cur, size - cur)
-                      : io_pwrite_zeroes(file, cur, size - cur, false);
+            ret = io_allocate(file, cur, size - cur);
             if (ret < 0) {
                 ret = error_set_errno(-ret, "Could not preallocate new data");
             } else if (cur == 0) {
@@ -241,7 +239,7 @@ static int raw_truncate(struct qimg_node *node, uint64_t size,
     }
     if (ret < 0) {
         /* Best effort: the first error is the one reported. */
-        (void)file->ops->truncate(file, cur);
+        (void)io_truncate(file, cur);
         return ret;
     }
     scur = io_get_size(file);

@@ -440,9 +440,61 @@ static void test_pwritev(void)
     io_close(io);
 }
 
+/* ---- io_flush syncs only what changed --------------------------------- */
+
+static const struct qimg_io_ops *inner_ops;
+static int flushes;
+static int flush_result;
+
+static int counting_flush(struct qimg_io *io)
+{
+    flushes++;
+    return flush_result != 0 ? flush_result : inner_ops->flush(io);
+}
+
+static void test_flush_skips(void)
+{
+    struct qimg_io *io;
+    TAP_OK(io_mem_open("flush", NULL, 0, IO_RDWR, &io) == 0);
+    inner_ops = io->ops;
+    struct qimg_io_ops counting = *io->ops;
+    counting.flush = counting_flush;
+    io->ops = &counting;
+    uint8_t b = 7;
+    struct iovec v = {&b, 1};
+
+    tap_ok(io_flush(io) == 0 && flushes == 1,
+           "flush: the first flush of a handle syncs");
+    tap_ok(io_flush(io) == 0 && flushes == 1,
+           "flush: nothing changed since, nothing synced");
+    tap_ok(io_pwrite(io, &b, 1, 0) == 0 && io_flush(io) == 0 &&
+               flushes == 2, "flush: after a pwrite it syncs");
+    tap_ok(io_pwritev(io, &v, 1, 1) == 0 && io_flush(io) == 0 &&
+               flushes == 3, "flush: after a pwritev it syncs");
+    tap_ok(io_pwrite_zeroes(io, 0, 1, false) == 0 && io_flush(io) == 0 &&
+               flushes == 4, "flush: after a zero write it syncs");
+    tap_ok(io_truncate(io, 4096) == 0 && io_flush(io) == 0 && flushes == 5,
+           "flush: after a truncate it syncs");
+    tap_ok(io_allocate(io, 0, 8192) == 0 && io_flush(io) == 0 &&
+               flushes == 6, "flush: after an allocation it syncs");
+    tap_ok(io_discard(io, 0, 4096) == 0 && io_flush(io) == 0 &&
+               flushes == 7, "flush: after a discard it syncs");
+    tap_ok(io_pwrite(io, &b, 1, 0) == 0, "flush: write before a failure");
+    flush_result = -EIO;
+    tap_ok(io_flush(io) == -EIO && flushes == 8, "flush: a failed sync");
+    flush_result = 0;
+    tap_ok(io_flush(io) == 0 && flushes == 9,
+           "flush: after a failed sync the next flush syncs again");
+    tap_ok(io_flush(io) == 0 && flushes == 9,
+           "flush: and then nothing is left to sync");
+    io->ops = inner_ops;
+    io_close(io);
+}
+
 int main(void)
 {
     test_mem();
+    test_flush_skips();
     if (!mkdtemp(tmpdir)) {
         tap_ok(0, "mkdtemp");
         return tap_done();

@@ -522,11 +522,11 @@ static int change_refcount_order(struct qimg_node *node,
         for (uint64_t g = 0; g < entries; g++) {
             uint64_t rb = s->refcount_table[g] & QCOW2_REFT_OFFSET_MASK;
             if (rb) {
-                (void)node->file->ops->discard(node->file, rb, cs);
+                (void)io_discard(node->file, rb, cs);
             }
         }
-        (void)node->file->ops->discard(node->file, old_t << s->cluster_bits,
-                                       old_tc * cs);
+        (void)io_discard(node->file, old_t << s->cluster_bits,
+                         old_tc * cs);
     }
     qcow2_write_free(s);
     s->refcount_order = new_order;

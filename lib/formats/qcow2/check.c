@@ -456,7 +456,7 @@ static void discard_cluster(struct check *c, uint64_t k)
     if (size < 0 || off >= (uint64_t)size || !io->ops->discard) {
         return;
     }
-    (void)io->ops->discard(io, off, min_u64(c->cs, (uint64_t)size - off));
+    (void)io_discard(io, off, min_u64(c->cs, (uint64_t)size - off));
     error_clear();
 }
 

@@ -736,7 +736,7 @@ void qcow2_discard_flush(struct qimg_node *node, struct qcow2_state *s)
             end = max_u64(end, d[i].off + d[i].bytes);
         }
         /* Advisory: a failed discard leaves the bytes, not a wrong count. */
-        (void)node->file->ops->discard(node->file, off, end - off);
+        (void)io_discard(node->file, off, end - off);
     }
 }
 
@@ -770,8 +770,7 @@ static void cluster_freed(struct qimg_node *node, struct qcow2_state *s,
                 realloc(s->discards, cap * sizeof(*p));
             if (!p) {
                 /* Out of memory: discard this one cluster at once. */
-                (void)node->file->ops->discard(node->file, off,
-                                               s->cluster_size);
+                (void)io_discard(node->file, off, s->cluster_size);
                 return;
             }
             s->discards = p;
