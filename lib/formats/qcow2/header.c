@@ -748,8 +748,13 @@ static int put_extensions(struct writer *w, const struct qcow2_header *hdr)
         ret = put_ext(w, QCOW2_EXT_DATA_FILE, hdr->data_file,
                       strlen(hdr->data_file));
     }
-    /* QEMU writes it when the offset is set. */
-    if (ret == 0 && hdr->has_crypto_ext && hdr->crypto_offset != 0) {
+    /*
+     * Whenever it was read or set, even at offset 0 (which no LUKS image
+     * of QEMU's or qimg's has, and crypto.c then fails to open): QEMU
+     * leaves it out there, but an encoded header must decode as it was
+     * (without it a LUKS header is "Missing CRYPTO header").
+     */
+    if (ret == 0 && hdr->has_crypto_ext) {
         uint8_t c[QCOW2_EXT_CRYPTO_SIZE];
         store_be64(c, hdr->crypto_offset);
         store_be64(c + 8, hdr->crypto_length);
