@@ -1,14 +1,20 @@
 #!/bin/bash
 # Run the unit and compat suites under valgrind (memcheck).
 #
-#   scripts/valgrind.sh                 unit suite, then every compat script
+#   scripts/valgrind.sh                 unit suite, every compat script, then
+#                                       every golden script
 #   scripts/valgrind.sh unit            unit suite only
 #   scripts/valgrind.sh compat [NAME..] compat scripts (all, or the named ones)
+#   scripts/valgrind.sh golden [NAME..] golden scripts (tests/golden: all, or
+#                                       the named ones)
+#
+# VALGRIND_LOCK_HOLDER=1 runs the locking script's lock_holder under
+# valgrind as well (by default it stays native).
 #
 # Builds a plain gcc debug build (no sanitizers: valgrind and ASan do not
 # mix) in build-valgrind/.  Unit tests run through `meson test --wrapper`.
-# Compat scripts run directly with QIMG (and the helper programs they
-# use) pointed at wrappers that exec valgrind, so qemu-img, qemu-io, bash
+# Compat and golden scripts run directly with QIMG (and the helper programs
+# they use) pointed at wrappers that exec valgrind, so qemu-img, qemu-io, bash
 # and python stay native.  Every valgrind run writes its own log under
 # build-valgrind/valgrind-logs/; the script fails if any test fails or any
 # log reports an error (invalid read/write, use of uninitialised values,
@@ -67,12 +73,17 @@ run_unit() {
     echo "unit suite under valgrind: $((SECONDS - start)) s"
 }
 
-run_compat() {
-    local names=("$@") t start=$SECONDS one
-    if [ ${#names[@]} -eq 0 ]; then
-        names=($(sed -n "/^compat_tests = \[/,/^\]/s/^ *'\(.*\)',\$/\1/p" \
-            tests/meson.build) qcow2_random)
-    fi
+# The script names of one list in tests/meson.build ('compat_tests',
+# 'golden_tests').
+suite_names() {
+    sed -n "/^$1 = \[/,/^\]/s/^ *'\(.*\)',\$/\1/p" tests/meson.build
+}
+
+# run_scripts SUITE NAME...: tests/SUITE/NAME.sh with the wrappers.
+run_scripts() {
+    local suite=$1 t start=$SECONDS one
+    shift
+    local names=("$@")
     export QIMG QIMG_SRCDIR QIMG_LIB QIMG_LOCK_HOLDER QIMG_OPEN_IMAGE \
         QIMG_READ_IMAGE QIMG_WRITE_IMAGE QIMG_OPEN_RW QIMG_WRITE_RANDOM \
         QIMG_SANITIZED
@@ -80,8 +91,15 @@ run_compat() {
     QIMG_SRCDIR=$src
     QIMG_LIB=$src/$dir/lib/libqimg.so
     # The lock holder keeps running while others wait on its locks; it
-    # stays native so that its timing is not valgrind's.
-    QIMG_LOCK_HOLDER=$src/$dir/tests/lock_holder
+    # stays native so that its timing is not valgrind's, unless
+    # VALGRIND_LOCK_HOLDER=1 (the locking script waits up to 5 s for it to
+    # be ready, which valgrind meets on a machine that is not overloaded):
+    # then libqimg's lock code in it runs under memcheck too.
+    if [ "${VALGRIND_LOCK_HOLDER:-0}" = 1 ]; then
+        QIMG_LOCK_HOLDER=$(wrap lock_holder "$src/$dir/tests/lock_holder")
+    else
+        QIMG_LOCK_HOLDER=$src/$dir/tests/lock_holder
+    fi
     QIMG_OPEN_IMAGE=$(wrap open_image "$src/$dir/tests/open_image")
     QIMG_READ_IMAGE=$(wrap read_image "$src/$dir/tests/read_image")
     QIMG_WRITE_IMAGE=$(wrap write_image "$src/$dir/tests/write_image")
@@ -91,22 +109,40 @@ run_compat() {
     QIMG_SANITIZED=1
     for t in "${names[@]}"; do
         one=$SECONDS
-        if bash "tests/compat/$t.sh" >"$logs/compat-$t.out" 2>&1; then
-            echo "compat $t: ok ($((SECONDS - one)) s)"
+        if bash "tests/$suite/$t.sh" >"$logs/$suite-$t.out" 2>&1; then
+            echo "$suite $t: ok ($((SECONDS - one)) s)"
         else
-            echo "compat $t: FAILED ($((SECONDS - one)) s)"
-            tail -20 "$logs/compat-$t.out" | sed 's/^/    /'
+            echo "$suite $t: FAILED ($((SECONDS - one)) s)"
+            tail -20 "$logs/$suite-$t.out" | sed 's/^/    /'
             status=1
         fi
     done
-    echo "compat scripts under valgrind: $((SECONDS - start)) s"
+    echo "$suite scripts under valgrind: $((SECONDS - start)) s"
+}
+
+run_compat() {
+    if [ $# -eq 0 ]; then
+        # shellcheck disable=SC2046
+        set -- $(suite_names compat_tests) qcow2_random
+    fi
+    run_scripts compat "$@"
+}
+
+run_golden() {
+    if [ $# -eq 0 ]; then
+        # shellcheck disable=SC2046
+        set -- $(suite_names golden_tests)
+    fi
+    run_scripts golden "$@"
 }
 
 case $what in
-all) run_unit; run_compat ;;
+all) run_unit; run_compat; run_golden ;;
 unit) run_unit ;;
 compat) run_compat "$@" ;;
-*) echo "usage: $0 [all | unit | compat [NAME...]]" >&2; exit 2 ;;
+golden) run_golden "$@" ;;
+*) echo "usage: $0 [all | unit | compat [NAME...] | golden [NAME...]]" >&2
+    exit 2 ;;
 esac
 
 # Any log with content is an error report (--quiet prints nothing else).
