@@ -243,12 +243,22 @@ static void fuzz_walk(struct qimg_image *img)
     free(w.buf);
 }
 
+/* FUZZ_VERBOSE=1 in the environment: check lines go to stderr. */
+static int fuzz_verbose = -1;
+
 static void ignore_check_line(const char *line, unsigned kind, void *opaque)
 {
     (void)kind;
-    (void)opaque;
     if (!line || !line[0]) {
         fuzz_finding("check reported an empty line", NULL);
+    }
+    if (fuzz_verbose < 0) {
+        const char *v = getenv("FUZZ_VERBOSE");
+        fuzz_verbose = v && v[0] && strcmp(v, "0") != 0;
+    }
+    if (fuzz_verbose) {
+        fprintf(stderr, "fuzz: %s: %s\n", opaque ? (const char *)opaque
+                                                  : "check", line);
     }
 }
 
@@ -314,13 +324,13 @@ static void fuzz_repair(const struct fuzz_target *t, const uint8_t *data,
     struct qimg_check_result res;
     memset(&res, 0, sizeof(res));
     if (qimg_check(img, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
-                   ignore_check_line, NULL, &res) < 0) {
+                   ignore_check_line, "repair", &res) < 0) {
         fuzz_expect_error_set("qimg_check -r all");
     } else if (res.corruptions == 0 && res.leaks == 0 &&
                res.check_errors == 0) {
         struct qimg_check_result again;
         memset(&again, 0, sizeof(again));
-        if (qimg_check(img, 0, ignore_check_line, NULL, &again) < 0) {
+        if (qimg_check(img, 0, ignore_check_line, "recheck", &again) < 0) {
             fuzz_expect_error_set("qimg_check after repair");
             fuzz_finding("check failed on an image repair left clean",
                          qimg_get_error());
