@@ -4,7 +4,9 @@
  * Invariant: buf holds cap >= 1 bytes (so io_mem_buffer never returns NULL
  * for an open leaf) and the file contents are buf[0, size).  Bytes past
  * size are not kept zero; every operation that grows the file zeroes the
- * bytes it exposes.
+ * bytes it exposes.  A borrowed leaf (io_mem_open_borrowed) reads the
+ * caller's buffer in place and never writes: it is not writable and
+ * refuses to become so, and close leaves buf alone.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@ struct io_mem {
     uint8_t *buf;
     size_t size;
     size_t cap;
+    bool borrowed; /* buf is the caller's: read-only, not freed */
 };
 
 static const struct qimg_io_ops io_mem_ops;
@@ -88,7 +91,9 @@ static int io_mem_check_writable(struct io_mem *m)
 static void io_mem_close(struct qimg_io *io)
 {
     struct io_mem *m = io_mem_from(io);
-    free(m->buf);
+    if (!m->borrowed) {
+        free(m->buf);
+    }
     free(m->io.filename);
     free(m);
 }
@@ -231,6 +236,10 @@ static int io_mem_set_perm(struct qimg_io *io, unsigned perm,
 {
     /* Nothing to lock: a memory leaf is private to this process. */
     (void)unshared;
+    if ((perm & IO_PERM_WRITE) && io_mem_from(io)->borrowed) {
+        return error_set_errno(EACCES, "Could not open '%s' for writing",
+                               io->filename);
+    }
     io->writable = (perm & IO_PERM_WRITE) != 0;
     return 0;
 }
@@ -299,4 +308,34 @@ const uint8_t *io_mem_buffer(struct qimg_io *io, size_t *len)
         *len = m->size;
     }
     return m->buf;
+}
+
+int io_mem_open_borrowed(const char *name, const void *data, size_t len,
+                         struct qimg_io **out)
+{
+    *out = NULL;
+    static const uint8_t empty[1];
+    if (!name) {
+        name = "";
+    }
+    if (len > IO_MEM_MAX_SIZE) {
+        return error_set_errno(EFBIG, "Could not open '%s'", name);
+    }
+    struct io_mem *m = calloc(1, sizeof(*m));
+    char *filename = strdup(name);
+    if (!m || !filename) {
+        free(m);
+        free(filename);
+        return error_set(ENOMEM, "Could not open '%s': out of memory", name);
+    }
+    /* Never written (not writable, set_perm refuses): the cast is safe. */
+    m->buf = (uint8_t *)(uintptr_t)(len ? data : empty);
+    m->size = len;
+    m->cap = len ? len : 1;
+    m->borrowed = true;
+    m->io.filename = filename;
+    m->io.ops = &io_mem_ops;
+    m->io.writable = false;
+    *out = &m->io;
+    return 0;
 }

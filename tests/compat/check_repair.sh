@@ -189,6 +189,23 @@ patch leak-rebuild.qcow2 $((RB + 2 * 8)) 1 2
 patch leak-rebuild.qcow2 $((RB + 2 * 5)) 0 2
 every "leak and rebuild" leak-rebuild.qcow2
 
+# A data cluster one cluster past the end of the file (cluster 8; the
+# file has 7) is not counted, and a refcount of 0 makes -r all rebuild:
+# the new block (cluster 7) and table (cluster 8) grow the file over it,
+# so the count after the rebuild finds cluster 8 referenced twice ("still
+# broken"), and so does the double check.  A repair result that said
+# nothing was left was the fuzz finding regress/qcow2/
+# rebuild-grows-over-uncounted-cluster.qcow2.  With the corrupt bit set,
+# QEMU clears it all the same.
+fresh past-eof-rebuild.qcow2
+patch past-eof-rebuild.qcow2 $((L2 + 16)) 0x8000000000080000
+patch past-eof-rebuild.qcow2 $((RB + 2 * 5)) 0 2
+every "rebuild grows the file over an uncounted cluster" \
+    past-eof-rebuild.qcow2
+patch past-eof-rebuild.qcow2 72 2
+every "rebuild grows the file over an uncounted cluster, corrupt bit" \
+    past-eof-rebuild.qcow2
+
 fresh corrupt.qcow2
 patch corrupt.qcow2 72 2
 every "corrupt bit set" corrupt.qcow2

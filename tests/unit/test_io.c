@@ -124,6 +124,28 @@ static void test_mem(void)
     data = io_mem_buffer(io, &len);
     tap_ok(data != NULL && len == 0, "mem: empty buffer is not NULL");
     io_close(io);
+
+    /* Borrowed: the caller's bytes in place, never written or freed. */
+    static const char lent[] = "lent";
+    TAP_OK(io_mem_open_borrowed("b", lent, 4, &io) == 0);
+    data = io_mem_buffer(io, &len);
+    tap_ok(data == (const uint8_t *)lent && len == 4,
+           "mem: a borrowed leaf reads the caller's buffer in place");
+    memset(buf, 0xaa, sizeof(buf));
+    TAP_OK(io_pread(io, buf, 6, 0) == 0);
+    tap_ok(memcmp(buf, "lent\0\0", 6) == 0,
+           "mem: borrowed read past EOF gives zeros");
+    TAP_OK(io_pwrite(io, "x", 1, 0) == -EBADF);
+    TAP_OK(io_pwrite_zeroes(io, 0, 1, false) == -EBADF);
+    TAP_OK(io_truncate(io, 1) == -EBADF);
+    TAP_OK(io->ops->set_perm(io, IO_PERM_WRITE, 0) == -EACCES);
+    TAP_OK(!io->writable && io->ops->set_perm(io, 0, 0) == 0);
+    tap_ok(memcmp(lent, "lent", 4) == 0, "mem: a borrowed buffer is unchanged");
+    io_close(io);
+    TAP_OK(io_mem_open_borrowed("b0", NULL, 0, &io) == 0);
+    data = io_mem_buffer(io, &len);
+    tap_ok(data != NULL && len == 0, "mem: empty borrowed buffer is not NULL");
+    io_close(io);
 }
 
 /* ---- file leaf --------------------------------------------------------- */
