@@ -287,6 +287,8 @@ static int raw_create(const char *filename, const struct qimg_opts *opts)
 
 const struct qimg_format_ops format_raw = {
     .name = "raw",
+    /* Every request is a call on the descriptor; nothing is kept. */
+    .concurrent_io = true,
     .probe = raw_probe,
     .open = raw_open,
     .close = raw_close,

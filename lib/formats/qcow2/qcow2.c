@@ -1157,6 +1157,8 @@ static const char *const qcow2_strong_opts[] = {"encrypt.key-secret", NULL};
 
 const struct qimg_format_ops format_qcow2 = {
     .name = "qcow2",
+    /* The request ops take s->lock (see struct qcow2_state). */
+    .concurrent_io = true,
     .has_zero_init = qcow2_has_zero_init,
     .strong_opts = qcow2_strong_opts,
     .probe = qcow2_probe,
