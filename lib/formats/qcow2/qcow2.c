@@ -870,21 +870,40 @@ static int qcow2_op_pread(struct qimg_node *node, void *buf, size_t len,
 }
 
 /*
+ * Rounds of shared attempt, exclusive lock, "shared now?" before a write
+ * is made under the exclusive lock whatever it is (a bound, in case
+ * others keep changing its clusters between the rounds).
+ */
+#define QCOW2_SHARED_RETRIES 4
+
+/*
  * A write that changes no metadata runs under the shared lock, next to
  * others like it; any other write (or one that turns out to be, say, an
- * allocating one) takes the exclusive lock and the full write path.
+ * allocating one) takes the exclusive lock and the full write path.  A
+ * write that waited for the exclusive lock while another allocated its
+ * cluster goes back to the shared side: with many requests in flight
+ * over a new image, most of those into a cluster being allocated would
+ * otherwise be written one at a time.
  */
 static int qcow2_op_pwrite(struct qimg_node *node, const void *buf,
                            size_t len, uint64_t off)
 {
     struct qcow2_state *s = node->opaque;
-    pthread_rwlock_rdlock(&s->lock);
-    int ret = unlock(node, qcow2_pwrite_in_place(node, buf, len, off));
-    if (ret != 0) {
-        return ret < 0 ? ret : 0;
+    for (int round = 0;; round++) {
+        pthread_rwlock_rdlock(&s->lock);
+        int ret = unlock(node,
+                         qcow2_pwrite_in_place(node, buf, len, off, false));
+        if (ret != 0) {
+            return ret < 0 ? ret : 0;
+        }
+        lock_exclusive(node);
+        if (round + 1 < QCOW2_SHARED_RETRIES &&
+            qcow2_pwrite_in_place(node, buf, len, off, true) == 1) {
+            unlock(node, 0);
+            continue;
+        }
+        return unlock(node, qcow2_pwrite(node, buf, len, off));
     }
-    lock_exclusive(node);
-    return unlock(node, qcow2_pwrite(node, buf, len, off));
 }
 
 static int qcow2_op_pwrite_zeroes(struct qimg_node *node, uint64_t off,

@@ -953,10 +953,11 @@ int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
  * l2_lock and the data written with only the shared lock held.  1 when
  * written, 0 when it is not such a write (nothing was written: take the
  * exclusive path, which also reports anything odd), -errno when a data
- * write failed.
+ * write failed.  probe: only say whether it is such a write (1 or 0),
+ * writing nothing.
  */
 int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
-                          size_t len, uint64_t off);
+                          size_t len, uint64_t off, bool probe);
 int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
                         unsigned flags);
 int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len);

@@ -1133,7 +1133,7 @@ static bool in_place_cluster(const struct qcow2_state *s, uint64_t cluster,
 }
 
 int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
-                          size_t len, uint64_t off)
+                          size_t len, uint64_t off, bool probe)
 {
     struct qcow2_state *s = node->opaque;
     /*
@@ -1191,7 +1191,7 @@ int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
      * write; all checked against the metadata before any is written.
      */
     const uint64_t n = last - first + 1;
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < (probe ? 1 : 2); pass++) {
         const uint8_t *p = buf;
         uint64_t pos = off;
         for (uint64_t k = 0; k < n;) {
