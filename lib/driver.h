@@ -178,6 +178,13 @@ struct qimg_format_ops {
      */
     const char *const *strong_opts;
     /*
+     * pread, pwrite, pwrite_zeroes, pdiscard and flush may be called on
+     * one node from several threads at once (qimg_concurrent_io): the
+     * driver keeps no unguarded state on those paths, and reaches its
+     * backing node only under its own exclusion.
+     */
+    bool concurrent_io;
+    /*
      * Score a file from its first bytes (buf holds min(file size, 2048)
      * bytes): 0 = not this format, 100 = certain.  Pure.
      */

@@ -255,6 +255,23 @@ int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len);
 int qimg_flush(struct qimg_image *img);
 
 /*
+ * Threads.  A handle is used by one thread at a time, except where
+ * qimg_concurrent_io(img) is true (raw and qcow2 images): then
+ * qimg_pread, qimg_pwrite, qimg_pwrite_zeroes, qimg_discard and
+ * qimg_flush may be called on img from any number of threads at once.
+ * Each call then acts as if made alone at some moment between its start
+ * and its return, but for the bytes of writes to overlapping ranges made
+ * at the same time, which may mix; a flush makes every write that
+ * returned before it started durable.  No other call on img (close,
+ * resize, block status, info, snapshots, check, compressed writes...)
+ * may overlap any call on it.  qcow2 runs writes that change no metadata
+ * (into allocated clusters it owns, of an unencrypted image) side by
+ * side and every other request one at a time; raw runs everything side
+ * by side.
+ */
+bool qimg_concurrent_io(const struct qimg_image *img);
+
+/*
  * Write one guest cluster compressed (qemu-img convert -c): offset is a
  * multiple of the cluster size and len is the cluster size, or what is
  * left of the image for its last cluster (written zero-padded).  Data

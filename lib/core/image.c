@@ -607,6 +607,11 @@ const char *qimg_get_format(const struct qimg_image *img)
     return img->top->drv->name;
 }
 
+bool qimg_concurrent_io(const struct qimg_image *img)
+{
+    return img->top->drv->concurrent_io;
+}
+
 const char *qimg_get_filename(const struct qimg_image *img)
 {
     return img->top->filename;

@@ -3,6 +3,7 @@
  * reported as zero ranges, and zero writes punch holes when allowed.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "core/error.h"
@@ -85,25 +86,51 @@ static int raw_check_block0(struct qimg_node *node, const void *buf,
     return 0;
 }
 
+/*
+ * Writes that reach the protected bytes go one at a time (concurrent_io):
+ * two checked side by side could each pass and together write a header.
+ * Rare (the first sector of probed images), so one lock for all nodes.
+ */
+static pthread_mutex_t block0_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool raw_block0_locked(struct qimg_node *node, uint64_t off)
+{
+    if (!node->protect_block0 || off >= RAW_PROTECTED_BYTES) {
+        return false;
+    }
+    pthread_mutex_lock(&block0_lock);
+    return true;
+}
+
+static int raw_block0_unlock(bool locked, int ret)
+{
+    if (locked) {
+        pthread_mutex_unlock(&block0_lock);
+    }
+    return ret;
+}
+
 static int raw_pwrite(struct qimg_node *node, const void *buf, size_t len,
                       uint64_t off)
 {
+    bool locked = raw_block0_locked(node, off);
     int ret = raw_check_block0(node, buf, len, off);
-    if (ret < 0) {
-        return ret;
+    if (ret == 0) {
+        ret = io_pwrite(node->file, buf, len, off);
     }
-    return io_pwrite(node->file, buf, len, off);
+    return raw_block0_unlock(locked, ret);
 }
 
 static int raw_pwrite_zeroes(struct qimg_node *node, uint64_t off,
                              uint64_t len, unsigned flags)
 {
+    bool locked = raw_block0_locked(node, off);
     int ret = raw_check_block0(node, NULL, len, off);
-    if (ret < 0) {
-        return ret;
+    if (ret == 0) {
+        ret = io_pwrite_zeroes(node->file, off, len,
+                               (flags & QIMG_ZERO_MAY_UNMAP) != 0);
     }
-    return io_pwrite_zeroes(node->file, off, len,
-                            (flags & QIMG_ZERO_MAY_UNMAP) != 0);
+    return raw_block0_unlock(locked, ret);
 }
 
 static int raw_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
@@ -285,6 +312,8 @@ static int raw_create(const char *filename, const struct qimg_opts *opts)
 
 const struct qimg_format_ops format_raw = {
     .name = "raw",
+    /* Every request is a call on the descriptor; nothing is kept. */
+    .concurrent_io = true,
     .probe = raw_probe,
     .open = raw_open,
     .close = raw_close,

@@ -9,14 +9,16 @@
  * API, each worker with one request in flight at a time; a request is
  * taken from the shared counters under lock, so at most depth are in
  * flight and offsets are handed out in order.  Image handles are not
- * thread-safe in general (a qcow2 handle keeps caches and allocates
- * clusters), so:
- *  - raw images: every worker uses the one handle at once.  Raw's request
- *    path (core range check, raw driver, file leaf) keeps no state
- *    between calls: each request is a pread/pwrite on the descriptor.
- *  - other formats, reads: each worker opens a handle of its own, as
- *    convert's workers do.
- *  - other formats, writes: the one handle, each request under io_lock.
+ * thread-safe in general, so (qimg_concurrent_io, qimg.h):
+ *  - raw images: every worker uses the one handle at once (raw runs
+ *    every request side by side).
+ *  - qcow2 writes: every worker uses the one handle at once; qcow2 runs
+ *    writes into clusters it owns side by side and allocating ones one
+ *    at a time, as QEMU does.
+ *  - other formats, and qcow2 reads: each worker opens a handle of its
+ *    own for reads, as convert's workers do (qcow2 reads through one
+ *    handle would go one at a time); writes go through the one handle,
+ *    each request under io_lock.
  *
  * Flushes: every flush_interval completed writes.  Draining (the default)
  * stops handing out requests until those in flight have completed, then
@@ -62,8 +64,10 @@ struct bench {
     uint64_t step;
     uint64_t size;
     struct qimg_image *img;
-    /* Requests on img need io_lock (writes to formats other than raw). */
+    /* Requests on img need io_lock (writes, !qimg_concurrent_io). */
     bool serialise;
+    /* Each worker reads through a handle of its own. */
+    bool own;
     pthread_mutex_t io_lock;
 
     /* Everything below is under lock. */
@@ -279,7 +283,8 @@ static int bench_open(struct bench *b)
     }
     b->size = (uint64_t)size;
     bool raw = strcmp(qimg_get_format(b->img), "raw") == 0;
-    b->serialise = !raw && p->write;
+    b->serialise = p->write && !qimg_concurrent_io(b->img);
+    b->own = !p->write && !raw;
     return 0;
 }
 
@@ -296,8 +301,7 @@ static int bench_start_workers(struct bench *b)
     if (n > cap) {
         n = cap;
     }
-    bool own = !b->serialise &&
-               strcmp(qimg_get_format(b->img), "raw") != 0;
+    bool own = b->own;
     size_t buf_len = p->buffer_size ? p->buffer_size : 1;
     for (size_t k = 0; k < n; k++) {
         struct bench_worker *w = &b->workers[k];

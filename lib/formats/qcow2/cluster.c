@@ -349,6 +349,38 @@ static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
     return 0;
 }
 
+int qcow2_l2_peek_locked(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t slice_off, uint64_t idx, uint64_t *entry,
+                         uint64_t *bitmap)
+{
+    struct qcow2_l2_cache *c = &s->l2_cache;
+    const struct qcow2_l2_slot *victim = &c->slot[0];
+    bool hit = false;
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS && !hit; i++) {
+        const struct qcow2_l2_slot *sl = &c->slot[i];
+        hit = sl->host_off == slice_off && sl->data;
+        if (sl->last_use < victim->last_use) {
+            victim = sl;
+        }
+    }
+    /* The slot a miss reuses is the one qcow2_l2_slice would pick. */
+    if (!hit && victim->dirty) {
+        return 0;
+    }
+    const uint8_t *p;
+    int ret = qcow2_l2_slice(node, s, slice_off, &p);
+    if (ret < 0) {
+        return ret;
+    }
+    if ((idx + 1) * s->l2_entry_size > c->slice_size) {
+        return 0;
+    }
+    p += idx * s->l2_entry_size;
+    *entry = load_be64(p);
+    *bitmap = s->l2_entry_size == 16 ? load_be64(p + 8) : 0;
+    return 1;
+}
+
 /*
  * The type of subcluster sc of an entry (QEMU's classification), or -EIO
  * for an allocation bitmap that is invalid.  Without extended L2 entries

@@ -49,8 +49,8 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return alen > 0 && blen > 0 && a < b + blen && b < a + alen;
 }
 
-int qcow2_overlap_check(struct qimg_node *node, struct qcow2_state *s,
-                        uint64_t off, uint64_t len)
+const char *qcow2_overlap_what(const struct qcow2_state *s, uint64_t off,
+                               uint64_t len)
 {
     const uint64_t cs = s->cluster_size;
     const char *what = NULL;
@@ -92,6 +92,13 @@ int qcow2_overlap_check(struct qimg_node *node, struct qcow2_state *s,
             what = "inactive L1 table";
         }
     }
+    return what;
+}
+
+int qcow2_overlap_check(struct qimg_node *node, struct qcow2_state *s,
+                        uint64_t off, uint64_t len)
+{
+    const char *what = qcow2_overlap_what(s, off, len);
     if (!what) {
         return 0;
     }

@@ -70,7 +70,40 @@ static void state_free(struct qcow2_state *s)
     qcow2_cluster_free(s);
     qcow2_crypto_close(s);
     io_close(s->data_file);
+    pthread_mutex_destroy(&s->l2_lock);
+    pthread_rwlock_destroy(&s->lock);
     free(s);
+}
+
+/*
+ * The state with its locks.  Writers are preferred: with readers first
+ * (glibc's default) a stream of in-place writes would keep an allocating
+ * write, or a flush, waiting for as long as it lasts.
+ */
+static struct qcow2_state *state_new(void)
+{
+    struct qcow2_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return NULL;
+    }
+    pthread_rwlockattr_t attr;
+    bool ok = pthread_rwlockattr_init(&attr) == 0;
+    if (ok) {
+        ok = pthread_rwlockattr_setkind_np(
+                 &attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP) == 0 &&
+             pthread_rwlock_init(&s->lock, &attr) == 0;
+        pthread_rwlockattr_destroy(&attr);
+    }
+    if (!ok) {
+        free(s);
+        return NULL;
+    }
+    if (pthread_mutex_init(&s->l2_lock, NULL) != 0) {
+        pthread_rwlock_destroy(&s->lock);
+        free(s);
+        return NULL;
+    }
+    return s;
 }
 
 /* Derived values [spec: Cluster mapping, Extended L2 Entries]. */
@@ -338,7 +371,7 @@ static int take_cache_opts(struct qimg_node *node,
 
 static int qcow2_open(struct qimg_node *node, unsigned flags)
 {
-    struct qcow2_state *s = calloc(1, sizeof(*s));
+    struct qcow2_state *s = state_new();
     if (!s) {
         return error_set(ENOMEM, "Out of memory");
     }
@@ -590,8 +623,7 @@ static int qcow2_read_encrypted(struct qimg_node *node, struct qcow2_state *s,
                                s->cipher_host_sectors ? host : guest);
 }
 
-static int qcow2_pread(struct qimg_node *node, void *buf, size_t len,
-                       uint64_t off)
+int qcow2_pread(struct qimg_node *node, void *buf, size_t len, uint64_t off)
 {
     struct qcow2_state *s = node->opaque;
     int ret = qcow2_check_readable(node, s);
@@ -815,6 +847,115 @@ static int qcow2_flush(struct qimg_node *node)
     return qcow2_write_flush(node, node->opaque);
 }
 
+/* ---- Locked request ops (see struct qcow2_state: lock) ------------------- */
+
+static void lock_exclusive(struct qimg_node *node)
+{
+    struct qcow2_state *s = node->opaque;
+    pthread_rwlock_wrlock(&s->lock);
+}
+
+static int unlock(struct qimg_node *node, int ret)
+{
+    struct qcow2_state *s = node->opaque;
+    pthread_rwlock_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_op_pread(struct qimg_node *node, void *buf, size_t len,
+                          uint64_t off)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_pread(node, buf, len, off));
+}
+
+/*
+ * Rounds of shared attempt, exclusive lock, "shared now?" before a write
+ * is made under the exclusive lock whatever it is (a bound, in case
+ * others keep changing its clusters between the rounds).
+ */
+#define QCOW2_SHARED_RETRIES 4
+
+/*
+ * A write that changes no metadata runs under the shared lock, next to
+ * others like it; any other write (or one that turns out to be, say, an
+ * allocating one) takes the exclusive lock and the full write path.  A
+ * write that waited for the exclusive lock while another allocated its
+ * cluster goes back to the shared side: with many requests in flight
+ * over a new image, most of those into a cluster being allocated would
+ * otherwise be written one at a time.
+ */
+static int qcow2_op_pwrite(struct qimg_node *node, const void *buf,
+                           size_t len, uint64_t off)
+{
+    struct qcow2_state *s = node->opaque;
+    for (int round = 0;; round++) {
+        pthread_rwlock_rdlock(&s->lock);
+        int ret = unlock(node,
+                         qcow2_pwrite_in_place(node, buf, len, off, false));
+        if (ret != 0) {
+            return ret < 0 ? ret : 0;
+        }
+        lock_exclusive(node);
+        if (round + 1 < QCOW2_SHARED_RETRIES &&
+            qcow2_pwrite_in_place(node, buf, len, off, true) == 1) {
+            unlock(node, 0);
+            continue;
+        }
+        return unlock(node, qcow2_pwrite(node, buf, len, off));
+    }
+}
+
+static int qcow2_op_pwrite_zeroes(struct qimg_node *node, uint64_t off,
+                                  uint64_t len, unsigned flags)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_pwrite_zeroes(node, off, len, flags));
+}
+
+static int qcow2_op_pdiscard(struct qimg_node *node, uint64_t off,
+                             uint64_t len)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_pdiscard(node, off, len));
+}
+
+static int qcow2_op_pwrite_compressed(struct qimg_node *node, const void *buf,
+                                      size_t len, uint64_t off)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_pwrite_compressed(node, buf, len, off));
+}
+
+static int qcow2_op_pwrite_precompressed(struct qimg_node *node,
+                                         const void *data, size_t csize,
+                                         size_t len, uint64_t off)
+{
+    lock_exclusive(node);
+    return unlock(node,
+                  qcow2_pwrite_precompressed(node, data, csize, len, off));
+}
+
+static int qcow2_op_compressed_end(struct qimg_node *node)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_compressed_end(node));
+}
+
+static int qcow2_op_flush(struct qimg_node *node)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_flush(node));
+}
+
+static int qcow2_op_block_status(struct qimg_node *node, uint64_t off,
+                                 uint64_t len, uint64_t *pnum,
+                                 uint64_t *host_off)
+{
+    lock_exclusive(node);
+    return unlock(node, qcow2_block_status(node, off, len, pnum, host_off));
+}
+
 /* ---- info ---------------------------------------------------------------- */
 
 static int put(struct qimg_value *dict, const char *key,
@@ -1035,23 +1176,25 @@ static const char *const qcow2_strong_opts[] = {"encrypt.key-secret", NULL};
 
 const struct qimg_format_ops format_qcow2 = {
     .name = "qcow2",
+    /* The request ops take s->lock (see struct qcow2_state). */
+    .concurrent_io = true,
     .has_zero_init = qcow2_has_zero_init,
     .strong_opts = qcow2_strong_opts,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
-    .pread = qcow2_pread,
-    .pwrite = qcow2_pwrite,
-    .pwrite_zeroes = qcow2_pwrite_zeroes,
-    .pdiscard = qcow2_pdiscard,
-    .pwrite_compressed = qcow2_pwrite_compressed,
+    .pread = qcow2_op_pread,
+    .pwrite = qcow2_op_pwrite,
+    .pwrite_zeroes = qcow2_op_pwrite_zeroes,
+    .pdiscard = qcow2_op_pdiscard,
+    .pwrite_compressed = qcow2_op_pwrite_compressed,
     .compress_cluster = qcow2_compress_cluster,
-    .pwrite_precompressed = qcow2_pwrite_precompressed,
+    .pwrite_precompressed = qcow2_op_pwrite_precompressed,
     .set_compression = qcow2_set_compression,
-    .compressed_end = qcow2_compressed_end,
+    .compressed_end = qcow2_op_compressed_end,
     .truncate = qcow2_truncate,
-    .flush = qcow2_flush,
-    .block_status = qcow2_block_status,
+    .flush = qcow2_op_flush,
+    .block_status = qcow2_op_block_status,
     .get_info = qcow2_get_info,
     .get_allocated = qcow2_get_allocated,
     .snapshot_load = qcow2_snapshot_load,

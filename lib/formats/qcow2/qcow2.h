@@ -13,6 +13,7 @@
 #ifndef QIMG_FORMATS_QCOW2_QCOW2_H
 #define QIMG_FORMATS_QCOW2_QCOW2_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -384,6 +385,22 @@ struct qcow2_free_range {
 /* ---- Driver state ----------------------------------------------------- */
 
 struct qcow2_state {
+    /*
+     * Concurrency (qcow2.c, the driver ops): the request ops (pread,
+     * pwrite, zero writes, discards, compressed writes, flush, block
+     * status) take lock exclusively, but for a write that changes no
+     * metadata (qcow2_pwrite_in_place), which takes it shared.  Every
+     * field below is read and written under the exclusive lock only,
+     * or read under the shared one (nothing changes them then), but for
+     * the L2 cache, which the shared writers also use and which l2_lock
+     * guards among them.  So while a shared writer's data write is in
+     * flight no cluster is freed, reallocated or rewritten by anyone.
+     * The other ops (open, close, truncate, snapshots, check, amend,
+     * info) take no lock: the API requires exclusive use for them.
+     */
+    pthread_rwlock_t lock;
+    pthread_mutex_t l2_lock;
+
     struct qcow2_header hdr;
     unsigned open_flags; /* QIMG_OPEN_* */
 
@@ -908,6 +925,12 @@ int qcow2_snapshot_table_rewrite(struct qimg_node *node,
 int qcow2_overlap_check(struct qimg_node *node, struct qcow2_state *s,
                         uint64_t off, uint64_t len);
 /*
+ * The metadata [off, off + len) overlaps ("main header", "active L2
+ * table", ...), or NULL; changes nothing (for the shared write path).
+ */
+const char *qcow2_overlap_what(const struct qcow2_state *s, uint64_t off,
+                               uint64_t len);
+/*
  * Set the corrupt bit (once), warn as QEMU does ("qcow2: Marking image as
  * corrupt: WHAT; further corruption events will be suppressed"), and
  * return -EIO with the message set.
@@ -918,8 +941,23 @@ int qcow2_signal_corruption(struct qimg_node *node, struct qcow2_state *s,
 
 /* ---- write.c ------------------------------------------------------------- */
 
+/* These expect s->lock held exclusively (the driver ops take it). */
+int qcow2_pread(struct qimg_node *node, void *buf, size_t len, uint64_t off);
 int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
                  uint64_t off);
+/*
+ * A guest write that changes no metadata, with s->lock held shared: every
+ * byte lies in a cluster (subcluster) that is allocated, ours alone
+ * (COPIED), neither compressed nor zero-flagged, in an unencrypted image
+ * whose write path is set up.  Then the host offsets are looked up under
+ * l2_lock and the data written with only the shared lock held.  1 when
+ * written, 0 when it is not such a write (nothing was written: take the
+ * exclusive path, which also reports anything odd), -errno when a data
+ * write failed.  probe: only say whether it is such a write (1 or 0),
+ * writing nothing.
+ */
+int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
+                          size_t len, uint64_t off, bool probe);
 int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
                         unsigned flags);
 int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len);
@@ -992,6 +1030,17 @@ int qcow2_grow_l1(struct qimg_node *node, struct qcow2_state *s,
 /* The cached slice at slice_off, marked dirty; *out points at its bytes. */
 int qcow2_l2_slice_rw(struct qimg_node *node, struct qcow2_state *s,
                       uint64_t slice_off, uint8_t **out);
+/*
+ * The L2 entry (and bitmap word, 0 without extended L2 entries) of index
+ * idx in the slice at slice_off, for the shared write path: from the
+ * cache, or read into a slot when the one to reuse is clean (writing a
+ * dirty slice back would need the refcounts written first).  1 with the
+ * entry, 0 when it cannot be had that way, -errno on a read error.
+ * Caller holds lock shared (or exclusive) and l2_lock.
+ */
+int qcow2_l2_peek_locked(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t slice_off, uint64_t idx, uint64_t *entry,
+                         uint64_t *bitmap);
 /* Forget cached slices inside [off, off + len) without writing them. */
 void qcow2_l2_invalidate(struct qcow2_state *s, uint64_t off, uint64_t len);
 /* Write every dirty slice back (no sync). */

@@ -1016,9 +1016,10 @@ static int encrypted_align(struct qimg_node *node, struct qcow2_state *s,
     if (!bounce) {
         return error_set(ENOMEM, "Out of memory");
     }
-    int ret = node->drv->pread(node, bounce, (size_t)ss, start);
+    /* Not through the driver ops: they would take s->lock again. */
+    int ret = qcow2_pread(node, bounce, (size_t)ss, start);
     if (ret == 0 && end - ss > start) {
-        ret = node->drv->pread(node, bounce + (end - ss - start),
+        ret = qcow2_pread(node, bounce + (end - ss - start),
                                (size_t)ss, end - ss);
     }
     if (ret == 0) {
@@ -1085,6 +1086,137 @@ static int pwrite_aligned(struct qimg_node *node, struct qcow2_state *s,
         ret = batch_finish(node, s, &b);
     }
     return ret;
+}
+
+/* ---- In-place writes under the shared lock ------------------------------ */
+
+/* At most this many clusters per shared write (host offsets on the stack). */
+#define IN_PLACE_MAX_CLUSTERS 32
+
+/*
+ * Does writing [lo, hi) of cluster (offsets within it) over its entry
+ * change nothing but data?  That is what the exclusive path would do
+ * with it (write_whole's or write_partial's in-place case) storing the
+ * same entry again: standard, COPIED, not compressed, no zero flag, no
+ * reserved bits, a host cluster (with a data file: at the guest offset),
+ * every touched subcluster allocated.  Anything else, valid or not, is
+ * left to the exclusive path, which also reports corruption.
+ */
+static bool in_place_cluster(const struct qcow2_state *s, uint64_t cluster,
+                             uint64_t entry, uint64_t bitmap, uint64_t lo,
+                             uint64_t hi, uint64_t *host)
+{
+    if ((entry & (QCOW2_OFLAG_COMPRESSED | QCOW2_OFLAG_ZERO |
+                  QCOW2_L2E_STD_RESERVED_MASK)) ||
+        !(entry & QCOW2_OFLAG_COPIED)) {
+        return false;
+    }
+    uint64_t h = entry & QCOW2_L2E_OFFSET_MASK;
+    if (s->has_data_file ? h != cluster << s->cluster_bits
+                         : h == 0 || !is_aligned_u64(h, s->cluster_size)) {
+        return false;
+    }
+    if (s->subclusters_per_cluster > 1) {
+        uint64_t alloc = bitmap & BITMAP_ALLOC_MASK;
+        if (alloc & (bitmap >> 32)) {
+            return false;
+        }
+        for (uint64_t j = lo / s->subcluster_size;
+             j <= (hi - 1) / s->subcluster_size; j++) {
+            if (!(alloc & (1ull << j))) {
+                return false;
+            }
+        }
+    }
+    *host = h;
+    return true;
+}
+
+int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
+                          size_t len, uint64_t off, bool probe)
+{
+    struct qcow2_state *s = node->opaque;
+    /*
+     * What write_prepare would do first must be done already: the write
+     * path set up (persistent bitmaps' autoclear bit cleared), the lazy
+     * refcounts' dirty bit set.  Encrypted data goes through a bounce
+     * buffer and the sector alignment: not here.
+     */
+    if (len == 0 || !s->write_ready || s->corrupt || !s->l1_table ||
+        s->hdr.crypt_method != QCOW2_CRYPT_NONE || s->cipher ||
+        (lazy_refcounts(s) && !s->dirty_set)) {
+        return 0;
+    }
+    const uint64_t cs = s->cluster_size;
+    const uint64_t first = off >> s->cluster_bits;
+    const uint64_t last = (off + len - 1) >> s->cluster_bits;
+    if (last - first >= IN_PLACE_MAX_CLUSTERS) {
+        return 0;
+    }
+    const uint64_t esize = s->l2_entry_size;
+    const uint64_t per_slice = min_u64(cs, QCOW2_L2_SLICE_MAX) / esize;
+    uint64_t host[IN_PLACE_MAX_CLUSTERS];
+    int ret = 1;
+    pthread_mutex_lock(&s->l2_lock);
+    for (uint64_t cl = first; ret == 1 && cl <= last; cl++) {
+        uint64_t i = cl >> s->l2_bits;
+        uint64_t l1e = i < s->l1_size ? s->l1_table[i] : 0;
+        uint64_t l2 = l1e & QCOW2_L1E_OFFSET_MASK;
+        /* A shared L2 table is copied first: the exclusive path. */
+        if (!(l1e & QCOW2_OFLAG_COPIED) || l2 == 0 ||
+            !is_aligned_u64(l2, cs)) {
+            ret = 0;
+            break;
+        }
+        uint64_t idx = cl & (s->l2_entries - 1);
+        uint64_t in_slice = idx % per_slice;
+        uint64_t entry = 0, bitmap = 0;
+        ret = qcow2_l2_peek_locked(node, s, l2 + (idx - in_slice) * esize,
+                                   in_slice, &entry, &bitmap);
+        uint64_t lo = cl == first ? off & (cs - 1) : 0;
+        uint64_t hi = cl == last ? ((off + len - 1) & (cs - 1)) + 1 : cs;
+        if (ret == 1 &&
+            !in_place_cluster(s, cl, entry, bitmap, lo, hi,
+                              &host[cl - first])) {
+            ret = 0;
+        }
+    }
+    pthread_mutex_unlock(&s->l2_lock);
+    if (ret != 1) {
+        /* A failed L2 read too: the exclusive path retries, reports. */
+        return 0;
+    }
+    /*
+     * Runs of clusters that follow each other on the host, each one
+     * write; all checked against the metadata before any is written.
+     */
+    const uint64_t n = last - first + 1;
+    for (int pass = 0; pass < (probe ? 1 : 2); pass++) {
+        const uint8_t *p = buf;
+        uint64_t pos = off;
+        for (uint64_t k = 0; k < n;) {
+            uint64_t e = k + 1;
+            while (e < n && host[e] == host[e - 1] + cs) {
+                e++;
+            }
+            uint64_t end = min_u64(off + len, (first + e) << s->cluster_bits);
+            uint64_t h = host[k] + (pos & (cs - 1));
+            if (pass == 0) {
+                if (!s->has_data_file && qcow2_overlap_what(s, h, end - pos)) {
+                    return 0;
+                }
+            } else {
+                ret = write_host(node, s, p, end - pos, h);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+            p += end - pos;
+            pos = end;
+            k = e;
+        }
+    }
+    return 1;
 }
 
 /* ---- Zero writes and discards ------------------------------------------ */
