@@ -13,7 +13,25 @@ QEMU_IMG=${QEMU_IMG:-qemu-img}
 QEMU_IO=${QEMU_IO:-qemu-io}
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/qimg-test.XXXXXX")
-trap 'rm -rf "$T"' EXIT
+# (The oracles' wrappers live beside $T, out of the scripts' view.)
+trap 'rm -rf "$T" "$T.oracles"' EXIT
+
+# The oracles run with their fsync and fdatasync made no-ops (QIMG_NOSYNC,
+# tests/unit/nosync.c): what they write and print is the same, without
+# the waits for the disk.  QEMU_IMG_SYNCING and QEMU_IO_SYNCING run them
+# as they are, for a test of which syncs a tool makes.  qimg runs as it is.
+QEMU_IMG_SYNCING=$QEMU_IMG
+QEMU_IO_SYNCING=$QEMU_IO
+if [ -n "${QIMG_NOSYNC:-}" ] && [ -f "$QIMG_NOSYNC" ]; then
+    mkdir "$T.oracles"
+    printf '#!/bin/sh\nLD_PRELOAD=%q exec %q "$@"\n' "$QIMG_NOSYNC" \
+        "$QEMU_IMG" >"$T.oracles/qemu-img"
+    printf '#!/bin/sh\nLD_PRELOAD=%q exec %q "$@"\n' "$QIMG_NOSYNC" \
+        "$QEMU_IO" >"$T.oracles/qemu-io"
+    chmod +x "$T.oracles/qemu-img" "$T.oracles/qemu-io"
+    QEMU_IMG=$T.oracles/qemu-img
+    QEMU_IO=$T.oracles/qemu-io
+fi
 
 failures=0
 checks=0
@@ -110,6 +128,49 @@ qemu_create_luks() {
     done
     fail "qemu-img create $img $opts"
     return 1
+}
+
+# qemu_img_cached OUT ERR ARGS...: qemu-img ARGS, stdout to OUT, stderr
+# to ERR, returning its status; for commands that only read and print
+# (measure), whose result depends on nothing but the arguments and the
+# files named by them.  With QIMG_ORACLE_CACHE (a folder scripts/test.sh
+# shares between its builds) a result recorded by the same qemu-img
+# binary for the same arguments and the same contents of the files they
+# name is replayed: qemu-img measure -O luks times PBKDF2 for its default
+# two seconds, for a header whose size the time does not change.
+qemu_img_cached() {
+    local out=$1 err=$2
+    shift 2
+    local dir=${QIMG_ORACLE_CACHE:-} key a bin
+    if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+        "$QEMU_IMG" "$@" >"$out" 2>"$err"
+        return
+    fi
+    bin=$(command -v "$QEMU_IMG_SYNCING")
+    key=$({
+        stat -L -c '%n %s %Y' "$bin"
+        printf '%s\0' "$@"
+        for a in "$@"; do
+            [ -f "$a" ] && { printf 'file %s\0' "$a"; sha256sum <"$a"; }
+        done
+    } | sha256sum | cut -c1-64)
+    if [ -f "$dir/$key/status" ]; then
+        cat "$dir/$key/out" >"$out"
+        cat "$dir/$key/err" >"$err"
+        return "$(cat "$dir/$key/status")"
+    fi
+    "$QEMU_IMG" "$@" >"$out" 2>"$err"
+    local st=$?
+    # qemu-img's failure to time PBKDF2 (see QEMU_LUKS_TRIES) is not a
+    # result of the arguments: never recorded.
+    if ! grep -q 'Unable to get accurate CPU usage' "$err" &&
+        mkdir "$dir/$key.$$" 2>/dev/null; then
+        cp "$out" "$dir/$key.$$/out" && cp "$err" "$dir/$key.$$/err" &&
+            echo "$st" >"$dir/$key.$$/status" &&
+            mv -T "$dir/$key.$$" "$dir/$key" 2>/dev/null
+        rm -rf "$dir/$key.$$"
+    fi
+    return "$st"
 }
 
 # same_out NAME ARGS...: qemu-img ARGS and qimg ARGS print the same on
