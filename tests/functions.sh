@@ -1,7 +1,7 @@
 # Shared helpers for the shell test suites.  Source it; it sets up a
 # scratch directory ($T, removed on exit) and failure accounting.
 #   expect_same NAME FILE_A FILE_B   compare two outputs, diff on mismatch
-#   same_bytes FILE_A FILE_B          cmp -s, fast on sparse files
+#   files_equal FILE_A FILE_B         cmp -s, fast on sparse files
 #   qemu_create_luks IMG SIZE OPTS    a LUKS qcow2 made by qemu-img
 #   map_layout IMAGE                  allocation map without host offsets
 #   fail NAME [DETAIL]               record a failure
@@ -51,11 +51,11 @@ pass() {
     checks=$((checks + 1))
 }
 
-# same_bytes A B: status 0 when A and B hold the same bytes, as "cmp -s";
+# files_equal A B: status 0 when A and B hold the same bytes, as "cmp -s";
 # tests/unit/same_bytes.c does not read the holes both files share (cmp
 # reads a sparse 5 GiB image through the kernel's zero fill for tens of
 # seconds).  Without the helper (a script run by hand), cmp.
-same_bytes() {
+files_equal() {
     if [ -n "${QIMG_SAME_BYTES:-}" ]; then
         "$QIMG_SAME_BYTES" "$1" "$2"
     else
@@ -66,7 +66,7 @@ same_bytes() {
 expect_same() {
     local name=$1 a=$2 b=$3
     checks=$((checks + 1))
-    if ! same_bytes "$a" "$b"; then
+    if ! files_equal "$a" "$b"; then
         fail "$name" "$(diff -u "$a" "$b" | head -40)"
         return 1
     fi

@@ -25,7 +25,7 @@ conv() {
     expect_same "$name: stderr" want.err got.err
     if [ -e want.img ] || [ -e got.img ]; then
         checks=$((checks + 1))
-        same_bytes want.img got.img || fail "$name: contents differ"
+        files_equal want.img got.img || fail "$name: contents differ"
     fi
 }
 
@@ -113,7 +113,7 @@ for tool in "$QEMU_IMG" "$QIMG"; do
     expect_same "$name SIGUSR1: status" <(echo "status 0") sig.out
     lines_ok "$name SIGUSR1"
     checks=$((checks + 1))
-    same_bytes ref.img sig.img || fail "$name SIGUSR1: contents differ"
+    files_equal ref.img sig.img || fail "$name SIGUSR1: contents differ"
 
     signalled "$name SIGUSR1 -q" "$tool" convert -q
     expect_same "$name SIGUSR1 -q: status" <(echo "status 0") sig.out
@@ -132,7 +132,7 @@ expect_same "qimg SIGUSR1 -p: stderr" /dev/null sig.err
 signalled "qemu-img SIGUSR1 -p" "$QEMU_IMG" convert -p
 expect_same "qemu-img SIGUSR1 -p: stderr" /dev/null sig.err
 checks=$((checks + 1))
-same_bytes ref.img sig.img || fail "SIGUSR1 -p: contents differ"
+files_equal ref.img sig.img || fail "SIGUSR1 -p: contents differ"
 
 # A corrupt cluster in the middle of the copy: a copy thread fails while
 # others work on; the error is qimg's one line, the status qemu-img's, and
