@@ -19,6 +19,12 @@ setup() {
     fi
 }
 
+# Answers of the oracle that depend only on their arguments and input
+# files, shared by the two builds' suites (tests/functions.sh:
+# qemu_img_cached), fresh for each run.
+export QIMG_ORACLE_CACHE=$PWD/build-oracle-cache
+rm -rf "$QIMG_ORACLE_CACHE" && mkdir "$QIMG_ORACLE_CACHE"
+
 status=0
 results=()
 run_suite() {

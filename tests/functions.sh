@@ -1,6 +1,7 @@
 # Shared helpers for the shell test suites.  Source it; it sets up a
 # scratch directory ($T, removed on exit) and failure accounting.
 #   expect_same NAME FILE_A FILE_B   compare two outputs, diff on mismatch
+#   files_equal FILE_A FILE_B         cmp -s, fast on sparse files
 #   qemu_create_luks IMG SIZE OPTS    a LUKS qcow2 made by qemu-img
 #   map_layout IMAGE                  allocation map without host offsets
 #   fail NAME [DETAIL]               record a failure
@@ -12,7 +13,25 @@ QEMU_IMG=${QEMU_IMG:-qemu-img}
 QEMU_IO=${QEMU_IO:-qemu-io}
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/qimg-test.XXXXXX")
-trap 'rm -rf "$T"' EXIT
+# (The oracles' wrappers live beside $T, out of the scripts' view.)
+trap 'rm -rf "$T" "$T.oracles"' EXIT
+
+# The oracles run with their fsync and fdatasync made no-ops (QIMG_NOSYNC,
+# tests/unit/nosync.c): what they write and print is the same, without
+# the waits for the disk.  QEMU_IMG_SYNCING and QEMU_IO_SYNCING run them
+# as they are, for a test of which syncs a tool makes.  qimg runs as it is.
+QEMU_IMG_SYNCING=$QEMU_IMG
+QEMU_IO_SYNCING=$QEMU_IO
+if [ -n "${QIMG_NOSYNC:-}" ] && [ -f "$QIMG_NOSYNC" ]; then
+    mkdir "$T.oracles"
+    printf '#!/bin/sh\nLD_PRELOAD=%q exec %q "$@"\n' "$QIMG_NOSYNC" \
+        "$QEMU_IMG" >"$T.oracles/qemu-img"
+    printf '#!/bin/sh\nLD_PRELOAD=%q exec %q "$@"\n' "$QIMG_NOSYNC" \
+        "$QEMU_IO" >"$T.oracles/qemu-io"
+    chmod +x "$T.oracles/qemu-img" "$T.oracles/qemu-io"
+    QEMU_IMG=$T.oracles/qemu-img
+    QEMU_IO=$T.oracles/qemu-io
+fi
 
 failures=0
 checks=0
@@ -32,10 +51,22 @@ pass() {
     checks=$((checks + 1))
 }
 
+# files_equal A B: status 0 when A and B hold the same bytes, as "cmp -s";
+# tests/unit/same_bytes.c does not read the holes both files share (cmp
+# reads a sparse 5 GiB image through the kernel's zero fill for tens of
+# seconds).  Without the helper (a script run by hand), cmp.
+files_equal() {
+    if [ -n "${QIMG_SAME_BYTES:-}" ]; then
+        "$QIMG_SAME_BYTES" "$1" "$2"
+    else
+        cmp -s "$1" "$2"
+    fi
+}
+
 expect_same() {
     local name=$1 a=$2 b=$3
     checks=$((checks + 1))
-    if ! cmp -s "$a" "$b"; then
+    if ! files_equal "$a" "$b"; then
         fail "$name" "$(diff -u "$a" "$b" | head -40)"
         return 1
     fi
@@ -97,6 +128,49 @@ qemu_create_luks() {
     done
     fail "qemu-img create $img $opts"
     return 1
+}
+
+# qemu_img_cached OUT ERR ARGS...: qemu-img ARGS, stdout to OUT, stderr
+# to ERR, returning its status; for commands that only read and print
+# (measure), whose result depends on nothing but the arguments and the
+# files named by them.  With QIMG_ORACLE_CACHE (a folder scripts/test.sh
+# shares between its builds) a result recorded by the same qemu-img
+# binary for the same arguments and the same contents of the files they
+# name is replayed: qemu-img measure -O luks times PBKDF2 for its default
+# two seconds, for a header whose size the time does not change.
+qemu_img_cached() {
+    local out=$1 err=$2
+    shift 2
+    local dir=${QIMG_ORACLE_CACHE:-} key a bin
+    if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+        "$QEMU_IMG" "$@" >"$out" 2>"$err"
+        return
+    fi
+    bin=$(command -v "$QEMU_IMG_SYNCING")
+    key=$({
+        stat -L -c '%n %s %Y' "$bin"
+        printf '%s\0' "$@"
+        for a in "$@"; do
+            [ -f "$a" ] && { printf 'file %s\0' "$a"; sha256sum <"$a"; }
+        done
+    } | sha256sum | cut -c1-64)
+    if [ -f "$dir/$key/status" ]; then
+        cat "$dir/$key/out" >"$out"
+        cat "$dir/$key/err" >"$err"
+        return "$(cat "$dir/$key/status")"
+    fi
+    "$QEMU_IMG" "$@" >"$out" 2>"$err"
+    local st=$?
+    # qemu-img's failure to time PBKDF2 (see QEMU_LUKS_TRIES) is not a
+    # result of the arguments: never recorded.
+    if ! grep -q 'Unable to get accurate CPU usage' "$err" &&
+        mkdir "$dir/$key.$$" 2>/dev/null; then
+        cp "$out" "$dir/$key.$$/out" && cp "$err" "$dir/$key.$$/err" &&
+            echo "$st" >"$dir/$key.$$/status" &&
+            mv -T "$dir/$key.$$" "$dir/$key" 2>/dev/null
+        rm -rf "$dir/$key.$$"
+    fi
+    return "$st"
 }
 
 # same_out NAME ARGS...: qemu-img ARGS and qimg ARGS print the same on

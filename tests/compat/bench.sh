@@ -68,7 +68,7 @@ same() {
     checks=$((checks + 1))
     case $img in
     *.raw)
-        cmp -s "want/$img" "got/$img" ||
+        files_equal "want/$img" "got/$img" ||
             fail "$name: $img differs from qemu-img's" ;;
     *)
         "$QEMU_IMG" compare -q -f qcow2 -F qcow2 "want/$img" "got/$img" ||

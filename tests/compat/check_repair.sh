@@ -45,7 +45,7 @@ repair() {
         "$c.want.out" "$c.got.out"
     expect_same "$name (-r $mode $*): stderr" "$c.want.err" "$c.got.err"
     checks=$((checks + 1))
-    if ! cmp -s "$c.want.qcow2" "$c.qcow2"; then
+    if ! files_equal "$c.want.qcow2" "$c.qcow2"; then
         fail "$name (-r $mode $*): repaired files differ" \
             "$(cmp -l "$c.want.qcow2" "$c.qcow2" | head -10)"
     fi
@@ -240,7 +240,7 @@ open_repair() {
     expect_status "$name: qimg's writable open" 0 "$QIMG_OPEN_RW" \
         "$src.qimg"
     checks=$((checks + 1))
-    if ! cmp -s "$src.qemu" "$src.qimg"; then
+    if ! files_equal "$src.qemu" "$src.qimg"; then
         fail "$name: the open repaired differently" \
             "$(cmp -l "$src.qemu" "$src.qimg" | head -10)"
     fi
@@ -262,7 +262,7 @@ cp lazy.qcow2 lazy-ro.qcow2
 "$QIMG" info lazy-ro.qcow2 >/dev/null 2>&1
 "$QIMG" check lazy-ro.qcow2 >/dev/null 2>&1
 checks=$((checks + 1))
-cmp -s lazy.qcow2 lazy-ro.qcow2 || fail "a read-only open changed a dirty image"
+files_equal lazy.qcow2 lazy-ro.qcow2 || fail "a read-only open changed a dirty image"
 
 # Rebuilds over many blocks, every refcount width.
 for rb in 1 2 4 8 16 32 64; do
@@ -358,7 +358,7 @@ cp sn-inc.qcow2 sn-inc-open.qcow2
 expect_status "writable open of incomplete entries" 0 "$QIMG_OPEN_RW" \
     sn-inc-open.qcow2
 checks=$((checks + 1))
-cmp -s sn-inc.qcow2 sn-inc-open.qcow2 ||
+files_equal sn-inc.qcow2 sn-inc-open.qcow2 ||
     fail "a writable open rewrote incomplete snapshot entries"
 
 # ---- The command line ----------------------------------------------------
@@ -380,7 +380,7 @@ cp leak.qcow2 u.qcow2
 same_cli "-r with -U" -r all -U u.qcow2
 same_cli "-r with --force-share" -r leaks --force-share u.qcow2
 checks=$((checks + 1))
-cmp -s leak.qcow2 u.qcow2 || fail "-r -U changed the image"
+files_equal leak.qcow2 u.qcow2 || fail "-r -U changed the image"
 
 # An image in use by another process: -r needs the write lock.
 "$QEMU_IO" -r -c 'sleep 4000' u.qcow2 >/dev/null 2>&1 &
@@ -389,6 +389,6 @@ sleep 1
 same_cli "-r on an image open elsewhere" -r leaks u.qcow2
 wait "$holder"
 checks=$((checks + 1))
-cmp -s leak.qcow2 u.qcow2 || fail "-r on a locked image changed it"
+files_equal leak.qcow2 u.qcow2 || fail "-r on a locked image changed it"
 
 finish

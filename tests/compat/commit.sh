@@ -62,7 +62,7 @@ same() {
     for f in $(cd want && find . -type f | sort); do
         checks=$((checks + 1))
         # The same bytes as qemu-img's: nothing more to compare.
-        if cmp -s "want/$f" "got/$f"; then
+        if files_equal "want/$f" "got/$f"; then
             continue
         fi
         if ! "$QEMU_IMG" compare -U "want/$f" "got/$f" >cmp.out 2>&1; then
@@ -82,7 +82,7 @@ same() {
     done
     if [ -n "${EMPTIED:-}" ]; then
         checks=$((checks + 1))
-        cmp -s "want/$EMPTIED" "got/$EMPTIED" ||
+        files_equal "want/$EMPTIED" "got/$EMPTIED" ||
             fail "$name: $EMPTIED not emptied as qemu-img empties it"
     fi
 }

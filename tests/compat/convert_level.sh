@@ -145,7 +145,7 @@ expect_same "zstd level 3: qemu-img's file" qz.qcow2 out.qcow2
 rm -f out.qcow2
 "$QIMG" convert -c --compression-level 1 -f raw -O qcow2 mixed.raw out.qcow2
 checks=$((checks + 1))
-cmp -s q.qcow2 out.qcow2 && fail "zlib level 1 wrote level 6's file"
+files_equal q.qcow2 out.qcow2 && fail "zlib level 1 wrote level 6's file"
 
 compressed() {
     "$QEMU_IMG" check --output=json "$1" |

@@ -53,7 +53,7 @@ conv() {
     expect_same "$name: stderr" want.err got.err
     expect_same "$name: size" <(stat -c %s want.img) <(stat -c %s got.img)
     checks=$((checks + 1))
-    cmp -s want.img got.img || fail "$name: contents differ"
+    files_equal want.img got.img || fail "$name: contents differ"
     # qemu-img's file driver allocates the first block of every new file;
     # qimg's does not (lib/io), so sources starting with zeroes skip this.
     if [ "${NOMAP:-}" != 1 ]; then
@@ -90,10 +90,10 @@ if grep -q '(100.00/100%)' got.tty && grep -q '(0.00/100%)' got.tty; then
 else
     fail "progress on a terminal" "$(cat -A got.tty)"
 fi
-cmp -s got.img want.img 2>/dev/null || "$QEMU_IMG" convert -f raw odd.raw \
+files_equal got.img want.img 2>/dev/null || "$QEMU_IMG" convert -f raw odd.raw \
     want.img
 checks=$((checks + 1))
-cmp -s want.img got.img || fail "progress: contents differ"
+files_equal want.img got.img || fail "progress: contents differ"
 conv "quiet progress" -p -q -f raw odd.raw
 conv "-o preallocation" -f raw -o preallocation=off odd.raw
 
@@ -111,7 +111,7 @@ existing() {
     expect_same "$name: stdout" want.out got.out
     expect_same "$name: stderr" want.err got.err
     checks=$((checks + 1))
-    cmp -s want.img got.img || fail "$name: contents differ"
+    files_equal want.img got.img || fail "$name: contents differ"
     if [ "${NOMAP:-}" != 1 ]; then
         map want.img >want.map
         map got.img >got.map

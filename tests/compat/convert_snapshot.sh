@@ -74,7 +74,7 @@ conv() {
     expect_same "$name: stderr" want.err got.err
     if [ -e want.img ] || [ -e got.img ]; then
         checks=$((checks + 1))
-        cmp -s want.img got.img || fail "$name: contents differ"
+        files_equal want.img got.img || fail "$name: contents differ"
     fi
 }
 

@@ -30,7 +30,7 @@ run_both() {
     local f
     for f in $(cd q && find . -type f | sort); do
         checks=$((checks + 1))
-        cmp -s "q/$f" "m/$f" || fail "$name: bytes of $f" \
+        files_equal "q/$f" "m/$f" || fail "$name: bytes of $f" \
             "$(cmp "q/$f" "m/$f" 2>&1)"
     done
     if [ -z "${NOCHECK:-}" ] && [ -f m/a.img ] &&

@@ -81,7 +81,7 @@ outputs() {
     [ -e want/out ] || return
     if [ "$fmt" = raw ]; then
         expect_same "$name: size" <(stat -c %s want/out) <(stat -c %s got/out)
-        cmp -s want/out got/out || fail "$name: contents differ"
+        files_equal want/out got/out || fail "$name: contents differ"
         # Both write every byte: the same blocks are allocated.  But
         # qemu-img's file driver allocates the first block of a new file
         # and qimg's does not (lib/io), which shows when nothing was

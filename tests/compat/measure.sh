@@ -203,13 +203,14 @@ same "bad option list" --size 1G -O qcow2 -o ",,="
 
 # LUKS targets, raw and in qcow2: the header area by cipher; qemu-img
 # makes a throw-away header (and may fail to time its PBKDF2 on a busy
-# machine: then it is asked again).
+# machine: then it is asked again).  Its answers are shared between the
+# builds of one run (functions.sh: qemu_img_cached): each costs seconds.
 same_luks() {
     local name=$1 i
     shift
     for ((i = 0; i < QEMU_LUKS_TRIES; i++)); do
-        "$QEMU_IMG" measure --object secret,id=sec0,data=abc "$@" \
-            >want.out 2>want.err
+        qemu_img_cached want.out want.err measure \
+            --object secret,id=sec0,data=abc "$@"
         echo "status $?" >>want.out
         grep -q 'Unable to get accurate CPU usage' want.err || break
     done

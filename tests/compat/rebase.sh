@@ -62,7 +62,7 @@ same() {
     for f in $(cd want && find . -type f | sort); do
         checks=$((checks + 1))
         # The same bytes as qemu-img's: nothing more to compare.
-        if cmp -s "want/$f" "got/$f"; then
+        if files_equal "want/$f" "got/$f"; then
             continue
         fi
         if ! "$QEMU_IMG" compare -U "want/$f" "got/$f" >cmp.out 2>&1; then
@@ -83,7 +83,7 @@ same() {
     # The copy writes what qemu-img writes, in its order: same bytes.
     if [ -n "${SAME_BYTES:-}" ]; then
         checks=$((checks + 1))
-        cmp -s "want/$SAME_BYTES" "got/$SAME_BYTES" ||
+        files_equal "want/$SAME_BYTES" "got/$SAME_BYTES" ||
             fail "$name: $SAME_BYTES differs from qemu-img's bytes"
     fi
 }

@@ -48,7 +48,7 @@ $TOOL bochs bbig.bochs pattern.raw --extent 8192 --bitmap 1000 \
     --catalog 1000 || fail "make bbig.bochs"
 for img in b2 b1 bbig; do
     same_read "bochs $img" $img.bochs
-    cmp -s want.raw pattern.raw || fail "bochs $img: not the pattern"
+    files_equal want.raw pattern.raw || fail "bochs $img: not the pattern"
 done
 same_out "bochs as bochs" info -f bochs b2.bochs
 same_out "bochs human map" map b2.bochs
@@ -210,7 +210,7 @@ same_out "parallels short" info short.prl
 # Resize is refused as qemu-img 7.2 refuses it, the image unchanged.
 cp pa.prl w.prl
 expect_status "parallels resize refused" 1 "$QIMG" resize w.prl 4M
-cmp -s pa.prl w.prl || fail "parallels refused resize changed the image"
+files_equal pa.prl w.prl || fail "parallels refused resize changed the image"
 
 # ---- dmg ------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ $TOOL dmg ds.dmg pattern.raw --chunk 128 --rsrc 1 --fork 512 --split 1 ||
 $TOOL dmg dt.dmg pattern.raw --tail 100 || fail "make dt.dmg"
 for img in dz dr df ds dt; do
     same_read "dmg $img" $img.dmg
-    cmp -s want.raw pattern.raw || fail "dmg $img: not the pattern"
+    files_equal want.raw pattern.raw || fail "dmg $img: not the pattern"
 done
 same_out "dmg as dmg" info -f dmg dz.dmg
 same_out "dmg human map" map dz.dmg

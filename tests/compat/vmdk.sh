@@ -23,7 +23,7 @@ same_out() {
     "$QIMG" "$@" >"$name.got" 2>&1
     echo "exit $?" >>"$name.got"
     sed -i 's/^qemu-img: /qimg: /' "$name.want"
-    if ! cmp -s "$name.want" "$name.got"; then
+    if ! files_equal "$name.want" "$name.got"; then
         fail "$name" "$(diff -u "$name.want" "$name.got")"
     fi
 }
@@ -331,7 +331,7 @@ checks=$((checks + 1))
 cmp -s <(mask same.q/s.vmdk) <(mask same.m/s.vmdk) ||
     fail "convert -O vmdk: not qemu-img's bytes"
 checks=$((checks + 1))
-cmp -s m-twoGbMaxExtentSparse-s001.vmdk c-twoGbMaxExtentSparse-s001.vmdk ||
+files_equal m-twoGbMaxExtentSparse-s001.vmdk c-twoGbMaxExtentSparse-s001.vmdk ||
     fail "convert -O vmdk twoGbMaxExtentSparse: not qemu-img's extent"
 
 # Guest writes through qimg (write_image) and the same through qemu-io on
@@ -467,7 +467,7 @@ for op in w:0x20000:512:7 w:0x20000:0x10000:7 z:0x30000:512; do
     expect_status "cid: write $op fails" 1 "$QIMG_WRITE_IMAGE" cid-w.vmdk \
         vmdk "$op"
     checks=$((checks + 1))
-    cmp -s cid-child.vmdk cid-w.vmdk ||
+    files_equal cid-child.vmdk cid-w.vmdk ||
         fail "cid: a failed write $op changed the file"
 done
 cp cid-child.vmdk cid-w.vmdk
@@ -476,7 +476,7 @@ expect_status "cid: write into the child's grain" 0 "$QIMG_WRITE_IMAGE" \
 checks=$((checks + 1))
 grep -a '^CID=' cid-child.vmdk >cid-a.txt
 grep -a '^CID=' cid-w.vmdk >cid-b.txt
-cmp -s cid-a.txt cid-b.txt && fail "cid: the write did not change the CID"
+files_equal cid-a.txt cid-b.txt && fail "cid: the write did not change the CID"
 rm -f cid-*.vmdk cid-*.raw
 
 finish

@@ -30,7 +30,7 @@ io -f raw -c 'write -P 0x17 0 4k' -c 'write -P 0x93 8k 60k' \
 
 $TOOL se.vmdk pattern.raw || fail "make se.vmdk"
 same_read "sesparse" se.vmdk
-cmp -s want.raw pattern.raw || fail "sesparse: not the pattern"
+files_equal want.raw pattern.raw || fail "sesparse: not the pattern"
 same_out "sesparse check" check se.vmdk
 
 # Grain indexes below 4096 (no high part), spare grain tables, and a

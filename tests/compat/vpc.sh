@@ -79,7 +79,7 @@ same_read() {
         return
     fi
     checks=$((checks + 1))
-    cmp -s want.raw got.raw || fail "$name: contents differ"
+    files_equal want.raw got.raw || fail "$name: contents differ"
     same_output "$name: info" info -f "$fmt" "$img"
     same_output "$name: info json" info -f "$fmt" --output=json "$img"
     same_output "$name: map json" map -f "$fmt" --output=json "$img"
