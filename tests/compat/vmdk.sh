@@ -435,6 +435,23 @@ rm -rf so-*.q so-*.m big.raw
 # vmdk_is_cid_valid): the open, info, map and check are fine, and so are
 # its own grains; reading what lies below, or copying it into a new grain
 # on a write, fails with EINVAL, and a failed write leaves the CID.
+#
+# break_parent_cid FILE: another parentCID of the same length, in place.
+# (A sed to a fixed 8-digit value shifted every byte after the descriptor
+# when QEMU had written the CID with fewer digits: it prints %x, and one
+# CID in 16 starts with a zero; the grains then moved.)
+break_parent_cid() {
+    python3 - "$1" <<'PY'
+import re, sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+m = re.search(rb"\nparentCID=([0-9a-f]+)", data)
+old = m.group(1)
+new = b"%0*x" % (len(old), (int(old, 16) + 1) % (16 ** len(old)))
+data[m.start(1):m.end(1)] = new
+open(path, "r+b").write(data)
+PY
+}
 rm -f cid-base.vmdk cid-child.vmdk
 "$QEMU_IMG" create -q -f vmdk cid-base.vmdk 1M
 "$QEMU_IO" -c 'write -P 5 0 1M' cid-base.vmdk >/dev/null
@@ -442,7 +459,7 @@ rm -f cid-base.vmdk cid-child.vmdk
 "$QEMU_IO" -c 'write -P 6 0 64k' cid-child.vmdk >/dev/null
 expect_status "cid: matching parentCID converts" 0 "$QIMG" convert \
     -O raw cid-child.vmdk cid-ok.raw
-sed -i 's/^parentCID=[0-9a-f]*/parentCID=12345678/' cid-child.vmdk
+break_parent_cid cid-child.vmdk
 same_out cid-info info cid-child.vmdk
 same_out cid-map map --output=json cid-child.vmdk
 same_out cid-check check cid-child.vmdk
@@ -450,7 +467,7 @@ expect_status "cid: qemu-img fails the convert" 1 "$QEMU_IMG" convert \
     -O raw cid-child.vmdk cid-want.raw
 rm -f cid-child2.vmdk
 "$QEMU_IMG" create -q -f vmdk -b cid-base.vmdk -F vmdk cid-child2.vmdk
-sed -i 's/^parentCID=[0-9a-f]*/parentCID=12345678/' cid-child2.vmdk
+break_parent_cid cid-child2.vmdk
 expect_status "cid: qimg fails the convert of an empty child" 1 \
     "$QIMG" convert -O raw cid-child2.vmdk cid-got.raw
 checks=$((checks + 1))
