@@ -133,6 +133,18 @@ static void pick(struct worker *w, bool second, bool whole, uint64_t *off,
     }
 }
 
+/* Random bytes written at off, to the image and to the mirror. */
+static int random_write(struct worker *w, uint64_t off, uint64_t len)
+{
+    for (uint64_t j = 0; j < len; j++) {
+        w->buf[j] = (uint8_t)next(w);
+    }
+    if (qimg_pwrite(w->sh->img, w->buf, (size_t)len, off) < 0) {
+        return fail(w, "write", off, len);
+    }
+    return mirror_write(w, w->buf, len, off);
+}
+
 static void *worker_main(void *opaque)
 {
     struct worker *w = opaque;
@@ -143,13 +155,9 @@ static void *worker_main(void *opaque)
         if (r < 45) {
             /* Data into a stripe (shared clusters). */
             pick(w, false, false, &off, &len);
-            for (uint64_t j = 0; j < len; j++) {
-                w->buf[j] = (uint8_t)next(w);
+            if (random_write(w, off, len) < 0) {
+                return (void *)(intptr_t)-1;
             }
-            if (qimg_pwrite(sh->img, w->buf, (size_t)len, off) < 0) {
-                return (void *)(intptr_t)fail(w, "write", off, len);
-            }
-            mirror_write(w, w->buf, len, off);
             w->counts[0]++;
         } else if (r < 52) {
             /* Zeros into a stripe. */
@@ -164,13 +172,9 @@ static void *worker_main(void *opaque)
         } else if (r < 70) {
             /* Data into an own cluster, partial or whole. */
             pick(w, true, below(w, 3) == 0, &off, &len);
-            for (uint64_t j = 0; j < len; j++) {
-                w->buf[j] = (uint8_t)next(w);
+            if (random_write(w, off, len) < 0) {
+                return (void *)(intptr_t)-1;
             }
-            if (qimg_pwrite(sh->img, w->buf, (size_t)len, off) < 0) {
-                return (void *)(intptr_t)fail(w, "write", off, len);
-            }
-            mirror_write(w, w->buf, len, off);
             w->counts[2]++;
         } else if (r < 80) {
             /* A whole own cluster zeroed or discarded. */

@@ -274,6 +274,29 @@ static size_t readahead_slots(struct qcow2_state *s, uint64_t slice_off,
 }
 
 /*
+ * The cached slot of the slice at slice_off, or NULL; *victim is then the
+ * slot a miss reuses (the least recently used).  One function, so that
+ * qcow2_l2_peek_locked knows which slot qcow2_l2_slice would take.
+ */
+static struct qcow2_l2_slot *slot_lookup(struct qcow2_l2_cache *c,
+                                         uint64_t slice_off,
+                                         struct qcow2_l2_slot **victim)
+{
+    struct qcow2_l2_slot *lru = &c->slot[0];
+    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
+        struct qcow2_l2_slot *sl = &c->slot[i];
+        if (sl->host_off == slice_off && sl->data) {
+            return sl;
+        }
+        if (sl->last_use < lru->last_use) {
+            lru = sl;
+        }
+    }
+    *victim = lru;
+    return NULL;
+}
+
+/*
  * The slice of an L2 table at host offset slice_off (slice_size bytes),
  * from the cache or the file.  A slice offset is never 0: L2 offset 0
  * means "no L2 table" and is not looked up, so 0 marks an empty slot.
@@ -285,17 +308,12 @@ static int qcow2_l2_slice(struct qimg_node *node, struct qcow2_state *s,
     if (c->slice_size == 0) {
         c->slice_size = (size_t)min_u64(s->cluster_size, QCOW2_L2_SLICE_MAX);
     }
-    struct qcow2_l2_slot *victim = &c->slot[0];
-    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS; i++) {
-        struct qcow2_l2_slot *sl = &c->slot[i];
-        if (sl->host_off == slice_off && sl->data) {
-            sl->last_use = ++c->clock;
-            *out = sl->data;
-            return 0;
-        }
-        if (sl->last_use < victim->last_use) {
-            victim = sl;
-        }
+    struct qcow2_l2_slot *victim;
+    struct qcow2_l2_slot *hit = slot_lookup(c, slice_off, &victim);
+    if (hit) {
+        hit->last_use = ++c->clock;
+        *out = hit->data;
+        return 0;
     }
     if (victim->dirty) {
         int ret = l2_write_slot(node, s, victim);
@@ -354,17 +372,8 @@ int qcow2_l2_peek_locked(struct qimg_node *node, struct qcow2_state *s,
                          uint64_t *bitmap)
 {
     struct qcow2_l2_cache *c = &s->l2_cache;
-    const struct qcow2_l2_slot *victim = &c->slot[0];
-    bool hit = false;
-    for (size_t i = 0; i < QCOW2_L2_CACHE_SLOTS && !hit; i++) {
-        const struct qcow2_l2_slot *sl = &c->slot[i];
-        hit = sl->host_off == slice_off && sl->data;
-        if (sl->last_use < victim->last_use) {
-            victim = sl;
-        }
-    }
-    /* The slot a miss reuses is the one qcow2_l2_slice would pick. */
-    if (!hit && victim->dirty) {
+    struct qcow2_l2_slot *victim;
+    if (!slot_lookup(c, slice_off, &victim) && victim->dirty) {
         return 0;
     }
     const uint8_t *p;
