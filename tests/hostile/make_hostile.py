@@ -54,6 +54,20 @@ def load(path):
         return bytearray(f.read())
 
 
+def qcow2_ext(d, ext_type):
+    """Offset of the data of the qcow2 header extension ext_type (the
+    extensions follow the 112-byte v3 header), or None."""
+    p = 112
+    while p + 8 <= 4096:
+        t, n = struct.unpack_from('>II', d, p)
+        if t == 0:
+            return None
+        if t == ext_type:
+            return p + 8
+        p += 8 + ((n + 7) & ~7)
+    return None
+
+
 def save(path, data):
     """Write data, leaving 64 KiB runs of zeros as holes (tiny on disk)."""
     with open(path, 'wb') as f:
@@ -126,16 +140,7 @@ def qcow2_cases(c):
     snap_off = struct.unpack_from('>Q', d, 64)[0]
     l2_off = struct.unpack_from('>Q', d, l1_off)[0] & 0x00fffffffffffe00
     comp_e = l2_off + 16 * 8  # guest 64 KiB: the compressed cluster
-    # The bitmaps extension (after the 112-byte header).
-    bm_ext = None
-    p = 112
-    while p + 8 <= 4096:
-        t, n = struct.unpack_from('>II', d, p)
-        if t == 0:
-            break
-        if t == 0x23852875:
-            bm_ext = p + 8
-        p += 8 + ((n + 7) & ~7)
+    bm_ext = qcow2_ext(d, 0x23852875)  # the bitmaps extension
     bm_dir = struct.unpack_from('>Q', d, bm_ext + 16)[0]
 
     def add(name, desc, *edits, **kw):
@@ -1275,15 +1280,7 @@ def luks_cases(c):
     qio_keyed('driver=qcow2,file.filename=%s,encrypt.key-secret=sec0' % q,
               'write -P 0x33 0 8k')
     d = load(q)
-    ext = None
-    p = 112
-    while p + 8 <= 4096:
-        t, n = struct.unpack_from('>II', d, p)
-        if t == 0:
-            break
-        if t == 0x0537be77:
-            ext = p + 8
-        p += 8 + ((n + 7) & ~7)
+    ext = qcow2_ext(d, 0x0537be77)  # the full disk encryption extension
     hdr = struct.unpack_from('>Q', d, ext)[0]
 
     def qadd(name, desc, *edits):
