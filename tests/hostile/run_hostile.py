@@ -11,8 +11,9 @@ a 'key') also convert -O raw, map and check opened with their key
 (--object secret + --image-opts).  One TAP line per image and
 command.  A run passes when the child:
 
-  * ends by itself within CPU_TIMEOUT seconds of CPU time (and
-    WALL_TIMEOUT of real time), not by a signal;
+  * ends by itself within CPU_TIMEOUT seconds of CPU time (a case's
+    own 'cpu' where its work is a whole named budget) and WALL_TIMEOUT
+    of real time, not by a signal;
   * prints no sanitizer report (ASan, UBSan, LeakSanitizer);
   * peaks below RSS_MAX resident memory (wait4's ru_maxrss);
   * exits 0, or exits non-zero with exactly one line on stderr, of the
@@ -92,13 +93,12 @@ def argv_for(tool, case, cmd, scratch):
     raise ValueError(cmd)
 
 
-def limit_child(sanitized):
+def limit_child(sanitized, cpu):
     def f():
         os.setpgrp()
         # The time limit is CPU time (SIGXCPU), so that a loaded machine
         # does not fail a run that merely waited for a core.
-        resource.setrlimit(resource.RLIMIT_CPU, (CPU_TIMEOUT,
-                                                 CPU_TIMEOUT + 1))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         if not sanitized:
             # A sanitizer build reserves terabytes of shadow memory; the
             # others get a 1 GiB address space, so a runaway allocation
@@ -116,7 +116,7 @@ def tail(path, limit=1 << 16):
         return f.read().decode('utf-8', 'replace')
 
 
-def run_one(argv, scratch, sanitized):
+def run_one(argv, scratch, sanitized, cpu=CPU_TIMEOUT):
     """A dict: code (exit status or -signal), out and err (text; the
     last 64 KiB), rss (peak, bytes), cpu and secs (seconds), timed_out
     (killed at the wall-clock limit)."""
@@ -137,7 +137,7 @@ def run_one(argv, scratch, sanitized):
         start = time.monotonic()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                              stdout=out, stderr=err, env=env, cwd=scratch,
-                             preexec_fn=limit_child(sanitized))
+                             preexec_fn=limit_child(sanitized, cpu))
         timed_out = []
 
         def kill():
@@ -158,7 +158,7 @@ def run_one(argv, scratch, sanitized):
         code = os.WEXITSTATUS(status)
     res = {'code': code, 'out': tail(outpath), 'err': tail(errpath),
            'rss': ru.ru_maxrss * 1024, 'cpu': ru.ru_utime + ru.ru_stime,
-           'secs': secs, 'timed_out': bool(timed_out)}
+           'secs': secs, 'timed_out': bool(timed_out), 'cpu_max': cpu}
     for name in ('out', 'repair', 'stdout', 'stderr'):
         try:
             os.unlink(os.path.join(scratch, name))
@@ -187,8 +187,8 @@ def verdict(cmd, r):
     if r['timed_out']:
         return 'no exit within %d s of wall-clock time' % WALL_TIMEOUT
     if code == -signal.SIGXCPU or code == -signal.SIGKILL and \
-            cpu >= CPU_TIMEOUT:
-        return 'used more than %d s of CPU time' % CPU_TIMEOUT
+            cpu >= r['cpu_max']:
+        return 'used more than %d s of CPU time' % r['cpu_max']
     if code < 0:
         return 'killed by signal %d' % -code
     for s in SANITIZER:
@@ -268,7 +268,8 @@ def main(argv):
                         done[-1][2]['code'] != 0:
                     continue
                 argv = argv_for(qimg, c, cmd, scratch)
-                res = run_one(argv, scratch, sanitized)
+                res = run_one(argv, scratch, sanitized,
+                              c.get('cpu') or CPU_TIMEOUT)
                 want = None
                 if oracle:
                     qargv = argv_for(make_hostile.QEMU_IMG, c, cmd, scratch)
