@@ -104,6 +104,14 @@ struct qimg_io {
     /* A device: its size is fixed, truncate can only hide its end. */
     bool fixed_size;
     /*
+     * Writes whose offset, length and buffer are multiples of this go
+     * past the page cache (O_DIRECT: cache mode none or directsync); 0
+     * when none do.  There zeroing a range (io_pwrite_zeroes, one
+     * fallocate) costs far less than writing zero bytes, which a
+     * buffered write only copies into the cache.
+     */
+    uint32_t direct_align;
+    /*
      * Nothing was changed through this handle since its last successful
      * flush, so io_flush has nothing to make durable and returns at once
      * (an ordered flush sequence then costs a sync only per step that

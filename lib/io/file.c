@@ -373,6 +373,7 @@ static void io_file_open_direct(struct io_file *f, bool rw)
     }
     f->fd_direct = fd;
     f->fd_direct_rw = rw;
+    f->io.direct_align = rw ? IO_FILE_DIRECT_ALIGN : 0;
 }
 
 int io_file_open(const char *filename, unsigned flags, struct qimg_io **out)

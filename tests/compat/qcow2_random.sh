@@ -14,7 +14,9 @@
 # runs with 2 MiB clusters do a third of them (each costs far more).
 # Most runs open the image with QIMG_OPEN_CACHE_UNSAFE (-u: caches are
 # still written back at every flush and close, the host syncs are
-# skipped); those marked SYNC=1 sync for real.  SNAP=1 runs write a
+# skipped); those marked SYNC=1 sync for real, DIRECT=1 ones with cache
+# mode none (-d: O_DIRECT, new clusters zeroed on the host around the
+# bytes written).  SNAP=1 runs write a
 # third of the requests, take an internal snapshot with qemu-img, then run
 # on the existing image (write_random -e): copy-on-write of shared
 # clusters; the snapshot must still read as the first mirror.
@@ -80,6 +82,7 @@ run() {
     rm -f img.* mirror.raw base.* snap.*
     local args=(-f "$fmt" -s "$size" -n "$ops" -r "$seed" -m mirror.raw)
     [ "${SYNC:-0}" = 1 ] || args+=(-u)
+    [ "${DIRECT:-0}" = 1 ] && args+=(-d)
     if [ -n "$backing" ]; then
         if ! make_base "$backing" "$bsize" "$seed"; then
             fail "$name: making $backing"
@@ -195,5 +198,14 @@ OPS_DIV=3 run backing-extl2-2M qcow2 $((64 * M)) \
     "cluster_size=2M,extended_l2=on" base.qcow2 $((50 * M))
 run backing-zstd-lazy qcow2 $((64 * M)) \
     "compression_type=zstd,lazy_refcounts=on" base.raw $((64 * M))
+# Cache mode none: a partial write into a new cluster zeroes it on the
+# host and writes only its bytes where the rest reads as zero (no
+# backing data there), and pads it from the backing file where not.
+DIRECT=1 run direct-64k qcow2 $((64 * M)) ""
+DIRECT=1 run direct-4k qcow2 $((16 * M)) "cluster_size=4k"
+DIRECT=1 run direct-extl2 qcow2 $((64 * M)) "extended_l2=on"
+DIRECT=1 run direct-backing qcow2 $((64 * M)) "" base.qcow2 $((40 * M))
+DIRECT=1 run direct-backing-extl2 qcow2 $((64 * M)) "extended_l2=on" \
+    base.raw $((48 * M))
 
 finish

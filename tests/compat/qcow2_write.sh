@@ -258,5 +258,46 @@ checks=$((checks + 1))
 "$QEMU_IMG" info a.qcow2 2>&1 | grep -q 'bitmaps are now considered inconsistent' ||
     fail "bitmaps: not marked inconsistent after a write"
 
+# Cache mode none: a 4 KiB write into a new cluster zeroes the cluster on
+# the host (one fallocate) and writes only its 4 KiB, where the rest of
+# the cluster reads as zero.  The host cluster may be a freed one that
+# still holds old bytes (freed by a discard that was not passed down),
+# so the zeroing is what makes the rest read as zero; over backing data
+# the rest is the backing file's bytes.
+"$QEMU_IMG" create -q -f qcow2 base.qcow2 256k
+"$QEMU_IO" -c 'write -q -P 0x44 64k 64k' base.qcow2
+for case in plain stale backing; do
+    rm -f a.qcow2 want.raw
+    case $case in
+    backing)
+        "$QEMU_IMG" create -q -f qcow2 -b base.qcow2 -F qcow2 a.qcow2
+        ;;
+    *)
+        "$QEMU_IMG" create -q -f qcow2 a.qcow2 256k
+        ;;
+    esac
+    if [ $case = stale ]; then
+        # Host cluster 5 holds 0x33 and is free (refcount 0).
+        "$QEMU_IO" -c 'write -q -P 0x33 0 64k' a.qcow2
+        "$QEMU_IO" --image-opts -c 'discard -q 0 64k' \
+            driver=qcow2,file.filename=a.qcow2,pass-discard-request=off
+    fi
+    python3 -c '
+import sys
+rest = b"\x44" if sys.argv[1] == "backing" else b"\0"
+d = bytes(65536) + b"\x22" * 4096 + rest * 61440 + bytes(131072)
+open("want.raw", "wb").write(d)' $case
+    for cache in none writeback; do
+        cp a.qcow2 b.qcow2
+        checks=$((checks + 1))
+        "$QIMG" bench -q -w -t $cache -s 4k -c 1 -o 64k --pattern=0x22 \
+            b.qcow2 2>"$T/b.err" || fail "none $case $cache: bench" \
+            "$(cat "$T/b.err")"
+        out=$("$QEMU_IMG" compare -f qcow2 -F raw b.qcow2 want.raw 2>&1) ||
+            fail "none $case $cache: contents" "$out"
+        expect_status "none $case $cache: check" 0 "$QEMU_IMG" check b.qcow2
+    done
+done
+
 echo "$checks checks"
 finish

@@ -3,7 +3,7 @@
  * path through the public API only.
  *
  *   write_random [-f FMT] [-o OPTS] [-s SIZE] [-b BASE.raw] [-n OPS]
- *                [-r SEED] [-m MIRROR.raw] [-e] [-u] [-v] IMAGE
+ *                [-r SEED] [-m MIRROR.raw] [-e] [-u] [-d] [-v] IMAGE
  *
  * Creates IMAGE (qimg_create_prepare + qimg_create, format FMT, default
  * qcow2, options OPTS, virtual size SIZE), then runs OPS random requests
@@ -42,7 +42,10 @@
  * mismatch or a failed request the last requests are printed.  -v prints
  * every request.  -u opens the image with QIMG_OPEN_CACHE_UNSAFE: flushes
  * and closes still write the library's caches back to the file but skip
- * the host syncs, which would take most of the time.  Exit 0 when every
+ * the host syncs, which would take most of the time.  -d opens it with
+ * QIMG_OPEN_CACHE_DIRECT (cache mode none: O_DIRECT for 4 KiB aligned
+ * requests, which the request buffers are), where new clusters are zeroed
+ * on the host rather than written padded.  Exit 0 when every
  * check passed, 1 on a failure, 2 on a usage error.
  */
 #include <errno.h>
@@ -605,7 +608,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: write_random [-f FMT] [-o OPTS] [-s SIZE] "
             "[-b BASE.raw] [-n OPS] [-r SEED] [-m MIRROR.raw] [-e] [-u] "
-            "[-v] IMAGE\n");
+            "[-d] [-v] IMAGE\n");
     exit(2);
 }
 
@@ -664,7 +667,7 @@ int main(int argc, char **argv)
     uint64_t nops = 2000;
     S.format = "qcow2";
     int c;
-    while ((c = getopt(argc, argv, "f:o:s:b:n:r:m:euv")) != -1) {
+    while ((c = getopt(argc, argv, "f:o:s:b:n:r:m:eudv")) != -1) {
         switch (c) {
         case 'f':
             S.format = optarg;
@@ -692,6 +695,9 @@ int main(int argc, char **argv)
             break;
         case 'u':
             S.open_flags |= QIMG_OPEN_CACHE_UNSAFE;
+            break;
+        case 'd':
+            S.open_flags |= QIMG_OPEN_CACHE_DIRECT;
             break;
         case 'v':
             S.verbose = true;
@@ -755,9 +761,15 @@ int main(int argc, char **argv)
     S.buf_len = (size_t)(S.big + 4096);
     S.mirror = calloc(1, (size_t)S.size);
     S.base = calloc(1, (size_t)S.size);
-    S.buf = malloc(S.buf_len);
-    S.rbuf = malloc(S.buf_len);
-    if (!S.mirror || !S.base || !S.buf || !S.rbuf) {
+    /* Page-aligned, so that requests at aligned offsets can go O_DIRECT. */
+    void *wbuf = NULL, *rbuf = NULL;
+    if (posix_memalign(&wbuf, 4096, S.buf_len) != 0 ||
+        posix_memalign(&rbuf, 4096, S.buf_len) != 0) {
+        die("out of memory");
+    }
+    S.buf = wbuf;
+    S.rbuf = rbuf;
+    if (!S.mirror || !S.base) {
         die("out of memory");
     }
     if (base) {

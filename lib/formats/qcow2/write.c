@@ -788,6 +788,44 @@ static int read_old(struct qimg_node *node, struct qcow2_state *s,
 }
 
 /*
+ * Part of subcluster [lo, lo + scs) of cluster written into its new home
+ * at target (no L2 entry names it yet) where the rest of it reads as
+ * zero: on a file written past the page cache, zero the subcluster there
+ * with one fallocate and let only the new bytes go out, as QEMU does,
+ * rather than the whole zero-padded subcluster (a 4 KiB write into a new
+ * 64 KiB cluster moved 64 KiB).  Buffered files keep the padded write:
+ * one request that only fills the cache is cheaper than two.  1 when
+ * zeroed (the caller writes [in, in + n) of it from buf), 0 when the
+ * caller pads as usual, -errno.
+ */
+static int zero_fill_new(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t cluster, enum sc_kind k, const uint8_t *buf,
+                         uint64_t in, uint64_t n, uint64_t target, uint64_t lo)
+{
+    struct qimg_io *io = data_io(node, s);
+    const uint64_t align = io->direct_align;
+    const uint64_t scs = s->subcluster_size;
+    uint64_t wlo = max_u64(in, lo), whi = min_u64(in + n, lo + scs);
+    /* Encrypted zeros are not zero bytes on the host. */
+    if (align == 0 || !buf || s->cipher || (wlo == lo && whi == lo + scs) ||
+        (target + wlo) % align != 0 || whi % align != 0 ||
+        (uintptr_t)(buf + (wlo - in)) % align != 0) {
+        return 0;
+    }
+    if (k == SC_UNALLOC) {
+        int zero = node_below_is_zero(node, (cluster << s->cluster_bits) + lo,
+                                      scs);
+        if (zero <= 0) {
+            return zero;
+        }
+    } else if (k != SC_ZERO) {
+        return 0; /* old data to copy in */
+    }
+    int ret = io_pwrite_zeroes(io, target + lo, scs, false);
+    return ret < 0 ? ret : 1;
+}
+
+/*
  * Write buf (NULL: zeros) over [in, in + n) of one guest cluster, the
  * general case: per subcluster, the bytes the write does not cover are
  * filled from the old contents when the subcluster gets a new home.
@@ -833,7 +871,18 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
         }
         uint64_t a = lo, e = hi; /* bytes of the cluster to write for j */
         const uint8_t *from = NULL; /* where they are */
-        if (touched && in_place && k == SC_DATA && buf) {
+        ret = touched && !in_place
+                  ? zero_fill_new(node, s, cluster, k, buf, in, n, target, lo)
+                  : 0;
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 1) {
+            /* Zeroed on the host: only the new bytes go out, from buf. */
+            a = max_u64(in, lo);
+            e = min_u64(in + n, hi);
+            from = buf + (a - in);
+        } else if (touched && in_place && k == SC_DATA && buf) {
             /* Ours already: only the new bytes go out, from buf. */
             a = max_u64(in, lo);
             e = min_u64(in + n, hi);
