@@ -808,7 +808,7 @@ static int zero_fill_new(struct qimg_node *node, struct qcow2_state *s,
     uint64_t wlo = max_u64(in, lo), whi = min_u64(in + n, lo + scs);
     /* Encrypted zeros are not zero bytes on the host. */
     if (align == 0 || !buf || s->cipher || (wlo == lo && whi == lo + scs) ||
-        (target + wlo) % align != 0 || whi % align != 0 ||
+        (target + wlo) % align != 0 || (whi - wlo) % align != 0 ||
         (uintptr_t)(buf + (wlo - in)) % align != 0) {
         return 0;
     }
