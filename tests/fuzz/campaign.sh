@@ -7,6 +7,10 @@
 # appends one line to WORK/campaign.log: date, target, seconds, executions,
 # corpus size and the result (ok, or finding with the artifact's name);
 # a finding does not stop the campaign.  nice it when the machine is shared.
+# Never pause it (SIGSTOP) to free the machine: libFuzzer's per-input
+# timer runs on while stopped, and the input it was on is saved as a
+# timeout (two such "findings" replayed in 25 and 290 ms).  Stop it and
+# start again later instead: the corpus under WORK carries over.
 set -uo pipefail
 
 build=${1:?usage: campaign.sh BUILD_DIR WORK [SECONDS [ROUNDS [TARGET...]]]}
