@@ -22,7 +22,8 @@ void kdf_hash(const struct nettle_hash *hash, const uint8_t *data, size_t len,
 
 /*
  * PBKDF2 with HMAC over hash (RFC 8018): out_len bytes of key from the
- * password and salt.  iterations > 0; the caller bounds it.
+ * password and salt.  iterations > 0; the caller bounds it.  sha256 runs
+ * on the x86 SHA extensions where the CPU has them (2-3x nettle's).
  */
 int kdf_pbkdf2(const struct nettle_hash *hash, const uint8_t *password,
                size_t password_len, const uint8_t *salt, size_t salt_len,
@@ -47,9 +48,10 @@ int kdf_af_split(const struct nettle_hash *hash, const uint8_t *key,
 int kdf_random(uint8_t *buf, size_t len);
 
 /*
- * QEMU's PBKDF2 calibration: the iterations that take about iter_ms
- * milliseconds of this thread's CPU for this password, salt and output
- * length, at least min_iters; -E2BIG (message set) above UINT32_MAX.
+ * QEMU's PBKDF2 calibration: the iterations that take nettle's PBKDF2
+ * (which QEMU uses) about iter_ms milliseconds of this thread's CPU for
+ * this password, salt and output length, at least min_iters; -E2BIG
+ * (message set) above UINT32_MAX.
  */
 int kdf_pbkdf2_iterations(const struct nettle_hash *hash,
                           const uint8_t *password, size_t password_len,

@@ -1199,13 +1199,14 @@ def luks_cases(c):
         (luks_slot(0, 4), '>I', (1 << 27) - 1))
     # The most one unlock may spend (LUKS1_MAX_UNLOCK_COST, 3 * 2^24
     # sha256 units; a 64-byte key is two blocks): the worst case that
-    # runs, 7.1 s of CPU on the idle 2-core EPYC (sha_ni) of
-    # bench/RESULTS.md, about 2x the unlock of QEMU's own default
-    # (iter-time 2 s).  That is the bound these cases test; a CI machine
-    # running other suites on the same cores took over 10 s for it
-    # (CPU time grows when a core's sibling is busy), so the two cases
-    # that spend the whole budget may take 30 s.  A bound broken by
-    # design (no limit) still fails: it spends minutes.
+    # runs, about 3.3x the PBKDF2 of QEMU's own default (iter-time 2 s).
+    # On the idle 2-core EPYC of bench/RESULTS.md it takes 2.8 s of CPU
+    # with the SHA extensions (kdf.c), 7.1 s with nettle's sha256 alone,
+    # which a CPU without them gets; a CI machine running other suites
+    # on the same cores took over 10 s for the latter (CPU time grows
+    # when a core's sibling is busy), so the two cases that spend the
+    # whole budget may take 30 s.  A bound broken by design (no limit)
+    # still fails: it spends minutes.
     mk = struct.unpack_from('>I', d, 164)[0]
     add('slot-iters-at-limit', 'slot 0 iterations just inside the '
         'unlock budget', (luks_slot(0, 4), '>I',

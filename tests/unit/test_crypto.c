@@ -1,11 +1,14 @@
 /*
  * lib/crypto: known-answer vectors for the primitives (FIPS-197 AES,
- * IEEE 1619 XTS, RFC 6070 PBKDF2), encrypt/decrypt round trips in every
+ * IEEE 1619 XTS, RFC 6070 and RFC 7914 PBKDF2), encrypt/decrypt round trips in every
  * mode and IV generator, and sector_cipher_pread over unaligned ranges.
  * (Agreement with QEMU on whole images is tests/compat/encrypted.sh.)
  */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <nettle/pbkdf2.h>
 
 #include "crypto/cipher.h"
 #include "crypto/kdf.h"
@@ -51,6 +54,68 @@ static void test_pbkdf2(void)
     }
     TAP_OK(kdf_pbkdf2(sha1, (const uint8_t *)"p", 1, (const uint8_t *)"s",
                       1, 0, out, sizeof(out)) < 0);
+}
+
+/*
+ * PBKDF2-HMAC-SHA256, whichever implementation kdf_pbkdf2 picks (the
+ * x86 SHA extensions where the CPU has them): RFC 7914's vectors, then
+ * agreement with nettle's pbkdf2_hmac_sha256 over passwords longer and
+ * shorter than a block, salts, iteration counts and multi-block outputs.
+ */
+static void test_pbkdf2_sha256(void)
+{
+    const struct nettle_hash *sha256 = kdf_hash_lookup("sha256");
+    uint8_t out[100], want[100];
+    TAP_OK(sha256 != NULL);
+    TAP_OK(kdf_pbkdf2(sha256, (const uint8_t *)"passwd", 6,
+                      (const uint8_t *)"salt", 4, 1, out, 64) == 0);
+    expect_hex(out,
+               "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c2"
+               "0dacbc49ca9cccf179b645991664b39d77ef317c71b845b1e30bd50911"
+               "2041d3a19783",
+               "PBKDF2-HMAC-SHA256 (RFC 7914, c = 1)");
+    TAP_OK(kdf_pbkdf2(sha256, (const uint8_t *)"Password", 8,
+                      (const uint8_t *)"NaCl", 4, 80000, out, 64) == 0);
+    expect_hex(out,
+               "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b"
+               "34ab56a1d425a1225833549adb841b51c9b3176a272bdebba1d078478f"
+               "62b397f33c8d",
+               "PBKDF2-HMAC-SHA256 (RFC 7914, c = 80000)");
+    uint8_t pw[150], salt[80];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof(pw); i++) {
+        x = x * 1103515245u + 12345u;
+        pw[i] = (uint8_t)(x >> 16);
+    }
+    for (size_t i = 0; i < sizeof(salt); i++) {
+        x = x * 1103515245u + 12345u;
+        salt[i] = (uint8_t)(x >> 16);
+    }
+    static const size_t pw_lens[] = {0, 1, 31, 32, 55, 63, 64, 65, 150};
+    static const size_t salt_lens[] = {0, 16, 32, 55, 56, 64, 80};
+    static const uint32_t iters[] = {1, 2, 3, 1000};
+    static const size_t out_lens[] = {1, 20, 32, 33, 64, 100};
+    bool same = true;
+    int runs = 0;
+    for (size_t a = 0; a < sizeof(pw_lens) / sizeof(pw_lens[0]); a++) {
+        for (size_t b = 0; b < sizeof(salt_lens) / sizeof(salt_lens[0]);
+             b++) {
+            for (size_t c = 0; c < sizeof(iters) / sizeof(iters[0]); c++) {
+                size_t n = out_lens[(a + b + c) % 6];
+                memset(out, 0xee, sizeof(out));
+                memset(want, 0xee, sizeof(want));
+                pbkdf2_hmac_sha256(pw_lens[a], pw, iters[c], salt_lens[b],
+                                   salt, n, want);
+                same = same &&
+                       kdf_pbkdf2(sha256, pw, pw_lens[a], salt, salt_lens[b],
+                                  iters[c], out, n) == 0 &&
+                       memcmp(out, want, sizeof(out)) == 0;
+                runs++;
+            }
+        }
+    }
+    tap_ok(same && runs == 9 * 7 * 4,
+           "PBKDF2-HMAC-SHA256 agrees with nettle's (252 parameter sets)");
 }
 
 static void test_vectors(void)
@@ -192,6 +257,7 @@ static void roundtrip(const char *alg, const char *mode, const char *ivgen,
 int main(void)
 {
     test_pbkdf2();
+    test_pbkdf2_sha256();
     test_vectors();
     static const char *const algs[] = {
         "aes-128",     "aes-192",     "aes-256",     "cast5-128",
