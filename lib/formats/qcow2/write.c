@@ -871,19 +871,18 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
         }
         uint64_t a = lo, e = hi; /* bytes of the cluster to write for j */
         const uint8_t *from = NULL; /* where they are */
-        ret = touched && !in_place
-                  ? zero_fill_new(node, s, cluster, k, buf, in, n, target, lo)
-                  : 0;
-        if (ret < 0) {
-            return ret;
+        int zeroed = touched && !in_place ? zero_fill_new(node, s, cluster, k,
+                                                          buf, in, n, target,
+                                                          lo)
+                                          : 0;
+        if (zeroed < 0) {
+            return zeroed;
         }
-        if (ret == 1) {
-            /* Zeroed on the host: only the new bytes go out, from buf. */
-            a = max_u64(in, lo);
-            e = min_u64(in + n, hi);
-            from = buf + (a - in);
-        } else if (touched && in_place && k == SC_DATA && buf) {
-            /* Ours already: only the new bytes go out, from buf. */
+        if (zeroed || (touched && in_place && k == SC_DATA && buf)) {
+            /*
+             * Ours already, or zeroed on the host: only the new bytes go
+             * out, from buf.
+             */
             a = max_u64(in, lo);
             e = min_u64(in + n, hi);
             from = buf + (a - in);
