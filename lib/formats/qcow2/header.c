@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
+#include "util/grow.h"
 #include "util/endian.h"
 
 /* Names as QEMU 7.2 writes them in the feature name table. */
@@ -245,7 +246,8 @@ static int add_unknown_ext(const uint8_t *buf, size_t len, uint64_t off,
                            struct qcow2_header *hdr)
 {
     struct qcow2_unknown_ext *list =
-        realloc(hdr->unknown_exts, (hdr->nb_unknown_exts + 1) * sizeof(*list));
+        grow_array(hdr->unknown_exts, &hdr->cap_unknown_exts,
+                   hdr->nb_unknown_exts + 1, sizeof(*list));
     if (!list) {
         return error_set(ENOMEM, "Out of memory");
     }

@@ -253,6 +253,7 @@ struct qcow2_header {
     /* Unknown extensions in file order. */
     struct qcow2_unknown_ext *unknown_exts;
     size_t nb_unknown_exts;
+    size_t cap_unknown_exts;
 
     /* [spec: Header] the backing file name, or NULL if none. */
     char *backing_file;

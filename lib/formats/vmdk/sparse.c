@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "formats/vmdk/vmdk.h"
 #include "util/checked.h"
+#include "util/grow.h"
 #include "util/endian.h"
 
 void vmdk4_header_decode(const uint8_t *b, struct vmdk4_header *h)
@@ -71,8 +72,8 @@ int vmdk_extent_append(struct vmdk_state *s, struct vmdk_extent **out)
         return error_set(EFBIG, "Too many extents (more than %u)",
                          VMDK_MAX_EXTENTS);
     }
-    struct vmdk_extent *n =
-        realloc(s->extents, (s->nb_extents + 1) * sizeof(*n));
+    struct vmdk_extent *n = grow_array(s->extents, &s->cap_extents,
+                                       s->nb_extents + 1, sizeof(*n));
     if (!n) {
         return error_set(ENOMEM, "Out of memory");
     }

@@ -173,6 +173,7 @@ struct vmdk_extent {
 struct vmdk_state {
     struct vmdk_extent *extents;
     size_t nb_extents;
+    size_t cap_extents;
     uint32_t cid;
     uint32_t parent_cid;
     char *create_type;
