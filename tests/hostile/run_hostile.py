@@ -8,8 +8,9 @@ through info (with -f and probed), check, map and convert (-O raw and
 -O qcow2, into a scratch file), plus the commands its case adds (info
 --backing-chain, check -r all on a copy); encrypted images (a case with
 a 'key') also convert -O raw, map and check opened with their key
-(--object secret + --image-opts).  One TAP line per image and
-command.  A run passes when the child:
+(--object secret + --image-opts); qcow2 images also resize, snapshot
+-c, amend, bitmap --add and rebase -u (WRITE_CMDS, each on a copy).
+One TAP line per image and command.  A run passes when the child:
 
   * ends by itself within CPU_TIMEOUT seconds of CPU time (a case's
     own 'cpu' where its work is a whole named budget) and WALL_TIMEOUT
@@ -52,6 +53,11 @@ DEFAULT_CMDS = ['info', 'info-probe', 'check', 'map', 'convert-raw',
 # (make_hostile.py: the case's 'key' names the driver and its option):
 # unlocking, key material and payload reads are hostile input too.
 KEYED_CMDS = ['keyed-convert-raw', 'keyed-map', 'keyed-check']
+# qcow2 images also go through the commands that change an image in
+# place (each on a copy): a hostile table must not corrupt memory on the
+# way to a write either.
+WRITE_CMDS = {'qcow2': ['resize', 'snapshot -c', 'amend', 'bitmap --add',
+                        'rebase -u']}
 SECRET = ['--object', 'secret,id=sec0,data=abc']
 
 
@@ -86,6 +92,18 @@ def argv_for(tool, case, cmd, scratch):
         return [tool, 'check', '-r', 'all'] + fmt + [copy]
     if cmd == 'map':
         return [tool, 'map'] + fmt + [path]
+    if cmd in WRITE_CMDS.get(case['format'], ()):
+        copy = os.path.join(scratch, 'copy')
+        shutil.copyfile(path, copy)
+        return {'resize': [tool, 'resize'] + fmt + [copy, '+1M'],
+                # snapshot takes no -f (as in qemu-img): probed.
+                'snapshot -c': [tool, 'snapshot', '-c', 's1', copy],
+                'amend': [tool, 'amend'] + fmt + ['-o', 'compat=0.10',
+                                                   copy],
+                'bitmap --add': [tool, 'bitmap', '--add'] + fmt +
+                [copy, 'b1'],
+                'rebase -u': [tool, 'rebase', '-u', '-b', ''] + fmt +
+                [copy]}[cmd]
     if cmd in ('convert-raw', 'convert-qcow2'):
         out = os.path.join(scratch, 'out')
         return [tool, 'convert'] + fmt + ['-O', cmd.split('-')[1], path,
@@ -159,7 +177,7 @@ def run_one(argv, scratch, sanitized, cpu=CPU_TIMEOUT):
     res = {'code': code, 'out': tail(outpath), 'err': tail(errpath),
            'rss': ru.ru_maxrss * 1024, 'cpu': ru.ru_utime + ru.ru_stime,
            'secs': secs, 'timed_out': bool(timed_out), 'cpu_max': cpu}
-    for name in ('out', 'repair', 'stdout', 'stderr'):
+    for name in ('out', 'repair', 'copy', 'stdout', 'stderr'):
         try:
             os.unlink(os.path.join(scratch, name))
         except FileNotFoundError:
@@ -261,6 +279,8 @@ def main(argv):
                                                 if x not in DEFAULT_CMDS]
             if c.get('key'):
                 cmds = cmds + KEYED_CMDS
+            if not c['only']:
+                cmds = cmds + WRITE_CMDS.get(c['format'], [])
             scratch = tempfile.mkdtemp(dir=os.path.join(root, 'run'))
             for cmd in cmds:
                 if cmd == 'convert-qcow2' and done and \
