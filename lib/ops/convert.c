@@ -40,6 +40,7 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "driver.h"
+#include "util/grow.h"
 #include "util/zero.h"
 
 #define SECTOR 512u
@@ -258,15 +259,12 @@ static size_t next_piece(const uint8_t *zf, size_t n, uint64_t first,
 static int plan(struct worker *w, enum write_kind kind, size_t pos,
                 uint64_t doff, size_t len, size_t csize)
 {
-    if (w->nb_ops == w->cap_ops) {
-        size_t cap = w->cap_ops ? w->cap_ops * 2 : 64;
-        struct write_op *ops = realloc(w->ops, cap * sizeof(*ops));
-        if (!ops) {
-            return error_set(ENOMEM, "Out of memory");
-        }
-        w->ops = ops;
-        w->cap_ops = cap;
+    struct write_op *ops =
+        grow_array(w->ops, &w->cap_ops, w->nb_ops + 1, sizeof(*ops));
+    if (!ops) {
+        return error_set(ENOMEM, "Out of memory");
     }
+    w->ops = ops;
     w->ops[w->nb_ops++] = (struct write_op){
         .kind = kind, .pos = pos, .doff = doff, .len = len, .csize = csize};
     return 0;

@@ -4,6 +4,8 @@
  * quadratic wherever realloc copies, which ASan's allocator always does
  * and others do without mremap; where an image decides the count (qcow2
  * header extensions, vmdk extents) that was minutes of CPU per open.
+ * Arrays that grow by one stay only where a small named limit bounds
+ * them (secrets, a backing chain's infos, the CLI's --image-opts specs).
  */
 #ifndef QIMG_UTIL_GROW_H
 #define QIMG_UTIL_GROW_H

@@ -29,6 +29,7 @@
 
 #include "core/error.h"
 #include "qimg/qimg.h"
+#include "util/grow.h"
 
 /* Longest key or value accepted, in bytes (no real option comes close). */
 #define OPTS_MAX_LEN 4096
@@ -99,21 +100,14 @@ static int opts_set_owned(struct qimg_opts *opts, char *key, char *value)
         e->value = value;
         return 0;
     }
-    if (opts->count == opts->cap) {
-        size_t cap = opts->cap ? opts->cap * 2 : 8;
-        struct opts_entry *items = NULL;
-
-        if (cap <= SIZE_MAX / sizeof(*items)) {
-            items = realloc(opts->items, cap * sizeof(*items));
-        }
-        if (!items) {
-            free(key);
-            free(value);
-            return opts_fail(ENOMEM, "%s", "Out of memory");
-        }
-        opts->items = items;
-        opts->cap = cap;
+    struct opts_entry *items = grow_array(opts->items, &opts->cap,
+                                          opts->count + 1, sizeof(*items));
+    if (!items) {
+        free(key);
+        free(value);
+        return opts_fail(ENOMEM, "%s", "Out of memory");
     }
+    opts->items = items;
     opts->items[opts->count++] = (struct opts_entry){
         .key = key,
         .value = value,

@@ -31,6 +31,7 @@
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
 #include "util/endian.h"
+#include "util/grow.h"
 
 /* v3 snapshot entries hold at least vm_state_size_large and disk_size. */
 #define V3_MIN_SNAPSHOT_EXTRA 16
@@ -561,15 +562,11 @@ struct expand {
 static int add_ref(struct extra_ref **list, size_t *nb, size_t *cap,
                    uint64_t cluster, uint64_t refcount)
 {
-    if (*nb == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 64;
-        struct extra_ref *r = realloc(*list, ncap * sizeof(*r));
-        if (!r) {
-            return error_set(ENOMEM, "Out of memory");
-        }
-        *list = r;
-        *cap = ncap;
+    struct extra_ref *r = grow_array(*list, cap, *nb + 1, sizeof(*r));
+    if (!r) {
+        return error_set(ENOMEM, "Out of memory");
     }
+    *list = r;
     (*list)[*nb].cluster = cluster;
     (*list)[*nb].refcount = refcount;
     (*nb)++;

@@ -26,6 +26,7 @@
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
 #include "util/endian.h"
+#include "util/grow.h"
 
 /* [spec] reftable entries: bits 0-8 reserved. */
 #define REFT_RESERVED_MASK 0x1ffull
@@ -661,16 +662,13 @@ int qcow2_free_later(struct qimg_node *node, struct qcow2_state *s,
             return 0;
         }
     }
-    if (s->nb_pending_free == s->cap_pending_free) {
-        size_t cap = s->cap_pending_free ? s->cap_pending_free * 2 : 64;
-        struct qcow2_free_range *p =
-            realloc(s->pending_free, cap * sizeof(*p));
-        if (!p) {
-            return error_set(ENOMEM, "Out of memory");
-        }
-        s->pending_free = p;
-        s->cap_pending_free = cap;
+    struct qcow2_free_range *p =
+        grow_array(s->pending_free, &s->cap_pending_free,
+                   s->nb_pending_free + 1, sizeof(*p));
+    if (!p) {
+        return error_set(ENOMEM, "Out of memory");
     }
+    s->pending_free = p;
     s->pending_free[s->nb_pending_free].off = start;
     s->pending_free[s->nb_pending_free].bytes = end - start;
     s->nb_pending_free++;
