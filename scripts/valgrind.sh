@@ -86,7 +86,7 @@ run_scripts() {
     local names=("$@")
     export QIMG QIMG_SRCDIR QIMG_LIB QIMG_LOCK_HOLDER QIMG_OPEN_IMAGE \
         QIMG_READ_IMAGE QIMG_WRITE_IMAGE QIMG_OPEN_RW QIMG_WRITE_RANDOM \
-        QIMG_SANITIZED
+        QIMG_WRITE_THREADS QIMG_SANITIZED
     QIMG=$(wrap qimg "$src/$dir/cli/qimg")
     QIMG_SRCDIR=$src
     QIMG_LIB=$src/$dir/lib/libqimg.so
@@ -105,6 +105,7 @@ run_scripts() {
     QIMG_WRITE_IMAGE=$(wrap write_image "$src/$dir/tests/write_image")
     QIMG_OPEN_RW=$(wrap open_rw "$src/$dir/tests/open_rw")
     QIMG_WRITE_RANDOM=$(wrap write_random "$src/$dir/tests/write_random")
+    QIMG_WRITE_THREADS=$(wrap write_threads "$src/$dir/tests/write_threads")
     # Valgrind needs its own address space: no ulimit -v caps.
     QIMG_SANITIZED=1
     for t in "${names[@]}"; do
