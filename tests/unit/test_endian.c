@@ -1,10 +1,15 @@
-/* Endian loads/stores (util/endian.h) and checked arithmetic (checked.h). */
+/*
+ * Endian loads/stores (util/endian.h), checked arithmetic (checked.h) and
+ * doubling arrays (grow.h).
+ */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tap.h"
 #include "util/checked.h"
 #include "util/endian.h"
+#include "util/grow.h"
 
 static void test_layout(void)
 {
@@ -114,10 +119,45 @@ static void test_checked(void)
     TAP_OK(min_u64(1, UINT64_MAX) == 1 && max_u64(1, UINT64_MAX) == UINT64_MAX);
 }
 
+static void test_grow(void)
+{
+    size_t cap = 0, reallocs = 0;
+    uint32_t *a = NULL;
+    /* 100,000 appends: 15 reallocations (8, 16, ... 131072), not 100,000. */
+    for (uint32_t i = 0; i < 100000; i++) {
+        size_t before = cap;
+        uint32_t *n = grow_array(a, &cap, i + 1u, sizeof(*a));
+        if (!n) {
+            break;
+        }
+        reallocs += cap != before;
+        a = n;
+        a[i] = i;
+    }
+    tap_eq_u64(cap, 131072, "grow_array doubles from 8");
+    tap_eq_u64(reallocs, 15, "grow_array reallocates log2(n) times");
+    TAP_OK(a && a[0] == 0 && a[99999] == 99999);
+
+    /* A need past twice the capacity is met at once. */
+    size_t cap2 = 0;
+    uint8_t *b = grow_array(NULL, &cap2, 1000, 1);
+    TAP_OK(b != NULL && cap2 == 1000);
+    free(b);
+
+    /* A size that overflows fails, leaving the array and capacity alone. */
+    size_t big = SIZE_MAX / 16 + 1;
+    TAP_OK(grow_array(a, &big, big + 1, 16) == NULL &&
+           big == SIZE_MAX / 16 + 1);
+    size_t small = 4;
+    TAP_OK(grow_array(a, &small, SIZE_MAX, 2) == NULL && small == 4);
+    free(a);
+}
+
 int main(void)
 {
     test_layout();
     test_round_trips();
     test_checked();
+    test_grow();
     return tap_done();
 }

@@ -19,8 +19,8 @@
 #include "core/error.h"
 #include "formats/qcow2/qcow2.h"
 #include "util/checked.h"
-#include "util/grow.h"
 #include "util/endian.h"
+#include "util/grow.h"
 
 /* Names as QEMU 7.2 writes them in the feature name table. */
 const struct qcow2_feature qcow2_std_features[QCOW2_NB_STD_FEATURES] = {

@@ -12,8 +12,8 @@
 #include "core/error.h"
 #include "formats/vmdk/vmdk.h"
 #include "util/checked.h"
-#include "util/grow.h"
 #include "util/endian.h"
+#include "util/grow.h"
 
 void vmdk4_header_decode(const uint8_t *b, struct vmdk4_header *h)
 {
