@@ -3,7 +3,8 @@
 #   build/       gcc, -Werror, optimised with assertions
 #   build-asan/  clang, AddressSanitizer + UndefinedBehaviorSanitizer
 # then build the libFuzzer targets and run each for FUZZ_SECONDS (10 here,
-# so that thirteen targets fit CI's budget; longer campaigns: tests/fuzz/README):
+# so that all fifteen targets fit CI's budget; longer campaigns:
+# tests/fuzz/README):
 #   build-fuzz/  clang, -Dfuzzing=true, ASan + UBSan; suite 'fuzz-run' only
 # The last line is the total over all runs: "N passed, N failed, N skipped".
 set -uo pipefail

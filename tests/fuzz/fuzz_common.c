@@ -10,6 +10,8 @@
  *      ask for it a repair on a writable copy (fuzz_repair);
  *   3. if that open failed, a metadata-only open (what "qemu-img info"
  *      does) and info as above.
+ * An extent target opens its fixed descriptor in place of the input,
+ * which is written to the one file that descriptor names (fuzz_source).
  *
  * Every step is bounded (FUZZ_* below), so an image with an exabyte of
  * virtual disk costs no more than a small one.  Besides the sanitizers,
@@ -20,9 +22,11 @@
  * ever opened.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "core/image.h"
@@ -98,14 +102,28 @@ static void on_warning(const char *message, void *opaque)
     }
 }
 
-/* Open the input as an image over a memory leaf; 0 or -errno. */
-static int fuzz_open(const struct fuzz_target *t, const uint8_t *data,
-                     size_t size, unsigned flags, struct qimg_image **img)
+/*
+ * What one input opens: the bytes of the memory leaf, its name, and the
+ * flags every open of it takes (those that make it untrusted).  For most
+ * targets that is the input itself under FUZZ_NAME; for an extent target
+ * (fuzz_target.descriptor) the descriptor, named inside the directory that
+ * holds the input.
+ */
+struct fuzz_source {
+    const uint8_t *data;
+    size_t size;
+    const char *name;
+    unsigned base_flags;
+};
+
+/* Open the source as an image over a memory leaf; 0 or -errno. */
+static int fuzz_open(const struct fuzz_target *t, const struct fuzz_source *src,
+                     unsigned flags, struct qimg_image **img)
 {
     struct qimg_io *io;
     *img = NULL;
     /* Read-only: the input itself, not a copy (it outlives the open). */
-    int ret = io_mem_open_borrowed(FUZZ_NAME, data, size, &io);
+    int ret = io_mem_open_borrowed(src->name, src->data, src->size, &io);
     if (ret < 0) {
         return ret;
     }
@@ -116,12 +134,64 @@ static int fuzz_open(const struct fuzz_target *t, const uint8_t *data,
             fuzz_finding("bad open options", t->open_options);
         }
     }
-    ret = image_open_leaf_opts(io, t->format, flags, opts, img);
+    ret =
+        image_open_leaf_opts(io, t->format, src->base_flags | flags, opts, img);
     qimg_opts_free(opts);
     if (ret < 0) {
         fuzz_expect_error_set("open");
     }
     return ret;
+}
+
+/* ---- Extent targets: the input as a file a fixed descriptor names ------- */
+
+static char *extent_dir;  /* private, made at the first extent input */
+static char *extent_path; /* extent_dir/FUZZ_EXTENT_NAME */
+static char *extent_desc; /* extent_dir/FUZZ_NAME, the descriptor's name */
+
+static void extent_dir_remove(void)
+{
+    unlink(extent_path);
+    rmdir(extent_dir);
+}
+
+static void extent_dir_make(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    if (asprintf(&extent_dir, "%s/qimg-fuzz-extent.XXXXXX",
+                 tmp && tmp[0] ? tmp : "/tmp") < 0 ||
+        !mkdtemp(extent_dir) ||
+        asprintf(&extent_path, "%s/%s", extent_dir, FUZZ_EXTENT_NAME) < 0 ||
+        asprintf(&extent_desc, "%s/%s", extent_dir, FUZZ_NAME) < 0) {
+        fuzz_finding("could not make the extent directory", strerror(errno));
+    }
+    atexit(extent_dir_remove);
+}
+
+/* The input becomes the extent file's whole contents. */
+static void extent_write(const uint8_t *data, size_t size)
+{
+    if (!extent_dir) {
+        extent_dir_make();
+    }
+    int fd = open(extent_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fuzz_finding("could not create the extent file", strerror(errno));
+    }
+    while (size > 0) {
+        ssize_t n = write(fd, data, size);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            fuzz_finding("could not write the extent file", strerror(errno));
+        }
+        data += n;
+        size -= (size_t)n;
+    }
+    if (close(fd) < 0) {
+        fuzz_finding("could not write the extent file", strerror(errno));
+    }
 }
 
 static void fuzz_info(struct qimg_image *img)
@@ -316,7 +386,7 @@ static void fuzz_check(struct qimg_image *img)
 static void fuzz_repair(const struct fuzz_target *t, const uint8_t *data,
                         size_t size)
 {
-    if (!t->repair || size > FUZZ_REPAIR_MAX_INPUT) {
+    if (!t->repair || t->descriptor || size > FUZZ_REPAIR_MAX_INPUT) {
         return;
     }
     unsigned flags = QIMG_OPEN_RDWR | QIMG_OPEN_CHECK | QIMG_OPEN_NO_EXTERNAL;
@@ -373,7 +443,20 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
     (void)format_probe_buffer(data, (size_t)min_u64(size, FUZZ_PROBE_BYTES),
                               FUZZ_NAME);
 
-    const unsigned untrusted = QIMG_OPEN_NO_EXTERNAL | QIMG_OPEN_FORCE_SHARE;
+    struct fuzz_source src = {
+        .data = data,
+        .size = size,
+        .name = FUZZ_NAME,
+        .base_flags = QIMG_OPEN_NO_EXTERNAL | QIMG_OPEN_FORCE_SHARE,
+    };
+    if (t->descriptor) {
+        /* The descriptor names the extent; the input names nothing. */
+        extent_write(data, size);
+        src.data = (const uint8_t *)t->descriptor;
+        src.size = strlen(t->descriptor);
+        src.name = extent_desc;
+        src.base_flags = QIMG_OPEN_FORCE_SHARE;
+    }
     struct qimg_image *img;
 
     /*
@@ -381,12 +464,17 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
      * must be refused (EPERM); the layer alone is then read without its
      * backing file, where unallocated ranges read as zeros.
      */
-    int ret = fuzz_open(t, data, size, untrusted, &img);
+    int ret = fuzz_open(t, &src, 0, &img);
+    if (ret == -ENOENT && t->descriptor) {
+        /* The input is never read then: the target fuzzes nothing. */
+        fuzz_finding("the descriptor's extent file is missing",
+                     qimg_get_error());
+    }
     if (ret == 0 && img->top->backing) {
         fuzz_finding("a backing file was opened", img->top->backing_name);
     }
     if (ret == -EPERM) {
-        ret = fuzz_open(t, data, size, untrusted | QIMG_OPEN_NO_BACKING, &img);
+        ret = fuzz_open(t, &src, QIMG_OPEN_NO_BACKING, &img);
     }
     if (ret == 0) {
         fuzz_info(img);
@@ -403,9 +491,7 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
      * encryption keys absent).  Each input takes one of the two paths,
      * so each costs one open, not two.
      */
-    if (fuzz_open(t, data, size,
-                  untrusted | QIMG_OPEN_NO_IO | QIMG_OPEN_NO_BACKING,
-                  &img) == 0) {
+    if (fuzz_open(t, &src, QIMG_OPEN_NO_IO | QIMG_OPEN_NO_BACKING, &img) == 0) {
         fuzz_info(img);
         qimg_close(img);
     }

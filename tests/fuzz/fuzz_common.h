@@ -8,7 +8,10 @@
  *
  * The image never reaches another file: every open refuses external
  * references (QIMG_OPEN_NO_EXTERNAL), and an open that names a backing
- * file and still succeeds aborts the run as a finding.
+ * file and still succeeds aborts the run as a finding.  The one
+ * exception is a target whose input is an extent file (.descriptor):
+ * its fixed descriptor names only the input, written to a private
+ * directory, and nothing in the input can name a file.
  */
 #ifndef QIMG_TESTS_FUZZ_COMMON_H
 #define QIMG_TESTS_FUZZ_COMMON_H
@@ -30,7 +33,18 @@ struct fuzz_target {
      * "key-secret=sec0" for a keyed luks open); NULL for none.
      */
     const char *open_options;
+    /*
+     * Not NULL: the input is not an image but the one extent file this
+     * descriptor text names, as FUZZ_EXTENT_NAME (formats whose extents
+     * are only reached through a descriptor, like vmdk's seSparse).  The
+     * input is written to that file in a private directory and the
+     * descriptor, a memory leaf there, is the image opened.
+     */
+    const char *descriptor;
 };
+
+/* The file name a target's descriptor gives its extent. */
+#define FUZZ_EXTENT_NAME "fuzz-extent"
 
 /* Run one input; findings abort (sanitizers report the rest). */
 void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size);

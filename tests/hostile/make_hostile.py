@@ -859,6 +859,7 @@ def vmdk_cases(c):
     c.add('vmdk', 'truncated', 'file cut to 60 bytes', d[:60])
     vmdk_stream_cases(c)
     vmdk_desc_cases(c)
+    vmdk_sesparse_cases(c)
 
 
 def vmdk_stream_cases(c):
@@ -966,6 +967,69 @@ def vmdk_desc_cases(c):
         'parentFileNameHint="parent-loop.vmdk"')
     open(p, 'w').write(t)
     c.cases[-1]['cmds'] = ['info --backing-chain', 'convert-raw']
+
+
+def vmdk_sesparse_cases(c):
+    """seSparse extents (ESXi), one damaged 64-bit field each: each case
+    is a descriptor se-NAME.vmdk naming its own extent se-NAME-sesparse.vmdk
+    (the layout tests/compat/sesparse_tool.py writes)."""
+    src = open(os.path.join(COMPAT, 'sesparse_tool.py')).read()
+    ns = {'__name__': 'sesparse_tool'}
+    exec(compile(src, 'sesparse_tool.py', 'exec'), ns)
+    d = c.path('vmdk', 'se')
+    os.makedirs(d, exist_ok=True)
+    raw = os.path.join(d, 'src.raw')
+    save(raw, bytes([0x5e]) * 8 * K + bytes(56 * K) + bytes([0x61]) * 4 * K)
+    base = os.path.join(d, 'base.vmdk')
+    ns['build'](base, raw, grain_base=0)
+    text = open(base).read()
+    ext = load(os.path.join(d, 'base-sesparse.vmdk'))
+    gd = struct.unpack_from('<Q', ext, 128)[0] * 512
+    gt = struct.unpack_from('<Q', ext, 144)[0] * 512
+
+    def add(name, what, *edits, data=None):
+        x = pokes(ext, *edits) if data is None else data
+        save(os.path.join(d, 'se-%s-sesparse.vmdk' % name), x)
+        p = os.path.join(d, 'se-%s.vmdk' % name)
+        with open(p, 'w') as f:
+            f.write(text.replace('"base-sesparse.vmdk"',
+                                 '"se-%s-sesparse.vmdk"' % name))
+        c.add('vmdk', 'se-' + name, 'seSparse: ' + what, path=p)
+
+    add('valid', 'a valid extent (control)')
+    add('magic', 'const header magic 0x1234', (0, '<Q', 0x1234))
+    add('version', 'version 0x300000001', (8, '<Q', 0x300000001))
+    add('grain-size', 'grain size 16 sectors', (24, '<Q', 16))
+    add('gt-size', 'grain table size 128 sectors', (32, '<Q', 128))
+    add('flags', 'flags 1', (40, '<Q', 1))
+    add('reserved', 'a reserved field set', (72, '<Q', 5))
+    add('capacity-huge', 'capacity 2^63 - 1 sectors',
+        (16, '<Q', (1 << 63) - 1))
+    add('volatile-offset-wraps', 'volatile header at 2^55 + 1 sectors '
+        '(wraps)', (80, '<Q', (1 << 55) + 1))
+    add('volatile-offset-past-eof', 'volatile header past the end',
+        (80, '<Q', 4000000))
+    add('volatile-magic', 'volatile header magic 0', (512, '<Q', 0))
+    add('dirty-journal', 'journal to replay', (512 + 24, '<Q', 1))
+    add('gd-size-huge', 'directory of 2^26 sectors (2^32 entries)',
+        (136, '<Q', 1 << 26))
+    add('gd-size-max-entries', 'directory of 2^31 entries',
+        (136, '<Q', 1 << 22))
+    add('gd-offset-huge', 'directory at 2^54 sectors', (128, '<Q', 1 << 54))
+    add('gd-entry-type', 'directory entry of type 2',
+        (gd, '<Q', 0x2000000000000000))
+    add('gd-entry-index-huge', 'directory entry naming table 2^32 - 1',
+        (gd, '<Q', 0x10000000ffffffff))
+    add('gt-offset-huge', 'grain tables at 2^32 - 1 sectors',
+        (144, '<Q', 0xffffffff))
+    add('gt-entry-type', 'grain table entry of type 7',
+        (gt, '<Q', 0x7000000000000000))
+    add('gt-entry-index-wraps', 'grain index whose offset wraps 2^64',
+        (gt, '<Q', 0x3000800000000000))
+    add('gt-entry-index-huge', 'grain index 2^32', (gt, '<Q',
+                                                     0x3000000100000000))
+    add('grains-offset-huge', 'grains at 2^62 sectors', (192, '<Q', 1 << 62))
+    add('truncated', 'extent cut to 600 bytes', data=ext[:600])
 
 
 # ---------------------------------------------------------------- bochs
