@@ -461,12 +461,11 @@ int qimg_set_open_policy(unsigned flags)
 }
 
 /*
- * Switch a freshly opened top node to an internal snapshot (QEMU's
- * bdrv_snapshot_load_tmp and its by-id-or-name variant), with QEMU's
- * message for formats that have no internal snapshots.
+ * QEMU's bdrv_snapshot_load_tmp and its by-id-or-name variant, with
+ * QEMU's message for formats that have no internal snapshots.
  */
-static int node_load_snapshot(struct qimg_node *node,
-                              const struct qimg_snapshot_select *sel)
+int image_load_snapshot(struct qimg_node *node,
+                        const struct qimg_snapshot_select *sel)
 {
     bool any = sel->id_or_name != NULL;
     if (any ? sel->id || sel->name : !sel->id && !sel->name) {
@@ -514,7 +513,7 @@ image_open_snapshot_opts(const char *filename, const char *format,
     if (!img) {
         return NULL;
     }
-    int ret = node_load_snapshot(img->top, sel);
+    int ret = image_load_snapshot(img->top, sel);
     if (ret < 0) {
         qimg_close(img);
         return fail_null(ret);

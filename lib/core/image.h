@@ -37,6 +37,22 @@ int node_open_opts(const char *filename, const char *format, unsigned flags,
                    const struct qimg_opts *opts, const struct chain_link *up,
                    struct qimg_node **out);
 /*
+ * qimg_open_snapshot with qimg_open_opts' runtime options; sel NULL is
+ * qimg_open_opts.
+ */
+struct qimg_image *
+image_open_snapshot_opts(const char *filename, const char *format,
+                         unsigned flags, const struct qimg_opts *driver_opts,
+                         const struct qimg_snapshot_select *sel);
+/*
+ * Switch the read-only top node of an image just opened to an internal
+ * snapshot's view, as qimg_open_snapshot does after its open (a fuzz
+ * target loads the snapshots of an image opened over a memory leaf).
+ * Returns 0 or -errno, the message prefixed "Failed to load snapshot".
+ */
+int image_load_snapshot(struct qimg_node *node,
+                        const struct qimg_snapshot_select *sel);
+/*
  * Open an image over a leaf the caller opened (a memory leaf in the fuzz
  * targets and unit tests), as qimg_open does over a file: format NULL
  * probes, flags are QIMG_OPEN_*.  The leaf is taken over in every case
@@ -46,14 +62,6 @@ int node_open_opts(const char *filename, const char *format, unsigned flags,
  * not a path.  Returns 0 or -errno with the message set (without the
  * "Could not open" prefix qimg_open adds).
  */
-/*
- * qimg_open_snapshot with qimg_open_opts' runtime options; sel NULL is
- * qimg_open_opts.
- */
-struct qimg_image *
-image_open_snapshot_opts(const char *filename, const char *format,
-                         unsigned flags, const struct qimg_opts *driver_opts,
-                         const struct qimg_snapshot_select *sel);
 int image_open_leaf(struct qimg_io *file, const char *format,
                     unsigned flags, struct qimg_image **out);
 /*

@@ -6,8 +6,10 @@
  *   2. a read-only open for guest data: get_info, the value tree and its
  *      JSON serialisation, block status walked from offset 0 in windows,
  *      then probes spread over the whole disk, and reads at the start and
- *      end of every extent reported; then check, and for targets that
- *      ask for it a repair on a writable copy (fuzz_repair);
+ *      end of every extent reported; then check; for a format with
+ *      internal snapshots the first and the last snapshot, loaded and
+ *      walked alike (fuzz_snapshots); and for targets that ask for it a
+ *      repair on a writable copy (fuzz_repair);
  *   3. if that open failed, a metadata-only open (what "qemu-img info"
  *      does) and info as above.
  * An extent target opens its fixed descriptor in place of the input,
@@ -329,6 +331,51 @@ static void fuzz_walk(struct qimg_image *img)
     free(w.buf);
 }
 
+/*
+ * Guest data as an internal snapshot saw it (qemu-img convert -l): the
+ * first snapshot of img's table by id and the last by id-or-name, each
+ * in an open of its own (src with open_flags, as img was opened), loaded
+ * and walked like the current state.  The snapshot's L1 table is read
+ * from the image like any other table.
+ */
+static void fuzz_snapshots(const struct fuzz_target *t,
+                           const struct fuzz_source *src, unsigned open_flags,
+                           struct qimg_image *img)
+{
+    if (!img->top->drv->snapshot_load) {
+        return;
+    }
+    struct qimg_image_info *info = qimg_get_info(img);
+    if (!info) {
+        fuzz_expect_error_set("qimg_get_info");
+        return;
+    }
+    size_t n = info->nb_snapshots;
+    for (size_t i = 0; i < 2 && n > 0 && n <= FUZZ_VALUE_MAX_SNAPSHOTS; i++) {
+        const struct qimg_snapshot_info *sn = &info->snapshots[i ? n - 1 : 0];
+        struct qimg_snapshot_select sel = {0};
+        if (i == 0) {
+            sel.id = sn->id;
+        } else {
+            sel.id_or_name = sn->name ? sn->name : sn->id;
+        }
+        struct qimg_image *snap;
+        if (fuzz_open(t, src, open_flags, &snap) < 0) {
+            continue;
+        }
+        if (image_load_snapshot(snap->top, &sel) < 0) {
+            fuzz_expect_error_set("image_load_snapshot");
+        } else {
+            fuzz_walk(snap);
+        }
+        qimg_close(snap);
+        if (n == 1) {
+            break;
+        }
+    }
+    qimg_image_info_free(info);
+}
+
 /* FUZZ_VERBOSE=1 in the environment: check lines go to stderr. */
 static int fuzz_verbose = -1;
 
@@ -464,7 +511,8 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
      * must be refused (EPERM); the layer alone is then read without its
      * backing file, where unallocated ranges read as zeros.
      */
-    int ret = fuzz_open(t, &src, 0, &img);
+    unsigned open_flags = 0;
+    int ret = fuzz_open(t, &src, open_flags, &img);
     if (ret == -ENOENT && t->descriptor) {
         /* The input is never read then: the target fuzzes nothing. */
         fuzz_finding("the descriptor's extent file is missing",
@@ -474,12 +522,14 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
         fuzz_finding("a backing file was opened", img->top->backing_name);
     }
     if (ret == -EPERM) {
-        ret = fuzz_open(t, &src, QIMG_OPEN_NO_BACKING, &img);
+        open_flags = QIMG_OPEN_NO_BACKING;
+        ret = fuzz_open(t, &src, open_flags, &img);
     }
     if (ret == 0) {
         fuzz_info(img);
         fuzz_walk(img);
         fuzz_check(img);
+        fuzz_snapshots(t, &src, open_flags, img);
         qimg_close(img);
         fuzz_repair(t, data, size);
         return;
