@@ -1112,6 +1112,33 @@ static void test_bitmaps_qemu(void)
                "bitmap table entries: empty disk");
 }
 
+/* The encoder writes QEMU's directory back byte for byte. */
+static void test_bitmaps_encode(void)
+{
+    struct qcow2_bitmap_list l;
+    int ret = qcow2_bitmaps_decode(qemu_bitmap_dir, sizeof(qemu_bitmap_dir), 2,
+                                   CS, 64 << 20, &l);
+    tap_eq_u64((uint64_t)ret, 0, "bitmaps encode: decode");
+    if (ret < 0) {
+        return;
+    }
+    tap_eq_u64(qcow2_bitmaps_encoded_size(&l), sizeof(qemu_bitmap_dir),
+               "bitmaps encode: size");
+    uint8_t out[sizeof(qemu_bitmap_dir) + 8];
+    memset(out, 0xee, sizeof(out));
+    int64_t n = qcow2_bitmaps_encode(&l, out, sizeof(out));
+    tap_eq_u64((uint64_t)n, sizeof(qemu_bitmap_dir), "bitmaps encode: bytes");
+    tap_ok(memcmp(out, qemu_bitmap_dir, sizeof(qemu_bitmap_dir)) == 0,
+           "bitmaps encode: QEMU's bytes");
+    tap_ok(out[sizeof(qemu_bitmap_dir)] == 0xee,
+           "bitmaps encode: nothing past the directory");
+    error_clear();
+    expect_error(
+        (int)qcow2_bitmaps_encode(&l, out, sizeof(qemu_bitmap_dir) - 1), ENOSPC,
+        "No space for the bitmap directory", "bitmaps encode: short buffer");
+    qcow2_bitmaps_free(&l);
+}
+
 static void test_bitmaps_errors(void)
 {
     static uint8_t dir[64];
@@ -1210,6 +1237,7 @@ int main(void)
     test_snapshots_errors();
     test_snapshots_too_big();
     test_bitmaps_qemu();
+    test_bitmaps_encode();
     test_bitmaps_errors();
     return tap_done();
 }

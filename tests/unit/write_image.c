@@ -10,6 +10,8 @@
  *   r:SIZE           resize (growing; shrinking with a leading '-')
  *   f                flush
  *   o                close and reopen
+ *   k                stop here without closing or flushing, as a crash
+ *                    would (what the operations so far put on disk stays)
  * Numbers are decimal or 0x hex.  Prints the error and exits 1 on failure.
  * With QIMG_WRITE_KEY=OPTION:PASSWORD in the environment the image is
  * opened with the runtime option OPTION (key-secret, encrypt.key-secret)
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qimg/qimg.h"
 
@@ -90,6 +93,8 @@ static int apply(const char *file, const char *format, const char *op)
     }
     case 'f':
         return qimg_flush(img) < 0 ? fail(op) : 0;
+    case 'k':
+        _exit(0);
     case 'o':
         if (qimg_close(img) < 0) {
             img = NULL;

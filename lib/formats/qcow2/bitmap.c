@@ -236,6 +236,46 @@ fail:
     return ret;
 }
 
+/* [spec: Bitmap directory] one entry: fixed part, name, 8-byte padding. */
+static size_t entry_bytes(const struct qcow2_bitmap *bm)
+{
+    return (QCOW2_BITMAP_DIR_ENTRY_SIZE + strlen(bm->name) + 7) & ~(size_t)7;
+}
+
+size_t qcow2_bitmaps_encoded_size(const struct qcow2_bitmap_list *list)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < list->nb; i++) {
+        n += entry_bytes(&list->bm[i]);
+    }
+    return n;
+}
+
+int64_t qcow2_bitmaps_encode(const struct qcow2_bitmap_list *list,
+                             uint8_t *buf, size_t len)
+{
+    size_t need = qcow2_bitmaps_encoded_size(list);
+    if (need > len) {
+        return error_set(ENOSPC, "No space for the bitmap directory");
+    }
+    memset(buf, 0, need);
+    uint8_t *e = buf;
+    for (uint32_t i = 0; i < list->nb; i++) {
+        const struct qcow2_bitmap *bm = &list->bm[i];
+        size_t name_size = strlen(bm->name);
+        store_be64(e + BME_TABLE_OFFSET, bm->table_offset);
+        store_be32(e + BME_TABLE_SIZE, bm->table_size);
+        store_be32(e + BME_FLAGS, bm->flags);
+        e[BME_TYPE] = bm->type;
+        e[BME_GRANULARITY_BITS] = bm->granularity_bits;
+        /* Decoded names are at most QCOW2_MAX_BITMAP_NAME bytes. */
+        store_be16(e + BME_NAME_SIZE, (uint16_t)name_size);
+        memcpy(e + QCOW2_BITMAP_DIR_ENTRY_SIZE, bm->name, name_size);
+        e += entry_bytes(bm);
+    }
+    return (int64_t)need;
+}
+
 int qcow2_bitmap_check_name(const struct qcow2_bitmap_list *list, uint32_t i)
 {
     const struct qcow2_bitmap *bm = &list->bm[i];

@@ -67,6 +67,7 @@ static void state_free(struct qcow2_state *s)
     qcow2_bitmaps_free(&s->bitmaps);
     free(s->l1_table);
     qcow2_write_free(s);
+    qcow2_bitmaps_write_free(s);
     qcow2_cluster_free(s);
     qcow2_crypto_close(s);
     io_close(s->data_file);
@@ -902,7 +903,8 @@ static int qcow2_op_pwrite(struct qimg_node *node, const void *buf,
             unlock(node, 0);
             continue;
         }
-        return unlock(node, qcow2_pwrite(node, buf, len, off));
+        ret = qcow2_bitmaps_note_write(node, s, off, len);
+        return unlock(node, ret < 0 ? ret : qcow2_pwrite(node, buf, len, off));
     }
 }
 
@@ -910,21 +912,26 @@ static int qcow2_op_pwrite_zeroes(struct qimg_node *node, uint64_t off,
                                   uint64_t len, unsigned flags)
 {
     lock_exclusive(node);
-    return unlock(node, qcow2_pwrite_zeroes(node, off, len, flags));
+    int ret = qcow2_bitmaps_note_write(node, node->opaque, off, len);
+    return unlock(node,
+                  ret < 0 ? ret : qcow2_pwrite_zeroes(node, off, len, flags));
 }
 
 static int qcow2_op_pdiscard(struct qimg_node *node, uint64_t off,
                              uint64_t len)
 {
     lock_exclusive(node);
-    return unlock(node, qcow2_pdiscard(node, off, len));
+    int ret = qcow2_bitmaps_note_write(node, node->opaque, off, len);
+    return unlock(node, ret < 0 ? ret : qcow2_pdiscard(node, off, len));
 }
 
 static int qcow2_op_pwrite_compressed(struct qimg_node *node, const void *buf,
                                       size_t len, uint64_t off)
 {
     lock_exclusive(node);
-    return unlock(node, qcow2_pwrite_compressed(node, buf, len, off));
+    int ret = qcow2_bitmaps_note_write(node, node->opaque, off, len);
+    return unlock(node,
+                  ret < 0 ? ret : qcow2_pwrite_compressed(node, buf, len, off));
 }
 
 static int qcow2_op_pwrite_precompressed(struct qimg_node *node,
@@ -932,8 +939,10 @@ static int qcow2_op_pwrite_precompressed(struct qimg_node *node,
                                          size_t len, uint64_t off)
 {
     lock_exclusive(node);
-    return unlock(node,
-                  qcow2_pwrite_precompressed(node, data, csize, len, off));
+    int ret = qcow2_bitmaps_note_write(node, node->opaque, off, len);
+    return unlock(node, ret < 0 ? ret
+                                : qcow2_pwrite_precompressed(node, data, csize,
+                                                             len, off));
 }
 
 static int qcow2_op_compressed_end(struct qimg_node *node)

@@ -305,6 +305,19 @@ struct qcow2_bitmap_list {
     uint32_t nb;
 };
 
+/*
+ * A bitmap whose table the write path holds (bitmap_write.c): one that was
+ * not in use when the image was opened.
+ */
+struct qcow2_bitmap_track {
+    uint32_t index;        /* in qcow2_state.bitmaps */
+    bool enabled;          /* 'auto': records guest writes */
+    uint64_t *table;       /* host byte order, table_size entries */
+    uint8_t *owned;        /* entry i names a cluster this handle made */
+    bool table_dirty;      /* differs from the stored table */
+    uint64_t stored_bytes; /* bytes of the stored table (freed at a store) */
+};
+
 /* ---- Guest mapping state (cluster.c) ---------------------------------- */
 
 /*
@@ -511,6 +524,22 @@ struct qcow2_state {
      * last clusters both copy bytes in; allocated at its first use.
      */
     uint8_t *cow_buf2;
+
+    /*
+     * Persistent bitmaps kept true by the writes (bitmap_write.c), loaded
+     * at the first guest write or resize.  bm_in_use: the stored directory
+     * flags them in use; bm_store_needed: tables or data changed since the
+     * last store; bm_header_needed: a stored directory awaits the header;
+     * bm_resizing: flushes keep them in use (tables and size disagree).
+     */
+    struct qcow2_bitmap_track *bm_tracks;
+    uint32_t nb_bm_tracks;
+    uint8_t *bm_buf; /* one cluster */
+    bool bm_loaded;
+    bool bm_in_use;
+    bool bm_store_needed;
+    bool bm_header_needed;
+    bool bm_resizing;
 };
 
 /* ---- header.c ---------------------------------------------------------- */
@@ -684,7 +713,40 @@ uint64_t qcow2_bitmap_table_entries(uint64_t disk_size,
                                     unsigned granularity_bits,
                                     uint64_t cluster_size);
 
+/*
+ * The directory of list's entries as the spec lays it out (no extra
+ * data, names as decoded: an embedded NUL shortened them), and its size.
+ * Encode returns the bytes written or -ENOSPC when len is short.
+ */
+size_t qcow2_bitmaps_encoded_size(const struct qcow2_bitmap_list *list);
+int64_t qcow2_bitmaps_encode(const struct qcow2_bitmap_list *list,
+                             uint8_t *buf, size_t len);
+
 void qcow2_bitmaps_free(struct qcow2_bitmap_list *list);
+
+/* ---- bitmap_write.c ---------------------------------------------------- */
+
+/*
+ * A guest write, zero write or discard of [off, off + len) is about to be
+ * made: the bitmaps are flagged in use on disk (once), and the granules'
+ * bits set in every enabled bitmap.  s->lock held exclusively.
+ */
+int qcow2_bitmaps_note_write(struct qimg_node *node, struct qcow2_state *s,
+                             uint64_t off, uint64_t len);
+/* Tables for new_size (before the header's size changes; flagged in use). */
+int qcow2_bitmaps_resize(struct qimg_node *node, struct qcow2_state *s,
+                         uint64_t new_size);
+/*
+ * The flush's two steps: store changed tables and a new directory with
+ * the bitmaps flagged in_use or not, in new clusters (before the refcount
+ * write-back); then, once those are on disk, the header naming it.
+ */
+int qcow2_bitmaps_store(struct qimg_node *node, struct qcow2_state *s,
+                        bool in_use);
+int qcow2_bitmaps_commit(struct qimg_node *node, struct qcow2_state *s);
+/* The first bitmap that was in use when the image was opened, or NULL. */
+const char *qcow2_bitmaps_stale(const struct qcow2_state *s);
+void qcow2_bitmaps_write_free(struct qcow2_state *s);
 
 /* ---- crypto.c --------------------------------------------------------- */
 
@@ -979,6 +1041,11 @@ int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s);
 /* Prepare for the first write: refcounts, the dirty bit, buffers. */
 int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s);
 /*
+ * What every write does first: refuse a corrupt image, qcow2_write_begin,
+ * flush when the deferred frees are many, set the lazy dirty bit.
+ */
+int qcow2_write_prepare(struct qimg_node *node, struct qcow2_state *s);
+/*
  * Rebuild the refcounts of an image whose dirty bit is set (opened for
  * writing after a crash with lazy refcounts) and clear the bit.
  */
@@ -990,6 +1057,11 @@ int qcow2_set_incompat(struct qimg_node *node, struct qcow2_state *s,
                        uint64_t features);
 /* Active L1 entry i differs from the table on disk. */
 void qcow2_l1_mark_dirty(struct qcow2_state *s, uint64_t i);
+/*
+ * Write the whole header cluster again from s->hdr (extensions included)
+ * and sync; ENOSPC when it no longer fits.
+ */
+int qcow2_header_rewrite(struct qimg_node *node, struct qcow2_state *s);
 /* Change header bytes [off, off + len) on disk and sync. */
 int qcow2_header_update(struct qimg_node *node, uint64_t off,
                         const void *bytes, size_t len);

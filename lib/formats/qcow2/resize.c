@@ -214,10 +214,10 @@ static int preallocate(struct qimg_node *node, struct qcow2_state *s,
     return ret;
 }
 
-int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
+/* The refusals, before anything changes; then the write path set up. */
+static int truncate_check(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t size, const char *prealloc)
 {
-    struct qcow2_state *s = node->opaque;
-    const uint64_t cs = s->cluster_size;
     if (size & 511) {
         return error_set(EINVAL, "The new size must be a multiple of 512");
     }
@@ -228,6 +228,18 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
     if (s->snapshots.nb > 0 && s->hdr.version < 3) {
         return error_set(ENOTSUP,
                          "Can't resize a v2 image which has snapshots");
+    }
+    /*
+     * [QEMU] a bitmap flagged in use when the image was opened is stale:
+     * it cannot be resized with the others.
+     */
+    const char *stale = qcow2_bitmaps_stale(s);
+    if (stale) {
+        return error_set(EINVAL,
+                         "Bitmap '%s' is inconsistent and cannot be used\n"
+                         "Try block-dirty-bitmap-remove to delete this "
+                         "bitmap from disk",
+                         stale);
     }
     bool off = strcmp(prealloc, "off") == 0;
     if (!off && strcmp(prealloc, "metadata") && strcmp(prealloc, "falloc") &&
@@ -248,6 +260,16 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
         return error_set(EIO, "qcow2: image '%s' is marked corrupt",
                          node->filename);
     }
+    return 0;
+}
+
+static int truncate_image(struct qimg_node *node, struct qcow2_state *s,
+                          uint64_t size, const char *prealloc)
+{
+    const uint64_t cs = s->cluster_size;
+    bool off = strcmp(prealloc, "off") == 0;
+    uint64_t old = node->size;
+    int ret;
     bool extl2 = s->subclusters_per_cluster > 1;
     uint64_t new_l1 = qcow2_size_to_l1(size, s->cluster_bits, extl2);
     if (size < old) {
@@ -317,6 +339,32 @@ int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
                           div_round_up_u64(size, cs), prealloc);
     }
     if (ret == 0) {
+        ret = qcow2_write_flush(node, s);
+    }
+    return ret;
+}
+
+/*
+ * Persistent bitmaps get tables for the new size first and stay flagged
+ * in use until the header has the new size: every flush in between keeps
+ * them so, since the tables and the size disagree until then (and for
+ * good if the resize fails half-way: the bitmaps are then inconsistent,
+ * which QEMU says, never wrong).
+ */
+int qcow2_truncate(struct qimg_node *node, uint64_t size, const char *prealloc)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret = truncate_check(node, s, size, prealloc);
+    if (ret < 0 || s->bitmaps.nb == 0 || size == node->size) {
+        return ret < 0 ? ret : truncate_image(node, s, size, prealloc);
+    }
+    s->bm_resizing = true;
+    ret = qcow2_bitmaps_resize(node, s, size);
+    if (ret == 0) {
+        ret = truncate_image(node, s, size, prealloc);
+    }
+    if (ret == 0) {
+        s->bm_resizing = false;
         ret = qcow2_write_flush(node, s);
     }
     return ret;

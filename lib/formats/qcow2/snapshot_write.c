@@ -612,6 +612,13 @@ int qcow2_snapshot_apply(struct qimg_node *node,
                          const struct qimg_snapshot_select *sel)
 {
     struct qcow2_state *s = node->opaque;
+    /*
+     * [QEMU] reverting the guest data would leave every bitmap wrong, so
+     * any bitmap, enabled or not, refuses it, before the lookup.
+     */
+    if (s->bitmaps.nb > 0) {
+        return error_set(EBUSY, "Device has active dirty bitmaps");
+    }
     int64_t idx = find_snapshot(&s->snapshots, sel);
     if (idx < 0) {
         return -ENOENT;

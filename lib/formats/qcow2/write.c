@@ -49,6 +49,24 @@ int qcow2_header_update(struct qimg_node *node, uint64_t off,
     return 0;
 }
 
+int qcow2_header_rewrite(struct qimg_node *node, struct qcow2_state *s)
+{
+    uint8_t *buf = malloc((size_t)s->cluster_size);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    /*
+     * [QEMU] the whole header, extensions and name included, must fit in
+     * the first cluster: ENOSPC ("No space left in the file header").
+     */
+    int64_t n = qcow2_header_encode(&s->hdr, buf, (size_t)s->cluster_size);
+    int ret = n < 0 ? (int)n
+                    : qcow2_header_update(node, 0, buf,
+                                          (size_t)s->cluster_size);
+    free(buf);
+    return ret;
+}
+
 int qcow2_set_incompat(struct qimg_node *node, struct qcow2_state *s,
                        uint64_t features)
 {
@@ -86,11 +104,12 @@ int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s)
     }
     /*
      * [spec: autoclear features] a writer that does not maintain a
-     * feature clears its bit: qimg keeps a raw data file raw, but does
-     * not update persistent bitmaps, which QEMU then treats as
-     * inconsistent, as the spec intends.
+     * feature clears its bit.  qimg maintains both it knows: a raw data
+     * file stays raw, persistent bitmaps record the writes
+     * (bitmap_write.c).
      */
-    uint64_t keep = s->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint64_t keep = s->hdr.autoclear_features &
+                    (QCOW2_AUTOCLEAR_DATA_FILE_RAW | QCOW2_AUTOCLEAR_BITMAPS);
     if (s->hdr.version >= 3 && s->hdr.autoclear_features != keep) {
         uint8_t be[8];
         store_be64(be, keep);
@@ -151,8 +170,7 @@ int qcow2_repair_dirty(struct qimg_node *node, struct qcow2_state *s)
     return 0;
 }
 
-/* Every write starts here. */
-static int write_prepare(struct qimg_node *node, struct qcow2_state *s)
+int qcow2_write_prepare(struct qimg_node *node, struct qcow2_state *s)
 {
     if (s->corrupt) {
         return error_set(EIO, "qcow2: image '%s' is marked corrupt",
@@ -226,7 +244,13 @@ int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s)
         /* Nothing cached to write, or nothing may be written any more. */
         return ret < 0 ? ret : sync_file(node, node->file);
     }
-    /* Data and new refcounts, then the tables naming them. */
+    /*
+     * Data, bitmap tables and directory (new clusters) and new refcounts,
+     * then the tables naming them, then the header naming the directory.
+     */
+    if (ret == 0) {
+        ret = qcow2_bitmaps_store(node, s, s->bm_resizing);
+    }
     if (ret == 0) {
         ret = qcow2_refcount_writeback(node, s);
     }
@@ -244,6 +268,9 @@ int qcow2_write_flush(struct qimg_node *node, struct qcow2_state *s)
     }
     if (ret == 0) {
         ret = sync_file(node, node->file);
+    }
+    if (ret == 0) {
+        ret = qcow2_bitmaps_commit(node, s); /* synced */
     }
     /* No table on disk names the freed clusters any more. */
     if (ret == 0 && s->nb_pending_free > 0) {
@@ -1093,7 +1120,7 @@ int qcow2_pwrite(struct qimg_node *node, const void *buf, size_t len,
 static int pwrite_aligned(struct qimg_node *node, struct qcow2_state *s,
                           const void *buf, size_t len, uint64_t off)
 {
-    int ret = write_prepare(node, s);
+    int ret = qcow2_write_prepare(node, s);
     const uint8_t *p = buf;
     const uint64_t cs = s->cluster_size;
     struct batch b;
@@ -1185,12 +1212,13 @@ int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
 {
     struct qcow2_state *s = node->opaque;
     /*
-     * What write_prepare would do first must be done already: the write
-     * path set up (persistent bitmaps' autoclear bit cleared), the lazy
-     * refcounts' dirty bit set.  Encrypted data goes through a bounce
+     * What qcow2_write_prepare would do first must be done already: the
+     * write path set up, the lazy refcounts' dirty bit set.  Persistent
+     * bitmaps record writes under the exclusive lock (bitmap_write.c).  Encrypted data goes through a bounce
      * buffer and the sector alignment: not here.
      */
     if (len == 0 || !s->write_ready || s->corrupt || !s->l1_table ||
+        s->bitmaps.nb > 0 ||
         s->hdr.crypt_method != QCOW2_CRYPT_NONE || s->cipher ||
         (lazy_refcounts(s) && !s->dirty_set)) {
         return 0;
@@ -1467,7 +1495,7 @@ int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
                         unsigned flags)
 {
     struct qcow2_state *s = node->opaque;
-    int ret = write_prepare(node, s);
+    int ret = qcow2_write_prepare(node, s);
     /* Encrypted: partial sectors at either end are zeroed as data. */
     if (ret == 0 && s->cipher && (off & (CRYPTO_SECTOR_SIZE - 1))) {
         uint64_t n = min_u64(len, CRYPTO_SECTOR_SIZE -
@@ -1509,7 +1537,7 @@ int qcow2_pwrite_zeroes(struct qimg_node *node, uint64_t off, uint64_t len,
 int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
 {
     struct qcow2_state *s = node->opaque;
-    int ret = write_prepare(node, s);
+    int ret = qcow2_write_prepare(node, s);
     const uint64_t cs = s->cluster_size;
     /* Only whole clusters (or the image's cut last one) are discarded. */
     uint64_t start = div_round_up_u64(off, cs) * cs;
@@ -1523,7 +1551,7 @@ int qcow2_pdiscard(struct qimg_node *node, uint64_t off, uint64_t len)
 
 int qcow2_discard_all(struct qimg_node *node, struct qcow2_state *s)
 {
-    int ret = write_prepare(node, s);
+    int ret = qcow2_write_prepare(node, s);
     const uint64_t nb_clusters =
         div_round_up_u64(node->size, s->cluster_size);
     for (uint64_t i = 0; ret == 0 && i < s->l1_size; i++) {
@@ -1668,7 +1696,7 @@ int qcow2_pwrite_precompressed(struct qimg_node *node, const void *data,
         return error_set(EINVAL, "%s: bad compressed cluster size %zu",
                          node->filename, csize);
     }
-    ret = write_prepare(node, s);
+    ret = qcow2_write_prepare(node, s);
     if (ret < 0) {
         return ret;
     }
@@ -1722,7 +1750,7 @@ int qcow2_pwrite_compressed(struct qimg_node *node, const void *buf,
 {
     struct qcow2_state *s = node->opaque;
     /* The first write allocates zbuf. */
-    int ret = write_prepare(node, s);
+    int ret = qcow2_write_prepare(node, s);
     if (ret < 0) {
         return ret;
     }

@@ -1,0 +1,189 @@
+#!/bin/bash
+# Persistent bitmaps survive qimg's writes as they survive QEMU's: the
+# same guest operations through write_image (qimg's library) and through
+# qemu-io, or the same qimg and qemu-img command, leave the same bitmaps
+# (names, flags, granularity, table size and every set bit, read from the
+# file by bitmap_tool.py), the same guest data, and images that qemu-img
+# check finds clean.  Bitmaps in use when opened are left alone, disabled
+# ones record nothing, a resize resizes them (bits past a shrunk end go),
+# and a write cut short (write_image 'k': no flush, no close) leaves them
+# flagged in use, never silently stale.
+. "$QIMG_SRCDIR/tests/functions.sh"
+cd "$T"
+W=${QIMG_WRITE_IMAGE:?}
+BT="python3 $QIMG_SRCDIR/tests/compat/bitmap_tool.py"
+M=1048576
+
+# base CLUSTER SIZE: base.qcow2 with an enabled bitmap at the default
+# granularity, a fine one (512 B), a disabled one, and some data.
+base() {
+    rm -f base.qcow2
+    "$QEMU_IMG" create -q -f qcow2 -o cluster_size=$1 base.qcow2 $2
+    "$QEMU_IMG" bitmap --add base.qcow2 auto0
+    "$QEMU_IMG" bitmap --add -g 512 base.qcow2 fine
+    "$QEMU_IMG" bitmap --add --disable base.qcow2 off
+    "$QEMU_IO" -c 'write -q -P 0x5a 0 64k' base.qcow2
+}
+
+# clean NAME IMAGE: qemu-img check finds nothing.
+clean() {
+    expect_status "$1: qemu-img check" 0 "$QEMU_IMG" check "$2"
+}
+
+# same_bitmaps NAME GOT WANT: the bitmaps of both images, and their data.
+same_bitmaps() {
+    $BT "$2" >got.bm
+    $BT "$3" >want.bm
+    expect_same "$1: bitmaps" want.bm got.bm
+    checks=$((checks + 1))
+    out=$("$QEMU_IMG" compare "$2" "$3" 2>&1) ||
+        fail "$1: guest data" "$out"
+    clean "$1" "$2"
+}
+
+# ops NAME CLUSTER SIZE OP...: write_image's OPs on a copy of base, the
+# same through qemu-io (one run per reopen) on another.
+ops() {
+    local name=$1
+    base "$2" "$3"
+    shift 3
+    cp base.qcow2 got.qcow2
+    cp base.qcow2 want.qcow2
+    "$W" got.qcow2 qcow2 "$@" 2>w.err || fail "$name: write_image" \
+        "$(cat w.err)"
+    local cmds=() op a b c
+    for op in "$@" o; do
+        IFS=: read -r k a b c <<<"$op"
+        case $k in
+        w) cmds+=(-c "write -q -P $c $a $b") ;;
+        z) cmds+=(-c "write -q -z $a $b") ;;
+        u) cmds+=(-c "write -q -z -u $a $b") ;;
+        d) cmds+=(-c "discard -q $a $b") ;;
+        c) cmds+=(-c "write -q -c -P $c $a $b") ;;
+        f) cmds+=(-c "flush") ;;
+        r) cmds+=(-c "truncate ${a#-}") ;;
+        o)
+            "$QEMU_IO" "${cmds[@]}" want.qcow2 || fail "$name: qemu-io"
+            cmds=()
+            ;;
+        esac
+    done
+    same_bitmaps "$name" got.qcow2 want.qcow2
+}
+
+for cs in 65536 512; do
+    ops "writes cs$cs" $cs 64M w:0:4096:1 w:$((5 * M + 512)):70000:2 \
+        w:$((63 * M)):$M:3
+    ops "zero writes and discards cs$cs" $cs 64M z:$((2 * M)):8192 \
+        u:$((3 * M)):$M d:$((4 * M)):$((2 * M)) d:100:200
+    ops "compressed cs$cs" $cs 64M c:$((8 * M)):$((2 * cs)):7
+    ops "flush and reopen cs$cs" $cs 64M w:4096:512:1 f w:$((9 * M)):4096:2 o \
+        w:$((20 * M)):65536:3 f f
+    ops "grow cs$cs" $cs 64M w:$M:4096:1 r:$((200 * M)) w:$((150 * M)):4096:2
+    ops "shrink cs$cs" $cs 64M w:$((40 * M)):4096:1 w:$((10 * M)):4096:2 \
+        r:-$((20 * M)) w:$((19 * M)):512:3
+done
+# Many data clusters per bitmap: 512-byte clusters, 512-byte granules,
+# 64 MiB = 16 KiB of bits = 32 clusters, written all over.
+ops "spread cs512" 512 64M w:0:$((64 * M)):9
+
+# A bitmap in use when opened (a crash of QEMU's) stays as it was.
+base 65536 64M
+python3 - base.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+d = f.read(65536)
+p = struct.unpack_from('>I', d, 100)[0]
+while True:
+    t, n = struct.unpack_from('>II', d, p)
+    if t == 0x23852875:
+        break
+    p += 8 + ((n + 7) & ~7)
+doff = struct.unpack_from('>Q', d, p + 24)[0]
+f.seek(doff + 12)
+f.write(struct.pack('>I', 3))
+PY
+cp base.qcow2 got.qcow2
+cp base.qcow2 want.qcow2
+"$W" got.qcow2 qcow2 w:$((30 * M)):4096:1 || fail "in use: write"
+"$QEMU_IO" -c "write -q -P 1 $((30 * M)) 4096" want.qcow2 2>/dev/null ||
+    fail "in use: qemu-io"
+same_bitmaps "in use at open" got.qcow2 want.qcow2
+# It cannot be resized (qemu-img's two-line message), and no bitmap lets
+# a snapshot be applied.
+"$QEMU_IMG" snapshot -c s1 base.qcow2
+same_out "resize, a bitmap in use" resize base.qcow2 80M
+same_out "snapshot -a, bitmaps" snapshot -a s1 base.qcow2
+same_out "snapshot -a, bitmaps, no such snapshot" snapshot -a s9 base.qcow2
+
+# Commands: the same command by qimg and by qemu-img.
+"$QEMU_IMG" create -q -f raw src.raw 64M
+"$QEMU_IO" -f raw -c 'write -q -P 7 1M 64k' -c 'write -q -P 8 40M 3M' src.raw
+cmd() {
+    local name=$1
+    shift
+    base 65536 64M
+    cp base.qcow2 got.qcow2
+    cp base.qcow2 want.qcow2
+    local args=("${@//IMG/got.qcow2}")
+    "$QIMG" "${args[@]}" >/dev/null 2>c.err || fail "$name: qimg" \
+        "$(cat c.err)"
+    args=("${@//IMG/want.qcow2}")
+    "$QEMU_IMG" "${args[@]}" >/dev/null || fail "$name: qemu-img"
+    same_bitmaps "$name" got.qcow2 want.qcow2
+}
+cmd "snapshot -c" snapshot -c s1 IMG
+cmd "resize" resize IMG 1G
+cmd "resize --shrink" resize --shrink IMG 1M
+cmd "amend" amend -o lazy_refcounts=on IMG
+cmd "convert -n" convert -n -O qcow2 src.raw IMG
+cmd "convert -n -c" convert -n -c -O qcow2 src.raw IMG
+cmd "rebase -u" rebase -u -F raw -b src.raw IMG
+
+# Snapshot revert and delete, and commit into a base with bitmaps.
+base 65536 64M
+"$QEMU_IMG" snapshot -c s1 base.qcow2
+"$QEMU_IO" -c 'write -q -P 3 2M 64k' base.qcow2
+for op in "-d s1"; do
+    cp base.qcow2 got.qcow2
+    cp base.qcow2 want.qcow2
+    "$QIMG" snapshot $op got.qcow2 || fail "snapshot $op: qimg"
+    "$QEMU_IMG" snapshot $op want.qcow2
+    same_bitmaps "snapshot $op" got.qcow2 want.qcow2
+done
+for tool in qimg qemu-img; do
+    base 65536 64M
+    mv base.qcow2 $tool-base.qcow2
+    "$QEMU_IMG" create -q -f qcow2 -F qcow2 -b $tool-base.qcow2 $tool-top.qcow2
+    "$QEMU_IO" -c 'write -q -P 4 6M 128k' -c 'write -q -z 9M 64k' \
+        $tool-top.qcow2
+done
+"$QIMG" commit -q qimg-top.qcow2 || fail "commit: qimg"
+"$QEMU_IMG" commit -q qemu-img-top.qcow2
+same_bitmaps "commit" qimg-base.qcow2 qemu-img-base.qcow2
+
+# A write cut short: the bitmaps are flagged in use on disk before the
+# data lands, and the image stays consistent (leaks allowed, as after a
+# crash).  A flush before the cut clears the flag again.
+base 65536 64M
+cp base.qcow2 cut.qcow2
+"$W" cut.qcow2 qcow2 w:$((7 * M)):4096:1 k || fail "cut: write_image"
+$BT cut.qcow2 >cut.bm
+checks=$((checks + 1))
+grep -q '^auto0 flags=in_use,auto' cut.bm ||
+    fail "cut: auto0 not flagged in use" "$(cat cut.bm)"
+checks=$((checks + 1))
+grep -q '^off flags=in_use ' cut.bm ||
+    fail "cut: disabled bitmap not flagged in use" "$(cat cut.bm)"
+"$QEMU_IMG" check cut.qcow2 >check.out 2>&1
+checks=$((checks + 1))
+[ $? -le 3 ] && ! grep -q ERROR check.out || fail "cut: corrupt" \
+    "$(cat check.out)"
+cp base.qcow2 cut.qcow2
+"$W" cut.qcow2 qcow2 w:$((7 * M)):4096:1 f k || fail "cut: write_image"
+cp base.qcow2 want.qcow2
+"$QEMU_IO" -c "write -q -P 1 $((7 * M)) 4096" want.qcow2
+same_bitmaps "flushed, then cut" cut.qcow2 want.qcow2
+
+echo "$checks checks"
+finish
