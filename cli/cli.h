@@ -151,6 +151,7 @@ int cmd_amend(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 
 void cli_print_help(void);

@@ -15,7 +15,6 @@ struct command {
     const char *synopsis;
 };
 
-static int cmd_not_yet(int argc, char **argv);
 
 /* Every qemu-img 7.2 subcommand, with its synopsis from qemu-img's help. */
 static const struct command commands[] = {
@@ -27,7 +26,7 @@ static const struct command commands[] = {
      "[--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
      "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
      "[-S step_size] [-t cache] [-w] [-U] filename"},
-    {"bitmap", cmd_not_yet,
+    {"bitmap", cmd_bitmap,
      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
      "--disable)... [-b source_file [-F source_fmt]] [-g granularity] "
      "[--object objectdef] [--image-opts | -f fmt] filename bitmap"},
@@ -77,12 +76,6 @@ static const struct command commands[] = {
 };
 #define COMMANDS_COUNT (sizeof(commands) / sizeof(commands[0]))
 
-static int cmd_not_yet(int argc, char **argv)
-{
-    (void)argc;
-    cli_error("%s: this command is not implemented yet", argv[0]);
-    return 1;
-}
 
 static void print_version(void)
 {

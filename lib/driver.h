@@ -346,6 +346,14 @@ struct qimg_format_ops {
     int (*snapshot_delete)(struct qimg_node *node,
                            const struct qimg_snapshot_select *sel);
     /*
+     * Persistent bitmaps of a writable node (qimg_bitmap; req->source is
+     * already resolved to source, the node holding the merge source, or
+     * NULL for other operations).  0 or -errno with the message set.
+     * NULL: the format has none.
+     */
+    int (*bitmap)(struct qimg_node *node, const struct qimg_bitmap_request *req,
+                  struct qimg_node *source);
+    /*
      * True when every guest write must be a compressed one (vmdk
      * streamOptimized; QEMU's needs_compressed_writes): qemu-img convert
      * then writes compressed without -c.  NULL: never.

@@ -415,6 +415,41 @@ int qimg_snapshot_apply(struct qimg_image *img,
 int qimg_snapshot_delete(struct qimg_image *img,
                          const struct qimg_snapshot_select *sel);
 
+/*
+ * Persistent dirty bitmaps (qemu-img bitmap) of an image opened with
+ * QIMG_OPEN_RDWR: one operation on the bitmap named name.
+ *  - ADD: a new, empty bitmap recording guest writes (DISABLED in req
+ *    flags: not recording); granularity a power of two from 512 to 2^31,
+ *    0 for the format's default (qcow2: the cluster size within 4 KiB to
+ *    64 KiB).  EEXIST when the name is taken.
+ *  - REMOVE, CLEAR (all bits zero), ENABLE, DISABLE.
+ *  - MERGE: every bit set in bitmap source_name of source (an image
+ *    opened read-only or not; NULL: img itself) is set in name; the
+ *    disks must be of one size, granularities may differ.
+ * ENOENT ("Dirty bitmap 'NAME' not found") for a missing bitmap, ENOTSUP
+ * for formats without persistent bitmaps (all but qcow2 v3).  0, or -1
+ * with qimg_get_errno() and qimg_get_error() set.  The change is on disk
+ * after the next flush (qimg_close); every flushed state is consistent.
+ */
+enum qimg_bitmap_op {
+    QIMG_BITMAP_ADD,
+    QIMG_BITMAP_REMOVE,
+    QIMG_BITMAP_CLEAR,
+    QIMG_BITMAP_ENABLE,
+    QIMG_BITMAP_DISABLE,
+    QIMG_BITMAP_MERGE,
+};
+#define QIMG_BITMAP_DISABLED (1u << 0)
+struct qimg_bitmap_request {
+    enum qimg_bitmap_op op;
+    const char *name;
+    uint64_t granularity;           /* ADD */
+    unsigned flags;                 /* ADD: QIMG_BITMAP_DISABLED */
+    struct qimg_image *source;      /* MERGE */
+    const char *source_name;        /* MERGE */
+};
+int qimg_bitmap(struct qimg_image *img, const struct qimg_bitmap_request *req);
+
 struct qimg_image_info *qimg_get_info(struct qimg_image *img);
 void qimg_image_info_free(struct qimg_image_info *info);
 /* The same information shaped as QEMU's ImageInfo object. */

@@ -7,7 +7,9 @@
 # check finds clean.  Bitmaps in use when opened are left alone, disabled
 # ones record nothing, a resize resizes them (bits past a shrunk end go),
 # and a write cut short (write_image 'k': no flush, no close) leaves them
-# flagged in use, never silently stale.
+# flagged in use, never silently stale.  Then "qimg bitmap": the same
+# action sequences as qemu-img bitmap, with the same bitmaps, messages and
+# exit status.
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 W=${QIMG_WRITE_IMAGE:?}
@@ -184,6 +186,117 @@ cp base.qcow2 cut.qcow2
 cp base.qcow2 want.qcow2
 "$QEMU_IO" -c "write -q -P 1 $((7 * M)) 4096" want.qcow2
 same_bitmaps "flushed, then cut" cut.qcow2 want.qcow2
+
+# ---- qimg bitmap -----------------------------------------------------
+
+# seq NAME CLUSTER ACTIONS...: on a fresh image each tool runs each
+# ACTIONS string (words; IMG is the image) as one bitmap command, with
+# qemu-io writes in between; status, stderr and the bitmaps must agree.
+seq() {
+    local name=$1 cs=$2
+    shift 2
+    local tool img step=0
+    for tool in qimg qemu-img; do
+        img=$tool.qcow2
+        rm -f $img $tool.log
+        "$QEMU_IMG" create -q -f qcow2 -o cluster_size=$cs $img 64M
+        "$QEMU_IO" -c 'write -q -P 1 1M 64k' $img
+        local exe=$QIMG
+        [ $tool = qemu-img ] && exe=$QEMU_IMG
+        step=0
+        for a in "$@"; do
+            step=$((step + 1))
+            # shellcheck disable=SC2086
+            "$exe" bitmap ${a//IMG/$img} >>$tool.log 2>&1
+            echo "step $step: exit $?" >>$tool.log
+            "$QEMU_IO" -c "write -q -P $step $((step * 3))M 12k" $img
+        done
+        sed -i -e 's/^qimg: /qemu-img: /' \
+            -e "s/^Try 'qimg --help'/Try 'qemu-img --help'/" $tool.log
+    done
+    expect_same "bitmap $name: messages" qemu-img.log qimg.log
+    same_bitmaps "bitmap $name" qimg.qcow2 qemu-img.qcow2
+}
+
+seq "add, write, remove" 65536 "--add IMG a" "--add -g 4096 IMG b" \
+    "--remove IMG a" "--add --disable IMG c" "--enable IMG c"
+seq "merge and clear" 65536 "--add IMG a" "--add -g 1M IMG m" \
+    "--add -g 512 IMG f" "--merge a IMG m" "--merge a IMG f" \
+    "--clear --merge m IMG a" "--disable IMG f" "--merge m IMG f"
+seq "small clusters" 512 "--add IMG a" "--add -g 2G IMG huge" \
+    "--merge a IMG huge" "--add -g 512 IMG f" "--merge huge IMG f"
+seq "several actions" 65536 "--add --disable --enable IMG a" \
+    "--add --remove IMG b" "--clear --disable IMG a"
+seq "remove the last" 65536 "--add IMG a" "--remove IMG a" \
+    "--add -g 4096 IMG a"
+seq "errors" 65536 "--add IMG a" "--add IMG a" "--add -g 1000 IMG b" \
+    "--add -g 256 IMG b" "--add -g 4G IMG b" "--remove IMG nosuch" \
+    "--clear IMG nosuch" "--enable IMG nosuch" "--disable IMG nosuch" \
+    "--merge nosuch IMG a" "IMG a" "--add IMG" "--add IMG a b" \
+    "-g 4k --remove IMG a" "-F qcow2 --merge a IMG a" \
+    "-b IMG --add IMG c" "--add -g abc IMG c" "--bogus IMG a" \
+    "--add --clear IMG a" "--add nosuch.qcow2 a"
+
+# --merge -b: a bitmap of another image (other cluster size, same disk
+# size), and one of another size.
+for tool in qimg qemu-img; do
+    rm -f $tool.qcow2 $tool-src.qcow2
+    "$QEMU_IMG" create -q -f qcow2 $tool.qcow2 64M
+    "$QEMU_IMG" bitmap --add $tool.qcow2 t
+    "$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 $tool-src.qcow2 64M
+    "$QEMU_IMG" bitmap --add -g 512 $tool-src.qcow2 s
+    "$QEMU_IO" -c 'write -q 7M 1536' -c 'write -q 33M 64k' $tool-src.qcow2
+    "$QEMU_IMG" create -q -f qcow2 $tool-small.qcow2 32M
+    "$QEMU_IMG" bitmap --add $tool-small.qcow2 s
+done
+"$QIMG" bitmap --merge s -b qimg-src.qcow2 -F qcow2 qimg.qcow2 t ||
+    fail "merge -b: qimg"
+"$QEMU_IMG" bitmap --merge s -b qemu-img-src.qcow2 -F qcow2 qemu-img.qcow2 t
+same_bitmaps "merge -b" qimg.qcow2 qemu-img.qcow2
+same_out "merge -b, other size" bitmap --merge s -b qimg-small.qcow2 \
+    qimg.qcow2 t
+
+# A bitmap in use at open: removed (its clusters freed), never used.
+base 65536 64M
+"$QEMU_IO" -c 'write -q 3M 64k' base.qcow2
+python3 - base.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+d = f.read(65536)
+p = struct.unpack_from('>I', d, 100)[0]
+while True:
+    t, n = struct.unpack_from('>II', d, p)
+    if t == 0x23852875:
+        break
+    p += 8 + ((n + 7) & ~7)
+doff = struct.unpack_from('>Q', d, p + 24)[0]
+f.seek(doff + 12)
+f.write(struct.pack('>I', 3))
+PY
+for a in "--clear" "--enable" "--merge fine"; do
+    cp base.qcow2 x.qcow2
+    same_out "bitmap $a, in use" bitmap $a x.qcow2 auto0
+done
+cp base.qcow2 x.qcow2
+same_out "bitmap --merge from in use" bitmap --merge auto0 x.qcow2 fine
+cp base.qcow2 got.qcow2
+cp base.qcow2 want.qcow2
+"$QIMG" bitmap --remove got.qcow2 auto0 || fail "remove in use: qimg"
+"$QEMU_IMG" bitmap --remove want.qcow2 auto0
+same_bitmaps "bitmap --remove, in use" got.qcow2 want.qcow2
+
+# Formats without persistent bitmaps, and qcow2 v2.
+"$QEMU_IMG" create -q -f raw r.raw 1M
+"$QEMU_IMG" create -q -f qcow2 -o compat=0.10 v2.qcow2 1M
+for img in "-f raw r.raw" "v2.qcow2"; do
+    # shellcheck disable=SC2086
+    "$QIMG" bitmap --add $img b >/dev/null 2>got.err
+    expect_status "bitmap --add on $img" 1 false
+    checks=$((checks + 1))
+    grep -q "^qimg: Operation add on bitmap b failed: Can't " got.err ||
+        fail "bitmap --add on $img: message" "$(cat got.err)"
+done
+same_out "bitmap --remove on raw" bitmap --remove -f raw r.raw b
 
 echo "$checks checks"
 finish

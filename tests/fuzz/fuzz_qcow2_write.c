@@ -7,8 +7,10 @@
  * with clusters of 1 MiB or more): writes of
  * patterns, zero writes with or without unmap, discards, compressed
  * writes, resizes (grow with any preallocation, shrink), flushes,
- * internal snapshot create/apply/delete, a clean close and reopen, and a
- * check.  A byte past the end of the input reads as 0.
+ * internal snapshot create/apply/delete, persistent bitmap add (any
+ * granularity, enabled or not), remove, clear, enable, disable and merge,
+ * a clean close and reopen, and a check.  A byte past the end of the
+ * input reads as 0.
  *
  * The image lives in a memory leaf (fuzz_leaf_open); a plain buffer, the
  * mirror, follows every operation as the guest should see it (the same
@@ -17,15 +19,19 @@
  * after the larger ones (resize, snapshot, reopen) and at the end the
  * whole disk does; qimg check runs at every flush (unless lazy refcounts
  * leave refcounts stale by design) and, after the final clean close, on
- * the closed image: no corruption, no check error, no leak.  Any
+ * the closed image: no corruption, no check error, no leak.  The bitmaps
+ * have a mirror too (a bit per granule, set by every write, zero write
+ * and discard of an enabled one): after each clean close the stored
+ * directory, flags and every bit of the closed image must match it.  Any
  * mismatch or failed call aborts, so libFuzzer reports the input.
  *
  * Failures that are the right answer are allowed where they are
  * expected and nowhere else: a snapshot that would take a refcount past
  * its width (EINVAL; clusters may leak then, as in QEMU, and a failed
  * apply keeps the snapshot's disk size as QEMU's does), a resize of a
- * v2 image that has snapshots (ENOTSUP).  The image must read as before
- * after each of them.
+ * v2 image that has snapshots (ENOTSUP), a snapshot apply while bitmaps
+ * exist (EBUSY, as QEMU).  The image must read as before after each of
+ * them.
  *
  * FUZZ_VERBOSE=1 prints the decoded recipe on stderr.
  */
@@ -41,6 +47,7 @@
 #include "formats/qcow2/qcow2.h"
 #include "fuzz_common.h"
 #include "qimg/qimg.h"
+#include "util/endian.h"
 
 /* Operations of one input: each costs a read-back, some a check. */
 #define FW_MAX_OPS 32
@@ -66,6 +73,10 @@
  * for FW_MAX_OPS writes, plus preallocation and metadata, stay below it.
  */
 #define FW_LEAF_MAX (256ull << 20)
+
+/* Persistent bitmaps alive at once; granules of the largest disk. */
+#define FW_MAX_BITMAPS 4
+#define FW_MAX_GRANULES (FW_MAX_SIZE / 512)
 
 /* The input, read a byte at a time; past its end every byte is 0. */
 struct fw_input {
@@ -108,6 +119,14 @@ static struct {
     struct fw_snapshot snaps[FW_MAX_SNAPSHOTS];
     int nb_snaps;
     unsigned snap_counter;
+    struct fw_bitmap {
+        char name[16];
+        unsigned gbits;
+        bool enabled;
+        uint8_t bits[FW_MAX_GRANULES / 8];
+    } bitmaps[FW_MAX_BITMAPS];
+    int nb_bitmaps;
+    unsigned bitmap_counter;
 } W;
 
 /* The guest disk as it should read; zero past W.size. */
@@ -276,6 +295,34 @@ static void fill(struct fw_input *in, uint8_t *buf, uint64_t len)
 
 /* ---- Operations -------------------------------------------------------- */
 
+/* Granules [first, last] of bitmap b set (or cleared). */
+static void bits_change(struct fw_bitmap *b, uint64_t first, uint64_t last,
+                        bool set)
+{
+    for (uint64_t g = first; g <= last && g < FW_MAX_GRANULES; g++) {
+        if (set) {
+            b->bits[g / 8] |= (uint8_t)(1u << (g % 8));
+        } else {
+            b->bits[g / 8] &= (uint8_t) ~(1u << (g % 8));
+        }
+    }
+}
+
+/* A guest write of [off, off + len): every enabled bitmap records it. */
+static void bitmaps_note(uint64_t off, uint64_t len)
+{
+    if (len == 0 || off >= W.size) {
+        return;
+    }
+    uint64_t last = (off + len < W.size ? off + len : W.size) - 1;
+    for (int i = 0; i < W.nb_bitmaps; i++) {
+        struct fw_bitmap *b = &W.bitmaps[i];
+        if (b->enabled) {
+            bits_change(b, off >> b->gbits, last >> b->gbits, true);
+        }
+    }
+}
+
 static void op_write(struct fw_input *in)
 {
     uint64_t off = pick_offset(in);
@@ -286,6 +333,7 @@ static void op_write(struct fw_input *in)
         api_failed("qimg_pwrite");
     }
     memcpy(mirror + off, scratch, (size_t)len);
+    bitmaps_note(off, len);
     compare_range(off, len, "write");
 }
 
@@ -299,6 +347,7 @@ static void op_zero(struct fw_input *in)
         api_failed("qimg_pwrite_zeroes");
     }
     memset(mirror + off, 0, (size_t)len);
+    bitmaps_note(off, len);
     compare_range(off, len, "zero write");
 }
 
@@ -316,6 +365,7 @@ static void op_discard(struct fw_input *in)
     if (qimg_discard(W.img, off, len) < 0) {
         api_failed("qimg_discard");
     }
+    bitmaps_note(off, len);
     uint64_t cs = W.cluster;
     uint64_t f = (off + cs - 1) / cs * cs;
     uint64_t e = (off + len) / cs * cs;
@@ -345,6 +395,7 @@ static void op_compressed(struct fw_input *in)
         api_failed("qimg_pwrite_compressed");
     }
     memcpy(mirror + off, scratch, (size_t)len);
+    bitmaps_note(off, len);
     compare_range(off, len, "compressed write");
 }
 
@@ -382,6 +433,12 @@ static void op_resize(struct fw_input *in)
     }
     if (size < W.size) {
         memset(mirror + size, 0, (size_t)(W.size - size));
+        /* Granules wholly past the new end are gone. */
+        for (int i = 0; i < W.nb_bitmaps; i++) {
+            struct fw_bitmap *b = &W.bitmaps[i];
+            uint64_t g = (size + (1ull << b->gbits) - 1) >> b->gbits;
+            bits_change(b, g, FW_MAX_GRANULES - 1, false);
+        }
     }
     W.size = size;
     compare_all("resize");
@@ -445,7 +502,16 @@ static void op_snapshot_apply(struct fw_input *in)
     struct fw_snapshot *sn = &W.snaps[in_u8(in) % W.nb_snaps];
     struct qimg_snapshot_select sel = {.name = sn->name};
     say("snapshot apply %s\n", sn->name);
-    if (qimg_snapshot_apply(W.img, &sel) < 0) {
+    int ret = qimg_snapshot_apply(W.img, &sel);
+    if (W.nb_bitmaps > 0) {
+        /* [QEMU] bitmaps would be wrong after it: refused, nothing done. */
+        if (ret == 0 || qimg_get_errno() != EBUSY) {
+            fuzz_finding("a snapshot was applied with bitmaps", NULL);
+        }
+        compare_all("a refused snapshot apply");
+        return;
+    }
+    if (ret < 0) {
         /*
          * [QEMU] the disk takes the snapshot's size before the
          * references are counted, and keeps it when counting fails: the
@@ -484,6 +550,165 @@ static void op_snapshot_delete(struct fw_input *in)
     compare_all("snapshot delete");
 }
 
+static void bitmap_call(const struct qimg_bitmap_request *req)
+{
+    say("bitmap %u %s%s%s\n", (unsigned)req->op, req->name,
+        req->source_name ? " from " : "",
+        req->source_name ? req->source_name : "");
+    if (qimg_bitmap(W.img, req) < 0) {
+        api_failed("qimg_bitmap");
+    }
+}
+
+static void op_bitmap_add(struct fw_input *in)
+{
+    unsigned how = in_u8(in);
+    if (W.v2 || W.nb_bitmaps == FW_MAX_BITMAPS) {
+        return;
+    }
+    struct fw_bitmap *b = &W.bitmaps[W.nb_bitmaps];
+    memset(b, 0, sizeof(*b));
+    snprintf(b->name, sizeof(b->name), "b%u", W.bitmap_counter++);
+    /* 512 B..64 KiB, or the default (the cluster size, 4..64 KiB). */
+    unsigned g = how % 9;
+    uint64_t cs = W.cluster;
+    uint64_t def = cs < 4096 ? 4096 : cs > 65536 ? 65536 : cs;
+    b->gbits = g == 8 ? 0 : 9 + g;
+    if (g == 8) {
+        while ((1ull << b->gbits) < def) {
+            b->gbits++;
+        }
+    }
+    b->enabled = !(how & 0x80);
+    struct qimg_bitmap_request req = {
+        .op = QIMG_BITMAP_ADD,
+        .name = b->name,
+        .granularity = g == 8 ? 0 : 1ull << b->gbits,
+        .flags = b->enabled ? 0 : QIMG_BITMAP_DISABLED,
+    };
+    bitmap_call(&req);
+    W.nb_bitmaps++;
+}
+
+/* Remove, clear, enable, disable or merge into one of the bitmaps. */
+static void op_bitmap_change(struct fw_input *in)
+{
+    unsigned how = in_u8(in);
+    unsigned which = in_u8(in);
+    if (W.nb_bitmaps == 0) {
+        return;
+    }
+    int k = (int)(which % (unsigned)W.nb_bitmaps);
+    struct fw_bitmap *b = &W.bitmaps[k];
+    struct qimg_bitmap_request req = {.name = b->name};
+    switch (how % 5) {
+    case 0:
+        req.op = QIMG_BITMAP_REMOVE;
+        bitmap_call(&req);
+        memmove(b, b + 1, (size_t)(W.nb_bitmaps - k - 1) * sizeof(*b));
+        W.nb_bitmaps--;
+        return;
+    case 1:
+        req.op = QIMG_BITMAP_CLEAR;
+        memset(b->bits, 0, sizeof(b->bits));
+        break;
+    case 2:
+        req.op = QIMG_BITMAP_ENABLE;
+        b->enabled = true;
+        break;
+    case 3:
+        req.op = QIMG_BITMAP_DISABLE;
+        b->enabled = false;
+        break;
+    default: {
+        struct fw_bitmap *src = &W.bitmaps[(which >> 4) % W.nb_bitmaps];
+        req.op = QIMG_BITMAP_MERGE;
+        req.source_name = src->name;
+        /* Each set source granule, as guest bytes, sets ours. */
+        for (uint64_t g = 0; g < FW_MAX_GRANULES; g++) {
+            uint64_t start = g << src->gbits;
+            if (start >= W.size) {
+                break;
+            }
+            if (src->bits[g / 8] >> (g % 8) & 1) {
+                uint64_t end = (g + 1) << src->gbits;
+                end = end < W.size ? end : W.size;
+                bits_change(b, start >> b->gbits, (end - 1) >> b->gbits, true);
+            }
+        }
+        break;
+    }
+    }
+    bitmap_call(&req);
+}
+
+/*
+ * The bitmaps stored in img (just opened, read-only, after a clean
+ * close) are the mirror's: names, granularities, flags (none in use) and
+ * every bit of the disk, read from the file as the spec lays them out.
+ */
+static void verify_bitmaps(struct qimg_image *img, const char *when)
+{
+    struct qcow2_state *s = img->top->opaque;
+    if (s->bitmaps.nb != (uint32_t)W.nb_bitmaps) {
+        fprintf(stderr, "fuzz_qcow2_write: %s: %u bitmaps, expected %d\n", when,
+                s->bitmaps.nb, W.nb_bitmaps);
+        fuzz_finding("the bitmaps differ from the mirror", when);
+    }
+    const uint64_t cs = s->cluster_size;
+    uint8_t *data = malloc((size_t)cs);
+    if (!data) {
+        fuzz_finding("out of memory in the fuzz target", NULL);
+    }
+    for (int i = 0; i < W.nb_bitmaps; i++) {
+        const struct qcow2_bitmap *bm = &s->bitmaps.bm[i];
+        const struct fw_bitmap *b = &W.bitmaps[i];
+        uint32_t want_flags = b->enabled ? QCOW2_BME_AUTO : 0;
+        if (strcmp(bm->name, b->name) != 0 ||
+            bm->granularity_bits != b->gbits || bm->flags != want_flags) {
+            fprintf(stderr,
+                    "fuzz_qcow2_write: %s: bitmap %d is %s/%u/0x%x, "
+                    "expected %s/%u/0x%x\n",
+                    when, i, bm->name, bm->granularity_bits, bm->flags, b->name,
+                    b->gbits, want_flags);
+            fuzz_finding("the bitmaps differ from the mirror", when);
+        }
+        uint64_t granules = (W.size + (1ull << b->gbits) - 1) >> b->gbits;
+        uint64_t per = cs * 8;
+        for (uint64_t ti = 0; ti * per < granules; ti++) {
+            uint8_t be[8];
+            if (ti >= bm->table_size ||
+                io_pread(img->top->file, be, 8, bm->table_offset + ti * 8) <
+                    0) {
+                fuzz_finding("a bitmap table is short", when);
+            }
+            uint64_t e = load_be64(be);
+            uint64_t host = e & QCOW2_BMT_OFFSET_MASK;
+            if (host) {
+                if (io_pread(img->top->file, data, (size_t)cs, host) < 0) {
+                    fuzz_finding("bitmap data past the file", when);
+                }
+            } else {
+                memset(data, (e & QCOW2_BMT_ALL_ONES) ? 0xff : 0, (size_t)cs);
+            }
+            for (uint64_t j = 0; j < per && ti * per + j < granules; j++) {
+                uint64_t g = ti * per + j;
+                bool got = data[j / 8] >> (j % 8) & 1;
+                bool want =
+                    g < FW_MAX_GRANULES && (b->bits[g / 8] >> (g % 8) & 1);
+                if (got != want) {
+                    fprintf(stderr,
+                            "fuzz_qcow2_write: %s: bitmap %s granule "
+                            "%" PRIu64 " is %d, expected %d\n",
+                            when, b->name, g, got, want);
+                    fuzz_finding("a bitmap bit differs from the mirror", when);
+                }
+            }
+        }
+    }
+    free(data);
+}
+
 /* Open the kept image read-write again. */
 static void reopen(void)
 {
@@ -514,6 +739,7 @@ static void close_and_check(const char *when)
         api_failed("open after close");
     }
     check_clean(img, when);
+    verify_bitmaps(img, when);
     W.img = img;
     compare_all(when);
     W.img = NULL;
@@ -546,6 +772,8 @@ static const struct {
     {"snapshot-apply", op_snapshot_apply},
     {"snapshot-delete", op_snapshot_delete},
     {"reopen", op_reopen},
+    {"bitmap-add", op_bitmap_add},
+    {"bitmap-change", op_bitmap_change},
 };
 #define NOPS (sizeof(ops) / sizeof(ops[0]))
 

@@ -254,8 +254,8 @@ static int change_granules(struct qimg_node *node, struct qcow2_state *s,
 int qcow2_bitmaps_store(struct qimg_node *node, struct qcow2_state *s,
                         bool in_use)
 {
-    if (!s->bm_loaded || s->nb_bm_tracks == 0 ||
-        (!s->bm_store_needed && s->bm_in_use == in_use)) {
+    if (!s->bm_loaded || (!s->bm_store_needed &&
+                          (s->bm_in_use == in_use || s->nb_bm_tracks == 0))) {
         return 0;
     }
     const uint64_t cs = s->cluster_size;
@@ -298,35 +298,44 @@ int qcow2_bitmaps_store(struct qimg_node *node, struct qcow2_state *s,
         k->stored_bytes = bytes;
         k->table_dirty = false;
     }
+    uint64_t old_off = s->hdr.bitmap_directory_offset;
+    uint64_t old_size = s->hdr.bitmap_directory_size;
     size_t dir_size = qcow2_bitmaps_encoded_size(&s->bitmaps);
-    uint64_t clusters = div_round_up_u64(dir_size, cs);
-    uint8_t *dir = calloc(1, (size_t)(clusters * cs));
-    if (!dir) {
-        return error_set(ENOMEM, "Out of memory");
-    }
-    int64_t n = qcow2_bitmaps_encode(&s->bitmaps, dir, dir_size);
     uint64_t off = 0;
-    int ret =
-        n < 0 ? (int)n : qcow2_alloc_clusters(node, s, clusters, 0, &off, NULL);
-    if (ret == 0) {
-        ret = io_pwrite(node->file, dir, (size_t)(clusters * cs), off);
-        if (ret < 0) {
-            ret = error_set_errno(-ret,
-                                  "%s: could not write the bitmap "
-                                  "directory",
-                                  node->filename);
+    int ret = 0;
+    if (s->bitmaps.nb > 0) {
+        uint64_t clusters = div_round_up_u64(dir_size, cs);
+        uint8_t *dir = calloc(1, (size_t)(clusters * cs));
+        if (!dir) {
+            return error_set(ENOMEM, "Out of memory");
         }
+        int64_t n = qcow2_bitmaps_encode(&s->bitmaps, dir, dir_size);
+        ret = n < 0 ? (int)n
+                    : qcow2_alloc_clusters(node, s, clusters, 0, &off, NULL);
+        if (ret == 0) {
+            ret = io_pwrite(node->file, dir, (size_t)(clusters * cs), off);
+            if (ret < 0) {
+                ret = error_set_errno(-ret,
+                                      "%s: could not write the bitmap "
+                                      "directory",
+                                      node->filename);
+            }
+        }
+        free(dir);
     }
-    free(dir);
-    if (ret == 0) {
-        ret = qcow2_free_later(node, s, s->hdr.bitmap_directory_offset,
-                               s->hdr.bitmap_directory_size);
+    if (ret == 0 && old_off != 0 && old_size != 0) {
+        ret = qcow2_free_later(node, s, old_off, old_size);
     }
     if (ret < 0) {
         return ret;
     }
+    /* [spec: Bitmaps extension] none without bitmaps, and no bit. */
+    s->hdr.nb_bitmaps = s->bitmaps.nb;
     s->hdr.bitmap_directory_offset = off;
-    s->hdr.bitmap_directory_size = dir_size;
+    s->hdr.bitmap_directory_size = s->bitmaps.nb ? dir_size : 0;
+    s->hdr.autoclear_features =
+        s->bitmaps.nb ? s->hdr.autoclear_features | QCOW2_AUTOCLEAR_BITMAPS
+                      : s->hdr.autoclear_features & ~QCOW2_AUTOCLEAR_BITMAPS;
     s->bm_in_use = in_use;
     s->bm_store_needed = false;
     s->bm_header_needed = true;
@@ -458,4 +467,369 @@ int qcow2_bitmaps_resize(struct qimg_node *node, struct qcow2_state *s,
         s->bm_store_needed = true;
     }
     return ret;
+}
+
+/* ---- qemu-img bitmap ------------------------------------------------------
+ */
+
+static int64_t find_bitmap(const struct qcow2_state *s, const char *name)
+{
+    for (uint32_t i = 0; i < s->bitmaps.nb; i++) {
+        if (strcmp(s->bitmaps.bm[i].name, name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static struct qcow2_bitmap_track *track_of(struct qcow2_state *s,
+                                           uint32_t index)
+{
+    for (uint32_t i = 0; i < s->nb_bm_tracks; i++) {
+        if (s->bm_tracks[i].index == index) {
+            return &s->bm_tracks[i];
+        }
+    }
+    return NULL;
+}
+
+static int not_found(const char *name)
+{
+    return error_set(ENOENT, "Dirty bitmap '%s' not found", name);
+}
+
+/* [QEMU] a bitmap in use at open cannot be changed, only removed. */
+static int inconsistent(const char *name)
+{
+    return error_set(EINVAL,
+                     "Bitmap '%s' is inconsistent and cannot be used\n"
+                     "Try block-dirty-bitmap-remove to delete this bitmap "
+                     "from disk",
+                     name);
+}
+
+static int cannot_persist(struct qimg_node *node, const char *name,
+                          const char *why)
+{
+    return error_set(EINVAL, "Can't make bitmap '%s' persistent in '%s': %s",
+                     name, node->filename, why);
+}
+
+static int bitmap_add(struct qimg_node *node, struct qcow2_state *s,
+                      const struct qimg_bitmap_request *req)
+{
+    const uint64_t cs = s->cluster_size;
+    uint64_t g = req->granularity;
+    if (g == 0) {
+        /* [QEMU] the cluster size, within 4 KiB .. 64 KiB. */
+        g = min_u64(max_u64(cs, 4096), 65536);
+    }
+    if (g < 512 || (g & (g - 1)) ||
+        g > ((uint64_t)1 << QCOW2_MAX_BITMAP_GRANULARITY_BITS)) {
+        return error_set(EINVAL,
+                         "Granularity must be power of 2 and at least 512");
+    }
+    if (find_bitmap(s, req->name) >= 0) {
+        return error_set(EEXIST, "Bitmap already exists: %s", req->name);
+    }
+    if (s->hdr.version < 3) {
+        return cannot_persist(node, req->name,
+                              "Cannot store dirty bitmaps in qcow2 v2 files");
+    }
+    size_t name_size = strlen(req->name);
+    if (name_size > QCOW2_MAX_BITMAP_NAME) {
+        return cannot_persist(node, req->name,
+                              "Name length exceeds maximum (1023 "
+                              "characters)");
+    }
+    if (s->bitmaps.nb >= QCOW2_MAX_BITMAPS) {
+        return cannot_persist(node, req->name,
+                              "Maximum number of persistent bitmaps is "
+                              "already reached");
+    }
+    if (qcow2_bitmaps_encoded_size(&s->bitmaps) +
+            ((QCOW2_BITMAP_DIR_ENTRY_SIZE + name_size + 7) & ~(size_t)7) >
+        QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
+        return cannot_persist(node, req->name,
+                              "Not enough space in the bitmap directory");
+    }
+    unsigned gbits = 0;
+    while (((uint64_t)1 << gbits) < g) {
+        gbits++;
+    }
+    uint64_t entries = qcow2_bitmap_table_entries(node->size, gbits, cs);
+    if (entries > QCOW2_MAX_BITMAP_TABLE_SIZE ||
+        entries * cs > QCOW2_MAX_BITMAP_PHYS_SIZE) {
+        return cannot_persist(node, req->name,
+                              "Too much space will be occupied by the "
+                              "bitmap. Use larger granularity");
+    }
+    struct qcow2_bitmap *bms =
+        realloc(s->bitmaps.bm, (s->bitmaps.nb + 1) * sizeof(*bms));
+    if (bms) {
+        s->bitmaps.bm = bms;
+    }
+    struct qcow2_bitmap_track *ks =
+        bms ? realloc(s->bm_tracks, (s->nb_bm_tracks + 1) * sizeof(*ks)) : NULL;
+    if (ks) {
+        s->bm_tracks = ks;
+    }
+    char *name = strdup(req->name);
+    uint64_t *table = calloc((size_t)entries, sizeof(uint64_t));
+    uint8_t *owned = calloc((size_t)entries, 1);
+    if (!ks || !name || !table || !owned) {
+        free(name);
+        free(table);
+        free(owned);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    bool enabled = !(req->flags & QIMG_BITMAP_DISABLED);
+    s->bitmaps.bm[s->bitmaps.nb] = (struct qcow2_bitmap){
+        .table_size = (uint32_t)entries,
+        .flags = (enabled ? QCOW2_BME_AUTO : 0) |
+                 (s->bm_in_use ? QCOW2_BME_IN_USE : 0),
+        .type = QCOW2_BITMAP_TYPE_DIRTY_TRACKING,
+        .granularity_bits = (uint8_t)gbits,
+        .name = name,
+    };
+    s->bm_tracks[s->nb_bm_tracks++] = (struct qcow2_bitmap_track){
+        .index = s->bitmaps.nb++,
+        .enabled = enabled,
+        .table = table,
+        .owned = owned,
+        .table_dirty = true,
+    };
+    s->bm_store_needed = true;
+    return 0;
+}
+
+/*
+ * The clusters of a bitmap that was in use at open, whose table nothing
+ * checked: the table is read where it is (aligned and within QEMU's
+ * sizes, as the directory decode checked), each well-formed entry freed.
+ */
+static int free_stale(struct qimg_node *node, struct qcow2_state *s,
+                      const struct qcow2_bitmap *bm)
+{
+    const uint64_t cs = s->cluster_size;
+    size_t bytes = (size_t)bm->table_size * 8;
+    uint8_t *t = malloc(bytes);
+    if (!t) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = qcow2_read_in_range(bm->table_offset, bytes)
+                  ? io_pread(node->file, t, bytes, bm->table_offset)
+                  : -EIO;
+    for (uint32_t i = 0; ret == 0 && i < bm->table_size; i++) {
+        uint64_t e = load_be64(t + (size_t)i * 8);
+        uint64_t host = e & QCOW2_BMT_OFFSET_MASK;
+        if (!(e & QCOW2_BMT_RESERVED_MASK) && (host & (cs - 1)) == 0) {
+            ret = free_old(node, s, host, cs);
+        }
+    }
+    free(t);
+    if (ret < 0) {
+        return error_set_errno(-ret,
+                               "%s: could not read the table of "
+                               "bitmap '%s'",
+                               node->filename, bm->name);
+    }
+    return free_old(node, s, bm->table_offset, bytes);
+}
+
+static int bitmap_remove(struct qimg_node *node, struct qcow2_state *s,
+                         uint32_t index)
+{
+    const uint64_t cs = s->cluster_size;
+    struct qcow2_bitmap *bm = &s->bitmaps.bm[index];
+    struct qcow2_bitmap_track *k = track_of(s, index);
+    int ret = 0;
+    if (k) {
+        for (uint32_t i = 0; ret == 0 && i < bm->table_size; i++) {
+            ret = free_old(node, s, k->table[i] & QCOW2_BMT_OFFSET_MASK, cs);
+        }
+        if (ret == 0) {
+            ret = free_old(node, s, bm->table_offset, k->stored_bytes);
+        }
+    } else {
+        ret = free_stale(node, s, bm);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (k) {
+        free(k->table);
+        free(k->owned);
+        size_t at = (size_t)(k - s->bm_tracks);
+        memmove(k, k + 1, (s->nb_bm_tracks - at - 1) * sizeof(*k));
+        s->nb_bm_tracks--;
+    }
+    for (uint32_t i = 0; i < s->nb_bm_tracks; i++) {
+        if (s->bm_tracks[i].index > index) {
+            s->bm_tracks[i].index--;
+        }
+    }
+    free(bm->name);
+    memmove(bm, bm + 1, (s->bitmaps.nb - index - 1) * sizeof(*bm));
+    s->bitmaps.nb--;
+    s->bm_store_needed = true;
+    return 0;
+}
+
+static int bitmap_clear(struct qimg_node *node, struct qcow2_state *s,
+                        struct qcow2_bitmap_track *k)
+{
+    const struct qcow2_bitmap *bm = &s->bitmaps.bm[k->index];
+    for (uint32_t i = 0; i < bm->table_size; i++) {
+        int ret = free_old(node, s, k->table[i] & QCOW2_BMT_OFFSET_MASK,
+                           s->cluster_size);
+        if (ret < 0) {
+            return ret;
+        }
+        k->table[i] = 0;
+        k->owned[i] = 0;
+    }
+    k->table_dirty = true;
+    s->bm_store_needed = true;
+    return 0;
+}
+
+/*
+ * Every bit of source bitmap sbm (of node src, whose table is stable:
+ * src's in-memory one when src is node, else the one on disk) set in k:
+ * each run of set source granules, as guest bytes, sets the target
+ * granules covering them.
+ */
+static int bitmap_merge(struct qimg_node *node, struct qcow2_state *s,
+                        struct qcow2_bitmap_track *k, struct qimg_node *src,
+                        struct qcow2_state *ss, uint32_t sindex)
+{
+    const struct qcow2_bitmap *sbm = &ss->bitmaps.bm[sindex];
+    const uint64_t scs = ss->cluster_size;
+    const unsigned tg = s->bitmaps.bm[k->index].granularity_bits;
+    const unsigned sg = sbm->granularity_bits;
+    const uint64_t size = node->size;
+    if (size == 0) {
+        return 0;
+    }
+    struct qcow2_bitmap_track *sk = src == node ? track_of(s, sindex) : NULL;
+    uint8_t *sbuf = malloc((size_t)scs);
+    uint8_t *stab = sk ? NULL : malloc((size_t)sbm->table_size * 8);
+    if (!sbuf || (!sk && !stab)) {
+        free(sbuf);
+        free(stab);
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    if (!sk) {
+        /* Checked by src's open (not in use, so its table was checked). */
+        ret = io_pread(src->file, stab, (size_t)sbm->table_size * 8,
+                       sbm->table_offset);
+    }
+    const uint64_t per = scs * 8;
+    for (uint32_t ti = 0; ret == 0 && ti < sbm->table_size; ti++) {
+        uint64_t e = sk ? sk->table[ti] : load_be64(stab + (size_t)ti * 8);
+        uint64_t host = e & QCOW2_BMT_OFFSET_MASK;
+        if (host == 0 && !(e & QCOW2_BMT_ALL_ONES)) {
+            continue;
+        }
+        if (host == 0) {
+            memset(sbuf, 0xff, (size_t)scs);
+        } else {
+            ret = qcow2_read_in_range(host, scs)
+                      ? io_pread(src->file, sbuf, (size_t)scs, host)
+                      : -EIO;
+            if (ret < 0) {
+                ret = error_set_errno(-ret,
+                                      "%s: could not read the data of "
+                                      "bitmap '%s'",
+                                      src->filename, sbm->name);
+                break;
+            }
+        }
+        for (uint64_t b = 0; ret == 0 && b < per;) {
+            if (!(sbuf[b / 8] >> (b % 8) & 1)) {
+                b = sbuf[b / 8] ? b + 1 : (b / 8 + 1) * 8;
+                continue;
+            }
+            uint64_t run = b;
+            while (run + 1 < per &&
+                   (sbuf[(run + 1) / 8] >> ((run + 1) % 8) & 1)) {
+                run++;
+            }
+            uint64_t g0 = ti * per + b, g1 = ti * per + run;
+            uint64_t start = g0 << sg;
+            if (g0 > (size - 1) >> sg) {
+                break; /* past the disk: padding bits */
+            }
+            uint64_t last =
+                g1 > (size - 1) >> sg ? size - 1 : ((g1 + 1) << sg) - 1;
+            ret = change_granules(node, s, k, start >> tg, last >> tg, true);
+            b = run + 1;
+        }
+    }
+    free(sbuf);
+    free(stab);
+    return ret;
+}
+
+int qcow2_bitmap(struct qimg_node *node, const struct qimg_bitmap_request *req,
+                 struct qimg_node *source)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret = prepare(node, s);
+    if (ret < 0) {
+        return ret;
+    }
+    if (req->op == QIMG_BITMAP_ADD) {
+        return bitmap_add(node, s, req);
+    }
+    int64_t index = find_bitmap(s, req->name);
+    if (index < 0) {
+        return not_found(req->name);
+    }
+    if (req->op == QIMG_BITMAP_REMOVE) {
+        return bitmap_remove(node, s, (uint32_t)index);
+    }
+    struct qcow2_bitmap_track *k = track_of(s, (uint32_t)index);
+    if (!k) {
+        return inconsistent(req->name);
+    }
+    struct qcow2_bitmap *bm = &s->bitmaps.bm[index];
+    switch (req->op) {
+    case QIMG_BITMAP_CLEAR:
+        return bitmap_clear(node, s, k);
+    case QIMG_BITMAP_ENABLE:
+    case QIMG_BITMAP_DISABLE:
+        k->enabled = req->op == QIMG_BITMAP_ENABLE;
+        bm->flags = k->enabled ? bm->flags | QCOW2_BME_AUTO
+                               : bm->flags & ~QCOW2_BME_AUTO;
+        s->bm_store_needed = true;
+        return 0;
+    case QIMG_BITMAP_MERGE:
+        break;
+    default:
+        return error_set(EINVAL, "Unknown bitmap operation");
+    }
+    if (source->drv != node->drv) {
+        return not_found(req->source_name);
+    }
+    struct qcow2_state *ss = source->opaque;
+    int64_t sindex = find_bitmap(ss, req->source_name);
+    if (sindex < 0) {
+        return not_found(req->source_name);
+    }
+    const struct qcow2_bitmap *sbm = &ss->bitmaps.bm[sindex];
+    if ((sbm->flags & QCOW2_BME_IN_USE) &&
+        (source != node || !track_of(s, (uint32_t)sindex))) {
+        return inconsistent(req->source_name);
+    }
+    if (source->size != node->size) {
+        return error_set(EINVAL,
+                         "Bitmaps are of different sizes (destination size "
+                         "is %llu, source size is %llu) and can't be merged",
+                         (unsigned long long)node->size,
+                         (unsigned long long)source->size);
+    }
+    return bitmap_merge(node, s, k, source, ss, (uint32_t)sindex);
 }

@@ -1207,6 +1207,7 @@ const struct qimg_format_ops format_qcow2 = {
     .get_info = qcow2_get_info,
     .get_allocated = qcow2_get_allocated,
     .snapshot_load = qcow2_snapshot_load,
+    .bitmap = qcow2_bitmap,
     .check = qcow2_check,
     .create_opts = qcow2_create_opts,
     .create = qcow2_create,

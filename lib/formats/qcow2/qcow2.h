@@ -744,6 +744,9 @@ int qcow2_bitmaps_resize(struct qimg_node *node, struct qcow2_state *s,
 int qcow2_bitmaps_store(struct qimg_node *node, struct qcow2_state *s,
                         bool in_use);
 int qcow2_bitmaps_commit(struct qimg_node *node, struct qcow2_state *s);
+/* The bitmap callback (driver.h; qemu-img bitmap). */
+int qcow2_bitmap(struct qimg_node *node, const struct qimg_bitmap_request *req,
+                 struct qimg_node *source);
 /* The first bitmap that was in use when the image was opened, or NULL. */
 const char *qcow2_bitmaps_stale(const struct qcow2_state *s);
 void qcow2_bitmaps_write_free(struct qcow2_state *s);
