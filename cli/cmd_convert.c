@@ -289,8 +289,6 @@ int cmd_convert(int argc, char **argv)
         missing = "-C (copy offloading)";
     } else if (salvage) {
         missing = "--salvage";
-    } else if (bitmaps) {
-        missing = "--bitmaps";
     }
     if (missing) {
         cli_error("convert: %s is not supported yet", missing);
@@ -380,6 +378,8 @@ int cmd_convert(int argc, char **argv)
         .backing_file = out_base,
         .backing_format = backing_fmt,
         .compress = compress,
+        .bitmaps = bitmaps,
+        .skip_broken_bitmaps = skip_broken,
         .parallel = parallel,
         .out_of_order = out_of_order,
         .compression_level = compression_level,

@@ -553,6 +553,16 @@ struct qimg_convert_params {
      * compressed clusters; not with encryption or preallocation).
      */
     bool compress;
+    /*
+     * --bitmaps: the source's persistent bitmaps are copied to the target
+     * after the data (one source; a target format that stores them,
+     * qcow2 v3), each with its granularity, enabled or not, and its bits.
+     * A bitmap in use (inconsistent) fails the conversion before the
+     * target is made, unless skip_broken_bitmaps: then it is skipped with
+     * a warning.
+     */
+    bool bitmaps;
+    bool skip_broken_bitmaps;
     /* -m: copy threads (1 to 16, at most 4 are used); 0: by CPU count. */
     unsigned parallel;
     /*

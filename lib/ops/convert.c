@@ -1276,6 +1276,136 @@ static int key_secret_opts(const struct qimg_opts *opts,
     return 0;
 }
 
+/* ---- --bitmaps ------------------------------------------------------------
+ */
+
+/* The bitmaps list of an image's info ("bitmaps" of qcow2's data), or NULL. */
+static const struct qimg_value *info_bitmaps(const struct qimg_image_info *i)
+{
+    const struct qimg_value *data =
+        i->format_specific ? qimg_value_dict_get(i->format_specific, "data")
+                           : NULL;
+    return data ? qimg_value_dict_get(data, "bitmaps") : NULL;
+}
+
+static bool bitmap_has_flag(const struct qimg_value *bm, const char *flag)
+{
+    const struct qimg_value *flags = qimg_value_dict_get(bm, "flags");
+    for (size_t i = 0; flags && i < qimg_value_count(flags); i++) {
+        const char *f = qimg_value_get_string(qimg_value_item(flags, i));
+        if (f && strcmp(f, flag) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * [QEMU] before the target is made: one source, and no bitmap in use
+ * unless those are skipped.
+ */
+static int check_bitmaps(struct convert *c)
+{
+    if (!c->p->bitmaps) {
+        return 0;
+    }
+    if (c->p->nb_sources > 1) {
+        return error_set(EINVAL,
+                         "Copying bitmaps only possible with single source");
+    }
+    struct qimg_image_info *info = qimg_get_info(c->src[0].img);
+    if (!info) {
+        return -qimg_get_errno();
+    }
+    const struct qimg_value *list = info_bitmaps(info);
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && list && i < qimg_value_count(list); i++) {
+        const struct qimg_value *bm = qimg_value_item(list, i);
+        const struct qimg_value *name = qimg_value_dict_get(bm, "name");
+        if (bitmap_has_flag(bm, "in-use") && !c->p->skip_broken_bitmaps) {
+            ret = error_set(EINVAL,
+                            "Cannot copy inconsistent bitmap '%s'\nTry "
+                            "--skip-broken-bitmaps, or use 'qemu-img bitmap "
+                            "--remove' to delete it",
+                            name ? qimg_value_get_string(name) : "");
+        }
+    }
+    qimg_image_info_free(info);
+    return ret;
+}
+
+/* The target stores persistent bitmaps (qcow2 v3), as QEMU asks. */
+static int check_target_bitmaps(struct convert *c)
+{
+    if (!c->p->bitmaps) {
+        return 0;
+    }
+    struct qimg_image_info *info = qimg_get_info(c->dst);
+    if (!info) {
+        return -qimg_get_errno();
+    }
+    const struct qimg_value *data =
+        info->format_specific
+            ? qimg_value_dict_get(info->format_specific, "data")
+            : NULL;
+    const struct qimg_value *compat =
+        data ? qimg_value_dict_get(data, "compat") : NULL;
+    bool ok = c->dst->top->drv->bitmap && compat &&
+              strcmp(qimg_value_get_string(compat), "0.10") != 0;
+    qimg_image_info_free(info);
+    if (!ok) {
+        return error_set(ENOTSUP,
+                         "Format driver '%s' does not support "
+                         "bitmaps",
+                         qimg_get_format(c->dst));
+    }
+    return 0;
+}
+
+/* After the data: each source bitmap added to the target and merged in. */
+static int copy_bitmaps(struct convert *c)
+{
+    if (!c->p->bitmaps) {
+        return 0;
+    }
+    struct qimg_image_info *info = qimg_get_info(c->src[0].img);
+    if (!info) {
+        return -qimg_get_errno();
+    }
+    const struct qimg_value *list = info_bitmaps(info);
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && list && i < qimg_value_count(list); i++) {
+        const struct qimg_value *bm = qimg_value_item(list, i);
+        const struct qimg_value *name = qimg_value_dict_get(bm, "name");
+        const struct qimg_value *g = qimg_value_dict_get(bm, "granularity");
+        if (!name || !g) {
+            continue;
+        }
+        const char *n = qimg_value_get_string(name);
+        if (bitmap_has_flag(bm, "in-use")) {
+            warn_report("Skipping inconsistent bitmap '%s'", n);
+            continue;
+        }
+        struct qimg_bitmap_request add = {
+            .op = QIMG_BITMAP_ADD,
+            .name = n,
+            .granularity = (uint64_t)qimg_value_get_int(g),
+            .flags = bitmap_has_flag(bm, "auto") ? 0 : QIMG_BITMAP_DISABLED,
+        };
+        struct qimg_bitmap_request merge = {
+            .op = QIMG_BITMAP_MERGE,
+            .name = n,
+            .source = c->src[0].img,
+            .source_name = n,
+        };
+        if (qimg_bitmap(c->dst, &add) < 0 || qimg_bitmap(c->dst, &merge) < 0) {
+            ret = -qimg_get_errno();
+        }
+    }
+    qimg_image_info_free(info);
+    return ret;
+}
+
 int qimg_convert(const struct qimg_convert_params *params)
 {
     struct convert c = {.p = params};
@@ -1300,7 +1430,7 @@ int qimg_convert(const struct qimg_convert_params *params)
         error_set(ENOMEM, "Out of memory");
         goto out;
     }
-    if (open_sources(&c) < 0) {
+    if (open_sources(&c) < 0 || check_bitmaps(&c) < 0) {
         goto out;
     }
     if (!params->no_create && target_options(&c, fmt, &opts) < 0) {
@@ -1335,7 +1465,7 @@ int qimg_convert(const struct qimg_convert_params *params)
                            QIMG_OPEN_RDWR | params->target_flags,
                            key_opts ? key_opts : params->target_driver_opts);
     qimg_opts_free(key_opts);
-    if (!c.dst) {
+    if (!c.dst || check_target_bitmaps(&c) < 0) {
         goto out;
     }
     /*
@@ -1409,6 +1539,9 @@ int qimg_convert(const struct qimg_convert_params *params)
     }
     /* The end of the compressed writes: QEMU pads the file to a sector. */
     if (params->compress && qimg_pwrite_compressed(c.dst, NULL, 0, 0) < 0) {
+        goto out;
+    }
+    if (copy_bitmaps(&c) < 0) {
         goto out;
     }
     ret = 0;

@@ -9,7 +9,7 @@
 # and a write cut short (write_image 'k': no flush, no close) leaves them
 # flagged in use, never silently stale.  Then "qimg bitmap": the same
 # action sequences as qemu-img bitmap, with the same bitmaps, messages and
-# exit status.
+# exit status; and "convert --bitmaps" copies them as qemu-img's does.
 . "$QIMG_SRCDIR/tests/functions.sh"
 cd "$T"
 W=${QIMG_WRITE_IMAGE:?}
@@ -297,6 +297,55 @@ for img in "-f raw r.raw" "v2.qcow2"; do
         fail "bitmap --add on $img: message" "$(cat got.err)"
 done
 same_out "bitmap --remove on raw" bitmap --remove -f raw r.raw b
+
+# ---- convert --bitmaps ------------------------------------------------
+
+base 65536 64M
+"$QEMU_IO" -c 'write -q 9M 100k' -c 'write -q -z 30M 1M' base.qcow2
+"$QEMU_IMG" bitmap --add -g 1M base.qcow2 coarse
+"$QEMU_IO" -c 'write -q 50M 4k' base.qcow2
+for opts in "" "-c" "-o cluster_size=4096" "-o cluster_size=512 -c"; do
+    rm -f got.qcow2 want.qcow2
+    # shellcheck disable=SC2086
+    "$QIMG" convert --bitmaps -O qcow2 $opts base.qcow2 got.qcow2 ||
+        fail "convert --bitmaps $opts: qimg"
+    # shellcheck disable=SC2086
+    "$QEMU_IMG" convert --bitmaps -O qcow2 $opts base.qcow2 want.qcow2
+    same_bitmaps "convert --bitmaps $opts" got.qcow2 want.qcow2
+done
+cp base.qcow2 iu.qcow2
+python3 - iu.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+d = f.read(65536)
+p = struct.unpack_from('>I', d, 100)[0]
+while True:
+    t, n = struct.unpack_from('>II', d, p)
+    if t == 0x23852875:
+        break
+    p += 8 + ((n + 7) & ~7)
+doff = struct.unpack_from('>Q', d, p + 24)[0]
+f.seek(doff + 12)
+f.write(struct.pack('>I', 3))
+PY
+rm -f got.qcow2 want.qcow2 x.qcow2
+same_out "convert --bitmaps, one in use" convert --bitmaps -O qcow2 \
+    iu.qcow2 x.qcow2
+checks=$((checks + 1))
+[ -e x.qcow2 ] && fail "convert --bitmaps, one in use: target left"
+"$QIMG" convert --bitmaps --skip-broken-bitmaps -O qcow2 iu.qcow2 \
+    got.qcow2 2>got.err || fail "convert --skip-broken-bitmaps: qimg"
+"$QEMU_IMG" convert --bitmaps --skip-broken-bitmaps -O qcow2 iu.qcow2 \
+    want.qcow2 2>want.err
+sed -i 's/^qimg: /qemu-img: /' got.err
+expect_same "convert --skip-broken-bitmaps: warning" want.err got.err
+same_bitmaps "convert --skip-broken-bitmaps" got.qcow2 want.qcow2
+same_out "convert --bitmaps to raw" convert --bitmaps -O raw base.qcow2 \
+    x.raw
+same_out "convert --bitmaps to v2" convert --bitmaps -O qcow2 \
+    -o compat=0.10 base.qcow2 x2.qcow2
+same_out "convert --bitmaps, two sources" convert --bitmaps -O qcow2 \
+    base.qcow2 base.qcow2 x3.qcow2
 
 echo "$checks checks"
 finish
