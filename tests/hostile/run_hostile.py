@@ -9,7 +9,8 @@ through info (with -f and probed), check, map and convert (-O raw and
 --backing-chain, check -r all on a copy); encrypted images (a case with
 a 'key') also convert -O raw, map and check opened with their key
 (--object secret + --image-opts); qcow2 images also resize, snapshot
--c, amend, bitmap --add and rebase -u (WRITE_CMDS, each on a copy).
+-c, amend, bitmap (--add; --add --merge --clear --disable; --remove),
+bench -w, convert --bitmaps and rebase -u (WRITE_CMDS, each on a copy).
 One TAP line per image and command.  A run passes when the child:
 
   * ends by itself within CPU_TIMEOUT seconds of CPU time (a case's
@@ -57,6 +58,8 @@ KEYED_CMDS = ['keyed-convert-raw', 'keyed-map', 'keyed-check']
 # place (each on a copy): a hostile table must not corrupt memory on the
 # way to a write either.
 WRITE_CMDS = {'qcow2': ['resize', 'snapshot -c', 'amend', 'bitmap --add',
+                        'bitmap --merge', 'bitmap --remove', 'bench -w',
+                        'convert --bitmaps',
                         'rebase -u']}
 SECRET = ['--object', 'secret,id=sec0,data=abc']
 
@@ -102,6 +105,17 @@ def argv_for(tool, case, cmd, scratch):
                                                    copy],
                 'bitmap --add': [tool, 'bitmap', '--add'] + fmt +
                 [copy, 'b1'],
+                # The base images' bitmap is b0 (make_hostile.py).
+                'bitmap --merge': [tool, 'bitmap', '--add', '--merge', 'b0',
+                                   '--clear', '--disable'] + fmt +
+                [copy, 'b1'],
+                'bitmap --remove': [tool, 'bitmap', '--remove'] + fmt +
+                [copy, 'b0'],
+                # Guest writes: the bitmaps record them.
+                'bench -w': [tool, 'bench', '-w', '-c', '8', '-s', '64k',
+                             '-S', '1M'] + fmt + [copy],
+                'convert --bitmaps': [tool, 'convert', '--bitmaps'] + fmt +
+                ['-O', 'qcow2', copy, copy + '.out'],
                 'rebase -u': [tool, 'rebase', '-u', '-b', ''] + fmt +
                 [copy]}[cmd]
     if cmd in ('convert-raw', 'convert-qcow2'):
