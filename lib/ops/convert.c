@@ -1279,12 +1279,17 @@ static int key_secret_opts(const struct qimg_opts *opts,
 /* ---- --bitmaps ------------------------------------------------------------
  */
 
-/* The bitmaps list of an image's info ("bitmaps" of qcow2's data), or NULL. */
+/* qcow2's format-specific "data" of an image's info, or NULL. */
+static const struct qimg_value *info_data(const struct qimg_image_info *i)
+{
+    return i->format_specific ? qimg_value_dict_get(i->format_specific, "data")
+                              : NULL;
+}
+
+/* The bitmaps list of an image's info, or NULL. */
 static const struct qimg_value *info_bitmaps(const struct qimg_image_info *i)
 {
-    const struct qimg_value *data =
-        i->format_specific ? qimg_value_dict_get(i->format_specific, "data")
-                           : NULL;
+    const struct qimg_value *data = info_data(i);
     return data ? qimg_value_dict_get(data, "bitmaps") : NULL;
 }
 
@@ -1344,10 +1349,7 @@ static int check_target_bitmaps(struct convert *c)
     if (!info) {
         return -qimg_get_errno();
     }
-    const struct qimg_value *data =
-        info->format_specific
-            ? qimg_value_dict_get(info->format_specific, "data")
-            : NULL;
+    const struct qimg_value *data = info_data(info);
     const struct qimg_value *compat =
         data ? qimg_value_dict_get(data, "compat") : NULL;
     bool ok = c->dst->top->drv->bitmap && compat &&

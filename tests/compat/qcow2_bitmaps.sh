@@ -27,6 +27,25 @@ base() {
     "$QEMU_IO" -c 'write -q -P 0x5a 0 64k' base.qcow2
 }
 
+# first_in_use IMAGE: flag the first bitmap in use in the directory, as
+# a crash of QEMU's leaves it.
+first_in_use() {
+    python3 - "$1" <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+d = f.read(65536)
+p = struct.unpack_from('>I', d, 100)[0]
+while True:
+    t, n = struct.unpack_from('>II', d, p)
+    if t == 0x23852875:
+        break
+    p += 8 + ((n + 7) & ~7)
+doff = struct.unpack_from('>Q', d, p + 24)[0]
+f.seek(doff + 12)
+f.write(struct.pack('>I', 3))
+PY
+}
+
 # clean NAME IMAGE: qemu-img check finds nothing.
 clean() {
     expect_status "$1: qemu-img check" 0 "$QEMU_IMG" check "$2"
@@ -91,20 +110,7 @@ ops "spread cs512" 512 64M w:0:$((64 * M)):9
 
 # A bitmap in use when opened (a crash of QEMU's) stays as it was.
 base 65536 64M
-python3 - base.qcow2 <<'PY'
-import struct, sys
-f = open(sys.argv[1], 'r+b')
-d = f.read(65536)
-p = struct.unpack_from('>I', d, 100)[0]
-while True:
-    t, n = struct.unpack_from('>II', d, p)
-    if t == 0x23852875:
-        break
-    p += 8 + ((n + 7) & ~7)
-doff = struct.unpack_from('>Q', d, p + 24)[0]
-f.seek(doff + 12)
-f.write(struct.pack('>I', 3))
-PY
+first_in_use base.qcow2
 cp base.qcow2 got.qcow2
 cp base.qcow2 want.qcow2
 "$W" got.qcow2 qcow2 w:$((30 * M)):4096:1 || fail "in use: write"
@@ -259,20 +265,7 @@ same_out "merge -b, other size" bitmap --merge s -b qimg-small.qcow2 \
 # A bitmap in use at open: removed (its clusters freed), never used.
 base 65536 64M
 "$QEMU_IO" -c 'write -q 3M 64k' base.qcow2
-python3 - base.qcow2 <<'PY'
-import struct, sys
-f = open(sys.argv[1], 'r+b')
-d = f.read(65536)
-p = struct.unpack_from('>I', d, 100)[0]
-while True:
-    t, n = struct.unpack_from('>II', d, p)
-    if t == 0x23852875:
-        break
-    p += 8 + ((n + 7) & ~7)
-doff = struct.unpack_from('>Q', d, p + 24)[0]
-f.seek(doff + 12)
-f.write(struct.pack('>I', 3))
-PY
+first_in_use base.qcow2
 for a in "--clear" "--enable" "--merge fine"; do
     cp base.qcow2 x.qcow2
     same_out "bitmap $a, in use" bitmap $a x.qcow2 auto0
@@ -314,20 +307,7 @@ for opts in "" "-c" "-o cluster_size=4096" "-o cluster_size=512 -c"; do
     same_bitmaps "convert --bitmaps $opts" got.qcow2 want.qcow2
 done
 cp base.qcow2 iu.qcow2
-python3 - iu.qcow2 <<'PY'
-import struct, sys
-f = open(sys.argv[1], 'r+b')
-d = f.read(65536)
-p = struct.unpack_from('>I', d, 100)[0]
-while True:
-    t, n = struct.unpack_from('>II', d, p)
-    if t == 0x23852875:
-        break
-    p += 8 + ((n + 7) & ~7)
-doff = struct.unpack_from('>Q', d, p + 24)[0]
-f.seek(doff + 12)
-f.write(struct.pack('>I', 3))
-PY
+first_in_use iu.qcow2
 rm -f got.qcow2 want.qcow2 x.qcow2
 same_out "convert --bitmaps, one in use" convert --bitmaps -O qcow2 \
     iu.qcow2 x.qcow2
