@@ -9,7 +9,9 @@
  * ACTION on bitmap NAME failed: why", exit 1), keeping what the earlier
  * ones did.  --merge takes the bitmap SOURCE of the image itself, or of
  * -b source_file (opened read-only, format -F or probed).  -g is the
- * granularity of --add.  Nothing is printed on success.
+ * granularity of --add.  Nothing is printed on success.  Neither image's
+ * backing file is opened (bitmaps never read guest data), so an overlay
+ * whose backing file is missing still takes bitmaps, as with qemu-img.
  */
 #include <getopt.h>
 #include <stdlib.h>
@@ -54,7 +56,7 @@ static int run_actions(struct qimg_image *img, const struct action *acts,
             .source_name = acts[i].source,
         };
         if (req.op == QIMG_BITMAP_MERGE && src_file && !src) {
-            src = qimg_open(src_file, src_fmt, 0);
+            src = qimg_open(src_file, src_fmt, QIMG_OPEN_NO_BACKING);
             if (!src) {
                 cli_report_library_error();
                 status = 1;
@@ -178,7 +180,8 @@ int cmd_bitmap(int argc, char **argv)
     if (cli_image_spec_get(image_opts, argv[optind], fmt, &spec) < 0) {
         goto out;
     }
-    struct qimg_image *img = cli_image_spec_open(&spec, QIMG_OPEN_RDWR);
+    struct qimg_image *img =
+        cli_image_spec_open(&spec, QIMG_OPEN_RDWR | QIMG_OPEN_NO_BACKING);
     if (!img) {
         cli_image_spec_report(&spec);
         goto out;

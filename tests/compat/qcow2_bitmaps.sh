@@ -262,6 +262,36 @@ same_bitmaps "merge -b" qimg.qcow2 qemu-img.qcow2
 same_out "merge -b, other size" bitmap --merge s -b qimg-small.qcow2 \
     qimg.qcow2 t
 
+# Overlays whose backing file is missing: bitmap opens neither image's
+# backing file, so adding and merging work there as with qemu-img (a
+# regression: qimg opened the chain and failed).  The header keeps its
+# backing name.
+for tool in qimg qemu-img; do
+    rm -f $tool-ov.qcow2 $tool-ovsrc.qcow2
+    "$QEMU_IMG" create -q -f qcow2 -u -F qcow2 -b missing-base.qcow2 \
+        $tool-ov.qcow2 64M
+    "$QEMU_IMG" create -q -f qcow2 -u -F qcow2 -b missing-base.qcow2 \
+        $tool-ovsrc.qcow2 64M
+    "$QEMU_IMG" bitmap --add $tool-ovsrc.qcow2 s
+done
+for tool in qimg qemu-img; do
+    exe=$QIMG
+    [ $tool = qemu-img ] && exe=$QEMU_IMG
+    expect_status "missing backing: $tool bitmap --add" 0 \
+        "$exe" bitmap --add $tool-ov.qcow2 t
+    expect_status "missing backing: $tool bitmap --merge -b" 0 \
+        "$exe" bitmap --merge s -b $tool-ovsrc.qcow2 -F qcow2 \
+        $tool-ov.qcow2 t
+done
+$BT qimg-ov.qcow2 >got.bm
+$BT qemu-img-ov.qcow2 >want.bm
+expect_same "missing backing: bitmaps" want.bm got.bm
+"$QEMU_IMG" info --output=json qimg-ov.qcow2 | grep '"backing-filename"' \
+    >got.bf
+checks=$((checks + 1))
+grep -q '"missing-base.qcow2"' got.bf ||
+    fail "missing backing: backing name kept" "$(cat got.bf)"
+
 # A bitmap in use at open: removed (its clusters freed), never used.
 base 65536 64M
 "$QEMU_IO" -c 'write -q 3M 64k' base.qcow2
