@@ -239,6 +239,41 @@ if "$W" a.qcow2 qcow2 w:0:512:3 2>/dev/null; then
     fail "corrupt: a corrupt image was opened for writing"
 fi
 
+# Tables placed on other metadata are never written in place: an L1
+# table on the header (the header's first bytes read as its entry), an
+# L2 table on the refcount block.  A regression: qimg wrote the new L1
+# entry over the header's magic.  The write fails (at the flush: qimg
+# writes tables back there), the image is marked corrupt, the header
+# survives, and qemu-io names the same overlap.
+for spec in "l1-on-header:40:0:qcow2_header" \
+    "l2-on-refblock:$((192 * K)):(128 << 10) | (1 << 63):active L2 table"; do
+    IFS=: read -r name at value what <<<"$spec"
+    for tool in qimg qemu-io; do
+        rm -f $tool.qcow2
+        "$QEMU_IMG" create -q -f qcow2 $tool.qcow2 $SIZE
+        # Layout: header 0, reftable 64k, refblock 128k, L1 192k.
+        python3 -c "import struct, sys
+sys.stdout.buffer.write(struct.pack('>Q', $value))" |
+            dd of=$tool.qcow2 bs=1 seek="$at" conv=notrunc status=none
+    done
+    checks=$((checks + 1))
+    if "$W" qimg.qcow2 qcow2 w:0:4096:1 2>"$T/w.err"; then
+        fail "$name: the write succeeded"
+    fi
+    "$QEMU_IO" -c "write -P 1 0 4k" qemu-io.qcow2 >"$T/q.out" 2>&1
+    for f in "$T/w.err" "$T/q.out"; do
+        checks=$((checks + 1))
+        grep -q "Preventing invalid write on metadata (overlaps with $what)" \
+            "$f" || fail "$name: message" "$(cat "$f")"
+    done
+    checks=$((checks + 1))
+    [ "$(head -c 4 qimg.qcow2 | od -An -tx1 | tr -d ' ')" = 514649fb ] ||
+        fail "$name: the header's magic was overwritten"
+    checks=$((checks + 1))
+    "$QEMU_IMG" info --output=json -U qimg.qcow2 | grep -q '"corrupt": true' ||
+        fail "$name: the corrupt bit is not set"
+done
+
 # Lazy refcounts: the dirty bit is set while the image is written and
 # cleared by the flush at close.
 rm -f a.qcow2

@@ -676,7 +676,7 @@ static int expand_l2(struct qimg_node *node, struct qcow2_state *s,
                 }
             }
         }
-        ret = qcow2_overlap_check(node, s, host, cs);
+        ret = qcow2_overlap_check(node, s, host, cs, 0);
         if (ret == 0) {
             ret = io_pwrite_zeroes(node->file, host, cs, false);
             if (ret < 0) {

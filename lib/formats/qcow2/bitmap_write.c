@@ -140,7 +140,7 @@ void qcow2_bitmaps_write_free(struct qcow2_state *s)
 static int free_old(struct qimg_node *node, struct qcow2_state *s, uint64_t off,
                     uint64_t bytes)
 {
-    if (off == 0 || qcow2_overlap_what(s, off, bytes)) {
+    if (off == 0 || qcow2_overlap_what(s, off, bytes, 0)) {
         return 0;
     }
     return qcow2_free_later(node, s, off, bytes);

@@ -1387,55 +1387,15 @@ int qcow2_rebuild_plan(struct qcow2_rebuild *r)
 }
 
 /*
- * [QEMU] qcow2_check_metadata_overlap in its default mode ("cached"):
- * the metadata a write may not touch, in QEMU's order, or NULL.  The
- * refcount structures are the image's current ones (the old ones while
- * a rebuild writes its new blocks).
+ * The metadata a write of the check may not touch (overlap.c, QEMU's
+ * default mode), or NULL.  The refcount structures are the image's
+ * current ones (the old ones while a rebuild writes its new blocks).
  */
 static const char *metadata_overlap(struct check *c, uint64_t off,
                                     uint64_t len)
 {
-    struct qcow2_state *s = c->s;
-    const struct qcow2_header *h = &s->hdr;
-#define OVERLAPS(o, l) ((o) < off + len && off < (o) + (l))
-    if (OVERLAPS(0, c->cs)) {
-        return "main header";
-    }
-    if (s->l1_size && OVERLAPS(s->l1_table_offset, (uint64_t)s->l1_size * 8)) {
-        return "active L1 table";
-    }
-    for (uint32_t i = 0; s->l1_table && i < s->l1_size; i++) {
-        uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
-        if (l2 && OVERLAPS(l2, c->cs)) {
-            return "active L2 table";
-        }
-    }
-    if (c->reftable_entries &&
-        OVERLAPS(s->refcount_table_offset, c->reftable_entries * 8)) {
-        return "refcount table";
-    }
-    for (uint64_t i = 0; i < c->reftable_entries; i++) {
-        uint64_t rb = c->reftable[i] & QCOW2_REFT_OFFSET_MASK;
-        if (rb && OVERLAPS(rb, c->cs)) {
-            return "refcount block";
-        }
-    }
-    if (h->nb_snapshots && OVERLAPS(h->snapshots_offset, s->snapshots.size)) {
-        return "snapshot table";
-    }
-    for (uint32_t i = 0; i < s->snapshots.nb; i++) {
-        const struct qcow2_snapshot *sn = &s->snapshots.sn[i];
-        if (sn->l1_size &&
-            OVERLAPS(sn->l1_table_offset, (uint64_t)sn->l1_size * 8)) {
-            return "inactive L1 table";
-        }
-    }
-    if (h->nb_bitmaps &&
-        OVERLAPS(h->bitmap_directory_offset, h->bitmap_directory_size)) {
-        return "bitmap directory";
-    }
-#undef OVERLAPS
-    return NULL;
+    return qcow2_overlap_find(c->s, c->reftable, c->reftable_entries, off,
+                              len, 0);
 }
 
 /*

@@ -89,8 +89,13 @@ static int l2_sync_refcounts(struct qimg_node *node, struct qcow2_state *s)
 static int l2_write_synced(struct qimg_node *node, struct qcow2_state *s,
                            struct qcow2_l2_slot *sl)
 {
-    int ret = io_pwrite(node->file, sl->data, s->l2_cache.slice_size,
-                        sl->host_off);
+    int ret = qcow2_overlap_check(node, s, sl->host_off,
+                                  s->l2_cache.slice_size, QCOW2_OL_ACTIVE_L2);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = io_pwrite(node->file, sl->data, s->l2_cache.slice_size,
+                    sl->host_off);
     if (ret < 0) {
         return error_set_errno(-ret,
                                "%s: could not write the L2 table at "

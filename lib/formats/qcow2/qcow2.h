@@ -494,6 +494,14 @@ struct qcow2_state {
      * slices, (sync), L1 entries, (sync), then the deferred frees.
      */
     bool write_ready;
+    /*
+     * No active L2 table or refcount block overlaps other metadata (found
+     * by qcow2_overlap_tables_apart at write_begin), so metadata written
+     * in place needs no scan of those tables: tables allocated since were
+     * checked when allocated.  Cleared when the active L1 table is
+     * replaced (a snapshot applied).
+     */
+    bool tables_apart;
     /* The corrupt bit was set by this handle: every write fails. */
     bool corrupt;
     /* Lazy refcounts: the dirty bit is set on disk (first write). */
@@ -983,19 +991,42 @@ int qcow2_snapshot_table_rewrite(struct qimg_node *node,
 /* ---- overlap.c ---------------------------------------------------------- */
 
 /*
+ * Metadata classes of the overlap checks, in QEMU's order (the first
+ * class hit names the overlap).  Bitmap tables and inactive L2 tables are
+ * not checked, as in QEMU's default mode.
+ */
+#define QCOW2_OL_MAIN_HEADER (1u << 0)
+#define QCOW2_OL_ACTIVE_L1 (1u << 1)
+#define QCOW2_OL_ACTIVE_L2 (1u << 2)
+#define QCOW2_OL_REFCOUNT_TABLE (1u << 3)
+#define QCOW2_OL_REFCOUNT_BLOCK (1u << 4)
+#define QCOW2_OL_SNAPSHOT_TABLE (1u << 5)
+#define QCOW2_OL_INACTIVE_L1 (1u << 6)
+#define QCOW2_OL_BITMAP_DIRECTORY (1u << 7)
+/*
  * Refuse a write of [off, off + len) in the image file that would land on
- * metadata the image is known to have (header, L1 tables, refcount table
- * and blocks, active L2 tables, snapshot table, bitmap directory): the
- * image is marked corrupt and -EIO returned, as QEMU does.
+ * metadata the image is known to have, other than the classes in ignore
+ * (the one being written in place): the image is marked corrupt and -EIO
+ * returned, as QEMU does.
  */
 int qcow2_overlap_check(struct qimg_node *node, struct qcow2_state *s,
-                        uint64_t off, uint64_t len);
+                        uint64_t off, uint64_t len, unsigned ignore);
 /*
- * The metadata [off, off + len) overlaps ("main header", "active L2
- * table", ...), or NULL; changes nothing (for the shared write path).
+ * The metadata [off, off + len) overlaps (QEMU's names: "qcow2_header",
+ * "active L2 table", ...), or NULL; changes nothing.
  */
 const char *qcow2_overlap_what(const struct qcow2_state *s, uint64_t off,
-                               uint64_t len);
+                               uint64_t len, unsigned ignore);
+/*
+ * Whether no active L2 table or refcount block overlaps other metadata
+ * (false also when memory is short: the checks then scan every table).
+ */
+bool qcow2_overlap_tables_apart(const struct qcow2_state *s);
+/* The same with another refcount table (check's, while it rebuilds). */
+const char *qcow2_overlap_find(const struct qcow2_state *s,
+                               const uint64_t *reftable,
+                               uint64_t reftable_entries, uint64_t off,
+                               uint64_t len, unsigned ignore);
 /*
  * Set the corrupt bit (once), warn as QEMU does ("qcow2: Marking image as
  * corrupt: WHAT; further corruption events will be suppressed"), and

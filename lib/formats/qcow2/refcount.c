@@ -99,8 +99,13 @@ void qcow2_refcount_free(struct qcow2_state *s)
 static int rb_write_slot(struct qimg_node *node, struct qcow2_state *s,
                          struct qcow2_rb_slot *sl)
 {
-    int ret = io_pwrite(node->file, sl->data, (size_t)s->cluster_size,
-                        sl->host_off);
+    int ret = qcow2_overlap_check(node, s, sl->host_off, s->cluster_size,
+                                  QCOW2_OL_REFCOUNT_BLOCK);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = io_pwrite(node->file, sl->data, (size_t)s->cluster_size,
+                    sl->host_off);
     if (ret < 0) {
         return error_set_errno(-ret,
                                "%s: could not write a refcount block at "
@@ -246,7 +251,12 @@ static int write_reftable_entry(struct qimg_node *node, struct qcow2_state *s,
 {
     uint8_t be[8];
     store_be64(be, s->refcount_table[g]);
-    int ret = io_pwrite(node->file, be, 8, s->refcount_table_offset + g * 8);
+    int ret = qcow2_overlap_check(node, s, s->refcount_table_offset + g * 8, 8,
+                                  QCOW2_OL_REFCOUNT_TABLE);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = io_pwrite(node->file, be, 8, s->refcount_table_offset + g * 8);
     if (ret < 0) {
         return error_set_errno(-ret,
                                "%s: could not update the refcount table",
@@ -263,7 +273,7 @@ static int create_block_at(struct qimg_node *node, struct qcow2_state *s,
                            uint64_t g, uint64_t c)
 {
     uint64_t off = c << s->cluster_bits;
-    int ret = qcow2_overlap_check(node, s, off, s->cluster_size);
+    int ret = qcow2_overlap_check(node, s, off, s->cluster_size, 0);
     if (ret < 0) {
         return ret;
     }
@@ -393,7 +403,7 @@ static int grow_reftable(struct qimg_node *node, struct qcow2_state *s,
     }
     memcpy(nt, s->refcount_table, (size_t)old_entries * 8);
     ret = qcow2_overlap_check(node, s, start << s->cluster_bits,
-                              (end - start) * cs);
+                              (end - start) * cs, 0);
     /* New blocks, in group order, each counting the area in its group. */
     uint64_t next_block = start;
     for (uint64_t g = group_of(s, start);
@@ -558,7 +568,7 @@ int qcow2_alloc_clusters(struct qimg_node *node, struct qcow2_state *s,
             continue;
         }
         uint64_t start = c << s->cluster_bits;
-        ret = qcow2_overlap_check(node, s, start, k << s->cluster_bits);
+        ret = qcow2_overlap_check(node, s, start, k << s->cluster_bits, 0);
         if (ret < 0) {
             return ret;
         }
@@ -614,7 +624,7 @@ int qcow2_alloc_bytes(struct qimg_node *node, struct qcow2_state *s,
             }
             if (ret == 0 && next_rc == 0 && bytes - room <= cs) {
                 ret = qcow2_overlap_check(node, s, (cl + 1) << s->cluster_bits,
-                                          cs);
+                                          cs, 0);
                 if (ret == 0) {
                     ret = refcount_set(node, s, cl, rc + 1);
                 }

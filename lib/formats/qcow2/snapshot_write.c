@@ -94,7 +94,12 @@ static int read_cluster(struct qimg_node *node, struct qcow2_state *s,
 static int write_l2(struct qimg_node *node, struct qcow2_state *s,
                     uint64_t off, const uint8_t *buf)
 {
-    int ret = io_pwrite(node->file, buf, (size_t)s->cluster_size, off);
+    int ret = qcow2_overlap_check(node, s, off, s->cluster_size,
+                                  QCOW2_OL_ACTIVE_L2);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = io_pwrite(node->file, buf, (size_t)s->cluster_size, off);
     if (ret < 0) {
         return error_set_errno(-ret, "%s: could not write the L2 table at "
                                "%#" PRIx64,
@@ -105,11 +110,17 @@ static int write_l2(struct qimg_node *node, struct qcow2_state *s,
 }
 
 /* Write n host-order L1 entries at off (big-endian on disk). */
-static int write_l1(struct qimg_node *node, uint64_t off, const uint64_t *l1,
-                    uint64_t n)
+static int write_l1(struct qimg_node *node, struct qcow2_state *s,
+                    uint64_t off, const uint64_t *l1, uint64_t n)
 {
     if (n == 0) {
         return 0;
+    }
+    /* The table written may be the active one or a snapshot's. */
+    int ret = qcow2_overlap_check(node, s, off, n * 8,
+                                  QCOW2_OL_ACTIVE_L1 | QCOW2_OL_INACTIVE_L1);
+    if (ret < 0) {
+        return ret;
     }
     /* n <= QCOW2_MAX_L1_SIZE / 8 (validated), so this fits. */
     uint8_t *buf = malloc((size_t)n * 8);
@@ -119,7 +130,7 @@ static int write_l1(struct qimg_node *node, uint64_t off, const uint64_t *l1,
     for (uint64_t i = 0; i < n; i++) {
         store_be64(buf + i * 8, l1[i]);
     }
-    int ret = io_pwrite(node->file, buf, (size_t)n * 8, off);
+    ret = io_pwrite(node->file, buf, (size_t)n * 8, off);
     free(buf);
     if (ret < 0) {
         return error_set_errno(-ret, "%s: could not write an L1 table",
@@ -300,7 +311,7 @@ static int walk_l1(struct qimg_node *node, struct qcow2_state *s,
     }
     ret = commit_refcounts(node, s);
     if (ret == 0 && l1_changed && l1_off != 0) {
-        ret = write_l1(node, l1_off, l1, n);
+        ret = write_l1(node, s, l1_off, l1, n);
         if (ret == 0) {
             ret = sync_image(node);
         }
@@ -570,7 +581,7 @@ int qcow2_snapshot_create(struct qimg_node *node, const char *name,
         ret = qcow2_alloc_clusters(node, s, div_round_up_u64(bytes, cs), 0,
                                    &sn->l1_table_offset, NULL);
         if (ret == 0) {
-            ret = write_l1(node, sn->l1_table_offset, s->l1_table,
+            ret = write_l1(node, s, sn->l1_table_offset, s->l1_table,
                            s->l1_size);
         }
         if (ret == 0) {
@@ -661,7 +672,7 @@ int qcow2_snapshot_apply(struct qimg_node *node,
         ret = add_refs(node, s, nl1, sn.l1_size, sn.l1_table_offset, buf);
     }
     if (ret == 0) {
-        ret = write_l1(node, s->l1_table_offset, nl1, s->l1_size);
+        ret = write_l1(node, s, s->l1_table_offset, nl1, s->l1_size);
         if (ret == 0) {
             ret = sync_image(node);
         }
@@ -671,6 +682,8 @@ int qcow2_snapshot_apply(struct qimg_node *node,
         uint64_t *old = s->l1_table;
         s->l1_table = nl1;
         nl1 = NULL;
+        /* The snapshot's tables were never checked against the blocks. */
+        s->tables_apart = false;
         ret = walk_all(node, s, old, s->l1_size, 0, -1, buf);
         free(old);
     }

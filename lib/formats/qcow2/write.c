@@ -138,6 +138,7 @@ int qcow2_write_begin(struct qimg_node *node, struct qcow2_state *s)
     if (!s->cow_buf || !s->zbuf) {
         return error_set(ENOMEM, "Out of memory");
     }
+    s->tables_apart = qcow2_overlap_tables_apart(s);
     s->write_ready = true;
     return 0;
 }
@@ -207,6 +208,12 @@ static int l1_writeback(struct qimg_node *node, struct qcow2_state *s)
         return 0;
     }
     uint64_t lo = s->l1_dirty_lo, n = s->l1_dirty_hi - lo;
+    /* An L1 table placed on other metadata (the header) is never written. */
+    int ret = qcow2_overlap_check(node, s, s->l1_table_offset + lo * 8, n * 8,
+                                  QCOW2_OL_ACTIVE_L1);
+    if (ret < 0) {
+        return ret;
+    }
     uint8_t *buf = malloc((size_t)n * 8);
     if (!buf) {
         return error_set(ENOMEM, "Out of memory");
@@ -214,8 +221,8 @@ static int l1_writeback(struct qimg_node *node, struct qcow2_state *s)
     for (uint64_t i = 0; i < n; i++) {
         store_be64(buf + i * 8, s->l1_table[lo + i]);
     }
-    int ret = io_pwrite(node->file, buf, (size_t)n * 8,
-                        s->l1_table_offset + lo * 8);
+    ret = io_pwrite(node->file, buf, (size_t)n * 8,
+                    s->l1_table_offset + lo * 8);
     free(buf);
     if (ret < 0) {
         return error_set_errno(-ret, "%s: could not write the L1 table",
@@ -956,7 +963,7 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
         }
         if (run_hi > run_lo && in_place && !s->has_data_file) {
             ret = qcow2_overlap_check(node, s, target + run_lo,
-                                      run_hi - run_lo);
+                                      run_hi - run_lo, 0);
             if (ret < 0) {
                 return ret;
             }
@@ -965,7 +972,8 @@ static int write_partial(struct qimg_node *node, struct qcow2_state *s,
         run_hi = e;
     }
     if (run_hi > run_lo && in_place && !s->has_data_file) {
-        ret = qcow2_overlap_check(node, s, target + run_lo, run_hi - run_lo);
+        ret = qcow2_overlap_check(node, s, target + run_lo, run_hi - run_lo,
+                                  0);
         if (ret < 0) {
             return ret;
         }
@@ -1026,7 +1034,7 @@ static int64_t write_whole(struct qimg_node *node, struct qcow2_state *s,
             n++;
         }
         if (!s->has_data_file) {
-            ret = qcow2_overlap_check(node, s, host, n * cs);
+            ret = qcow2_overlap_check(node, s, host, n * cs, 0);
             if (ret < 0) {
                 return ret;
             }
@@ -1278,7 +1286,8 @@ int qcow2_pwrite_in_place(struct qimg_node *node, const void *buf,
             uint64_t end = min_u64(off + len, (first + e) << s->cluster_bits);
             uint64_t h = host[k] + (pos & (cs - 1));
             if (pass == 0) {
-                if (!s->has_data_file && qcow2_overlap_what(s, h, end - pos)) {
+                if (!s->has_data_file &&
+                    qcow2_overlap_what(s, h, end - pos, 0)) {
                     return 0;
                 }
             } else {
