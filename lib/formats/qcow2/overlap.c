@@ -76,9 +76,11 @@ const char *qcow2_overlap_find(const struct qcow2_state *s,
     /*
      * A table written in place (ignore names its class) is not on an L2
      * table or a refcount block when the tables were apart at the start
-     * of writing: tables placed since were checked when allocated.
+     * of writing: tables placed since were checked when allocated.  A
+     * snapshot's L2 table was not among those looked at.
      */
-    if (ignore && s->tables_apart && reftable == s->refcount_table) {
+    if (ignore && !(ignore & QCOW2_OL_INACTIVE_L2) && s->tables_apart &&
+        reftable == s->refcount_table) {
         ignore |= QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK;
     }
 #define CHECK(class) (!(ignore & (class)))
@@ -141,13 +143,12 @@ static int cmp_range(const void *a, const void *b)
  * range [a, b) overlaps one of them exactly when the last that starts
  * below b ends above a.
  */
-static struct range *sorted_ranges(struct range *r, size_t n)
+static void sort_ranges(struct range *r, size_t n)
 {
     qsort(r, n, sizeof(*r), cmp_range);
     for (size_t i = 1; i < n; i++) {
         r[i].end = max_u64(r[i].end, r[i - 1].end);
     }
-    return r;
 }
 
 static bool hits(const struct range *r, size_t n, uint64_t a, uint64_t len)
@@ -208,7 +209,7 @@ bool qcow2_overlap_tables_apart(const struct qcow2_state *s)
             add_range(fixed, &nfixed, s->hdr.bitmap_directory_offset,
                       s->hdr.bitmap_directory_size);
         }
-        sorted_ranges(fixed, nfixed);
+        sort_ranges(fixed, nfixed);
         for (uint64_t i = 0; i < s->refcount_table_entries; i++) {
             uint64_t off = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
             if (off) {
@@ -216,7 +217,7 @@ bool qcow2_overlap_tables_apart(const struct qcow2_state *s)
                 add_range(rb, &nrb, off, cs);
             }
         }
-        sorted_ranges(rb, nrb);
+        sort_ranges(rb, nrb);
     }
     for (uint32_t i = 0; apart && i < s->l1_size; i++) {
         uint64_t off = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;

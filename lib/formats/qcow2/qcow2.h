@@ -993,7 +993,8 @@ int qcow2_snapshot_table_rewrite(struct qimg_node *node,
 /*
  * Metadata classes of the overlap checks, in QEMU's order (the first
  * class hit names the overlap).  Bitmap tables and inactive L2 tables are
- * not checked, as in QEMU's default mode.
+ * not checked, as in QEMU's default mode; QCOW2_OL_INACTIVE_L2 in ignore
+ * says a snapshot's L2 table is being written (every table is scanned).
  */
 #define QCOW2_OL_MAIN_HEADER (1u << 0)
 #define QCOW2_OL_ACTIVE_L1 (1u << 1)
@@ -1003,6 +1004,7 @@ int qcow2_snapshot_table_rewrite(struct qimg_node *node,
 #define QCOW2_OL_SNAPSHOT_TABLE (1u << 5)
 #define QCOW2_OL_INACTIVE_L1 (1u << 6)
 #define QCOW2_OL_BITMAP_DIRECTORY (1u << 7)
+#define QCOW2_OL_INACTIVE_L2 (1u << 8)
 /*
  * Refuse a write of [off, off + len) in the image file that would land on
  * metadata the image is known to have, other than the classes in ignore

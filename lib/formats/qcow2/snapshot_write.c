@@ -94,8 +94,9 @@ static int read_cluster(struct qimg_node *node, struct qcow2_state *s,
 static int write_l2(struct qimg_node *node, struct qcow2_state *s,
                     uint64_t off, const uint8_t *buf)
 {
+    /* The table may be the active one's or only a snapshot's. */
     int ret = qcow2_overlap_check(node, s, off, s->cluster_size,
-                                  QCOW2_OL_ACTIVE_L2);
+                                  QCOW2_OL_ACTIVE_L2 | QCOW2_OL_INACTIVE_L2);
     if (ret < 0) {
         return ret;
     }
