@@ -118,6 +118,26 @@ struct fuzz_source {
     unsigned base_flags;
 };
 
+/* Open io (consumed) as t's format with its options; 0 or -errno. */
+static int fuzz_open_io(const struct fuzz_target *t, struct qimg_io *io,
+                        unsigned flags, struct qimg_image **img)
+{
+    int ret;
+    struct qimg_opts *opts = NULL;
+    if (t->open_options) {
+        opts = qimg_opts_new();
+        if (!opts || qimg_opts_parse(opts, t->open_options) < 0) {
+            fuzz_finding("bad open options", t->open_options);
+        }
+    }
+    ret = image_open_leaf_opts(io, t->format, flags, opts, img);
+    qimg_opts_free(opts);
+    if (ret < 0) {
+        fuzz_expect_error_set("open");
+    }
+    return ret;
+}
+
 /* Open the source as an image over a memory leaf; 0 or -errno. */
 static int fuzz_open(const struct fuzz_target *t, const struct fuzz_source *src,
                      unsigned flags, struct qimg_image **img)
@@ -129,20 +149,7 @@ static int fuzz_open(const struct fuzz_target *t, const struct fuzz_source *src,
     if (ret < 0) {
         return ret;
     }
-    struct qimg_opts *opts = NULL;
-    if (t->open_options) {
-        opts = qimg_opts_new();
-        if (!opts || qimg_opts_parse(opts, t->open_options) < 0) {
-            fuzz_finding("bad open options", t->open_options);
-        }
-    }
-    ret =
-        image_open_leaf_opts(io, t->format, src->base_flags | flags, opts, img);
-    qimg_opts_free(opts);
-    if (ret < 0) {
-        fuzz_expect_error_set("open");
-    }
-    return ret;
+    return fuzz_open_io(t, io, src->base_flags | flags, img);
 }
 
 /* ---- Extent targets: the input as a file a fixed descriptor names ------- */
@@ -376,8 +383,16 @@ static void fuzz_snapshots(const struct fuzz_target *t,
     qimg_image_info_free(info);
 }
 
-/* FUZZ_VERBOSE=1 in the environment: check lines go to stderr. */
-static int fuzz_verbose = -1;
+/* FUZZ_VERBOSE=1 in the environment: check lines and steps to stderr. */
+static bool fuzz_verbose(void)
+{
+    static int verbose = -1;
+    if (verbose < 0) {
+        const char *v = getenv("FUZZ_VERBOSE");
+        verbose = v && v[0] && strcmp(v, "0") != 0;
+    }
+    return verbose;
+}
 
 static void ignore_check_line(const char *line, unsigned kind, void *opaque)
 {
@@ -385,11 +400,7 @@ static void ignore_check_line(const char *line, unsigned kind, void *opaque)
     if (!line || !line[0]) {
         fuzz_finding("check reported an empty line", NULL);
     }
-    if (fuzz_verbose < 0) {
-        const char *v = getenv("FUZZ_VERBOSE");
-        fuzz_verbose = v && v[0] && strcmp(v, "0") != 0;
-    }
-    if (fuzz_verbose) {
+    if (fuzz_verbose()) {
         fprintf(stderr, "fuzz: %s: %s\n", opaque ? (const char *)opaque
                                                   : "check", line);
     }
@@ -482,6 +493,252 @@ static void fuzz_repair(const struct fuzz_target *t, const uint8_t *data,
     }
 }
 
+/* ---- Guest writes on a writable copy (fuzz_writes) -------------------- */
+
+/* One guest write of the step: len bytes of fill at off, or zeros. */
+struct fuzz_write_op {
+    uint64_t off;
+    uint64_t len;
+    uint8_t fill;
+    bool zero;
+    bool done; /* the call succeeded */
+};
+
+#define FUZZ_WRITE_OPS 6
+#define FUZZ_WRITE_MAX_LEN 8192
+
+/*
+ * The writes, placed from the disk size and cluster size so that they
+ * reach what the format does differently: a whole aligned sector at the
+ * start and a partial one in the middle (read-modify-write), a write
+ * across a cluster boundary, the unaligned tail of the disk, a zero write
+ * over the start (may unmap) and two aligned pages a third of the way in.
+ * Those that do not fit the disk are left out (len 0).
+ */
+static void fuzz_write_plan(uint64_t size, uint64_t cluster,
+                            struct fuzz_write_op op[FUZZ_WRITE_OPS])
+{
+    const struct fuzz_write_op want[FUZZ_WRITE_OPS] = {
+        {0, 512, 0x5a, false, false},
+        {align_down_u64(size / 2, 512) + 100, 300, 0xa5, false, false},
+        {cluster - 512, 1024, 0x3c, false, false},
+        {size > 1500 ? size - 1500 : 0, 1500, 0x77, false, false},
+        {0, 4096, 0, true, false},
+        {align_down_u64(size / 3, 4096), 8192, 0x11, false, false},
+    };
+    for (int i = 0; i < FUZZ_WRITE_OPS; i++) {
+        op[i] = want[i];
+        if (op[i].off >= size) {
+            op[i].len = 0;
+        } else {
+            op[i].len = min_u64(op[i].len, size - op[i].off);
+        }
+    }
+}
+
+/* Whether [off, off + len) lies within one 512-byte sector. */
+static bool in_one_sector(uint64_t off, uint64_t len)
+{
+    return len > 0 && off / 512 == (off + len - 1) / 512;
+}
+
+/*
+ * What op[i]'s range must read as after ops [first, n) (each that
+ * succeeded laid over the ones before): want holds the bytes and known
+ * marks those some op set.  Bytes no write touched are the image's own.
+ */
+static void fuzz_write_expect(const struct fuzz_write_op *op, int first,
+                              int n, int i, uint8_t *want, bool *known)
+{
+    memset(known, 0, (size_t)op[i].len);
+    for (int j = first; j < n; j++) {
+        uint64_t lo = max_u64(op[i].off, op[j].off);
+        uint64_t hi = min_u64(op[i].off + op[i].len, op[j].off + op[j].len);
+        if (!op[j].done || lo >= hi) {
+            continue;
+        }
+        memset(want + (lo - op[i].off), op[j].zero ? 0 : op[j].fill,
+               (size_t)(hi - lo));
+        memset(known + (lo - op[i].off), 1, (size_t)(hi - lo));
+    }
+}
+
+/*
+ * Read op[i]'s range and compare it with ops [first, n); false on a
+ * mismatch.
+ */
+static bool fuzz_write_reads_back(struct qimg_image *img,
+                                  const struct fuzz_write_op *op, int first,
+                                  int n, int i, uint8_t *buf, uint8_t *want,
+                                  bool *known)
+{
+    if (qimg_pread(img, buf, (size_t)op[i].len, op[i].off) < 0) {
+        /* A hostile image may fail a read: with a message. */
+        fuzz_expect_error_set("qimg_pread after a write");
+        return true;
+    }
+    fuzz_write_expect(op, first, n, i, want, known);
+    for (uint64_t k = 0; k < op[i].len; k++) {
+        if (known[k] && buf[k] != want[k]) {
+            fprintf(stderr, "fuzz: write %d [%llu, +%llu): byte %llu reads "
+                    "0x%02x, not 0x%02x\n", i, (unsigned long long)op[i].off,
+                    (unsigned long long)op[i].len, (unsigned long long)k,
+                    buf[k], want[k]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Whether a check finds img clean (a format without check: never). */
+static bool fuzz_check_clean(struct qimg_image *img, const char *what)
+{
+    if (!qimg_check_supported(img)) {
+        return false;
+    }
+    struct qimg_check_result res;
+    memset(&res, 0, sizeof(res));
+    if (qimg_check(img, 0, ignore_check_line, (void *)what, &res) < 0) {
+        fuzz_expect_error_set("qimg_check");
+        return false;
+    }
+    return res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0;
+}
+
+/*
+ * Guest writes on a writable copy of the input, opened as qemu-img or
+ * qemu-io open an image to write it (a backing file refused, then the
+ * layer alone): what writing to an untrusted image does.  Every call must
+ * succeed or fail with a message.  A write within one sector goes to one
+ * host sector whatever the tables say, so it must read back at once.
+ * When the format's check rules out shared clusters (writes_checked) and
+ * finds the copy clean first, and every write succeeds, every write must
+ * read back, again after a clean close and a reopen, and the image must
+ * check clean then.  The copy may not grow past FUZZ_REPAIR_MAX_FILE.
+ */
+static void fuzz_writes(const struct fuzz_target *t, const uint8_t *data,
+                        size_t size)
+{
+    if (!t->writes || t->descriptor) {
+        return;
+    }
+    struct fuzz_kept kept = {0};
+    unsigned flags = QIMG_OPEN_RDWR | QIMG_OPEN_NO_EXTERNAL;
+    struct qimg_image *img = NULL;
+    int ret = -EPERM;
+    for (int i = 0; i < 2 && ret == -EPERM; i++) {
+        struct qimg_io *io;
+        if (fuzz_leaf_open(data, size, true, FUZZ_REPAIR_MAX_FILE, &kept,
+                           &io) < 0) {
+            fuzz_finding("could not make the copy to write", NULL);
+        }
+        ret = fuzz_open_io(t, io, flags, &img);
+        flags |= QIMG_OPEN_NO_BACKING;
+    }
+    if (ret < 0) {
+        fuzz_kept_free(&kept);
+        return;
+    }
+    int64_t disk = qimg_get_size(img);
+    if (disk < 512) {
+        qimg_close(img);
+        fuzz_kept_free(&kept);
+        return;
+    }
+    uint64_t cluster = qimg_get_cluster_size(img);
+    if (cluster < 512 || (cluster & (cluster - 1))) {
+        cluster = 64 * 1024;
+    }
+    bool strict = t->writes_checked && fuzz_check_clean(img, "before writes");
+
+    struct fuzz_write_op op[FUZZ_WRITE_OPS];
+    fuzz_write_plan((uint64_t)disk, cluster, op);
+    uint8_t *buf = malloc(FUZZ_WRITE_MAX_LEN);
+    uint8_t *want = malloc(FUZZ_WRITE_MAX_LEN);
+    bool *known = malloc(FUZZ_WRITE_MAX_LEN * sizeof(*known));
+    if (!buf || !want || !known) {
+        fuzz_finding("out of memory in the fuzz loop", NULL);
+    }
+    for (int i = 0; i < FUZZ_WRITE_OPS; i++) {
+        if (op[i].len == 0) {
+            continue;
+        }
+        if (op[i].zero) {
+            ret = qimg_pwrite_zeroes(img, op[i].off, op[i].len,
+                                     QIMG_ZERO_MAY_UNMAP);
+        } else {
+            memset(buf, op[i].fill, (size_t)op[i].len);
+            ret = qimg_pwrite(img, buf, (size_t)op[i].len, op[i].off);
+        }
+        if (ret < 0) {
+            fuzz_expect_error_set(op[i].zero ? "qimg_pwrite_zeroes"
+                                             : "qimg_pwrite");
+            strict = false;
+            continue;
+        }
+        op[i].done = true;
+        /*
+         * When clusters may be shared, only a one-sector write's own
+         * bytes are known (an earlier write may have gone to the same
+         * host cluster).
+         */
+        bool alone = !strict && in_one_sector(op[i].off, op[i].len);
+        if ((strict || alone) &&
+            !fuzz_write_reads_back(img, op, alone ? i : 0, i + 1, i, buf,
+                                   want, known)) {
+            fuzz_finding("a write did not read back", NULL);
+        }
+    }
+    if (qimg_flush(img) < 0) {
+        fuzz_expect_error_set("qimg_flush after writes");
+        strict = false;
+    }
+    if (qimg_close(img) < 0) {
+        fuzz_expect_error_set("qimg_close after writes");
+        strict = false;
+    }
+    if (fuzz_verbose()) {
+        for (int i = 0; i < FUZZ_WRITE_OPS; i++) {
+            fprintf(stderr, "fuzz: write %d [%llu, +%llu): %s\n", i,
+                    (unsigned long long)op[i].off,
+                    (unsigned long long)op[i].len,
+                    op[i].len == 0 ? "left out" : op[i].done ? "done"
+                                                             : "failed");
+        }
+        fprintf(stderr, "fuzz: writes %s\n",
+                strict ? "on a clean image, checked after a reopen"
+                       : "not checked after a reopen");
+    }
+
+    /* The image as the writes left it: reopened, read back, checked. */
+    struct qimg_io *io;
+    if (strict && kept.data &&
+        fuzz_leaf_open(kept.data, kept.len, false, kept.len, NULL, &io) == 0) {
+        if (fuzz_open_io(t, io, (flags & ~QIMG_OPEN_RDWR) |
+                                    QIMG_OPEN_FORCE_SHARE, &img) < 0) {
+            fuzz_finding("the written image no longer opens",
+                         qimg_get_error());
+        }
+        for (int i = 0; i < FUZZ_WRITE_OPS; i++) {
+            if (op[i].len &&
+                !fuzz_write_reads_back(img, op, 0, FUZZ_WRITE_OPS, i, buf,
+                                       want, known)) {
+                fuzz_finding("a write did not survive a close and reopen",
+                             NULL);
+            }
+        }
+        if (!fuzz_check_clean(img, "after writes")) {
+            fuzz_finding("writes left a clean image unclean",
+                         qimg_get_error());
+        }
+        qimg_close(img);
+    }
+    free(buf);
+    free(want);
+    free(known);
+    fuzz_kept_free(&kept);
+}
+
 void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
 {
     /* A 1 MiB input can repeat one L2 table 10^9 times; keep it brief. */
@@ -532,6 +789,7 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
         fuzz_snapshots(t, &src, open_flags, img);
         qimg_close(img);
         fuzz_repair(t, data, size);
+        fuzz_writes(t, data, size);
         return;
     }
 
@@ -546,6 +804,7 @@ void fuzz_image(const struct fuzz_target *t, const uint8_t *data, size_t size)
         qimg_close(img);
     }
     fuzz_repair(t, data, size);
+    fuzz_writes(t, data, size);
 }
 
 /* ---- The fuzz leaf (see fuzz_common.h) ---------------------------------- */

@@ -41,6 +41,19 @@ struct fuzz_target {
      * descriptor, a memory leaf there, is the image opened.
      */
     const char *descriptor;
+    /*
+     * Also take a few guest writes on a writable copy of the input
+     * (fuzz_writes): every call must succeed or fail with a message, and
+     * a write within one sector must read back whatever the tables say.
+     */
+    bool writes;
+    /*
+     * The format's check proves that no two guest clusters share a host
+     * cluster (qcow2's refcounts, qed's and vdi's used maps): on an image
+     * it finds clean, every write must also read back, still read back
+     * after a clean close and a reopen, and leave the image clean.
+     */
+    bool writes_checked;
 };
 
 /* The file name a target's descriptor gives its extent. */

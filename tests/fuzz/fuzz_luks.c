@@ -36,6 +36,7 @@
 static const struct fuzz_target target_luks = {
     .format = "luks",
     .open_options = "key-secret=sec0",
+    .writes = true,
 };
 
 /* Big-endian u32 at off; bytes past the input read as zero (as past EOF). */

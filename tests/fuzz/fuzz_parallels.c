@@ -10,6 +10,7 @@
 static const struct fuzz_target target_parallels = {
     .format = "parallels",
     .repair = true,
+    .writes = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

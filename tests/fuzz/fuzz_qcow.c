@@ -7,6 +7,7 @@
 
 static const struct fuzz_target target_qcow = {
     .format = "qcow",
+    .writes = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -7,6 +7,8 @@
 static const struct fuzz_target target_qcow2 = {
     .format = "qcow2",
     .repair = true,
+    .writes = true,
+    .writes_checked = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

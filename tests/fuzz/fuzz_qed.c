@@ -6,6 +6,8 @@
 
 static const struct fuzz_target target_qed = {
     .format = "qed",
+    .writes = true,
+    .writes_checked = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -6,6 +6,8 @@
 
 static const struct fuzz_target target_vdi = {
     .format = "vdi",
+    .writes = true,
+    .writes_checked = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

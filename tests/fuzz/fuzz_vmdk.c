@@ -8,6 +8,7 @@
 
 static const struct fuzz_target target_vmdk = {
     .format = "vmdk",
+    .writes = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
