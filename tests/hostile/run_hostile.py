@@ -10,7 +10,8 @@ through info (with -f and probed), check, map and convert (-O raw and
 a 'key') also convert -O raw, map and check opened with their key
 (--object secret + --image-opts); qcow2 images also resize, snapshot
 -c, amend, bitmap (--add; --add --merge --clear --disable; --remove),
-bench -w, convert --bitmaps and rebase -u (WRITE_CMDS, each on a copy).
+bench -w, convert --bitmaps and rebase -u, and images of every other
+format qimg writes bench -w (WRITE_CMDS, each on a copy).
 One TAP line per image and command.  A run passes when the child:
 
   * ends by itself within CPU_TIMEOUT seconds of CPU time (a case's
@@ -57,10 +58,15 @@ KEYED_CMDS = ['keyed-convert-raw', 'keyed-map', 'keyed-check']
 # qcow2 images also go through the commands that change an image in
 # place (each on a copy): a hostile table must not corrupt memory on the
 # way to a write either.
+# Every other format qimg writes takes guest writes on a copy (bench -w,
+# what qemu-io or a guest does to an image it is given).
 WRITE_CMDS = {'qcow2': ['resize', 'snapshot -c', 'amend', 'bitmap --add',
                         'bitmap --merge', 'bitmap --remove', 'bench -w',
                         'convert --bitmaps',
                         'rebase -u']}
+for _fmt in ('qcow', 'qed', 'vdi', 'vpc', 'vhdx', 'vmdk', 'parallels', 'luks',
+             'raw'):
+    WRITE_CMDS[_fmt] = ['bench -w']
 SECRET = ['--object', 'secret,id=sec0,data=abc']
 
 
@@ -111,9 +117,11 @@ def argv_for(tool, case, cmd, scratch):
                 [copy, 'b1'],
                 'bitmap --remove': [tool, 'bitmap', '--remove'] + fmt +
                 [copy, 'b0'],
-                # Guest writes: the bitmaps record them.
-                'bench -w': [tool, 'bench', '-w', '-c', '8', '-s', '64k',
-                             '-S', '1M'] + fmt + [copy],
+                # Guest writes (qcow2's bitmaps record them), within the
+                # 1 MiB most cases' disks hold, partly unaligned to
+                # clusters.
+                'bench -w': [tool, 'bench', '-w', '-c', '8', '-s', '4k',
+                             '-S', '96k'] + fmt + [copy],
                 'convert --bitmaps': [tool, 'convert', '--bitmaps'] + fmt +
                 ['-O', 'qcow2', copy, copy + '.out'],
                 'rebase -u': [tool, 'rebase', '-u', '-b', ''] + fmt +
