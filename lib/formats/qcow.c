@@ -81,6 +81,15 @@ struct qcow_state {
     uint32_t shift;   /* cluster_bits + l2_bits: guest bytes per L1 entry */
     uint64_t l1_size;
     uint64_t *l1;
+    /*
+     * Where the L1 table and the L2 tables it named at open end (the
+     * furthest, saturating).  New clusters go at the end of the file as
+     * in QEMU, but never below this: a damaged image can name a table
+     * past its end, where the next allocation would put guest data that
+     * the table's own updates then overwrite.  Tables allocated later
+     * lie past it already.
+     */
+    uint64_t tables_end;
     /* One cached L2 table (host order) and its offset (0: none). */
     uint64_t *l2;
     uint64_t l2_offset;
@@ -215,8 +224,18 @@ static int qcow_read_l1(struct qimg_node *node, struct qcow_state *s)
     if (ret < 0) {
         return error_prefix(-ret, "Could not read the L1 table");
     }
+    s->tables_end = end;
+    const uint64_t l2_bytes = (uint64_t)s->l2_size * 8;
     for (uint64_t i = 0; i < s->l1_size; i++) {
         s->l1[i] = load_be64(&s->l1[i]);
+        uint64_t l2_end;
+        if (s->l1[i] == 0) {
+            continue;
+        }
+        if (add_overflow_u64(s->l1[i], l2_bytes, &l2_end)) {
+            l2_end = UINT64_MAX;
+        }
+        s->tables_end = max_u64(s->tables_end, l2_end);
     }
     return 0;
 }
@@ -458,7 +477,8 @@ static int qcow_pread(struct qimg_node *node, void *buf, size_t len,
 
 /*
  * Where QEMU allocates: the end of the file (in whole sectors), rounded
- * up to a cluster when align is set (tables and plain clusters).
+ * up to a cluster when align is set (tables and plain clusters); past
+ * every table named at open (tables_end).
  */
 static int qcow_alloc_offset(struct qimg_node *node, struct qcow_state *s,
                              bool align, uint64_t len, uint64_t *out)
@@ -469,6 +489,14 @@ static int qcow_alloc_offset(struct qimg_node *node, struct qcow_state *s,
     }
     /* QEMU's file length is counted in whole sectors. */
     uint64_t off = ((uint64_t)size + 511) & ~(uint64_t)511;
+    if (s->tables_end > off) {
+        if (s->tables_end > INT64_MAX) {
+            return error_set(EFBIG, "%s: a table lies past the end of the "
+                             "file, where no cluster can follow it",
+                             node->filename);
+        }
+        off = (s->tables_end + 511) & ~(uint64_t)511;
+    }
     uint64_t end;
     if ((align && align_up_overflow_u64(off, s->cluster_size, &off)) ||
         add_overflow_u64(off, len, &end) || end > INT64_MAX) {

@@ -152,6 +152,17 @@ patch huge.qcow 24 8 0x1000000000000
 expect_status "huge L1 refused" 1 "$QIMG" info huge.qcow
 grep -q 'lies beyond the end of the file' "$T/.err" ||
     fail "huge L1: message" "$(cat "$T/.err")"
+# An L2 table named past the end of the file, just where the end of the
+# file puts the next cluster: the written data must not land on the
+# table (whose update would overwrite it), and qemu-io reads it back.
+"$QEMU_IMG" create -q -f qcow past.qcow 3M
+size=$(stat -c %s past.qcow)
+l1=$(($(od -An -tx1 -j 40 -N 8 past.qcow | tr -d ' \n' | sed 's/^/0x/')))
+patch past.qcow $l1 8 $(((size + 4095) / 4096 * 4096))
+"$W" past.qcow qcow w:0:512:90 w:4096:512:91 2>w.err ||
+    fail "L2 past EOF: write_image" "$(cat w.err)"
+io -f qcow -c 'read -P 90 0 512' -c 'read -P 91 4096 512' \
+    -c 'read -P 0 512 3584' past.qcow
 # A compressed cluster that does not inflate: an I/O error, no crash.
 cp qc.qcow badz.qcow
 # The first L2 entry (through the first L1 entry): a compressed cluster.
