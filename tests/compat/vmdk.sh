@@ -211,6 +211,24 @@ print(struct.unpack("<Q", b[56:64])[0] * 512)')
 patch t-gd.vmdk "$gdoff" I 0xfffffff0
 same_data t-gd t-gd.vmdk
 same_out t-gd-check check t-gd.vmdk
+# A grain table named past the end of the file, just where the end of
+# the file puts the next grain: the grain must not land on the table
+# (whose update would overwrite it), and qemu-io reads it back.
+"$QEMU_IMG" create -q -f vmdk t-past.vmdk 1M
+python3 -c '
+import struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+gran, rgd, gd = (struct.unpack_from("<Q", b, o)[0] for o in (20, 48, 56))
+eof = (len(b) + 511) // 512
+struct.pack_into("<I", b, gd * 512, (eof + gran - 1) // gran * gran)
+struct.pack_into("<I", b, rgd * 512, 0)
+open(p, "wb").write(b)' t-past.vmdk
+checks=$((checks + 1))
+"${QIMG_WRITE_IMAGE:?}" t-past.vmdk vmdk w:0:512:90 w:70000:512:91 \
+    2>t-past.err || fail "t-past: write_image" "$(cat t-past.err)"
+"$QEMU_IO" -f vmdk -c 'read -P 90 0 512' -c 'read -P 91 70000 512' \
+    -c 'read -P 0 512 4096' t-past.vmdk >/dev/null || fail "t-past: read back"
 # A corrupt compressed grain: the read fails, nothing crashes.
 cp c-streamOptimized.vmdk t-z.vmdk
 patch t-z.vmdk $((128 * 512 + 14)) I 0xdeadbeef

@@ -213,6 +213,32 @@ static int sparse_setup(struct vmdk_extent *e, uint64_t capacity,
     return 0;
 }
 
+/*
+ * New grains go at the end of the file, as in QEMU, but never onto a
+ * grain table: a damaged directory can name one past the end of the
+ * file, where the next grain would land and the table's own update
+ * then overwrite it.  Tables within the file lie below the end already.
+ */
+static void alloc_past_tables(struct vmdk_extent *e)
+{
+    const uint64_t gt_sectors =
+        div_round_up_u64((uint64_t)e->l2_size * 4, VMDK_SECTOR);
+    uint64_t end = 0;
+    for (uint32_t i = 0; i < e->l1_loaded; i++) {
+        /* 32-bit sectors: no sum here can overflow. */
+        if (e->l1[i]) {
+            end = max_u64(end, e->l1[i] + gt_sectors);
+        }
+        if (e->l1_backup && e->l1_backup[i]) {
+            end = max_u64(end, e->l1_backup[i] + gt_sectors);
+        }
+    }
+    if (end > e->next_cluster_sector) {
+        e->next_cluster_sector =
+            div_round_up_u64(end, e->cluster_sectors) * e->cluster_sectors;
+    }
+}
+
 static int sparse_tables(struct vmdk_state *s, struct vmdk_extent *e)
 {
     int ret = load_directory(s, e, e->l1_offset, &e->l1, "l1 table");
@@ -238,6 +264,7 @@ static int sparse_tables(struct vmdk_state *s, struct vmdk_extent *e)
     for (int i = 0; i < VMDK_L2_CACHE; i++) {
         e->l2_cache_off[i] = UINT64_MAX;
     }
+    alloc_past_tables(e);
     return 0;
 }
 
