@@ -51,7 +51,7 @@ struct fuzz_target {
      * The format's check proves that no two guest clusters share a host
      * cluster (qcow2's refcounts, qed's and vdi's used maps): on an image
      * it finds clean, every write must also read back, still read back
-     * after a clean close and a reopen, and leave the image clean.
+     * after a clean close and a reopen, and leave no corruption.
      */
     bool writes_checked;
 };
