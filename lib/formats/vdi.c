@@ -321,6 +321,26 @@ static uint64_t vdi_block_host(const struct vdi_state *s, uint32_t entry)
     return (uint64_t)s->h.offset_data + (uint64_t)entry * VDI_BLOCK_SIZE;
 }
 
+/*
+ * Guest data is never written over the header sector or the block map
+ * (rewritten in place at every allocation): a damaged header can place
+ * the data area, or a map entry a block, on them.  QEMU writes there and
+ * loses the data or the map.
+ */
+static int vdi_check_data_write(struct qimg_node *node,
+                                const struct vdi_state *s, uint64_t host,
+                                uint64_t len)
+{
+    uint64_t map = s->h.offset_bmap;
+    uint64_t map_end = map + vdi_bmap_bytes(s->h.blocks_in_image);
+    if (host < VDI_HEADER_SIZE || (host < map_end && map < host + len)) {
+        return error_set(EIO, "%s: VDI image is corrupt: a data block at "
+                         "offset %llu lies on the header or the block map",
+                         node->filename, (unsigned long long)host);
+    }
+    return 0;
+}
+
 static int vdi_pread(struct qimg_node *node, void *buf, size_t len,
                      uint64_t off)
 {
@@ -388,7 +408,10 @@ static int vdi_allocate(struct qimg_node *node, struct vdi_state *s,
     }
     uint32_t entry = s->h.blocks_allocated;
     uint64_t host = vdi_block_host(s, entry);
-    int ret;
+    int ret = vdi_check_data_write(node, s, host, VDI_BLOCK_SIZE);
+    if (ret < 0) {
+        return ret;
+    }
     if (n == VDI_BLOCK_SIZE) {
         ret = io_pwrite(node->file, buf, n, host);
     } else {
@@ -422,8 +445,11 @@ static int vdi_pwrite(struct qimg_node *node, const void *buf, size_t len,
         uint32_t entry = s->bmap[block];
         int ret;
         if (vdi_is_allocated(entry)) {
-            ret = io_pwrite(node->file, p, n,
-                            vdi_block_host(s, entry) + in_block);
+            uint64_t host = vdi_block_host(s, entry) + in_block;
+            ret = vdi_check_data_write(node, s, host, n);
+            if (ret == 0) {
+                ret = io_pwrite(node->file, p, n, host);
+            }
         } else {
             ret = vdi_allocate(node, s, block, in_block, p, n);
         }

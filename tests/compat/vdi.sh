@@ -195,6 +195,19 @@ same_out "short as vdi" info -f vdi short.vdi
 # Too many blocks allocated: writes refuse instead of overwriting.
 cp empty.vdi full.vdi
 expect_status "write to empty" 1 "$W" full.vdi vdi w:0:512:1
+# A data area on the header (offset_data 0) or a block on the map: the
+# write is refused and the file left as it was (qemu-io writes the
+# block over the header, then the header over the data).
+"$QEMU_IMG" create -q -f vdi ondata.vdi 4M
+patch ondata.vdi 0x158 4 0
+cp ondata.vdi ondata-before.vdi
+expect_status "data on the header" 1 "$W" ondata.vdi vdi w:0:512:1 &&
+    grep -q 'lies on the header or the block map' "$T/.err" ||
+    fail "data on the header: message" "$(cat "$T/.err")"
+expect_same "data on the header: file unchanged" ondata-before.vdi ondata.vdi
+cp dyn.vdi onmap.vdi
+patch onmap.vdi 0x158 4 0x200
+expect_status "block on the map" 1 "$W" onmap.vdi vdi w:0:512:1
 
 # 6. The guide's conversion to qcow2 keeps the holes.
 "$QEMU_IMG" convert -f vdi -O qcow2 dyn.vdi want.qcow2
