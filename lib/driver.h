@@ -452,6 +452,21 @@ int node_read_below(struct qimg_node *node, void *buf, size_t len,
                     uint64_t off);
 
 /*
+ * Fill a cluster just allocated at host in file (len bytes, guest offset
+ * guest): what the layer below node holds there up to guest offset
+ * below_end (zeros past it, past the layer's end or without one), with
+ * n bytes of data laid over it at in_cluster (zeros when data is NULL).
+ * Written in pieces of at most NODE_FILL_CHUNK bytes, so a cluster as
+ * large as a format allows (parallels 2 GiB, vmdk 1 GiB) costs no more
+ * memory than a small one.  0 or -errno.
+ */
+#define NODE_FILL_CHUNK (1u << 20)
+int node_fill_new_cluster(struct qimg_node *node, struct qimg_io *file,
+                          uint64_t host, uint64_t guest, uint64_t len,
+                          uint64_t in_cluster, const void *data, size_t n,
+                          uint64_t below_end);
+
+/*
  * Does the layer below node read as zero over [off, off + len)?  1 when
  * its block status says so (or nothing lies below), 0 when not (or when
  * it cannot tell cheaply), -errno on error.

@@ -106,6 +106,55 @@ int node_read_below(struct qimg_node *node, void *buf, size_t len,
     return 0;
 }
 
+int node_fill_new_cluster(struct qimg_node *node, struct qimg_io *file,
+                          uint64_t host, uint64_t guest, uint64_t len,
+                          uint64_t in_cluster, const void *data, size_t n,
+                          uint64_t below_end)
+{
+    size_t cap = (size_t)min_u64(len, NODE_FILL_CHUNK);
+    uint8_t *buf = malloc(cap ? cap : 1);
+    if (!buf) {
+        return error_set(ENOMEM, "Out of memory");
+    }
+    int ret = 0;
+    for (uint64_t pos = 0; pos < len && ret == 0; pos += cap) {
+        size_t c = (size_t)min_u64(cap, len - pos);
+        /* The part of [in_cluster, in_cluster + n) in this piece. */
+        uint64_t lo = max_u64(pos, in_cluster);
+        uint64_t hi = min_u64(pos + c, in_cluster + n);
+        /* What lies below, unless the data covers the piece. */
+        uint64_t at = guest + pos;
+        size_t from_below =
+            at < below_end ? (size_t)min_u64(c, below_end - at) : 0;
+        if (lo == pos && hi == pos + c) {
+            from_below = 0;
+        }
+        if (from_below == 0 && lo >= hi) {
+            /* Nothing to copy: a piece of a huge cluster is only zeros. */
+            ret = io_pwrite_zeroes(file, host + pos, c, false);
+            continue;
+        }
+        memset(buf + from_below, 0, c - from_below);
+        if (from_below > 0) {
+            ret = node_read_below(node, buf, from_below, at);
+        }
+        if (ret == 0 && lo < hi) {
+            if (data) {
+                memcpy(buf + (lo - pos),
+                       (const uint8_t *)data + (lo - in_cluster),
+                       (size_t)(hi - lo));
+            } else {
+                memset(buf + (lo - pos), 0, (size_t)(hi - lo));
+            }
+        }
+        if (ret == 0) {
+            ret = io_pwrite(file, buf, c, host + pos);
+        }
+    }
+    free(buf);
+    return ret;
+}
+
 int node_below_is_zero(struct qimg_node *node, uint64_t off, uint64_t len)
 {
     struct qimg_node *below = node->backing;

@@ -1418,6 +1418,9 @@ def parallels_cases(c):
     add('version-3', 'version 3', (16, '<I', 3))
     add('tracks-0', 'tracks 0 (cluster size 0)', (28, '<I', 0))
     add('tracks-huge', 'tracks 0xffffffff', (28, '<I', 0xffffffff))
+    # A write allocates one such cluster: in pieces, not one 2 GiB buffer.
+    add('tracks-2g', 'tracks 4186100 (QEMU\'s largest, 2 GiB clusters), '
+        'cluster 0 unallocated', (28, '<I', 4186100), (64, '<I', 0))
     add('bat-entries-huge', 'BAT entries 0xffffffff', (32, '<I', 0xffffffff))
     add('bat-entries-0', 'BAT entries 0', (32, '<I', 0))
     add('sectors-huge', 'sector count 2^62', (36, '<Q', 1 << 62))

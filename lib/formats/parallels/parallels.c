@@ -45,7 +45,6 @@ static void prl_free(struct qimg_node *node)
     struct prl_state *s = node->opaque;
     if (s) {
         free(s->bat);
-        free(s->cluster_buf);
         free(s);
     }
     node->opaque = NULL;
@@ -319,25 +318,10 @@ static int prl_allocate(struct qimg_node *node, uint64_t index,
     if (n == s->cluster_bytes) {
         ret = io_pwrite(node->file, buf, n, host);
     } else {
-        if (!s->cluster_buf) {
-            s->cluster_buf = malloc((size_t)s->cluster_bytes);
-            if (!s->cluster_buf) {
-                return error_set(ENOMEM, "Out of memory");
-            }
-        }
-        uint64_t start = index * s->cluster_bytes;
-        size_t below = (size_t)min_u64(s->cluster_bytes,
-                                       start < node->size ?
-                                       node->size - start : 0);
-        memset(s->cluster_buf + below, 0,
-               (size_t)s->cluster_bytes - below);
-        ret = below ? node_read_below(node, s->cluster_buf, below, start)
-                    : 0;
-        if (ret == 0) {
-            memcpy(s->cluster_buf + in_cluster, buf, n);
-            ret = io_pwrite(node->file, s->cluster_buf,
-                            (size_t)s->cluster_bytes, host);
-        }
+        ret = node_fill_new_cluster(node, node->file, host,
+                                    index * s->cluster_bytes,
+                                    s->cluster_bytes, in_cluster, buf, n,
+                                    node->size);
     }
     if (ret < 0) {
         return ret;

@@ -57,7 +57,6 @@ struct prl_state {
      * magic), past the header, the BAT and every cluster an entry names.
      */
     uint64_t data_end;
-    uint8_t *cluster_buf; /* one cluster, for partial allocating writes */
 };
 
 /*

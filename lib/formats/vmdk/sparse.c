@@ -651,7 +651,9 @@ static int set_gte(struct vmdk_extent *e, uint64_t off, uint32_t gte)
     return 0;
 }
 
-int vmdk_alloc_grain(struct vmdk_extent *e, uint64_t off, const void *grain)
+int vmdk_alloc_grain(struct qimg_node *node, struct vmdk_extent *e,
+                     uint64_t off, uint64_t in_cluster, const void *data,
+                     size_t n, uint64_t below_end)
 {
     uint64_t sector = off / VMDK_SECTOR - (e->end_sector - e->sectors);
     uint64_t l1_index = sector / e->l1_entry_sectors;
@@ -671,8 +673,10 @@ int vmdk_alloc_grain(struct vmdk_extent *e, uint64_t off, const void *grain)
                          e->filename);
     }
     /* The grain first, so that a table never points at garbage. */
-    int ret = io_pwrite(e->io, grain, e->cluster_sectors * VMDK_SECTOR,
-                        at * VMDK_SECTOR);
+    uint64_t cluster = e->cluster_sectors * VMDK_SECTOR;
+    int ret = node_fill_new_cluster(node, e->io, at * VMDK_SECTOR,
+                                    off - in_cluster, cluster, in_cluster,
+                                    data, n, below_end);
     if (ret < 0) {
         return ret;
     }

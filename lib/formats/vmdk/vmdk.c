@@ -552,38 +552,10 @@ static int update_cid(struct qimg_node *node, struct vmdk_state *s)
     return 0;
 }
 
-/* The whole grain of e holding off, with buf's n bytes at in_cluster. */
-static int fill_grain(struct qimg_node *node, struct vmdk_extent *e,
-                      uint64_t off, uint64_t in_cluster, const void *buf,
-                      size_t n, bool zeroed, uint8_t *grain)
-{
-    uint64_t cluster = e->cluster_sectors * VMDK_SECTOR;
-    uint64_t start = off - in_cluster;
-    int ret = 0;
-    /* A zeroed grain reads zero, not what lies below (QEMU). */
-    if (zeroed || !node->backing) {
-        memset(grain, 0, (size_t)cluster);
-    } else {
-        /* [QEMU] even a whole-grain write: the parent CID is checked. */
-        ret = check_parent_cid(node);
-        if (ret == 0) {
-            ret = node_read_below(node, grain, (size_t)cluster, start);
-        }
-    }
-    if (ret == 0) {
-        if (buf) {
-            memcpy(grain + in_cluster, buf, n);
-        } else {
-            memset(grain + in_cluster, 0, n);
-        }
-    }
-    return ret;
-}
-
 /* Write n bytes of buf (zeros when NULL) at off, within one grain. */
 static int write_chunk(struct qimg_node *node, struct vmdk_extent *e,
                        const void *buf, size_t n, uint64_t off, uint64_t host,
-                       int kind, uint64_t in_cluster, uint8_t **grain)
+                       int kind, uint64_t in_cluster)
 {
     if (kind == VMDK_OK) {
         if (!buf) {
@@ -591,18 +563,17 @@ static int write_chunk(struct qimg_node *node, struct vmdk_extent *e,
         }
         return io_pwrite(e->io, buf, n, host + in_cluster);
     }
-    if (!*grain) {
-        *grain = malloc((size_t)(e->cluster_sectors * VMDK_SECTOR));
-        if (!*grain) {
-            return error_set(ENOMEM, "Out of memory");
+    /* A zeroed grain reads zero, not what lies below (QEMU). */
+    uint64_t below_end = 0;
+    if (kind != VMDK_ZEROED && node->backing) {
+        /* [QEMU] even a whole-grain write: the parent CID is checked. */
+        int ret = check_parent_cid(node);
+        if (ret < 0) {
+            return ret;
         }
+        below_end = UINT64_MAX;
     }
-    int ret = fill_grain(node, e, off, in_cluster, buf, n, kind == VMDK_ZEROED,
-                         *grain);
-    if (ret == 0) {
-        ret = vmdk_alloc_grain(e, off, *grain);
-    }
-    return ret;
+    return vmdk_alloc_grain(node, e, off, in_cluster, buf, n, below_end);
 }
 
 /* Compress and append one grain of a stream extent (zeros when NULL). */
@@ -637,7 +608,6 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
 {
     struct vmdk_state *s = node->opaque;
     int ret = 0;
-    uint8_t *grain = NULL;
     while (ret == 0 && len > 0) {
         struct vmdk_extent *e = extent_at(node, off);
         if (!e) {
@@ -670,7 +640,7 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
             ret = vmdk_set_zeroed(e, off);
         } else {
             ret = write_chunk(node, e, zero ? NULL : buf, n, off, host, kind,
-                              in_cluster, &grain);
+                              in_cluster);
         }
         if (!zero) {
             buf += n;
@@ -678,7 +648,6 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
         off += n;
         len -= n;
     }
-    free(grain);
     /*
      * [QEMU] the CID changes after the first write of an open that
      * succeeded; one that failed (a parent CID mismatch) leaves it.

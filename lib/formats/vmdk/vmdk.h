@@ -220,10 +220,14 @@ int vmdk_read_grain(struct vmdk_extent *e, uint64_t host, uint64_t in_cluster,
 
 /*
  * Allocate a grain at the end of e's file for the grain holding guest
- * byte off (its table exists, the entry is free or zeroed): write grain
- * (a whole grain), then point the table and its redundant copy at it.
+ * byte off (its table exists, the entry is free or zeroed): write the
+ * whole grain (node's layer below up to guest offset below_end, zeros
+ * past it, with n bytes of data at in_cluster: zeros when data is NULL),
+ * then point the table and its redundant copy at it.
  */
-int vmdk_alloc_grain(struct vmdk_extent *e, uint64_t off, const void *grain);
+int vmdk_alloc_grain(struct qimg_node *node, struct vmdk_extent *e,
+                     uint64_t off, uint64_t in_cluster, const void *data,
+                     size_t n, uint64_t below_end);
 /* Mark the grain holding off as reading zero (zeroed-grain extents). */
 int vmdk_set_zeroed(struct vmdk_extent *e, uint64_t off);
 
