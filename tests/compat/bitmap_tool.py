@@ -10,6 +10,11 @@ bitmap_tool.py IMAGE
     cluster's offset, 0 with bit 0 set reads as all ones, 0 as all zeros;
     bit i of the bitmap is bit i % 8 of byte i / 8 of its data.
 
+bitmap_tool.py --set-padding IMAGE
+    Set every padding bit (a granule past the disk's end) in each
+    bitmap's allocated data clusters, as a careless writer might leave
+    them; QEMU never loads those bits.
+
 Only test input for comparing qimg's images with qemu-img's.
 """
 import struct
@@ -18,9 +23,10 @@ import sys
 BITMAPS_EXT = 0x23852875
 
 
-def main(path):
+def main(path, set_padding=False):
     with open(path, 'rb') as f:
         data = f.read()
+    padding = []
     (magic, version) = struct.unpack_from('>II', data, 0)
     cluster_bits = struct.unpack_from('>I', data, 20)[0]
     size = struct.unpack_from('>Q', data, 24)[0]
@@ -61,6 +67,8 @@ def main(path):
             else:
                 continue
             base = i * cs * 8
+            if off and set_padding:
+                padding.append((off, base, gbits))
             for j, byte in enumerate(chunk):
                 if byte:
                     for k in range(8):
@@ -81,5 +89,19 @@ def main(path):
                      for a, b in runs) or 'none'))
 
 
+    if set_padding:
+        with open(path, 'r+b') as f:
+            for off, base, gbits in padding:
+                granules = (size + (1 << gbits) - 1) >> gbits
+                chunk = bytearray(data[off:off + cs])
+                for j in range(max(granules, base) - base, cs * 8):
+                    chunk[j // 8] |= 1 << (j % 8)
+                f.seek(off)
+                f.write(chunk)
+
+
 if __name__ == '__main__':
-    main(sys.argv[1])
+    if sys.argv[1] == '--set-padding':
+        main(sys.argv[2], set_padding=True)
+    else:
+        main(sys.argv[1])

@@ -552,9 +552,10 @@ static void op_snapshot_delete(struct fw_input *in)
 
 static void bitmap_call(const struct qimg_bitmap_request *req)
 {
-    say("bitmap %u %s%s%s\n", (unsigned)req->op, req->name,
-        req->source_name ? " from " : "",
-        req->source_name ? req->source_name : "");
+    say("bitmap %u %s%s%s granularity %" PRIu64 " flags %u\n",
+        (unsigned)req->op, req->name, req->source_name ? " from " : "",
+        req->source_name ? req->source_name : "", req->granularity,
+        (unsigned)req->flags);
     if (qimg_bitmap(W.img, req) < 0) {
         api_failed("qimg_bitmap");
     }

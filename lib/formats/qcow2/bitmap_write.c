@@ -10,8 +10,13 @@
  *    stores the bits and then clears it.  A crash in between leaves the
  *    bitmaps marked in use, which QEMU treats as inconsistent: never
  *    silently stale;
+ *  - no bit past the disk's end (a padding granule of the last data
+ *    cluster) is ever set;
  *  - a resize gives every bitmap a table for the new size: bits past a
- *    shrunk end are cleared, a grown end starts clean (QEMU's result).
+ *    shrunk end are cleared, a grown end starts clean (QEMU's result for
+ *    its own images; where another writer left padding bits set, QEMU
+ *    shows those up to a 64-bit word as dirty after a growth, qimg
+ *    clears them).
  *
  * Bitmaps in use when the image was opened are stale already: they are
  * left as they are, as QEMU leaves them.
@@ -436,11 +441,16 @@ int qcow2_bitmaps_resize(struct qimg_node *node, struct qcow2_state *s,
                              "the new size",
                              node->filename, bm->name);
         }
-        /* Granules past the new end, in the clusters that stay. */
-        uint64_t granules =
-            div_round_up_u64(new_size, (uint64_t)1 << bm->granularity_bits);
-        uint64_t kept_bits = want * cs * 8;
-        if (new_size < node->size && granules < kept_bits) {
+        /*
+         * Padding granules past the smaller of the two ends, in the
+         * clusters that stay: a shrink drops the bits past its end, and a
+         * growth starts clean even where the old padding bits were set
+         * (QEMU never loads those).
+         */
+        uint64_t granules = div_round_up_u64(min_u64(new_size, node->size),
+                                             (uint64_t)1 << bm->granularity_bits);
+        uint64_t kept_bits = min_u64(want, bm->table_size) * cs * 8;
+        if (granules < kept_bits) {
             ret = change_granules(node, s, k, granules, kept_bits - 1, false);
         }
         for (uint64_t ti = want; ret == 0 && ti < bm->table_size; ti++) {
@@ -762,8 +772,10 @@ static int bitmap_merge(struct qimg_node *node, struct qcow2_state *s,
             if (g0 > (size - 1) >> sg) {
                 break; /* past the disk: padding bits */
             }
+            /* A source granule across the disk's end stops at the end:
+             * target granules past it are padding and stay clear. */
             uint64_t last =
-                g1 > (size - 1) >> sg ? size - 1 : ((g1 + 1) << sg) - 1;
+                g1 >= (size - 1) >> sg ? size - 1 : ((g1 + 1) << sg) - 1;
             ret = change_granules(node, s, k, start >> tg, last >> tg, true);
             b = run + 1;
         }
