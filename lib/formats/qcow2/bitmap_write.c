@@ -444,11 +444,11 @@ int qcow2_bitmaps_resize(struct qimg_node *node, struct qcow2_state *s,
         /*
          * Padding granules past the smaller of the two ends, in the
          * clusters that stay: a shrink drops the bits past its end, and a
-         * growth starts clean even where the old padding bits were set
-         * (QEMU never loads those).
+         * growth starts clean even where another writer left padding
+         * bits set (a growth in QEMU shows those up to a 64-bit word).
          */
-        uint64_t granules = div_round_up_u64(min_u64(new_size, node->size),
-                                             (uint64_t)1 << bm->granularity_bits);
+        uint64_t granules = div_round_up_u64(
+            min_u64(new_size, node->size), (uint64_t)1 << bm->granularity_bits);
         uint64_t kept_bits = min_u64(want, bm->table_size) * cs * 8;
         if (granules < kept_bits) {
             ret = change_granules(node, s, k, granules, kept_bits - 1, false);
