@@ -12,6 +12,12 @@
  * 63 and its host offset in the bits below those.  New tables and
  * clusters go at the end of the file, rounded up to a cluster (compressed
  * clusters are packed unaligned), as QEMU places them.
+ *
+ * A damaged table can name the header, the L1 table or an L2 table as a
+ * data cluster, or put an L2 table on the header or the L1 table; QEMU
+ * then writes guest data or entries over that metadata.  qimg refuses
+ * such a write (qcow_check_meta): the image is corrupt, and the write
+ * would break it further.
  */
 #include <errno.h>
 #include <limits.h>
@@ -26,6 +32,7 @@
 #include "driver.h"
 #include "util/checked.h"
 #include "util/endian.h"
+#include "util/extent_set.h"
 
 #define QCOW_MAGIC 0x514649fbu /* "QFI\xfb" */
 #define QCOW_VERSION 1u
@@ -90,6 +97,12 @@ struct qcow_state {
      * lie past it already.
      */
     uint64_t tables_end;
+    /*
+     * Every L2 table the L1 names, built at the first write into an
+     * existing cluster (l2_tables_built) and kept up to date after.
+     */
+    struct extent_set l2_tables;
+    bool l2_tables_built;
     /* One cached L2 table (host order) and its offset (0: none). */
     uint64_t *l2;
     uint64_t l2_offset;
@@ -191,6 +204,7 @@ static void qcow_close(struct qimg_node *node)
         free(s->cluster_cache);
         free(s->cluster_buf);
         free(s->z_buf);
+        extent_set_free(&s->l2_tables);
         sector_cipher_free(s->cipher);
         free(s);
     }
@@ -506,7 +520,68 @@ static int qcow_alloc_offset(struct qimg_node *node, struct qcow_state *s,
     return 0;
 }
 
-/* The L2 table for guest offset off, allocated (zeroed) if needed. */
+/* What a write puts in the file: metadata of one kind, or guest data. */
+enum qcow_meta { QCOW_META_HEADER, QCOW_META_L1, QCOW_META_L2, QCOW_DATA };
+
+/*
+ * The metadata that a write of [off, off + len) would overwrite, other
+ * than the kind being written (an L2 entry goes into an L2 table); NULL
+ * when none, or on an error (*err).
+ */
+static const char *qcow_meta_hit(struct qimg_node *node, struct qcow_state *s,
+                                 uint64_t off, uint64_t len,
+                                 enum qcow_meta writing, int *err)
+{
+    /* The header, backing name and L1 end by INT64_MAX (qcow_open). */
+    const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+    const uint64_t name = s->h.backing_file_offset;
+    const uint64_t l1 = s->h.l1_table_offset;
+    *err = 0;
+    if (writing != QCOW_META_HEADER &&
+        (off < QCOW_HEADER_SIZE ||
+         (name != 0 && off < name + s->h.backing_file_size && name < end))) {
+        return "the header";
+    }
+    if (writing != QCOW_META_L1 && off < l1 + s->l1_size * 8 && l1 < end) {
+        return "the L1 table";
+    }
+    if (writing == QCOW_META_L2) {
+        return NULL;
+    }
+    if (!s->l2_tables_built) {
+        for (uint64_t i = 0; i < s->l1_size; i++) {
+            if (s->l1[i] != 0 &&
+                extent_set_add(&s->l2_tables, s->l1[i],
+                               (uint64_t)s->l2_size * 8) < 0) {
+                extent_set_free(&s->l2_tables);
+                *err = error_set(ENOMEM, "%s: Out of memory", node->filename);
+                return NULL;
+            }
+        }
+        s->l2_tables_built = true;
+    }
+    return extent_set_overlaps(&s->l2_tables, off, len) ? "an L2 table"
+                                                        : NULL;
+}
+
+/* A write of [off, off + len) that lies on other metadata fails. */
+static int qcow_check_meta(struct qimg_node *node, struct qcow_state *s,
+                           uint64_t off, uint64_t len, enum qcow_meta writing)
+{
+    int err;
+    const char *what = qcow_meta_hit(node, s, off, len, writing, &err);
+    if (what) {
+        return error_set(EIO, "%s: qcow image is corrupt: a write at offset "
+                         "%llu would overwrite %s",
+                         node->filename, (unsigned long long)off, what);
+    }
+    return err;
+}
+
+/*
+ * The L2 table for guest offset off, about to be written: allocated
+ * (zeroed) if needed.
+ */
 static int qcow_ensure_l2(struct qimg_node *node, struct qcow_state *s,
                           uint64_t off)
 {
@@ -515,14 +590,27 @@ static int qcow_ensure_l2(struct qimg_node *node, struct qcow_state *s,
         return error_set(EIO, "%s: offset %llu lies past the L1 table",
                          node->filename, (unsigned long long)off);
     }
-    if (s->l1[l1_index] != 0) {
-        return qcow_load_l2(node, s, s->l1[l1_index]);
-    }
     uint64_t bytes = (uint64_t)s->l2_size * 8;
+    if (s->l1[l1_index] != 0) {
+        /* Its entries are about to change: not if it lies on the header
+         * or the L1 table. */
+        int ret = qcow_check_meta(node, s, s->l1[l1_index], bytes,
+                                  QCOW_META_L2);
+        return ret < 0 ? ret : qcow_load_l2(node, s, s->l1[l1_index]);
+    }
     uint64_t l2_off = 0;
     int ret = qcow_alloc_offset(node, s, true, bytes, &l2_off);
     if (ret < 0) {
         return ret;
+    }
+    uint64_t entry_at = s->h.l1_table_offset + l1_index * 8;
+    ret = qcow_check_meta(node, s, entry_at, 8, QCOW_META_L1);
+    if (ret < 0) {
+        return ret;
+    }
+    if (s->l2_tables_built &&
+        extent_set_add(&s->l2_tables, l2_off, bytes) < 0) {
+        return error_set(ENOMEM, "%s: Out of memory", node->filename);
     }
     /* The zeroed table first, then the L1 entry that points to it. */
     ret = io_pwrite_zeroes(node->file, l2_off, bytes, false);
@@ -531,8 +619,7 @@ static int qcow_ensure_l2(struct qimg_node *node, struct qcow_state *s,
     }
     uint8_t be[8];
     store_be64(be, l2_off);
-    ret = io_pwrite(node->file, be, sizeof(be),
-                    s->h.l1_table_offset + l1_index * 8);
+    ret = io_pwrite(node->file, be, sizeof(be), entry_at);
     if (ret < 0) {
         return ret;
     }
@@ -634,7 +721,10 @@ static int qcow_pwrite(struct qimg_node *node, const void *buf, size_t len,
         if (entry == 0 || (entry & QCOW_OFLAG_COMPRESSED)) {
             ret = qcow_write_new_cluster(node, s, entry, off, p, n);
         } else {
-            ret = io_pwrite(node->file, p, n, entry + in_cluster);
+            ret = qcow_check_meta(node, s, entry + in_cluster, n, QCOW_DATA);
+            if (ret == 0) {
+                ret = io_pwrite(node->file, p, n, entry + in_cluster);
+            }
         }
         if (ret < 0) {
             return ret;

@@ -163,6 +163,29 @@ patch past.qcow $l1 8 $(((size + 4095) / 4096 * 4096))
     fail "L2 past EOF: write_image" "$(cat w.err)"
 io -f qcow -c 'read -P 90 0 512' -c 'read -P 91 4096 512' \
     -c 'read -P 0 512 3584' past.qcow
+# Tables that put guest data or an L2 table on other metadata: the
+# write is refused with a message naming what it would overwrite, and
+# the file is left as it was (qemu-io writes there and breaks the image).
+"$QEMU_IMG" create -q -f qcow meta.qcow 3M
+io -f qcow -c 'write -P 0x11 0 64k' meta.qcow
+l1=$(($(od -An -tx1 -j 40 -N 8 meta.qcow | tr -d ' \n' | sed 's/^/0x/')))
+l2=$(($(od -An -tx1 -j $l1 -N 8 meta.qcow | tr -d ' \n' | sed 's/^/0x/')))
+for c in "data on the L1:$l2:$l1:the L1 table" \
+    "data on the header:$l2:16:the header" \
+    "data on its L2 table:$l2:$l2:an L2 table" \
+    "L2 table on the header:$l1:8:the header" \
+    "L2 table on the L1:$l1:$((l1 + 8)):the L1 table"; do
+    IFS=: read -r name at value what <<<"$c"
+    cp meta.qcow bad.qcow
+    patch bad.qcow "$at" 8 "$value"
+    cp bad.qcow before.qcow
+    expect_status "$name: write" 1 "$W" bad.qcow qcow w:0:512:90
+    checks=$((checks + 1))
+    grep -q "qcow image is corrupt: a write at offset [0-9]* would overwrite $what\$" \
+        "$T/.err" || fail "$name: message" "$(cat "$T/.err")"
+    checks=$((checks + 1))
+    cmp -s before.qcow bad.qcow || fail "$name: the file changed"
+done
 # A compressed cluster that does not inflate: an I/O error, no crash.
 cp qc.qcow badz.qcow
 # The first L2 entry (through the first L1 entry): a compressed cluster.
