@@ -16,6 +16,11 @@
  * set (and synced); flush clears it again once everything is durable.
  * An image found with the flag set by a writable open is checked and
  * repaired first (QEMU's check, below, with repairs).
+ *
+ * Offsets are checked against the header area and the file's end, but a
+ * damaged table can still name the L1 table or an L2 table as data, or
+ * put an L2 table on the L1 table; QEMU then writes guest data or
+ * entries over them.  qimg refuses such a write (qed_check_meta).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -26,6 +31,7 @@
 #include "driver.h"
 #include "util/checked.h"
 #include "util/endian.h"
+#include "util/extent_set.h"
 
 #define QED_MAGIC 0x00444551u /* "QED\0" */
 #define QED_HEADER_BYTES 64u
@@ -85,6 +91,12 @@ struct qed_state {
     /* One cached L2 table (host order) and its offset (0: none). */
     uint64_t *l2;
     uint64_t l2_offset;
+    /*
+     * Every L2 table the L1 names, built at the first write into an
+     * existing cluster (l2_tables_built) and kept up to date after.
+     */
+    struct extent_set l2_tables;
+    bool l2_tables_built;
     /* This open set need-check (so its flush clears it). */
     bool set_need_check;
     uint8_t *cluster_buf; /* cluster_size bytes, for partial clusters */
@@ -198,6 +210,7 @@ static void qed_close(struct qimg_node *node)
         free(s->l1);
         free(s->l2);
         free(s->cluster_buf);
+        extent_set_free(&s->l2_tables);
         free(s);
     }
     node->opaque = NULL;
@@ -683,6 +696,75 @@ static int qed_mark_need_check(struct qimg_node *node, struct qed_state *s)
     return ret;
 }
 
+/* What a write puts in the file: a table, or guest data. */
+enum qed_meta { QED_META_L1, QED_META_L2, QED_DATA };
+
+/*
+ * Whether a write of [off, off + len) would overwrite a table other than
+ * the kind being written (an L2 entry goes into an L2 table): the table
+ * it would hit, NULL when none or on an error (*err).  The header area
+ * lies below every offset qed_lookup accepts.
+ */
+static const char *qed_meta_hit(struct qimg_node *node, struct qed_state *s,
+                                uint64_t off, uint64_t len,
+                                enum qed_meta writing, int *err)
+{
+    /* The tables lie inside the file (qed_table_offset_valid). */
+    const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+    const uint64_t l1 = s->h.l1_table_offset;
+    *err = 0;
+    if (writing != QED_META_L1 && off < l1 + s->table_bytes && l1 < end) {
+        return "the L1 table";
+    }
+    if (writing == QED_META_L2) {
+        return NULL;
+    }
+    if (!s->l2_tables_built) {
+        for (uint64_t i = 0; i < s->entries; i++) {
+            if (s->l1[i] != 0 &&
+                extent_set_add(&s->l2_tables, s->l1[i], s->table_bytes) < 0) {
+                extent_set_free(&s->l2_tables);
+                *err = error_set(ENOMEM, "%s: Out of memory", node->filename);
+                return NULL;
+            }
+        }
+        s->l2_tables_built = true;
+    }
+    return extent_set_overlaps(&s->l2_tables, off, len) ? "an L2 table"
+                                                        : NULL;
+}
+
+/* A write of [off, off + len) that lies on another table fails. */
+static int qed_check_meta(struct qimg_node *node, struct qed_state *s,
+                          uint64_t off, uint64_t len, enum qed_meta writing)
+{
+    int err;
+    const char *what = qed_meta_hit(node, s, off, len, writing, &err);
+    if (what) {
+        return error_set(EIO, "%s: QED image is corrupt: a write at offset "
+                         "%llu would overwrite %s",
+                         node->filename, (unsigned long long)off, what);
+    }
+    return err;
+}
+
+/*
+ * Before anything of a write at guest offset off goes to the file: the
+ * table update it may make must not land on another table (an existing
+ * L2 table on the L1 table; a new table's L1 entry on an L2 table).
+ */
+static int qed_check_table_write(struct qimg_node *node, struct qed_state *s,
+                                 uint64_t off)
+{
+    uint64_t l1_index = off / s->l2_span;
+    if (s->l1[l1_index] != 0) {
+        return qed_check_meta(node, s, s->l1[l1_index], s->table_bytes,
+                              QED_META_L2);
+    }
+    return qed_check_meta(node, s, s->h.l1_table_offset + l1_index * 8, 8,
+                          QED_META_L1);
+}
+
 /* n new clusters at the end of the file: their host offset. */
 static int qed_alloc(struct qed_state *s, uint64_t n, uint64_t *out)
 {
@@ -713,6 +795,10 @@ static int qed_set_entries(struct qimg_node *node, struct qed_state *s,
     int ret;
     if (new_table) {
         ret = qed_alloc(s, s->h.table_size, &table);
+        if (ret == 0 && s->l2_tables_built &&
+            extent_set_add(&s->l2_tables, table, s->table_bytes) < 0) {
+            ret = error_set(ENOMEM, "%s: Out of memory", node->filename);
+        }
         if (ret < 0) {
             return ret;
         }
@@ -865,6 +951,9 @@ static int qed_pwrite(struct qimg_node *node, const void *buf, size_t len,
         uint64_t in_cluster = off % cs;
         uint64_t entry;
         int ret = qed_lookup(node, s, off, &entry);
+        if (ret == 0) {
+            ret = qed_check_table_write(node, s, off);
+        }
         if (ret < 0) {
             return ret;
         }
@@ -872,7 +961,10 @@ static int qed_pwrite(struct qimg_node *node, const void *buf, size_t len,
         uint64_t k = qed_run(s, off, entry, clusters);
         size_t n = (size_t)min_u64(len, k * cs - in_cluster);
         if (entry > QED_ZERO_CLUSTER) {
-            ret = io_pwrite(node->file, p, n, entry + in_cluster);
+            ret = qed_check_meta(node, s, entry + in_cluster, n, QED_DATA);
+            if (ret == 0) {
+                ret = io_pwrite(node->file, p, n, entry + in_cluster);
+            }
         } else {
             ret = qed_write_alloc(node, s, off, entry, k, p, n);
         }
@@ -921,8 +1013,14 @@ static int qed_pwrite_zeroes(struct qimg_node *node, uint64_t off,
             uint64_t entry, k = 0;
             ret = qed_lookup(node, s, off, &entry);
             if (ret == 0) {
+                ret = qed_check_table_write(node, s, off);
+            }
+            if (ret == 0) {
                 k = qed_run(s, off, entry, len / cs);
                 n = k * cs;
+            }
+            if (ret == 0 && entry > QED_ZERO_CLUSTER) {
+                ret = qed_check_meta(node, s, entry, n, QED_DATA);
             }
             if (ret == 0 && entry > QED_ZERO_CLUSTER) {
                 ret = io_pwrite_zeroes(node->file, entry, n, false);

@@ -325,6 +325,29 @@ patch bad.qed 0x10000 8 0x9000000
 expect_status "L2 past the end" 1 "$QIMG" convert -O raw bad.qed bad.raw
 grep -q 'QED L2 table offset 0x9000000 is invalid' "$T/.err" ||
     fail "L2 past the end: message" "$(cat "$T/.err")"
+# Tables that put guest data or an L2 table on another table: the write
+# (and a zero write in place) is refused with a message naming the table
+# it would overwrite, and the file is left as it was (qemu-io writes
+# there and breaks the image).
+"$QEMU_IMG" create -q -f qed meta.qed 16M
+io -f qed -c 'write -P 0x11 0 64k' meta.qed
+l1=$(python3 -c "import struct,sys; print(struct.unpack_from('<Q', open(sys.argv[1], 'rb').read(48), 40)[0])" meta.qed)
+l2=$(python3 -c "import struct,sys; f=open(sys.argv[1], 'rb'); f.seek($l1); print(struct.unpack('<Q', f.read(8))[0])" meta.qed)
+for c in "data on the L1:$l2:$l1:the L1 table:w:0:512:90" \
+    "zeroed data on the L1:$l2:$l1:the L1 table:z:0:65536" \
+    "data on its L2 table:$l2:$l2:an L2 table:w:512:512:91" \
+    "L2 table on the L1:$l1:$l1:the L1 table:w:0:512:92"; do
+    IFS=: read -r name at value what op <<<"$c"
+    cp meta.qed bad.qed
+    patch bad.qed "$at" 8 "$value"
+    cp bad.qed before.qed
+    expect_status "$name: write" 1 "$W" bad.qed qed "$op"
+    checks=$((checks + 1))
+    grep -q "QED image is corrupt: a write at offset [0-9]* would overwrite $what\$" \
+        "$T/.err" || fail "$name: message" "$(cat "$T/.err")"
+    checks=$((checks + 1))
+    cmp -s before.qed bad.qed || fail "$name: the file changed"
+done
 head -c 100 ok.qed >short.qed
 same_out "short" info short.qed
 
