@@ -246,6 +246,22 @@ grep -q 'parallels: Image was not closed correctly; cannot be opened' \
 expect_same "in-use write: unchanged" inuse.prl ro.prl
 same_raw "in-use read" inuse.prl
 
+# A BAT entry naming a cluster inside the BAT (4 KiB clusters, a 16 KiB
+# BAT): a write there is refused and the file left as it was (qemu-io
+# writes guest data over the BAT, and its check then finds 128 errors).
+"$QEMU_IMG" create -q -f parallels -o cluster_size=4k onbat.prl 16M
+"$QEMU_IO" -c 'write -P 0x11 0 4k' onbat.prl >/dev/null ||
+    fail "qemu-io write onbat"
+patch onbat.prl 68 4 1
+cp onbat.prl before.prl
+expect_status "data on the BAT: write" 1 "$W" onbat.prl parallels \
+    w:4096:512:90
+checks=$((checks + 1))
+grep -q "Parallels image is corrupt: a write at offset 4096 would overwrite the header or the BAT$" \
+    "$T/.err" || fail "data on the BAT: message" "$(cat "$T/.err")"
+checks=$((checks + 1))
+cmp -s before.prl onbat.prl || fail "data on the BAT: the file changed"
+
 # The runtime options prealloc-mode and prealloc-size: checked as QEMU
 # checks them; a write with them leaves qemu-img's file.
 "$QEMU_IMG" create -q -f parallels opt.prl 4M

@@ -7,7 +7,9 @@
  * is set (unless for a check) and sets the mark; a new cluster goes at
  * data_end, its data written before its BAT entry; close truncates the
  * file to data_end and clears the mark.  The old magic keeps only the low
- * 32 bits of the size.
+ * 32 bits of the size.  A damaged BAT entry can name a cluster on the
+ * header or the BAT itself: QEMU then writes guest data over them, qimg
+ * refuses the write.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -331,6 +333,18 @@ static int prl_allocate(struct qimg_node *node, uint64_t index,
     return prl_write_bat_entry(node, index);
 }
 
+/* Guest data for [host, host + n) must not land on the header or BAT. */
+static int prl_check_data_write(struct qimg_node *node,
+                                const struct prl_state *s, uint64_t host)
+{
+    if (host < PRL_HEADER_SIZE + (uint64_t)s->bat_size * 4) {
+        return error_set(EIO, "%s: Parallels image is corrupt: a write at "
+                         "offset %llu would overwrite the header or the BAT",
+                         node->filename, (unsigned long long)host);
+    }
+    return 0;
+}
+
 static int prl_pwrite(struct qimg_node *node, const void *buf, size_t len,
                       uint64_t off)
 {
@@ -348,7 +362,10 @@ static int prl_pwrite(struct qimg_node *node, const void *buf, size_t len,
         if (host == 0) {
             ret = prl_allocate(node, index, in_cluster, p, n);
         } else {
-            ret = io_pwrite(node->file, p, n, (uint64_t)host + in_cluster);
+            ret = prl_check_data_write(node, s, (uint64_t)host + in_cluster);
+            if (ret == 0) {
+                ret = io_pwrite(node->file, p, n, (uint64_t)host + in_cluster);
+            }
         }
         if (ret < 0) {
             return ret;
