@@ -30,6 +30,9 @@
  *   and current_size for Hyper-V ("win "), QEMU with force_size ("qem2"),
  *   Disk2vhd ("d2v "), XenConverter ("CTXS") and XenServer ("tap\0"), and
  *   for any image whose geometry is the maximum one.
+ * - A damaged BAT entry can place a block (its bitmap or data) on the
+ *   footer copy, the dynamic header or the BAT; QEMU then writes the
+ *   bitmap and guest data over them.  qimg refuses such a write.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -121,6 +124,7 @@ struct vpc_state {
     uint32_t *bat;
     uint32_t bat_loaded;
     uint64_t bat_offset;
+    uint64_t header_offset; /* the dynamic header's */
     /* Where the next block goes (the footer sits there). */
     uint64_t free_offset;
     /* The bitmap last set by a write, or UINT64_MAX. */
@@ -300,6 +304,7 @@ static int vpc_read_dynamic(struct qimg_node *node, struct vpc_state *s,
                          (int32_t)s->max_entries);
     }
     uint64_t bat_bytes = (uint64_t)s->max_entries * 4;
+    s->header_offset = hoff;
     s->bat_offset = load_be64(h + DH_TABLE_OFFSET);
     if (vpc_read_refused(s->bat_offset, bat_bytes)) {
         return error_set(EINVAL, "Error reading pagetable");
@@ -499,6 +504,38 @@ static int vpc_alloc_block(struct qimg_node *node, struct vpc_state *s,
     return 0;
 }
 
+static bool vpc_overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+/*
+ * A write into the existing block at sector e (its bitmap and data) must
+ * not land on the footer copy, the dynamic header or the BAT.  All the
+ * ranges end below 2^42 (vpc_read_refused and the 32-bit entry).
+ */
+static int vpc_check_block(struct qimg_node *node, const struct vpc_state *s,
+                           uint32_t e)
+{
+    uint64_t start = (uint64_t)e * VPC_SECTOR;
+    uint64_t span = (uint64_t)s->bitmap_size + s->block_size;
+    const char *what = NULL;
+    if (start < VPC_FOOTER_SIZE) {
+        what = "the footer copy";
+    } else if (vpc_overlaps(start, span, s->header_offset, VPC_DYN_SIZE)) {
+        what = "the dynamic header";
+    } else if (vpc_overlaps(start, span, s->bat_offset,
+                            (uint64_t)s->max_entries * 4)) {
+        what = "the BAT";
+    }
+    if (what) {
+        return error_set(EIO, "%s: VHD image is corrupt: the block at offset "
+                         "%" PRIu64 " lies on %s",
+                         node->filename, start, what);
+    }
+    return 0;
+}
+
 static int vpc_pwrite(struct qimg_node *node, const void *buf, size_t len,
                       uint64_t off)
 {
@@ -512,10 +549,9 @@ static int vpc_pwrite(struct qimg_node *node, const void *buf, size_t len,
         size_t n = (size_t)min_u64(len, s->block_size - in_block);
         uint64_t index = off / s->block_size;
         uint32_t e = vpc_bat_entry(s, index);
-        int ret = 0;
-        if (e == VPC_BAT_UNUSED) {
-            ret = vpc_alloc_block(node, s, index, &e);
-        } else if ((uint64_t)e * VPC_SECTOR != s->last_bitmap) {
+        int ret = e == VPC_BAT_UNUSED ? vpc_alloc_block(node, s, index, &e)
+                                      : vpc_check_block(node, s, e);
+        if (ret == 0 && (uint64_t)e * VPC_SECTOR != s->last_bitmap) {
             /* Mark every sector of the block present (see the top). */
             uint64_t bitmap = (uint64_t)e * VPC_SECTOR;
             ret = vpc_ones(s);

@@ -269,6 +269,26 @@ printf conectix >tiny.vhd
 same_output "tiny cookie" info tiny.vhd
 same_output "vpc has no check" check -f vpc base.vhd
 
+# ---- damaged BAT entries: no write over the metadata ----------------------
+# A block placed on the footer copy, the dynamic header or the BAT: the
+# write is refused and the file left as it was (qemu-io writes the block's
+# bitmap and the data over them).
+"$QEMU_IMG" create -q -f vpc meta.vhd 16M
+"$QEMU_IO" -f vpc -c 'write -q -P 0x11 0 64k' meta.vhd || fail "qemu-io meta"
+for c in "0:the footer copy" "1:the dynamic header" "3:the BAT"; do
+    IFS=: read -r sector what <<<"$c"
+    cp meta.vhd bad.vhd
+    patch bad.vhd -n 1536 4 "$(printf '%08x' "$sector")"
+    cp bad.vhd before.vhd
+    expect_status "block on $what: write" 1 "$W" bad.vhd vpc \
+        w:2097152:512:90
+    checks=$((checks + 1))
+    grep -q "VHD image is corrupt: the block at offset $((sector * 512)) lies on $what\$" \
+        "$T/.err" || fail "block on $what: message" "$(cat "$T/.err")"
+    checks=$((checks + 1))
+    cmp -s before.vhd bad.vhd || fail "block on $what: the file changed"
+done
+
 # ---- what vpc does not do, in qemu-img's words ----------------------------
 cp base.vhd r.vhd
 same_output "no resize" resize -f vpc r.vhd 20M
