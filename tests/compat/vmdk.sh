@@ -229,6 +229,39 @@ checks=$((checks + 1))
     2>t-past.err || fail "t-past: write_image" "$(cat t-past.err)"
 "$QEMU_IO" -f vmdk -c 'read -P 90 0 512' -c 'read -P 91 70000 512' \
     -c 'read -P 0 512 4096' t-past.vmdk >/dev/null || fail "t-past: read back"
+# Tables that put guest data or a grain table on other metadata: the
+# write is refused with a message naming what it would overwrite, and the
+# file is left as it was (qemu-io writes there and breaks the image).
+# Each case sets one 32-bit entry: of the first grain table (GT) or the
+# grain directory (GD), to a sector number.
+"$QEMU_IMG" create -q -f vmdk t-meta.vmdk 1M
+"$QEMU_IO" -f vmdk -c 'write -q -P 0x11 0 64k' t-meta.vmdk ||
+    fail "t-meta: qemu-io"
+for c in "grain on the descriptor:gt:1:1:the header, descriptor or a directory" \
+    "grain on the directory:gt:1:gd:the header, descriptor or a directory" \
+    "grain on its grain table:gt:1:gt:a grain table" \
+    "grain table on the descriptor:gd:0:1:the header, descriptor or a directory"; do
+    IFS=: read -r name table index value what <<<"$c"
+    cp t-meta.vmdk t-bad.vmdk
+    python3 -c '
+import struct, sys
+p, table, index, value = sys.argv[1:]
+b = bytearray(open(p, "rb").read())
+gd = struct.unpack_from("<Q", b, 56)[0]
+gt = struct.unpack_from("<I", b, gd * 512)[0]
+where = {"gd": gd, "gt": gt}
+v = where[value] if value in where else int(value)
+struct.pack_into("<I", b, where[table] * 512 + 4 * int(index), v)
+open(p, "wb").write(b)' t-bad.vmdk "$table" "$index" "$value"
+    cp t-bad.vmdk t-before.vmdk
+    expect_status "$name: write" 1 "${QIMG_WRITE_IMAGE:?}" t-bad.vmdk vmdk \
+        w:65536:512:90
+    checks=$((checks + 1))
+    grep -q "VMDK extent is corrupt: a write at offset [0-9]* would overwrite $what\$" \
+        "$T/.err" || fail "$name: message" "$(cat "$T/.err")"
+    checks=$((checks + 1))
+    cmp -s t-before.vmdk t-bad.vmdk || fail "$name: the file changed"
+done
 # A corrupt compressed grain: the read fails, nothing crashes.
 cp c-streamOptimized.vmdk t-z.vmdk
 patch t-z.vmdk $((128 * 512 + 14)) I 0xdeadbeef

@@ -62,6 +62,8 @@ void vmdk_extent_free(struct vmdk_extent *e)
     free(e->l2_cache);
     free(e->se_l1);
     free(e->se_l2_cache);
+    extent_set_free(&e->fixed_meta);
+    extent_set_free(&e->grain_tables);
     memset(e, 0, sizeof(*e));
 }
 
@@ -265,6 +267,15 @@ static int sparse_tables(struct vmdk_state *s, struct vmdk_extent *e)
         e->l2_cache_off[i] = UINT64_MAX;
     }
     alloc_past_tables(e);
+    /* The header sector and both directories; the descriptor is added
+     * by the caller.  Saturating ends: extent_set_add's. */
+    uint64_t gd_bytes = (uint64_t)e->l1_size * 4;
+    if (extent_set_add(&e->fixed_meta, 0, VMDK_SECTOR) < 0 ||
+        extent_set_add(&e->fixed_meta, e->l1_offset, gd_bytes) < 0 ||
+        (e->l1_backup_offset &&
+         extent_set_add(&e->fixed_meta, e->l1_backup_offset, gd_bytes) < 0)) {
+        return error_set(ENOMEM, "Out of memory");
+    }
     return 0;
 }
 
@@ -410,6 +421,14 @@ int vmdk_open_sparse_extent(struct vmdk_state *s, struct qimg_io *io,
         e->version = h.version;
         e->has_zero_grain = (h.flags & VMDK4_FLAG_ZERO_GRAIN) != 0;
         ret = sparse_tables(s, e);
+        if (ret == 0 && h.desc_offset != 0 &&
+            h.desc_offset <= UINT64_MAX / VMDK_SECTOR &&
+            extent_set_add(&e->fixed_meta, h.desc_offset * VMDK_SECTOR,
+                           h.desc_size > UINT64_MAX / VMDK_SECTOR
+                               ? UINT64_MAX
+                               : h.desc_size * VMDK_SECTOR) < 0) {
+            ret = error_set(ENOMEM, "Out of memory");
+        }
     } else {
         ret = error_set(EINVAL, "Image not in VMDK format");
     }
@@ -682,6 +701,69 @@ int vmdk_alloc_grain(struct qimg_node *node, struct vmdk_extent *e,
     }
     e->next_cluster_sector = at + e->cluster_sectors;
     return set_gte(e, off, (uint32_t)at);
+}
+
+/* Every grain table both directories name, into e->grain_tables. */
+static int build_grain_tables(struct vmdk_extent *e)
+{
+    const uint64_t gt_bytes = (uint64_t)e->l2_size * 4;
+    for (uint32_t i = 0; i < e->l1_loaded; i++) {
+        if ((e->l1[i] &&
+             extent_set_add(&e->grain_tables, (uint64_t)e->l1[i] * VMDK_SECTOR,
+                            gt_bytes) < 0) ||
+            (e->l1_backup && e->l1_backup[i] &&
+             extent_set_add(&e->grain_tables,
+                            (uint64_t)e->l1_backup[i] * VMDK_SECTOR,
+                            gt_bytes) < 0)) {
+            extent_set_free(&e->grain_tables);
+            return error_set(ENOMEM, "Out of memory");
+        }
+    }
+    e->grain_tables_built = true;
+    return 0;
+}
+
+static int corrupt(const struct vmdk_extent *e, uint64_t at, const char *what)
+{
+    return error_set(EIO,
+                     "%s: VMDK extent is corrupt: a write at offset %llu "
+                     "would overwrite %s",
+                     e->filename, (unsigned long long)at, what);
+}
+
+int vmdk_check_write(struct vmdk_extent *e, uint64_t off, uint64_t host,
+                     size_t n)
+{
+    uint64_t sector = off / VMDK_SECTOR - (e->end_sector - e->sectors);
+    uint64_t l1_index = sector / e->l1_entry_sectors;
+    const uint64_t gt_bytes = (uint64_t)e->l2_size * 4;
+    if (l1_index < e->l1_loaded) {
+        uint64_t gt = (uint64_t)e->l1[l1_index] * VMDK_SECTOR;
+        uint64_t backup = e->l1_backup && e->l1_backup[l1_index]
+                              ? (uint64_t)e->l1_backup[l1_index] * VMDK_SECTOR
+                              : 0;
+        if (gt && extent_set_overlaps(&e->fixed_meta, gt, gt_bytes)) {
+            return corrupt(e, gt, "the header, descriptor or a directory");
+        }
+        if (backup && extent_set_overlaps(&e->fixed_meta, backup, gt_bytes)) {
+            return corrupt(e, backup, "the header, descriptor or a directory");
+        }
+    }
+    if (host == 0) {
+        return 0;
+    }
+    if (extent_set_overlaps(&e->fixed_meta, host, n)) {
+        return corrupt(e, host, "the header, descriptor or a directory");
+    }
+    if (!e->grain_tables_built) {
+        int ret = build_grain_tables(e);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return extent_set_overlaps(&e->grain_tables, host, n)
+               ? corrupt(e, host, "a grain table")
+               : 0;
 }
 
 int vmdk_set_zeroed(struct vmdk_extent *e, uint64_t off)

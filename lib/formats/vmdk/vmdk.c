@@ -635,6 +635,13 @@ static int do_write(struct qimg_node *node, const uint8_t *buf, uint64_t len,
         extent_position(e, off, &in_cluster, &left);
         size_t n = left < len ? (size_t)left : (size_t)len;
         uint64_t cluster = e->cluster_sectors * VMDK_SECTOR;
+        if (!e->flat) {
+            ret = vmdk_check_write(e, off,
+                                   kind == VMDK_OK ? host + in_cluster : 0, n);
+            if (ret < 0) {
+                break;
+            }
+        }
         if (zero && e->has_zero_grain && !e->flat && in_cluster == 0 &&
             n == cluster) {
             ret = vmdk_set_zeroed(e, off);

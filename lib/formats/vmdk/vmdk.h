@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "driver.h"
+#include "util/extent_set.h"
 
 #define VMDK_SECTOR 512u
 #define VMDK4_MAGIC 0x4b444d56u /* "KDMV" read big-endian */
@@ -159,6 +160,15 @@ struct vmdk_extent {
     uint32_t *l1;
     uint32_t *l1_backup;
     uint64_t next_cluster_sector; /* allocation point (end of the file) */
+    /*
+     * Metadata of a sparse extent that guest data must never overwrite:
+     * the header sector, the embedded descriptor and both directories
+     * (set at open), and every grain table they name (built at the first
+     * write into an existing grain).
+     */
+    struct extent_set fixed_meta;
+    struct extent_set grain_tables;
+    bool grain_tables_built;
     uint32_t *l2_cache;           /* VMDK_L2_CACHE tables of l2_size */
     uint64_t l2_cache_off[VMDK_L2_CACHE];
     uint32_t l2_cache_next;
@@ -230,6 +240,16 @@ int vmdk_alloc_grain(struct qimg_node *node, struct vmdk_extent *e,
                      size_t n, uint64_t below_end);
 /* Mark the grain holding off as reading zero (zeroed-grain extents). */
 int vmdk_set_zeroed(struct vmdk_extent *e, uint64_t off);
+/*
+ * Before a write at guest byte off of sparse extent e puts anything in
+ * the file: the grain tables it may update must not lie on the header,
+ * the descriptor or a directory, and (host != 0) n bytes of guest data
+ * at host, in an existing grain, must not lie on any of those or on a
+ * grain table.  A damaged directory or table can put them there; QEMU
+ * then writes over its metadata.  -EIO naming what would be hit.
+ */
+int vmdk_check_write(struct vmdk_extent *e, uint64_t off, uint64_t host,
+                     size_t n);
 
 /*
  * Compressed grains of a stream extent (QEMU's streamOptimized writes).
