@@ -263,6 +263,18 @@ def qcow2_cases(c):
     struct.pack_into('>II', m, p, 0, 0)
     c.add('qcow2', 'header-exts-many', '262,128 empty unknown header '
           'extensions in a 2 MiB header cluster', m)
+    # 64 KiB clusters: the last of the refcount table's 8192 entries names
+    # the first block again, so refcounts reach cluster 2^28 (16 TiB of
+    # file).  A change of refcount width held 8 bytes per cluster up to
+    # there: 2 GiB (a mutate.py finding).
+    far = c.path('qcow2', 'refcounts-far.qcow2')
+    create('qcow2', far, 1 * M)
+    qio('qcow2', far, 'write -P 0x11 0 64k')
+    f = load(far)
+    ft = struct.unpack_from('>Q', f, 48)[0]
+    struct.pack_into('>Q', f, ft + 8191 * 8, struct.unpack_from('>Q', f, ft)[0])
+    c.add('qcow2', 'refcounts-far', 'refcount table entry 8191 names '
+          'block 0 again (refcounts up to 16 TiB)', f)
     qcow2_backing_cases(c)
 
 

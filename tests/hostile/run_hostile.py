@@ -9,7 +9,8 @@ through info (with -f and probed), check, map and convert (-O raw and
 --backing-chain, check -r all on a copy); encrypted images (a case with
 a 'key') also convert -O raw, map and check opened with their key
 (--object secret + --image-opts); qcow2 images also resize, snapshot
--c, amend, bitmap (--add; --add --merge --clear --disable; --remove),
+-c, amend (compat=0.10; refcount_bits=4), bitmap (--add; --add --merge
+--clear --disable; --remove),
 bench -w, convert --bitmaps and rebase -u, and images of every other
 format qimg writes bench -w (WRITE_CMDS, each on a copy).
 One TAP line per image and command.  A run passes when the child:
@@ -60,7 +61,8 @@ KEYED_CMDS = ['keyed-convert-raw', 'keyed-map', 'keyed-check']
 # way to a write either.
 # Every other format qimg writes takes guest writes on a copy (bench -w,
 # what qemu-io or a guest does to an image it is given).
-WRITE_CMDS = {'qcow2': ['resize', 'snapshot -c', 'amend', 'bitmap --add',
+WRITE_CMDS = {'qcow2': ['resize', 'snapshot -c', 'amend',
+                        'amend refcount_bits', 'bitmap --add',
                         'bitmap --merge', 'bitmap --remove', 'bench -w',
                         'convert --bitmaps',
                         'rebase -u']}
@@ -109,6 +111,9 @@ def argv_for(tool, case, cmd, scratch):
                 'snapshot -c': [tool, 'snapshot', '-c', 's1', copy],
                 'amend': [tool, 'amend'] + fmt + ['-o', 'compat=0.10',
                                                    copy],
+                # A change of refcount width rewrites every refcount.
+                'amend refcount_bits': [tool, 'amend'] + fmt +
+                ['-o', 'refcount_bits=4', copy],
                 'bitmap --add': [tool, 'bitmap', '--add'] + fmt +
                 [copy, 'b1'],
                 # The base images' bitmap is b0 (make_hostile.py).

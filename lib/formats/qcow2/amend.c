@@ -326,19 +326,121 @@ struct rc_layout {
     uint64_t end; /* start + blocks + table_clusters */
 };
 
-static bool group_in_use(const uint64_t *rc, uint64_t n, uint64_t g,
-                         unsigned bits, const struct rc_layout *l)
+/*
+ * The refcounts the new structure must hold for the clusters in use,
+ * read from the old structure on demand (one old block cached) rather
+ * than held for every cluster: a hostile image names one refcount far
+ * past its end, and even a valid one of 512-byte clusters would need
+ * 8 bytes per cluster.  A cluster's count is its old one, less one for
+ * each old table cluster and each old table entry naming it as a block
+ * (those are freed once the header names the new structure).
+ */
+struct old_refcounts {
+    struct qimg_node *node;
+    struct qcow2_state *s;
+    uint64_t n; /* clusters from here on have no refcount */
+    unsigned bits; /* old refcounts per block, log2 */
+    uint64_t table, table_clusters;
+    uint64_t *blocks; /* clusters the old table names, sorted */
+    uint64_t nb_blocks;
+    uint8_t *buf;
+    uint64_t cached; /* the old group in buf, or UINT64_MAX */
+};
+
+static int by_u64(const void *a, const void *b)
 {
-    uint64_t first = g << bits, last = ((g + 1) << bits) - 1;
-    if (first < l->end && last >= l->start) {
-        return true;
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The old block of group g into o->buf; 0 with *present false if none. */
+static int old_block(struct old_refcounts *o, uint64_t g, bool *present)
+{
+    uint64_t rb = g < o->s->refcount_table_entries
+                      ? o->s->refcount_table[g] & QCOW2_REFT_OFFSET_MASK
+                      : 0;
+    *present = rb != 0;
+    if (rb == 0 || o->cached == g) {
+        return 0;
     }
-    for (uint64_t c = first; c <= last && c < n; c++) {
-        if (rc[c] != 0) {
-            return true;
+    o->cached = UINT64_MAX;
+    int ret = check_table_offset(o->node, o->s, rb, "Refblock");
+    if (ret == 0) {
+        ret = io_pread(o->node->file, o->buf, (size_t)o->s->cluster_size, rb);
+        if (ret < 0) {
+            return error_set_errno(-ret, "%s: could not read a refcount block",
+                                   o->node->filename);
+        }
+        o->cached = g;
+    }
+    return ret;
+}
+
+/* How many times the old structure's own clusters include c. */
+static uint64_t old_uses(const struct old_refcounts *o, uint64_t c)
+{
+    uint64_t k = c >= o->table && c - o->table < o->table_clusters;
+    uint64_t lo = 0, hi = o->nb_blocks;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (o->blocks[mid] < c) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
-    return false;
+    while (lo < o->nb_blocks && o->blocks[lo] == c) {
+        k++;
+        lo++;
+    }
+    return k;
+}
+
+/*
+ * The new refcount of c, or (*skip set) the first cluster after c whose
+ * count may not be 0 when c lies where the old table names no block.
+ */
+static int new_refcount(struct old_refcounts *o, uint64_t c, uint64_t *v,
+                        uint64_t *skip)
+{
+    *v = 0;
+    *skip = 0;
+    if (c >= o->n) {
+        *skip = UINT64_MAX;
+        return 0;
+    }
+    bool present;
+    int ret = old_block(o, c >> o->bits, &present);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!present) {
+        *skip = ((c >> o->bits) + 1) << o->bits;
+        return 0;
+    }
+    uint64_t raw = qcow2_refcount_load(
+        o->buf, c & (((uint64_t)1 << o->bits) - 1), o->s->refcount_order);
+    uint64_t k = old_uses(o, c);
+    *v = raw > k ? raw - k : 0;
+    return 0;
+}
+
+/* Whether group g of the new structure needs a block (*in_use). */
+static int group_in_use(struct old_refcounts *o, uint64_t g, unsigned bits,
+                        const struct rc_layout *l, bool *in_use)
+{
+    uint64_t first = g << bits, last = ((g + 1) << bits) - 1;
+    *in_use = first < l->end && last >= l->start;
+    for (uint64_t c = first; !*in_use && c <= last;) {
+        uint64_t v, skip;
+        int ret = new_refcount(o, c, &v, &skip);
+        if (ret < 0) {
+            return ret;
+        }
+        *in_use = v != 0;
+        c = skip > c ? skip : c + 1;
+    }
+    return 0;
 }
 
 static int change_refcount_order(struct qimg_node *node,
@@ -361,71 +463,73 @@ static int change_refcount_order(struct qimg_node *node,
     if (ret < 0 || fc < 0) {
         return ret < 0 ? ret : (int)fc;
     }
-    if (n > (SIZE_MAX / sizeof(uint64_t)) || n > (1ull << 40)) {
-        return error_set(EFBIG, "%s: too many clusters", node->filename);
-    }
-    uint64_t *rc = calloc((size_t)max_u64(n, 1), sizeof(uint64_t));
+    const uint64_t entries = s->refcount_table_entries;
+    /* entries is bounded by QCOW2_MAX_REFTABLE_SIZE / 8. */
+    struct old_refcounts o = {
+        .node = node,
+        .s = s,
+        .n = n,
+        .bits = old_bits,
+        .table = s->refcount_table_offset >> s->cluster_bits,
+        .table_clusters = div_round_up_u64(entries * 8, cs),
+        .blocks = malloc((size_t)max_u64(entries, 1) * sizeof(uint64_t)),
+        .buf = malloc((size_t)cs),
+        .cached = UINT64_MAX,
+    };
     uint8_t *buf = malloc((size_t)cs);
-    if (!rc || !buf) {
-        free(rc);
+    if (!o.blocks || !o.buf || !buf) {
+        free(o.blocks);
+        free(o.buf);
         free(buf);
         return error_set(ENOMEM, "Out of memory");
     }
-    const uint64_t entries = s->refcount_table_entries;
+    for (uint64_t g = 0; g < entries; g++) {
+        uint64_t c = (s->refcount_table[g] & QCOW2_REFT_OFFSET_MASK) >>
+                     s->cluster_bits;
+        if (c != 0) {
+            o.blocks[o.nb_blocks++] = c;
+        }
+    }
+    qsort(o.blocks, (size_t)o.nb_blocks, sizeof(uint64_t), by_u64);
     const unsigned width = 1u << new_order;
     const uint64_t work = 2 * entries;
 
-    /* Read every old refcount of the clusters in use. */
+    /*
+     * [QEMU] a refcount that does not fit the new width is refused as
+     * soon as its block is read: every old block, in table order.
+     */
     for (uint64_t g = 0; ret == 0 && g < entries; g++) {
         progress_report(p, OP_REFCOUNT, g, work);
-        uint64_t rb = s->refcount_table[g] & QCOW2_REFT_OFFSET_MASK;
-        if (rb == 0 || (g << old_bits) >= n) {
-            continue;
+        bool present = false;
+        if ((g << old_bits) < n) {
+            ret = old_block(&o, g, &present);
         }
-        ret = check_table_offset(node, s, rb, "Refblock");
-        if (ret == 0) {
-            ret = io_pread(node->file, buf, (size_t)cs, rb);
-            if (ret < 0) {
-                ret = error_set_errno(-ret, "%s: could not read a refcount "
-                                      "block", node->filename);
-            }
+        if (ret < 0 || !present) {
+            continue;
         }
         for (uint64_t i = 0; ret == 0 && i < ((uint64_t)1 << old_bits); i++) {
             uint64_t c = (g << old_bits) + i;
             if (c >= n) {
                 break;
             }
-            rc[c] = qcow2_refcount_load(buf, i, old_order);
-            /*
-             * [QEMU] a refcount that does not fit the new width is
-             * refused as soon as its block is read.
-             */
-            if (width < 64 && (rc[c] >> width)) {
+            uint64_t rc = qcow2_refcount_load(o.buf, i, old_order);
+            if (width < 64 && (rc >> width)) {
                 ret = error_set(EINVAL,
                                 "Cannot decrease refcount entry width to %u "
                                 "bits: Cluster at offset %#" PRIx64
                                 " has a refcount of %" PRIu64,
-                                width, c << s->cluster_bits, rc[c]);
+                                width, c << s->cluster_bits, rc);
             }
-        }
-    }
-    /* The old table and blocks are freed once the header leaves them. */
-    uint64_t old_t = s->refcount_table_offset >> s->cluster_bits;
-    uint64_t old_tc = div_round_up_u64(entries * 8, cs);
-    for (uint64_t c = old_t; ret == 0 && c < old_t + old_tc && c < n; c++) {
-        rc[c] -= rc[c] > 0;
-    }
-    for (uint64_t g = 0; ret == 0 && g < entries; g++) {
-        uint64_t c = (s->refcount_table[g] & QCOW2_REFT_OFFSET_MASK) >>
-                     s->cluster_bits;
-        if (c != 0 && c < n) {
-            rc[c] -= rc[c] > 0;
         }
     }
 
     /* Lay out the new blocks and table after everything in use. */
     struct rc_layout l = {.start = max_u64((uint64_t)fc, n)};
     l.table_clusters = 1;
+    if (ret == 0 && l.start > (QCOW2_MAX_HOST_OFFSET >> s->cluster_bits)) {
+        ret = error_set(EFBIG, "%s: the refcount table would be too large",
+                        node->filename);
+    }
     for (;;) {
         if (ret < 0) {
             break;
@@ -433,8 +537,13 @@ static int change_refcount_order(struct qimg_node *node,
         l.end = l.start + l.blocks + l.table_clusters;
         uint64_t last_g = (l.end - 1) >> new_bits;
         uint64_t need = 0;
-        for (uint64_t g = 0; g <= last_g; g++) {
-            need += group_in_use(rc, n, g, new_bits, &l);
+        for (uint64_t g = 0; ret == 0 && g <= last_g; g++) {
+            bool in_use;
+            ret = group_in_use(&o, g, new_bits, &l, &in_use);
+            need += in_use;
+        }
+        if (ret < 0) {
+            break;
         }
         uint64_t tc = div_round_up_u64((last_g + 1) * 8, cs);
         if (need == l.blocks && tc == l.table_clusters) {
@@ -460,17 +569,23 @@ static int change_refcount_order(struct qimg_node *node,
     uint64_t next = l.start;
     uint64_t last_g = (l.end - 1) >> new_bits;
     for (uint64_t g = 0; ret == 0 && g <= last_g; g++) {
-        if (!group_in_use(rc, n, g, new_bits, &l)) {
+        bool in_use;
+        ret = group_in_use(&o, g, new_bits, &l, &in_use);
+        if (ret < 0 || !in_use) {
             continue;
         }
         memset(buf, 0, (size_t)cs);
-        for (uint64_t i = 0; i < ((uint64_t)1 << new_bits); i++) {
+        for (uint64_t i = 0; ret == 0 && i < ((uint64_t)1 << new_bits); i++) {
             uint64_t c = (g << new_bits) + i;
-            uint64_t v = c < n ? rc[c] : 0;
+            uint64_t v, skip;
+            ret = new_refcount(&o, c, &v, &skip);
             if (c >= l.start && c < l.end) {
                 v = 1;
             }
             qcow2_refcount_store(buf, i, new_order, v);
+        }
+        if (ret < 0) {
+            break;
         }
         uint64_t off = next++ << s->cluster_bits;
         store_be64(table + g * 8, off);
@@ -500,7 +615,8 @@ static int change_refcount_order(struct qimg_node *node,
         }
     }
     free(table);
-    free(rc);
+    free(o.blocks);
+    free(o.buf);
     free(buf);
     if (ret < 0) {
         return ret;
@@ -526,8 +642,8 @@ static int change_refcount_order(struct qimg_node *node,
                 (void)io_discard(node->file, rb, cs);
             }
         }
-        (void)io_discard(node->file, old_t << s->cluster_bits,
-                         old_tc * cs);
+        (void)io_discard(node->file, o.table << s->cluster_bits,
+                         o.table_clusters * cs);
     }
     qcow2_write_free(s);
     s->refcount_order = new_order;
