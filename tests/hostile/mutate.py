@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Randomly damaged images through every qimg command: a campaign tool.
 
-  mutate.py [--seconds N] [--seed S] [--jobs N] [--findings DIR] [FORMAT...]
+  mutate.py [--seconds N | --runs N] [--seed S] [--jobs N] [--findings DIR]
+            [FORMAT...]
 
 The hostile corpus (make_hostile.py) damages each field on purpose, and
 the libFuzzer targets (tests/fuzz) drive the library's open, read and
@@ -20,7 +21,10 @@ one clear error line, no signal, no sanitizer report, peak RSS under
 file and the command line go to --findings DIR (default
 /var/tmp/qimg-mutate-findings), one folder each, and the run goes on.
 Runs are reproducible from --seed: run i of seed S makes the same image
-and command on any machine.  QIMG names the binary (an ASan+UBSan build
+and command on any machine (the seed images' own random bytes, such as
+UUIDs, aside).  --runs N does exactly N runs (the meson test
+hostile-mutate: a fixed seed and count); else it runs for --seconds
+(default 60).  QIMG names the binary (an ASan+UBSan build
 finds the most: set QIMG_SANITIZED=1 with it).  Prints one line per
 finding and a closing "N runs, M findings".
 """
@@ -202,13 +206,13 @@ def one_run(qimg, sanitized, seeds, names, seed, i, work, findings):
 
 
 def main(argv):
-    seconds, seed, jobs = 60, int(time.time()), 1
+    seconds, seed, jobs, runs_max = 60, int(time.time()), 1, None
     findings = '/var/tmp/qimg-mutate-findings'
     formats = []
     i = 1
     while i < len(argv):
         a = argv[i]
-        if a in ('--seconds', '--seed', '--jobs', '--findings'):
+        if a in ('--seconds', '--seed', '--jobs', '--findings', '--runs'):
             v = argv[i + 1]
             i += 1
             if a == '--seconds':
@@ -217,6 +221,8 @@ def main(argv):
                 seed = int(v)
             elif a == '--jobs':
                 jobs = int(v)
+            elif a == '--runs':
+                runs_max = int(v)
             else:
                 findings = v
         else:
@@ -237,10 +243,14 @@ def main(argv):
         deadline = time.monotonic() + seconds
         runs = found = 0
         with ThreadPoolExecutor(max_workers=jobs) as ex:
-            while time.monotonic() < deadline:
+            while (runs < runs_max if runs_max is not None
+                   else time.monotonic() < deadline):
+                k = jobs * 4
+                if runs_max is not None:
+                    k = min(k, runs_max - runs)
                 batch = [ex.submit(one_run, qimg, sanitized, seeds, names,
-                                   seed, runs + k, work, findings)
-                         for k in range(jobs * 4)]
+                                   seed, runs + j, work, findings)
+                         for j in range(k)]
                 runs += len(batch)
                 for fut in batch:
                     name, cmd, why = fut.result()
