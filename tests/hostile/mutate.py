@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Randomly damaged images through every qimg command: a campaign tool.
 
-  mutate.py [--seconds N | --runs N] [--seed S] [--jobs N] [--findings DIR]
-            [FORMAT...]
+  mutate.py [--seconds N | --runs N | --run I] [--seed S] [--jobs N]
+            [--findings DIR] [FORMAT...]
 
 The hostile corpus (make_hostile.py) damages each field on purpose, and
 the libFuzzer targets (tests/fuzz) drive the library's open, read and
@@ -24,7 +24,8 @@ Runs are reproducible from --seed: run i of seed S makes the same image
 and command on any machine (the seed images' own random bytes, such as
 UUIDs, aside).  --runs N does exactly N runs (the meson test
 hostile-mutate: a fixed seed and count); else it runs for --seconds
-(default 60).  QIMG names the binary (an ASan+UBSan build
+(default 60); --run I does run I of the seed alone (to replay a
+finding; FORMAT... must be as in the run that found it).  QIMG names the binary (an ASan+UBSan build
 finds the most: set QIMG_SANITIZED=1 with it).  Prints one line per
 finding and a closing "N runs, M findings".
 """
@@ -196,23 +197,33 @@ def one_run(qimg, sanitized, seeds, names, seed, i, work, findings):
     if why and cmd == 'compare' and res['code'] == 1 and not res['err']:
         why = None  # different contents: exit 1, said on stdout
     if why:
+        # The input as it was made (the command may have grown the copy
+        # in scratch to terabytes), and what the run did.
         keep = os.path.join(findings, '%d-%d-%s-%s' % (seed, i, name, cmd))
         shutil.rmtree(keep, ignore_errors=True)
-        shutil.copytree(scratch, keep)
+        os.makedirs(keep)
+        with open(os.path.join(keep, name), 'wb') as f:
+            f.write(data)
+        if backing:
+            shutil.copyfile(backing, os.path.join(
+                keep, os.path.basename(backing)))
         with open(os.path.join(keep, 'command'), 'w') as f:
-            f.write(' '.join(full) + '\n# ' + why + '\n' + res['err'])
+            f.write('%s\n# %s (exit %d, %.2f s cpu, %d MiB)\n%s' % (
+                ' '.join(full), why, res['code'], res['cpu'],
+                res['rss'] >> 20, res['err']))
     shutil.rmtree(scratch, ignore_errors=True)
     return name, cmd, why
 
 
 def main(argv):
-    seconds, seed, jobs, runs_max = 60, int(time.time()), 1, None
+    seconds, seed, jobs, runs_max, only = 60, int(time.time()), 1, None, None
     findings = '/var/tmp/qimg-mutate-findings'
     formats = []
     i = 1
     while i < len(argv):
         a = argv[i]
-        if a in ('--seconds', '--seed', '--jobs', '--findings', '--runs'):
+        if a in ('--seconds', '--seed', '--jobs', '--findings', '--runs',
+                 '--run'):
             v = argv[i + 1]
             i += 1
             if a == '--seconds':
@@ -223,6 +234,8 @@ def main(argv):
                 jobs = int(v)
             elif a == '--runs':
                 runs_max = int(v)
+            elif a == '--run':
+                only = int(v)
             else:
                 findings = v
         else:
@@ -240,6 +253,11 @@ def main(argv):
         names = sorted(n for n, s in seeds.items()
                        if not formats or s[0] in formats)
         print('seed %d, %d images, %d jobs' % (seed, len(names), jobs))
+        if only is not None:
+            name, cmd, why = one_run(qimg, sanitized, seeds, names, seed,
+                                     only, work, findings)
+            print('run %d: %s %s: %s' % (only, name, cmd, why or 'ok'))
+            return 1 if why else 0
         deadline = time.monotonic() + seconds
         runs = found = 0
         with ThreadPoolExecutor(max_workers=jobs) as ex:

@@ -47,6 +47,15 @@
  * huge sparse file from costing more memory than a check is worth.
  */
 #define QCOW2_CHECK_MAX_REFS_BYTES (512ull << 20)
+/*
+ * -r all grows the file for a refcount block listed past its end (as
+ * QEMU) only while the counts of the grown file stay within this: a
+ * hostile entry names a block terabytes away, where they would take
+ * hundreds of MiB (a mutate.py finding).  Past it the block is not
+ * grown into ("could not resize image: File too large") and the
+ * refcounts are rebuilt instead.
+ */
+#define QCOW2_CHECK_GROW_REFS_BYTES (64ull << 20)
 /* [QEMU] refuses to check files of more than INT_MAX clusters (EFBIG). */
 #define QCOW2_CHECK_MAX_CLUSTERS ((uint64_t)INT_MAX)
 /*
@@ -853,8 +862,12 @@ static int check_bitmaps(struct check *c)
 static int grow_file_for_refblock(struct check *c, uint64_t off)
 {
     int ret;
+    uint64_t grown = div_round_up_u64(off, c->cs) + 1;
     if (off > (uint64_t)INT64_MAX - c->cs) {
         ret = -EINVAL;
+    } else if (qcow2_refcount_array_bytes(grown, c->order) >
+               max_u64(c->refs_bytes, QCOW2_CHECK_GROW_REFS_BYTES)) {
+        ret = -EFBIG;
     } else {
         ret = io_truncate(c->node->file, off + c->cs);
     }
