@@ -220,7 +220,7 @@ PROBED_RAW = ('WARNING: Image format was not specified for ',
 # qemu-img's own continuation lines after some errors (a hint how to
 # repair); allowed after the one error line.
 HINTS = ('You can force-remove', 'To replay the log, run:',
-         'qemu-img check -r all')
+         'qemu-img check -r all', "Try the 'qcow2' driver instead.")
 
 
 def clear(line):
